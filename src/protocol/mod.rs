@@ -1,0 +1,17 @@
+//! The wire, and nothing else: opcodes, close codes, intents, the frames a client sends, and the lazy
+//! parse of a received frame. Pure functions and plain data (PROTOCOL.md).
+
+pub mod close_code;
+pub mod command;
+pub mod envelope;
+pub mod intents;
+pub mod opcode;
+
+pub use close_code::{CloseAction, CloseCode};
+pub use command::{Command, CommandError, PresenceUpdate, Status};
+pub use envelope::{Envelope, EnvelopeError, EventName};
+pub use intents::Intents;
+pub use opcode::OpCode;
+
+/// The gateway API version this crate speaks (PROTOCOL.md §1).
+pub const API_VERSION: u8 = 10;
