@@ -54,12 +54,42 @@ struct RawEnvelope<'a> {
     #[serde(default)]
     s: Option<u64>,
     #[serde(borrow, default)]
-    t: Option<std::borrow::Cow<'a, str>>,
+    t: Option<Name<'a>>,
+}
+
+/// A string that borrows from the frame unless it held escapes (serde's `Cow` in an `Option` never
+/// borrows).
+enum Name<'a> {
+    Borrowed(&'a str),
+    Owned(String),
+}
+
+impl<'de> Deserialize<'de> for Name<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an event name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name::Borrowed(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Name<'de>, E> {
+                Ok(Name::Owned(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
 }
 
 impl Envelope {
     /// Reads the envelope of `frame`. `d` is validated as JSON but not deserialized.
     pub fn parse(frame: &[u8]) -> Result<Self, EnvelopeError> {
+        // Derived structs also accept a JSON array; an envelope is an object.
+        if frame.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(EnvelopeError::Malformed("not a JSON object".into()));
+        }
         let raw: RawEnvelope<'_> =
             serde_json::from_slice(frame).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
         let base = frame.as_ptr() as usize;
@@ -69,8 +99,8 @@ impl Envelope {
         };
         let data = raw.d.map(|d| d.get()).filter(|d| *d != "null").map(span);
         let event = raw.t.map(|t| match t {
-            std::borrow::Cow::Borrowed(name) => EventName::Span(span(name)),
-            std::borrow::Cow::Owned(name) => EventName::Owned(name),
+            Name::Borrowed(name) => EventName::Span(span(name)),
+            Name::Owned(name) => EventName::Owned(name),
         });
         Ok(Self {
             op: raw.op,
