@@ -53,7 +53,7 @@ struct RawEnvelope<'a> {
     d: Option<&'a RawValue>,
     #[serde(default)]
     s: Option<u64>,
-    #[serde(borrow, default)]
+    #[serde(borrow = "'a", default)]
     t: Option<Name<'a>>,
 }
 
@@ -64,7 +64,7 @@ enum Name<'a> {
     Owned(String),
 }
 
-impl<'de> Deserialize<'de> for Name<'de> {
+impl<'de: 'a, 'a> Deserialize<'de> for Name<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Visitor;
         impl<'de> serde::de::Visitor<'de> for Visitor {
@@ -79,7 +79,10 @@ impl<'de> Deserialize<'de> for Name<'de> {
                 Ok(Name::Owned(v.to_owned()))
             }
         }
-        deserializer.deserialize_str(Visitor)
+        deserializer.deserialize_str(Visitor).map(|name| match name {
+            Name::Borrowed(s) => Name::Borrowed(s),
+            Name::Owned(s) => Name::Owned(s),
+        })
     }
 }
 
