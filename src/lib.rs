@@ -2,5 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod protocol;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use protocol::{CloseCode, Command, Intents};
