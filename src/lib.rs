@@ -1,8 +1,23 @@
 //! shardline: a sharded Discord gateway runtime on actix.
 #![warn(missing_docs)]
 
+pub mod config;
+pub mod error;
+pub mod event;
 pub mod protocol;
+pub mod queue;
+pub mod router;
+pub mod session;
+pub mod shard;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod token;
+mod url;
 
-pub use protocol::{CloseCode, Command, Intents};
+pub use config::{Backoff, Compression, Config, ConfigBuilder, Limits, ShardPlan, Timeouts};
+pub use error::{ConfigError, FatalError, RestError, StartError};
+pub use event::ShardEvent;
+pub use protocol::{CloseCode, Command, CommandError, Intents, PresenceUpdate, Status};
+pub use router::{Dispatch, Router};
+pub use session::{MemorySessionStore, SessionInfo, SessionStore};
+pub use token::Token;

@@ -1,0 +1,138 @@
+//! Error types, one per concern, each with kinds a caller can match on.
+
+use std::fmt;
+
+use crate::protocol::CloseCode;
+
+/// The configuration cannot run: found when the config is built, never later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The token is empty.
+    EmptyToken,
+    /// The shard count (or total) is zero.
+    ZeroShards,
+    /// The range of shard ids is empty.
+    EmptyShardRange,
+    /// A shard id is not below the total.
+    ShardOutOfRange {
+        /// The offending id.
+        id: u32,
+        /// The total.
+        total: u32,
+    },
+    /// `large_threshold` is outside 50..=250 (PROTOCOL.md §2).
+    LargeThreshold(u16),
+    /// Intent bits that no documented intent uses (PROTOCOL.md §7).
+    UnknownIntents(u64),
+    /// `max_concurrency` is zero.
+    ZeroMaxConcurrency,
+    /// The number of arbiters is zero.
+    ZeroArbiters,
+    /// A URL is not of the form the setting needs (the setting, then why).
+    InvalidUrl(&'static str, String),
+    /// A limit or timeout is zero or out of its range (which one, then why).
+    InvalidLimit(&'static str, String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::EmptyToken => f.write_str("the token is empty"),
+            Self::ZeroShards => f.write_str("the shard count must be at least 1"),
+            Self::EmptyShardRange => f.write_str("the range of shard ids is empty"),
+            Self::ShardOutOfRange { id, total } => {
+                write!(f, "shard id {id} is not below the shard total {total}")
+            }
+            Self::LargeThreshold(n) => write!(f, "large_threshold {n} is outside 50..=250"),
+            Self::UnknownIntents(bits) => write!(f, "intent bits {bits:#x} are not documented intents"),
+            Self::ZeroMaxConcurrency => f.write_str("max_concurrency must be at least 1"),
+            Self::ZeroArbiters => f.write_str("the number of arbiters must be at least 1"),
+            Self::InvalidUrl(what, why) => write!(f, "invalid {what}: {why}"),
+            Self::InvalidLimit(what, why) => write!(f, "invalid {what}: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Why a shard stopped for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FatalError {
+    /// The gateway closed with a code after which reconnecting cannot help (PROTOCOL.md §4).
+    Closed(CloseCode),
+}
+
+impl fmt::Display for FatalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Closed(code) => write!(f, "gateway closed the shard with {code}"),
+        }
+    }
+}
+
+impl std::error::Error for FatalError {}
+
+/// Why the runtime could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The configuration is invalid.
+    Config(ConfigError),
+    /// `GET /gateway/bot` failed.
+    Rest(RestError),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(e) => write!(f, "configuration: {e}"),
+            Self::Rest(e) => write!(f, "GET /gateway/bot: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Config(e) => Some(e),
+            Self::Rest(e) => Some(e),
+        }
+    }
+}
+
+impl From<ConfigError> for StartError {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(e)
+    }
+}
+
+impl From<RestError> for StartError {
+    fn from(e: RestError) -> Self {
+        Self::Rest(e)
+    }
+}
+
+/// A REST call to Discord failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestError {
+    /// The request did not complete (connect, TLS, timeout).
+    Transport(String),
+    /// 401: the token was refused.
+    Unauthorized,
+    /// Another non-success status, with the start of the body.
+    Status(u16, String),
+    /// The body is not the documented JSON.
+    Body(String),
+}
+
+impl fmt::Display for RestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Transport(e) => write!(f, "request failed: {e}"),
+            Self::Unauthorized => f.write_str("401 Unauthorized: the token was refused"),
+            Self::Status(code, body) => write!(f, "HTTP {code}: {body}"),
+            Self::Body(e) => write!(f, "unexpected body: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RestError {}

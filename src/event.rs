@@ -1,0 +1,38 @@
+//! Shard lifecycle events, sent to the recipients registered with
+//! [`ConfigBuilder::events`](crate::ConfigBuilder::events).
+
+use actix::Message;
+
+use crate::error::FatalError;
+
+/// Something that happened to a shard's connection.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub enum ShardEvent {
+    /// A new session is READY.
+    Ready {
+        /// The shard.
+        shard: u32,
+        /// The new session's id.
+        session_id: String,
+    },
+    /// A session was resumed (RESUMED received).
+    Resumed {
+        /// The shard.
+        shard: u32,
+    },
+    /// The connection ended; the shard reconnects unless a `Fatal` follows.
+    Disconnected {
+        /// The shard.
+        shard: u32,
+        /// The close code, if the connection was closed with one.
+        code: Option<u16>,
+    },
+    /// The shard stopped for good.
+    Fatal {
+        /// The shard.
+        shard: u32,
+        /// Why.
+        error: FatalError,
+    },
+}

@@ -1,0 +1,93 @@
+//! Identify concurrency: one Identify per bucket (`shard_id % max_concurrency`) per window
+//! (PROTOCOL.md §5, "Identify concurrency").
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The window in which each bucket may identify once: 5 s on Discord.
+pub const IDENTIFY_WINDOW: Duration = Duration::from_secs(5);
+
+/// A future that resolves when the shard may send Identify.
+pub type Permit = Pin<Box<dyn Future<Output = ()> + 'static>>;
+
+/// Hands out Identify permits. The in-process [`LocalIdentifyQueue`] serves one process; a shared one
+/// (e.g. Redis) lets many processes of one bot share Discord's limit.
+pub trait IdentifyQueue: Send + Sync + 'static {
+    /// Resolves when `shard` (of `total`) may identify. Dropping the future before it resolves may
+    /// still use the slot it reserved.
+    fn acquire(&self, shard: u32, total: u32) -> Permit;
+}
+
+/// One process's identify queue: each bucket grants a permit at most once per window, first come,
+/// first served.
+///
+/// ```
+/// use std::time::Duration;
+/// use shardline::queue::LocalIdentifyQueue;
+/// let queue = LocalIdentifyQueue::new(16, Duration::from_secs(5));
+/// assert_eq!(queue.max_concurrency(), 16);
+/// ```
+#[derive(Debug)]
+pub struct LocalIdentifyQueue {
+    window: Duration,
+    /// For each bucket, the earliest instant its next permit may be granted.
+    next_free: Vec<Mutex<Option<Instant>>>,
+}
+
+impl LocalIdentifyQueue {
+    /// A queue for `max_concurrency` buckets (at least 1), each granting once per `window`.
+    pub fn new(max_concurrency: u32, window: Duration) -> Self {
+        let buckets = max_concurrency.max(1) as usize;
+        Self {
+            window,
+            next_free: (0..buckets).map(|_| Mutex::new(None)).collect(),
+        }
+    }
+
+    /// The number of buckets.
+    pub fn max_concurrency(&self) -> u32 {
+        self.next_free.len() as u32
+    }
+
+    /// Reserves the bucket's next slot and returns when it starts.
+    fn reserve(&self, shard: u32, now: Instant) -> Instant {
+        let bucket = shard as usize % self.next_free.len();
+        // A poisoned lock only means another thread panicked mid-update; the instant is still valid.
+        let mut next = self.next_free[bucket]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let at = next.map_or(now, |n| n.max(now));
+        *next = Some(at + self.window);
+        at
+    }
+}
+
+impl IdentifyQueue for LocalIdentifyQueue {
+    fn acquire(&self, shard: u32, _total: u32) -> Permit {
+        let at = self.reserve(shard, Instant::now());
+        Box::pin(async move {
+            actix_rt::time::sleep_until(at.into()).await;
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_independent_and_spaced_by_the_window() {
+        let queue = LocalIdentifyQueue::new(2, Duration::from_secs(5));
+        let t0 = Instant::now();
+        let slots: Vec<_> = (0..6).map(|shard| queue.reserve(shard, t0)).collect();
+        let secs = |i: usize| (slots[i] - t0).as_secs();
+        // shards 0,2,4 share bucket 0; 1,3,5 bucket 1.
+        assert_eq!([secs(0), secs(2), secs(4)], [0, 5, 10]);
+        assert_eq!([secs(1), secs(3), secs(5)], [0, 5, 10]);
+        // After a quiet period the bucket grants at once again.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(queue.reserve(0, later), later);
+    }
+}

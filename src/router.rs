@@ -1,0 +1,201 @@
+//! Which handler actors get which events, and the [`Dispatch`] message they receive.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use actix::{Message, Recipient};
+use bytes::Bytes;
+use bytestring::ByteString;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// One dispatch event (op 0), as handler actors receive it.
+///
+/// The event's `d` is kept as the raw bytes of the received frame, shared by reference count: cloning
+/// a `Dispatch` for several handlers copies nothing, and nothing is deserialized until a handler asks.
+///
+/// ```
+/// use shardline::Dispatch;
+/// #[derive(serde::Deserialize)]
+/// struct Message { content: String }
+/// let frame = br#"{"op":0,"s":7,"t":"MESSAGE_CREATE","d":{"content":"hi","id":"1"}}"#;
+/// let dispatch = Dispatch::from_frame(2, frame.to_vec().into()).unwrap();
+/// assert_eq!((dispatch.shard(), dispatch.seq(), dispatch.event()), (2, 7, "MESSAGE_CREATE"));
+/// assert_eq!(dispatch.parse::<Message>().unwrap().content, "hi");
+/// assert_eq!(dispatch.data(), br#"{"content":"hi","id":"1"}"#);
+/// ```
+#[derive(Clone, Message)]
+#[rtype(result = "()")]
+pub struct Dispatch {
+    shard: u32,
+    seq: u64,
+    event: ByteString,
+    data: Bytes,
+}
+
+impl Dispatch {
+    /// A dispatch whose name and data are slices of `frame` (no copy).
+    pub(crate) fn new(shard: u32, seq: u64, event: ByteString, data: Bytes) -> Self {
+        Self {
+            shard,
+            seq,
+            event,
+            data,
+        }
+    }
+
+    /// Reads a whole received dispatch frame; `None` if it is not a dispatch with `s` and `t`.
+    pub fn from_frame(shard: u32, frame: Bytes) -> Option<Self> {
+        let env = crate::protocol::Envelope::parse(&frame).ok()?;
+        if env.op != 0 {
+            return None;
+        }
+        let seq = env.seq?;
+        let event = event_name(&frame, env.event?)?;
+        let data = env.data.map_or_else(|| Bytes::from_static(b"null"), |r| frame.slice(r));
+        Some(Self::new(shard, seq, event, data))
+    }
+
+    /// The id of the shard that received it.
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    /// Its sequence number within the shard's session.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The event name (`t`), e.g. `MESSAGE_CREATE`.
+    pub fn event(&self) -> &str {
+        &self.event
+    }
+
+    /// The raw JSON of `d`, exactly as received.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// The raw JSON of `d` as shared bytes (a reference-count clone).
+    pub fn data_bytes(&self) -> Bytes {
+        self.data.clone()
+    }
+
+    /// `d` as a borrowed, validated `RawValue`.
+    pub fn raw(&self) -> Result<&RawValue, serde_json::Error> {
+        serde_json::from_slice(&self.data)
+    }
+
+    /// `d` deserialized into an owned type.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.data)
+    }
+
+    /// `d` deserialized into a type that borrows from the frame (e.g. `&str` fields).
+    pub fn parse_borrowed<'a, T: Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.data)
+    }
+}
+
+/// The event name of a dispatch as shared bytes of the frame (or, if it held escapes, its own copy).
+pub(crate) fn event_name(frame: &Bytes, name: crate::protocol::EventName) -> Option<ByteString> {
+    match name {
+        crate::protocol::EventName::Span(range) => ByteString::try_from(frame.slice(range)).ok(),
+        crate::protocol::EventName::Owned(name) => Some(ByteString::from(name)),
+    }
+}
+
+impl fmt::Debug for Dispatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dispatch")
+            .field("shard", &self.shard)
+            .field("seq", &self.seq)
+            .field("event", &&*self.event)
+            .field("bytes", &self.data.len())
+            .finish()
+    }
+}
+
+/// The handlers registered for events, fixed when the runtime starts.
+///
+/// An event reaches every handler registered for its name and every catch-all handler, each once (a
+/// handler registered both ways gets it once). Events no one registered for go to the catch-all
+/// handlers; with none, they are dropped right after the envelope is read.
+#[derive(Clone, Default)]
+pub struct Router {
+    by_event: HashMap<Box<str>, Box<[Recipient<Dispatch>]>>,
+    all: Box<[Recipient<Dispatch>]>,
+}
+
+impl Router {
+    /// Adds a handler for one event name.
+    pub(crate) fn add(&mut self, event: &str, handler: Recipient<Dispatch>) {
+        let mut list = self.by_event.remove(event).map(Vec::from).unwrap_or_default();
+        if !list.contains(&handler) {
+            list.push(handler);
+        }
+        self.by_event.insert(event.into(), list.into());
+    }
+
+    /// Adds a handler for every event.
+    pub(crate) fn add_all(&mut self, handler: Recipient<Dispatch>) {
+        let mut all = Vec::from(std::mem::take(&mut self.all));
+        if !all.contains(&handler) {
+            all.push(handler);
+        }
+        self.all = all.into();
+    }
+
+    /// Folds the catch-all handlers into every named list, so routing is one lookup.
+    pub(crate) fn finish(mut self) -> Self {
+        for list in self.by_event.values_mut() {
+            let mut merged = Vec::from(std::mem::take(list));
+            for handler in self.all.iter() {
+                if !merged.contains(handler) {
+                    merged.push(handler.clone());
+                }
+            }
+            *list = merged.into();
+        }
+        self
+    }
+
+    /// The handlers for `event`.
+    pub fn handlers(&self, event: &str) -> &[Recipient<Dispatch>] {
+        self.by_event.get(event).unwrap_or(&self.all)
+    }
+
+    /// Whether any handler wants `event`.
+    pub fn wants(&self, event: &str) -> bool {
+        !self.handlers(event).is_empty()
+    }
+
+    /// Whether no handler is registered at all.
+    pub fn is_empty(&self) -> bool {
+        self.by_event.is_empty() && self.all.is_empty()
+    }
+
+    /// Sends `dispatch` to every handler of its event; returns how many it was sent to.
+    pub(crate) fn route(&self, dispatch: Dispatch) -> usize {
+        let handlers = self.handlers(dispatch.event());
+        if let Some((last, rest)) = handlers.split_last() {
+            for handler in rest {
+                handler.do_send(dispatch.clone());
+            }
+            last.do_send(dispatch);
+        }
+        handlers.len()
+    }
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut events: Vec<_> = self.by_event.iter().map(|(k, v)| (&**k, v.len())).collect();
+        events.sort();
+        f.debug_struct("Router")
+            .field("by_event", &events)
+            .field("all", &self.all.len())
+            .finish()
+    }
+}

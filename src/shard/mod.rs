@@ -1,0 +1,6 @@
+//! One shard's life: the sans-IO protocol state machine ([`state`]) and the actor that drives it
+//! over a websocket ([`actor`]).
+
+pub mod state;
+
+pub use state::{Action, IdentifyParams, Phase, ShardState};

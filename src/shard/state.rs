@@ -1,0 +1,468 @@
+//! One shard's protocol as a sans-IO state machine: inputs in (a frame, a heartbeat tick, a close, an
+//! identify permit), actions out (send this, deliver that, reconnect, stop). Every rule of
+//! PROTOCOL.md §3–§4 lives here; there is no socket and no clock (callers pass `now`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use crate::error::FatalError;
+use crate::protocol::command::{self, Identify, IdentifyProperties, Resume};
+use crate::protocol::{close_code, CloseAction, CloseCode, Envelope, OpCode, PresenceUpdate};
+use crate::router::{event_name, Dispatch};
+use crate::session::SessionInfo;
+use crate::token::Token;
+
+/// The close code used to leave a connection while keeping the session resumable (PROTOCOL.md §4:
+/// 1000/1001 would invalidate it; 4000 is customary).
+pub const RESUME_CLOSE_CODE: u16 = 4000;
+/// The close code of a final shutdown: the session ends.
+pub const FINAL_CLOSE_CODE: u16 = 1000;
+
+/// Where a shard is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No connection; one will be opened (after a backoff delay, if reconnecting).
+    Disconnected,
+    /// The socket is open; waiting for Hello.
+    AwaitingHello,
+    /// Hello received; waiting for an identify permit.
+    AwaitingIdentify,
+    /// Identify sent; waiting for READY.
+    Identifying,
+    /// Resume sent; waiting for RESUMED.
+    Resuming,
+    /// READY or RESUMED received: events flow.
+    Ready,
+    /// Stopped for good (fatal close code or final shutdown).
+    Stopped,
+}
+
+/// What kind of frame is being sent, for the rate limiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendKind {
+    /// A heartbeat: uses the room reserved for heartbeats.
+    Heartbeat,
+    /// Identify or Resume: first on a connection.
+    Handshake,
+}
+
+/// What the shell must do.
+#[derive(Debug)]
+pub enum Action {
+    /// Send this JSON text frame.
+    Send(String, SendKind),
+    /// (Re)start the heartbeat timer: first tick after `first`, then every `interval`.
+    StartHeartbeat {
+        /// Delay to the first heartbeat (interval × jitter).
+        first: Duration,
+        /// Interval between heartbeats.
+        interval: Duration,
+    },
+    /// Ask the identify queue for a permit, then call [`ShardState::on_identify_permit`].
+    RequestIdentify,
+    /// Hand this event to the router.
+    Deliver(Dispatch),
+    /// The session changed: store it (`Some`) or forget it (`None`).
+    StoreSession(Option<SessionInfo>),
+    /// READY (`resumed: false`) or RESUMED (`resumed: true`) arrived: the connection is healthy.
+    Ready {
+        /// Whether the session was resumed.
+        resumed: bool,
+    },
+    /// Close the socket (with `close_code`, if it is still open) and connect again; the next
+    /// connection resumes if a session is kept, else identifies.
+    Reconnect {
+        /// The code to close with; `None` when the socket is already closed.
+        close_code: Option<u16>,
+    },
+    /// Stop for good.
+    Fatal(FatalError),
+}
+
+/// What a shard identifies with.
+#[derive(Debug, Clone)]
+pub struct IdentifyParams {
+    /// The bot token.
+    pub token: Token,
+    /// Intent bits.
+    pub intents: u64,
+    /// Identify properties.
+    pub properties: IdentifyProperties,
+    /// 50..=250.
+    pub large_threshold: u8,
+    /// Initial presence.
+    pub presence: Option<PresenceUpdate>,
+    /// The gateway URL to identify on (no query).
+    pub gateway_url: String,
+    /// Domains whose subdomains a `resume_gateway_url` may use.
+    pub allowed_resume_domains: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Heartbeat {
+    interval: Option<Duration>,
+    /// When the last heartbeat not yet acknowledged was sent.
+    awaiting_ack_since: Option<Instant>,
+    latency: Option<Duration>,
+}
+
+/// One shard's protocol state.
+#[derive(Debug)]
+pub struct ShardState {
+    shard: u32,
+    total: u32,
+    params: Arc<IdentifyParams>,
+    phase: Phase,
+    session: Option<SessionInfo>,
+    /// Last non-null `s` received (PROTOCOL.md §3.5).
+    seq: Option<u64>,
+    heartbeat: Heartbeat,
+    actions: VecDeque<Action>,
+}
+
+#[derive(Deserialize)]
+struct Hello {
+    heartbeat_interval: u64,
+}
+
+#[derive(Deserialize)]
+struct Ready<'a> {
+    #[serde(borrow)]
+    session_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    resume_gateway_url: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl ShardState {
+    /// A shard that will resume `session` if given, else identify.
+    pub fn new(shard: u32, total: u32, params: Arc<IdentifyParams>, session: Option<SessionInfo>) -> Self {
+        Self {
+            shard,
+            total,
+            params,
+            phase: Phase::Disconnected,
+            seq: session.as_ref().map(|s| s.seq),
+            session,
+            heartbeat: Heartbeat::default(),
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// The next action to carry out, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Where the shard is.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The kept session, if any.
+    pub fn session(&self) -> Option<&SessionInfo> {
+        self.session.as_ref()
+    }
+
+    /// Last sequence received.
+    pub fn seq(&self) -> Option<u64> {
+        self.seq
+    }
+
+    /// Time between the last heartbeat and its ACK.
+    pub fn latency(&self) -> Option<Duration> {
+        self.heartbeat.latency
+    }
+
+    /// The heartbeat interval from Hello.
+    pub fn heartbeat_interval(&self) -> Option<Duration> {
+        self.heartbeat.interval
+    }
+
+    /// The base URL (no query) of the next connection: the resume URL when resuming (PROTOCOL.md §3.7).
+    pub fn connect_base(&self) -> &str {
+        self.session
+            .as_ref()
+            .and_then(|s| s.resume_url.as_deref())
+            .unwrap_or(&self.params.gateway_url)
+    }
+
+    /// Whether the next connection will resume.
+    pub fn will_resume(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// A new socket is open: the server speaks first (PROTOCOL.md §3.1).
+    pub fn on_open(&mut self) {
+        self.phase = Phase::AwaitingHello;
+        self.heartbeat = Heartbeat {
+            latency: self.heartbeat.latency,
+            ..Heartbeat::default()
+        };
+    }
+
+    /// A frame arrived. `frame` holds the bytes `env` was parsed from; `jitter` in [0, 1) places the
+    /// first heartbeat after Hello.
+    pub fn on_frame(&mut self, frame: &Bytes, env: &Envelope, now: Instant, jitter: f64) {
+        if self.phase == Phase::Stopped {
+            return;
+        }
+        let data = env.data(frame);
+        match OpCode::from_u8(env.op) {
+            Some(OpCode::Dispatch) => self.on_dispatch(frame, env),
+            Some(OpCode::Heartbeat) => {
+                // §3.3: a server op 1 is answered at once.
+                self.send_heartbeat(now);
+            }
+            Some(OpCode::HeartbeatAck) => {
+                if let Some(sent) = self.heartbeat.awaiting_ack_since.take() {
+                    self.heartbeat.latency = Some(now.saturating_duration_since(sent));
+                }
+            }
+            Some(OpCode::Hello) => self.on_hello(data, jitter),
+            Some(OpCode::Reconnect) => {
+                // §3.9: op 7 → reconnect and resume.
+                tracing::info!(shard.id = self.shard, "gateway asked to reconnect (op 7)");
+                self.reconnect(Some(RESUME_CLOSE_CODE));
+            }
+            Some(OpCode::InvalidSession) => {
+                // §3.8: d = true → resume; false → the session is gone.
+                let resumable = data == b"true";
+                tracing::warn!(shard.id = self.shard, resumable, "invalid session (op 9)");
+                if !resumable {
+                    self.forget_session();
+                }
+                self.reconnect(Some(RESUME_CLOSE_CODE));
+            }
+            Some(op) => {
+                tracing::warn!(shard.id = self.shard, op = op.code(), "ignored a send-only opcode from the gateway");
+            }
+            None => {
+                tracing::warn!(shard.id = self.shard, op = env.op, "ignored an unknown opcode");
+            }
+        }
+    }
+
+    fn on_hello(&mut self, data: &[u8], jitter: f64) {
+        let hello = match serde_json::from_slice::<Hello>(data) {
+            Ok(hello) if hello.heartbeat_interval > 0 => hello,
+            _ => {
+                tracing::warn!(shard.id = self.shard, "Hello without a valid heartbeat_interval; reconnecting");
+                self.reconnect(Some(RESUME_CLOSE_CODE));
+                return;
+            }
+        };
+        if self.phase != Phase::AwaitingHello {
+            tracing::warn!(shard.id = self.shard, phase = ?self.phase, "ignored a second Hello");
+            return;
+        }
+        let interval = Duration::from_millis(hello.heartbeat_interval);
+        self.heartbeat.interval = Some(interval);
+        self.heartbeat.awaiting_ack_since = None;
+        // §3.2: first heartbeat after interval × jitter, jitter in [0, 1).
+        let jitter = if (0.0..1.0).contains(&jitter) { jitter } else { 0.0 };
+        self.actions.push_back(Action::StartHeartbeat {
+            first: interval.mul_f64(jitter),
+            interval,
+        });
+        match &self.session {
+            // §3.7: a kept session resumes with op 6, no Identify.
+            Some(session) => {
+                let frame = Resume {
+                    token: self.params.token.expose(),
+                    session_id: &session.session_id,
+                    seq: self.seq.unwrap_or(session.seq),
+                }
+                .to_frame();
+                self.phase = Phase::Resuming;
+                self.actions.push_back(Action::Send(frame, SendKind::Handshake));
+            }
+            None => {
+                self.phase = Phase::AwaitingIdentify;
+                self.actions.push_back(Action::RequestIdentify);
+            }
+        }
+    }
+
+    /// The identify queue granted a permit. Returns whether it was used (it is not if the connection
+    /// went away while waiting).
+    pub fn on_identify_permit(&mut self) -> bool {
+        if self.phase != Phase::AwaitingIdentify {
+            return false;
+        }
+        let p = &self.params;
+        let frame = Identify {
+            token: p.token.expose(),
+            properties: &p.properties,
+            compress: false,
+            large_threshold: p.large_threshold,
+            shard: [self.shard, self.total],
+            presence: p.presence.as_ref(),
+            intents: p.intents,
+        }
+        .to_frame();
+        self.phase = Phase::Identifying;
+        self.actions.push_back(Action::Send(frame, SendKind::Handshake));
+        true
+    }
+
+    fn on_dispatch(&mut self, frame: &Bytes, env: &Envelope) {
+        let (Some(seq), Some(name)) = (env.seq, env.event.clone()) else {
+            tracing::warn!(shard.id = self.shard, "ignored a dispatch without s or t");
+            return;
+        };
+        if let Some(last) = self.seq {
+            if seq <= last {
+                // A replayed or repeated event already delivered: exactly once means skip it.
+                tracing::debug!(shard.id = self.shard, seq, last, "skipped an event already delivered");
+                return;
+            }
+            if seq > last + 1 && self.phase == Phase::Ready {
+                tracing::warn!(shard.id = self.shard, seq, last, "sequence gap");
+            }
+        }
+        let Some(event) = event_name(frame, name) else {
+            tracing::warn!(shard.id = self.shard, seq, "ignored a dispatch whose name is not UTF-8");
+            return;
+        };
+        self.seq = Some(seq);
+        let data = env
+            .data
+            .clone()
+            .map_or_else(|| Bytes::from_static(b"null"), |r| frame.slice(r));
+        match &*event {
+            "READY" => self.on_ready(&data, seq),
+            "RESUMED" => {
+                if self.phase == Phase::Resuming {
+                    self.phase = Phase::Ready;
+                    if let Some(session) = &self.session {
+                        let mut s = session.clone();
+                        s.seq = seq;
+                        self.actions.push_back(Action::StoreSession(Some(s)));
+                    }
+                    self.actions.push_back(Action::Ready { resumed: true });
+                }
+            }
+            _ => {}
+        }
+        self.actions
+            .push_back(Action::Deliver(Dispatch::new(self.shard, seq, event, data)));
+    }
+
+    fn on_ready(&mut self, data: &[u8], seq: u64) {
+        let ready = match serde_json::from_slice::<Ready<'_>>(data) {
+            Ok(ready) => ready,
+            Err(e) => {
+                tracing::warn!(shard.id = self.shard, error = %e, "READY without a session id: this session cannot be resumed");
+                self.phase = Phase::Ready;
+                self.actions.push_back(Action::Ready { resumed: false });
+                return;
+            }
+        };
+        let resume_url = ready.resume_gateway_url.and_then(|url| {
+            let p = &self.params;
+            if crate::url::resume_url_allowed(&url, &p.gateway_url, &p.allowed_resume_domains) {
+                Some(url.into_owned())
+            } else {
+                tracing::warn!(
+                    shard.id = self.shard,
+                    url = %url,
+                    "resume_gateway_url is not on an allowed host; resuming on the gateway URL instead"
+                );
+                None
+            }
+        });
+        let session = SessionInfo {
+            session_id: ready.session_id.into_owned(),
+            seq,
+            resume_url,
+        };
+        self.session = Some(session.clone());
+        self.phase = Phase::Ready;
+        self.actions.push_back(Action::StoreSession(Some(session)));
+        self.actions.push_back(Action::Ready { resumed: false });
+    }
+
+    /// The heartbeat timer fired.
+    pub fn on_heartbeat_due(&mut self, now: Instant) {
+        if matches!(self.phase, Phase::Disconnected | Phase::Stopped) {
+            return;
+        }
+        if self.heartbeat.awaiting_ack_since.is_some() {
+            // §3.6: no ACK between two heartbeats → zombie; close non-1000 and resume.
+            tracing::warn!(shard.id = self.shard, "no heartbeat ACK since the last heartbeat: zombie connection");
+            self.reconnect(Some(RESUME_CLOSE_CODE));
+            return;
+        }
+        self.send_heartbeat(now);
+    }
+
+    fn send_heartbeat(&mut self, now: Instant) {
+        // §3.2: each op 1 carries the last non-null s.
+        self.heartbeat.awaiting_ack_since.get_or_insert(now);
+        self.actions
+            .push_back(Action::Send(command::heartbeat(self.seq), SendKind::Heartbeat));
+    }
+
+    /// The socket closed: `code` is the close frame's code, `None` for a drop without one.
+    pub fn on_close(&mut self, code: Option<u16>) {
+        if matches!(self.phase, Phase::Disconnected | Phase::Stopped) {
+            return;
+        }
+        let action = code.map_or(CloseAction::Resume, close_code::action_for);
+        match action {
+            CloseAction::Resume => {}
+            // §4: 4003/4007/4009 start a new session.
+            CloseAction::Identify => self.forget_session(),
+            CloseAction::Fatal => {
+                if let Some(code) = code.and_then(CloseCode::from_u16) {
+                    self.phase = Phase::Stopped;
+                    self.forget_session();
+                    self.actions.push_back(Action::Fatal(FatalError::Closed(code)));
+                    return;
+                }
+            }
+        }
+        self.reconnect(None);
+    }
+
+    /// The shell gave up on the connection (timeout, transport error, oversized or undecodable
+    /// message): reconnect, resuming if possible.
+    pub fn on_connection_failed(&mut self) {
+        if self.phase != Phase::Stopped {
+            self.reconnect(Some(RESUME_CLOSE_CODE));
+        }
+    }
+
+    /// A deliberate shutdown: `resumable` keeps the session (close non-1000), else it ends (1000).
+    /// Returns the close code to send.
+    pub fn shutdown(&mut self, resumable: bool) -> u16 {
+        self.phase = Phase::Stopped;
+        if resumable {
+            RESUME_CLOSE_CODE
+        } else {
+            self.forget_session();
+            FINAL_CLOSE_CODE
+        }
+    }
+
+    fn forget_session(&mut self) {
+        if self.session.take().is_some() || self.seq.is_some() {
+            self.actions.push_back(Action::StoreSession(None));
+        }
+        self.seq = None;
+    }
+
+    fn reconnect(&mut self, close_code: Option<u16>) {
+        self.phase = Phase::Disconnected;
+        self.heartbeat.awaiting_ack_since = None;
+        self.actions.push_back(Action::Reconnect { close_code });
+    }
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;
