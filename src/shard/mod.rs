@@ -4,3 +4,6 @@
 pub mod state;
 
 pub use state::{Action, IdentifyParams, Phase, ShardState};
+pub mod backoff;
+pub mod inflate;
+pub mod limiter;

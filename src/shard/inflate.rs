@@ -1,0 +1,167 @@
+//! zlib-stream transport decompression: one inflate context per connection, a message ends where the
+//! data ends in `00 00 FF FF` (PROTOCOL.md §6).
+
+use bytes::{Bytes, BytesMut};
+use flate2::{Decompress, FlushDecompress, Status};
+
+const SYNC_FLUSH: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+/// Buffers larger than this are freed after use rather than kept for the next message, so an idle
+/// shard does not hold the memory of its largest `GUILD_CREATE`.
+const KEEP_CAPACITY: usize = 16 << 10;
+
+/// Why a compressed message could not be inflated. The stream state is lost: reconnect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InflateError {
+    /// The data is not a valid zlib stream.
+    Corrupt(String),
+    /// The message inflates to more than the configured cap (a decompression bomb, or a limit set
+    /// too low).
+    TooLarge(usize),
+    /// Compressed data without its end marker grew past the cap.
+    Unterminated(usize),
+}
+
+impl std::fmt::Display for InflateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Corrupt(e) => write!(f, "corrupt zlib stream: {e}"),
+            Self::TooLarge(cap) => write!(f, "message inflates past the {cap}-byte cap"),
+            Self::Unterminated(cap) => write!(f, "compressed message without end marker past {cap} bytes"),
+        }
+    }
+}
+
+impl std::error::Error for InflateError {}
+
+/// The inflate context of one zlib-stream connection.
+pub struct Inflater {
+    zlib: Decompress,
+    pending: BytesMut,
+    max_output: usize,
+}
+
+impl std::fmt::Debug for Inflater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inflater").field("pending", &self.pending.len()).finish()
+    }
+}
+
+impl Inflater {
+    /// A fresh context (one per connection) whose messages may inflate to at most `max_output` bytes.
+    pub fn new(max_output: usize) -> Self {
+        Self {
+            zlib: Decompress::new(true),
+            pending: BytesMut::new(),
+            max_output,
+        }
+    }
+
+    /// Feeds one websocket message's bytes; returns a whole inflated gateway message once the data so
+    /// far ends with the sync-flush marker.
+    pub fn push(&mut self, data: &[u8]) -> Result<Option<Bytes>, InflateError> {
+        if self.pending.is_empty() && data.ends_with(&SYNC_FLUSH) {
+            return self.inflate(data).map(Some);
+        }
+        if self.pending.len() + data.len() > self.max_output {
+            self.pending = BytesMut::new();
+            return Err(InflateError::Unterminated(self.max_output));
+        }
+        self.pending.extend_from_slice(data);
+        if !self.pending.ends_with(&SYNC_FLUSH) {
+            return Ok(None);
+        }
+        let input = std::mem::take(&mut self.pending);
+        let out = self.inflate(&input);
+        if input.capacity() <= KEEP_CAPACITY {
+            self.pending = input;
+            self.pending.clear();
+        }
+        out.map(Some)
+    }
+
+    fn inflate(&mut self, mut input: &[u8]) -> Result<Bytes, InflateError> {
+        // Gateway JSON compresses about 4-10×; start there and grow.
+        let mut out: Vec<u8> = Vec::with_capacity((input.len() * 4).clamp(256, self.max_output));
+        loop {
+            if out.len() == out.capacity() {
+                if out.len() >= self.max_output {
+                    return Err(InflateError::TooLarge(self.max_output));
+                }
+                let grow = out.capacity().min(self.max_output - out.len());
+                out.reserve_exact(grow);
+            }
+            let before_in = self.zlib.total_in();
+            let before_out = self.zlib.total_out();
+            let status = self
+                .zlib
+                .decompress_vec(input, &mut out, FlushDecompress::Sync)
+                .map_err(|e| InflateError::Corrupt(e.to_string()))?;
+            let consumed = (self.zlib.total_in() - before_in) as usize;
+            let produced = self.zlib.total_out() - before_out;
+            input = &input[consumed..];
+            let out_full = out.len() == out.capacity();
+            match status {
+                Status::StreamEnd => break,
+                _ if input.is_empty() && !out_full => break,
+                Status::BufError if consumed == 0 && produced == 0 && !out_full => {
+                    return Err(InflateError::Corrupt("no progress".into()))
+                }
+                _ => {}
+            }
+        }
+        Ok(Bytes::from(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::{Compress, Compression, FlushCompress};
+
+    fn compress_each(messages: &[&[u8]]) -> Vec<Vec<u8>> {
+        let mut z = Compress::new(Compression::fast(), true);
+        messages
+            .iter()
+            .map(|m| {
+                // Deflate never grows data by more than a few bytes per 16 KiB block.
+                let mut out = Vec::with_capacity(m.len() + m.len() / 100 + 64);
+                z.compress_vec(m, &mut out, FlushCompress::Sync).unwrap();
+                assert_eq!(z.total_in() as usize, messages.iter().take_while(|x| !std::ptr::eq(**x, *m)).map(|x| x.len()).sum::<usize>() + m.len());
+                out
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_context_inflates_a_stream_of_messages() {
+        let msgs: [&[u8]; 3] = [br#"{"op":10}"#, br#"{"op":11}"#, &[b'x'; 100_000]];
+        let frames = compress_each(&msgs);
+        assert_eq!(&frames[0][..2], &[0x78, 0x01]);
+        let mut inflater = Inflater::new(1 << 20);
+        for (frame, msg) in frames.iter().zip(msgs) {
+            assert_eq!(inflater.push(frame).unwrap().as_deref(), Some(msg));
+        }
+    }
+
+    #[test]
+    fn a_message_split_over_frames_is_assembled() {
+        let frames = compress_each(&[b"{\"op\":0,\"d\":\"hello\"}"]);
+        let (a, b) = frames[0].split_at(5);
+        let mut inflater = Inflater::new(1 << 20);
+        assert_eq!(inflater.push(a).unwrap(), None);
+        assert_eq!(inflater.push(b).unwrap().as_deref(), Some(&b"{\"op\":0,\"d\":\"hello\"}"[..]));
+    }
+
+    #[test]
+    fn a_bomb_hits_the_cap_and_garbage_is_corrupt() {
+        let frames = compress_each(&[&vec![b'a'; 10 << 20]]);
+        assert!(frames[0].len() < 64 << 10);
+        let mut inflater = Inflater::new(1 << 20);
+        assert_eq!(inflater.push(&frames[0]), Err(InflateError::TooLarge(1 << 20)));
+        let mut inflater = Inflater::new(1 << 20);
+        assert!(matches!(inflater.push(b"garbage\x00\x00\xff\xff"), Err(InflateError::Corrupt(_))));
+        let mut inflater = Inflater::new(4096);
+        assert_eq!(inflater.push(&[1u8; 3000]).unwrap(), None);
+        assert_eq!(inflater.push(&[1u8; 3000]), Err(InflateError::Unterminated(4096)));
+    }
+}
