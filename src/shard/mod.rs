@@ -7,3 +7,7 @@ pub use state::{Action, IdentifyParams, Phase, ShardState};
 pub mod backoff;
 pub mod inflate;
 pub mod limiter;
+pub mod actor;
+pub mod messages;
+pub use actor::ShardActor;
+pub use messages::{GetStatus, SendCommand, ShardStatus, Shutdown};

@@ -1,0 +1,579 @@
+//! The `ShardActor`: the thin IO shell around [`ShardState`]. It owns the awc websocket, the
+//! inflater, the timers, the command limiter and the reconnect backoff; it feeds the state machine
+//! and carries out its actions.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::io::{SinkWrite, WriteHandler};
+use actix::prelude::*;
+use actix_codec::Framed;
+use actix_http::ws::Item;
+use awc::ws::{CloseCode as WsCloseCode, CloseReason, Codec, Frame, Message as WsMessage};
+use awc::BoxedSocket;
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{SplitSink, StreamExt};
+
+use crate::config::{Compression, Limits, Timeouts};
+use crate::error::FatalError;
+use crate::event::ShardEvent;
+use crate::protocol::{CommandError, Envelope};
+use crate::queue::IdentifyQueue;
+use crate::router::Router;
+use crate::session::SessionStore;
+use crate::shard::backoff::ReconnectBackoff;
+use crate::shard::inflate::Inflater;
+use crate::shard::limiter::CommandLimiter;
+use crate::shard::messages::{GetStatus, SendCommand, ShardStatus, ShardStopped, Shutdown};
+use crate::shard::state::{Action, IdentifyParams, Phase, SendKind, ShardState};
+
+type WsSink = SplitSink<Framed<BoxedSocket, Codec>, WsMessage>;
+
+/// What every shard of one bot shares.
+pub(crate) struct ShardShared {
+    pub params: Arc<IdentifyParams>,
+    pub compression: Compression,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub backoff: crate::config::Backoff,
+    pub command_limit: (u32, Duration),
+    pub router: Arc<Router>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub queue: Arc<dyn IdentifyQueue>,
+    pub events: Vec<Recipient<ShardEvent>>,
+}
+
+thread_local! {
+    // awc's client is not Send: one per arbiter thread. Its connector's default limit of 100
+    // connections would hold shard 101 back forever, since a websocket keeps its slot for life.
+    static CLIENT: awc::Client = awc::Client::builder()
+        .connector(awc::Connector::new().limit(0))
+        .max_http_version(awc::http::Version::HTTP_11)
+        .disable_timeout()
+        .finish();
+}
+
+/// One websocket connection's IO state.
+struct Connection {
+    sink: SinkWrite<WsMessage, WsSink>,
+    reader: SpawnHandle,
+    heartbeat: Option<SpawnHandle>,
+    /// The Hello or READY/RESUMED timeout, whichever is armed.
+    deadline: Option<SpawnHandle>,
+    inflater: Option<Inflater>,
+    /// A message arriving in continuation frames: whether it is text, and its bytes so far.
+    partial: Option<(bool, BytesMut)>,
+    limiter: CommandLimiter,
+}
+
+/// A websocket item tagged with the connection it came from, so a late item of an old connection is
+/// never taken for the new one's.
+struct WsEvent {
+    generation: u64,
+    frame: Option<Result<Frame, actix_http::ws::ProtocolError>>,
+}
+
+/// The actor of one shard.
+pub struct ShardActor {
+    id: u32,
+    total: u32,
+    state: ShardState,
+    shared: Arc<ShardShared>,
+    supervisor: Option<Recipient<ShardStopped>>,
+    conn: Option<Connection>,
+    generation: u64,
+    backoff: ReconnectBackoff,
+    reconnect_timer: Option<SpawnHandle>,
+    connections: u32,
+    queued: VecDeque<String>,
+    flush_timer: Option<SpawnHandle>,
+    fatal: Option<FatalError>,
+    deliberate_stop: bool,
+    span: tracing::Span,
+}
+
+impl ShardActor {
+    pub(crate) fn new(
+        id: u32,
+        total: u32,
+        shared: Arc<ShardShared>,
+        supervisor: Option<Recipient<ShardStopped>>,
+    ) -> Self {
+        let session = shared.sessions.load(id);
+        let state = ShardState::new(id, total, shared.params.clone(), session);
+        Self {
+            id,
+            total,
+            state,
+            backoff: ReconnectBackoff::new(&shared.backoff),
+            shared,
+            supervisor,
+            conn: None,
+            generation: 0,
+            reconnect_timer: None,
+            connections: 0,
+            queued: VecDeque::new(),
+            flush_timer: None,
+            fatal: None,
+            deliberate_stop: false,
+            span: tracing::info_span!("shard", shard.id = id, shard.total = total),
+        }
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        self.reconnect_timer = None;
+        self.generation += 1;
+        self.connections += 1;
+        let generation = self.generation;
+        let url = crate::url::connect_url(
+            self.state.connect_base(),
+            self.shared.compression.query_value(),
+        );
+        tracing::debug!(resume = self.state.will_resume(), url = %url, "connecting");
+        let max_frame = self.shared.limits.max_message_size;
+        let timeout = self.shared.timeouts.connect;
+        let connecting = async move {
+            let request = CLIENT.with(|c| c.ws(url.as_str()).max_frame_size(max_frame));
+            actix_rt::time::timeout(timeout, request.connect()).await
+        };
+        ctx.spawn(connecting.into_actor(self).map(move |result, act, ctx| {
+            let _span = act.span.clone().entered();
+            if act.generation != generation || act.state.phase() == Phase::Stopped {
+                return;
+            }
+            match result {
+                Ok(Ok((_response, framed))) => act.attach(framed, generation, ctx),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "connect failed");
+                    act.schedule_reconnect(ctx);
+                }
+                Err(_) => {
+                    tracing::warn!(?timeout, "connect timed out");
+                    act.schedule_reconnect(ctx);
+                }
+            }
+        }));
+    }
+
+    fn attach(&mut self, framed: Framed<BoxedSocket, Codec>, generation: u64, ctx: &mut Context<Self>) {
+        let (sink, stream) = framed.split();
+        let reader = ctx.add_stream(
+            stream
+                .map(move |frame| WsEvent { generation, frame: Some(frame) })
+                .chain(futures_util::stream::once(async move {
+                    WsEvent { generation, frame: None }
+                })),
+        );
+        let (limit, window) = self.shared.command_limit;
+        self.conn = Some(Connection {
+            sink: SinkWrite::new(sink, ctx),
+            reader,
+            heartbeat: None,
+            deadline: None,
+            inflater: match self.shared.compression {
+                Compression::ZlibStream => Some(Inflater::new(self.shared.limits.max_decompressed_size)),
+                Compression::None => None,
+            },
+            partial: None,
+            limiter: CommandLimiter::new(limit, window, None),
+        });
+        self.state.on_open();
+        self.arm_deadline(self.shared.timeouts.hello, Phase::AwaitingHello, ctx);
+    }
+
+    /// Fails the connection if it is still in `phase` after `after`.
+    fn arm_deadline(&mut self, after: Duration, phase: Phase, ctx: &mut Context<Self>) {
+        let generation = self.generation;
+        let handle = ctx.run_later(after, move |act, ctx| {
+            if act.generation == generation && act.state.phase() == phase {
+                let _span = act.span.clone().entered();
+                tracing::warn!(?phase, ?after, "timed out; reconnecting");
+                act.state.on_connection_failed();
+                act.drain(ctx);
+            }
+        });
+        if let Some(conn) = &mut self.conn {
+            if let Some(old) = conn.deadline.replace(handle) {
+                ctx.cancel_future(old);
+            }
+        }
+    }
+
+    fn schedule_reconnect(&mut self, ctx: &mut Context<Self>) {
+        if self.reconnect_timer.is_some() || self.state.phase() == Phase::Stopped {
+            return;
+        }
+        let delay = self.backoff.next_delay();
+        tracing::info!(?delay, resume = self.state.will_resume(), "reconnecting after delay");
+        self.reconnect_timer = Some(ctx.run_later(delay, |act, ctx| act.connect(ctx)));
+    }
+
+    /// Ends the current connection: closes with `code` if given, and frees everything it holds.
+    fn teardown(&mut self, code: Option<u16>, ctx: &mut Context<Self>) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        for handle in [Some(conn.reader), conn.heartbeat, conn.deadline].into_iter().flatten() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(code) = code {
+            let reason = CloseReason { code: WsCloseCode::from(code), description: None };
+            let _ = conn.sink.write(WsMessage::Close(Some(reason)));
+        }
+        conn.sink.close();
+        // The writer flushes the close frame on its own; if the peer never lets it finish, cancel it
+        // so a dead socket cannot pile up across reconnects.
+        let writer = conn.sink.handle();
+        ctx.run_later(Duration::from_secs(2), move |_, ctx| {
+            ctx.cancel_future(writer);
+        });
+    }
+
+    fn on_ws_event(&mut self, frame: Option<Result<Frame, actix_http::ws::ProtocolError>>, ctx: &mut Context<Self>) {
+        match frame {
+            None => self.state.on_close(None),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "websocket protocol error; reconnecting");
+                self.state.on_connection_failed();
+            }
+            Some(Ok(Frame::Text(bytes))) => self.on_message(bytes),
+            Some(Ok(Frame::Binary(bytes))) => self.on_binary(bytes),
+            Some(Ok(Frame::Continuation(item))) => self.on_continuation(item),
+            Some(Ok(Frame::Ping(payload))) => {
+                if let Some(conn) = &mut self.conn {
+                    let _ = conn.sink.write(WsMessage::Pong(payload));
+                }
+            }
+            Some(Ok(Frame::Pong(_))) => {}
+            Some(Ok(Frame::Close(reason))) => {
+                let code = reason.map(|r| u16::from(r.code));
+                tracing::info!(?code, "gateway closed the connection");
+                self.emit(ShardEvent::Disconnected { shard: self.id, code });
+                self.state.on_close(code);
+            }
+        }
+        self.drain(ctx);
+    }
+
+    /// Assembles a message sent in continuation frames; hands it on when its last frame arrives.
+    fn on_continuation(&mut self, item: Item) {
+        let max = self.shared.limits.max_message_size;
+        let Some(conn) = &mut self.conn else { return };
+        let (chunk, last) = match item {
+            Item::FirstText(chunk) => {
+                conn.partial = Some((true, BytesMut::from(&chunk[..])));
+                return;
+            }
+            Item::FirstBinary(chunk) => {
+                conn.partial = Some((false, BytesMut::from(&chunk[..])));
+                return;
+            }
+            Item::Continue(chunk) => (chunk, false),
+            Item::Last(chunk) => (chunk, true),
+        };
+        let Some((_, buf)) = &mut conn.partial else {
+            tracing::warn!("continuation frame without a first frame; skipped");
+            return;
+        };
+        if buf.len() + chunk.len() > max {
+            tracing::warn!(max, "message over the size limit; reconnecting");
+            conn.partial = None;
+            self.state.on_connection_failed();
+            return;
+        }
+        buf.extend_from_slice(&chunk);
+        if last {
+            if let Some((text, buf)) = conn.partial.take() {
+                let message = buf.freeze();
+                if text {
+                    self.on_message(message);
+                } else {
+                    self.on_binary(message);
+                }
+            }
+        }
+    }
+
+    fn on_binary(&mut self, bytes: Bytes) {
+        let Some(conn) = &mut self.conn else { return };
+        let Some(inflater) = &mut conn.inflater else {
+            // Without transport compression Discord sends text; a binary frame is read as JSON all the same.
+            self.on_message(bytes);
+            return;
+        };
+        match inflater.push(&bytes) {
+            Ok(Some(message)) => self.on_message(message),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot inflate; reconnecting");
+                self.state.on_connection_failed();
+            }
+        }
+    }
+
+    fn on_message(&mut self, frame: Bytes) {
+        match Envelope::parse(&frame) {
+            Ok(env) => {
+                // §3.2: the first heartbeat is jittered; only Hello needs the random draw.
+                let jitter = if env.op == 10 { rand::random::<f64>() } else { 0.0 };
+                self.state.on_frame(&frame, &env, Instant::now(), jitter);
+            }
+            Err(e) => {
+                let start = String::from_utf8_lossy(&frame[..frame.len().min(64)]).into_owned();
+                tracing::warn!(error = %e, bytes = frame.len(), start = %start, "skipped a malformed frame");
+            }
+        }
+    }
+
+    /// Carries out every action the state machine has queued.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        while let Some(action) = self.state.poll_action() {
+            match action {
+                Action::Send(text, kind) => self.send(text, kind, ctx),
+                Action::StartHeartbeat { first, interval } => self.start_heartbeat(first, interval, ctx),
+                Action::RequestIdentify => self.request_identify(ctx),
+                Action::Deliver(dispatch) => {
+                    self.shared.sessions.set_seq(self.id, dispatch.seq());
+                    self.shared.router.route(dispatch);
+                }
+                Action::StoreSession(Some(session)) => self.shared.sessions.save(self.id, session),
+                Action::StoreSession(None) => self.shared.sessions.remove(self.id),
+                Action::Ready { resumed } => {
+                    self.backoff.reset();
+                    if let Some(deadline) = self.conn.as_mut().and_then(|c| c.deadline.take()) {
+                        ctx.cancel_future(deadline);
+                    }
+                    let event = if resumed {
+                        ShardEvent::Resumed { shard: self.id }
+                    } else {
+                        let session_id = self.state.session().map(|s| s.session_id.clone()).unwrap_or_default();
+                        ShardEvent::Ready { shard: self.id, session_id }
+                    };
+                    tracing::info!(resumed, "ready");
+                    self.emit(event);
+                    self.flush_commands(ctx);
+                }
+                Action::Reconnect { close_code } => {
+                    self.teardown(close_code, ctx);
+                    self.schedule_reconnect(ctx);
+                }
+                Action::Fatal(error) => {
+                    tracing::error!(%error, "stopping the shard for good");
+                    self.teardown(None, ctx);
+                    self.emit(ShardEvent::Fatal { shard: self.id, error: error.clone() });
+                    self.fatal = Some(error);
+                    ctx.stop();
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, text: String, kind: SendKind, ctx: &mut Context<Self>) {
+        let Some(conn) = &mut self.conn else { return };
+        let now = Instant::now();
+        let allowed = match kind {
+            SendKind::Heartbeat => conn.limiter.try_heartbeat(now),
+            SendKind::Handshake => conn.limiter.try_command(now).is_ok(),
+        };
+        if !allowed {
+            tracing::warn!(?kind, "send limit reached; frame not sent");
+            return;
+        }
+        tracing::trace!(?kind, bytes = text.len(), "sending");
+        let _ = conn.sink.write(WsMessage::Text(text.into()));
+        if kind == SendKind::Handshake {
+            let phase = self.state.phase();
+            self.arm_deadline(self.shared.timeouts.ready, phase, ctx);
+        }
+    }
+
+    fn start_heartbeat(&mut self, first: Duration, interval: Duration, ctx: &mut Context<Self>) {
+        let generation = self.generation;
+        let Some(conn) = &mut self.conn else { return };
+        let (limit, window) = self.shared.command_limit;
+        conn.limiter = CommandLimiter::new(limit, window, Some(interval));
+        if let Some(old) = conn.heartbeat.take() {
+            ctx.cancel_future(old);
+        }
+        let handle = ctx.run_later(first, move |act, ctx| {
+            act.heartbeat_tick(generation, ctx);
+            if act.generation == generation {
+                let every = ctx.run_interval(interval, move |act, ctx| act.heartbeat_tick(generation, ctx));
+                if let Some(conn) = &mut act.conn {
+                    conn.heartbeat = Some(every);
+                } else {
+                    ctx.cancel_future(every);
+                }
+            }
+        });
+        conn.heartbeat = Some(handle);
+    }
+
+    fn heartbeat_tick(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        if self.generation != generation || self.conn.is_none() {
+            return;
+        }
+        let _span = self.span.clone().entered();
+        self.state.on_heartbeat_due(Instant::now());
+        self.drain(ctx);
+    }
+
+    fn request_identify(&mut self, ctx: &mut Context<Self>) {
+        let generation = self.generation;
+        let permit = self.shared.queue.acquire(self.id, self.total);
+        ctx.spawn(permit.into_actor(self).map(move |(), act, ctx| {
+            if act.generation == generation && act.state.on_identify_permit() {
+                let _span = act.span.clone().entered();
+                act.drain(ctx);
+            }
+        }));
+    }
+
+    /// Sends queued commands while the limiter allows; schedules itself for when it next will.
+    fn flush_commands(&mut self, ctx: &mut Context<Self>) {
+        if self.state.phase() != Phase::Ready {
+            return;
+        }
+        let Some(conn) = &mut self.conn else { return };
+        while let Some(text) = self.queued.front() {
+            match conn.limiter.try_command(Instant::now()) {
+                Ok(()) => {
+                    let _ = conn.sink.write(WsMessage::Text(text.as_str().into()));
+                    self.queued.pop_front();
+                }
+                Err(wait) => {
+                    if self.flush_timer.is_none() {
+                        self.flush_timer = Some(ctx.run_later(wait, |act, ctx| {
+                            act.flush_timer = None;
+                            act.flush_commands(ctx);
+                        }));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn emit(&self, event: ShardEvent) {
+        for recipient in &self.shared.events {
+            recipient.do_send(event.clone());
+        }
+    }
+
+    fn status(&self) -> ShardStatus {
+        ShardStatus {
+            id: self.id,
+            total: self.total,
+            phase: self.state.phase(),
+            latency: self.state.latency(),
+            seq: self.state.seq(),
+            session_id: self.state.session().map(|s| s.session_id.clone()),
+            reconnects: self.connections.saturating_sub(1),
+            fatal: self.fatal.clone(),
+        }
+    }
+}
+
+impl Actor for ShardActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let _span = self.span.clone().entered();
+        self.connect(ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if let Some(supervisor) = &self.supervisor {
+            supervisor.do_send(ShardStopped {
+                id: self.id,
+                fatal: self.fatal.clone(),
+                deliberate: self.deliberate_stop,
+            });
+        }
+    }
+}
+
+impl StreamHandler<WsEvent> for ShardActor {
+    fn handle(&mut self, event: WsEvent, ctx: &mut Self::Context) {
+        if event.generation != self.generation || self.conn.is_none() {
+            return;
+        }
+        let _span = self.span.clone().entered();
+        self.on_ws_event(event.frame, ctx);
+    }
+
+    // Each connection's stream ends with a `None` item; the actor itself lives on.
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
+}
+
+impl WriteHandler<actix_http::ws::ProtocolError> for ShardActor {
+    fn error(&mut self, err: actix_http::ws::ProtocolError, _ctx: &mut Self::Context) -> Running {
+        tracing::debug!(parent: &self.span, error = %err, "websocket write failed");
+        Running::Stop
+    }
+
+    // A connection's writer ending is not the actor's end.
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
+}
+
+impl Handler<GetStatus> for ShardActor {
+    type Result = MessageResult<GetStatus>;
+
+    fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.status())
+    }
+}
+
+impl Handler<SendCommand> for ShardActor {
+    type Result = Result<(), CommandError>;
+
+    fn handle(&mut self, SendCommand(command): SendCommand, ctx: &mut Self::Context) -> Self::Result {
+        if self.state.phase() == Phase::Stopped {
+            return Err(CommandError::ShardStopped);
+        }
+        let frame = command.to_frame()?;
+        if self.queued.len() >= self.shared.limits.command_queue {
+            return Err(CommandError::QueueFull);
+        }
+        self.queued.push_back(frame);
+        self.flush_commands(ctx);
+        Ok(())
+    }
+}
+
+impl Handler<Shutdown> for ShardActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, Shutdown { resumable }: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+        let _span = self.span.clone().entered();
+        self.deliberate_stop = true;
+        let code = self.state.shutdown(resumable);
+        self.drain(ctx);
+        if let Some(handle) = self.reconnect_timer.take() {
+            ctx.cancel_future(handle);
+        }
+        tracing::info!(code, resumable, "shutting down");
+        let mut conn = self.conn.take();
+        if let Some(conn) = &mut conn {
+            for handle in [Some(conn.reader), conn.heartbeat.take(), conn.deadline.take()].into_iter().flatten() {
+                ctx.cancel_future(handle);
+            }
+            let reason = CloseReason { code: WsCloseCode::from(code), description: None };
+            let _ = conn.sink.write(WsMessage::Close(Some(reason)));
+            conn.sink.close();
+        }
+        // Stop once the close frame is on the wire (or after a second, if the peer is gone).
+        let flushed = async move {
+            if let Some(conn) = conn {
+                for _ in 0..100 {
+                    if conn.sink.closed() {
+                        break;
+                    }
+                    actix_rt::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        Box::pin(flushed.into_actor(self).map(|(), _, ctx| ctx.stop()))
+    }
+}

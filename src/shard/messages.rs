@@ -1,0 +1,59 @@
+//! The messages a shard actor answers, and its status report.
+
+use std::time::Duration;
+
+use actix::Message;
+
+use crate::error::FatalError;
+use crate::protocol::{Command, CommandError};
+use crate::shard::Phase;
+
+/// A shard's state as the status API reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardStatus {
+    /// The shard id.
+    pub id: u32,
+    /// The shard total.
+    pub total: u32,
+    /// Where it is in its life.
+    pub phase: Phase,
+    /// Time from the last heartbeat to its ACK.
+    pub latency: Option<Duration>,
+    /// Last sequence received.
+    pub seq: Option<u64>,
+    /// The session id, once READY.
+    pub session_id: Option<String>,
+    /// Connections opened after the first.
+    pub reconnects: u32,
+    /// Why it stopped, if it stopped for good.
+    pub fatal: Option<FatalError>,
+}
+
+/// Asks a shard for its [`ShardStatus`].
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "ShardStatus")]
+pub struct GetStatus;
+
+/// Sends a command on a shard's connection: at once if it is ready and under the rate limit, else
+/// queued (bounded) until it is.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), CommandError>")]
+pub struct SendCommand(pub Command);
+
+/// Closes a shard's connection and stops it. `resumable: true` closes with 4000 and keeps the
+/// session in the store; `false` closes with 1000, which ends the session.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown {
+    /// Whether the session stays resumable.
+    pub resumable: bool,
+}
+
+/// Sent by a shard actor to its supervisor when it stops.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub(crate) struct ShardStopped {
+    pub id: u32,
+    pub fatal: Option<FatalError>,
+    pub deliberate: bool,
+}
