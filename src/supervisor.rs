@@ -1,0 +1,411 @@
+//! The `Supervisor` actor: builds the shard plan, starts one [`ShardActor`] per shard across arbiters
+//! in identify-bucket order, restarts a shard that stopped unexpectedly, answers status queries,
+//! relays commands, and shuts everything down.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+
+use crate::config::{Config, ShardPlan, DEFAULT_GATEWAY_URL};
+use crate::error::{FatalError, StartError};
+use crate::protocol::{Command, CommandError};
+use crate::queue::{IdentifyQueue, LocalIdentifyQueue};
+use crate::rest::{self, GatewayBot};
+use crate::shard::actor::ShardShared;
+use crate::shard::backoff::ReconnectBackoff;
+use crate::shard::messages::{GetStatus, SendCommand, ShardStatus, ShardStopped, Shutdown};
+use crate::shard::state::IdentifyParams;
+use crate::shard::{Phase, ShardActor};
+
+/// How often the supervisor checks that every shard actor is still alive (a panic in a shard ends
+/// its actor without a goodbye).
+const LIVENESS_CHECK: Duration = Duration::from_millis(500);
+
+struct Slot {
+    addr: Option<Addr<ShardActor>>,
+    arbiter: usize,
+    fatal: Option<FatalError>,
+    stopped: bool,
+    restarts: u32,
+    backoff: ReconnectBackoff,
+    restart_timer: Option<SpawnHandle>,
+}
+
+/// The supervisor of every shard this process runs. Start it with [`Gateway::start`].
+pub struct Supervisor {
+    shared: Arc<ShardShared>,
+    total: u32,
+    slots: BTreeMap<u32, Slot>,
+    arbiters: Vec<Arbiter>,
+    shutting_down: bool,
+}
+
+/// What the runtime resolved at start: the plan, the gateway URL and the identify limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedPlan {
+    /// The shard ids run in this process.
+    pub ids: Vec<u32>,
+    /// The bot's shard total.
+    pub total: u32,
+    /// The gateway URL identified on.
+    pub gateway_url: String,
+    /// Identify buckets.
+    pub max_concurrency: u32,
+    /// What `GET /gateway/bot` answered, if it was asked.
+    pub gateway_bot: Option<GatewayBot>,
+}
+
+async fn resolve(config: &Config) -> Result<ResolvedPlan, StartError> {
+    let needs_rest = config.plan == ShardPlan::Recommended
+        || config.gateway_url.is_none()
+        || (config.max_concurrency.is_none() && config.identify_queue.is_none());
+    let gateway_bot = if needs_rest {
+        Some(rest::gateway_bot(&config.api_base, &config.token, config.timeouts.connect).await?)
+    } else {
+        None
+    };
+    let (ids, total) = match &config.plan {
+        ShardPlan::Count(n) => ((0..*n).collect(), *n),
+        ShardPlan::Range { ids, total } => (ids.clone().collect(), *total),
+        ShardPlan::Recommended => {
+            let n = gateway_bot.as_ref().map_or(1, |g| g.shards.max(1));
+            ((0..n).collect(), n)
+        }
+    };
+    let gateway_url = config
+        .gateway_url
+        .clone()
+        .or_else(|| gateway_bot.as_ref().map(|g| g.url.clone()))
+        .unwrap_or_else(|| DEFAULT_GATEWAY_URL.to_owned());
+    let max_concurrency = config
+        .max_concurrency
+        .or_else(|| gateway_bot.as_ref().map(|g| g.session_start_limit.max_concurrency))
+        .unwrap_or(1)
+        .max(1);
+    Ok(ResolvedPlan { ids, total, gateway_url, max_concurrency, gateway_bot })
+}
+
+impl Supervisor {
+    fn start_shard(&mut self, id: u32, ctx: &mut Context<Self>) {
+        let Some(slot) = self.slots.get_mut(&id) else { return };
+        slot.restart_timer = None;
+        // A dead arbiter (its thread ended) cannot take new actors: replace it.
+        if !self.arbiters[slot.arbiter].spawn(async {}) {
+            tracing::warn!(arbiter = slot.arbiter, "arbiter thread is gone; starting a new one");
+            self.arbiters[slot.arbiter] = Arbiter::new();
+        }
+        let shared = self.shared.clone();
+        let total = self.total;
+        let me = ctx.address().recipient();
+        let addr = ShardActor::start_in_arbiter(&self.arbiters[slot.arbiter].handle(), move |_| {
+            ShardActor::new(id, total, shared, Some(me))
+        });
+        slot.addr = Some(addr);
+    }
+
+    fn schedule_restart(&mut self, id: u32, ctx: &mut Context<Self>) {
+        if self.shutting_down {
+            return;
+        }
+        let Some(slot) = self.slots.get_mut(&id) else { return };
+        if slot.restart_timer.is_some() || slot.stopped || slot.fatal.is_some() {
+            return;
+        }
+        slot.addr = None;
+        slot.restarts += 1;
+        let delay = slot.backoff.next_delay();
+        tracing::warn!(shard.id = id, ?delay, restarts = slot.restarts, "shard stopped unexpectedly; restarting");
+        slot.restart_timer = Some(ctx.run_later(delay, move |act, ctx| act.start_shard(id, ctx)));
+    }
+
+    fn check_liveness(&mut self, ctx: &mut Context<Self>) {
+        let dead: Vec<u32> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.addr.as_ref().is_some_and(|a| !a.connected()))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            self.schedule_restart(id, ctx);
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Ascending ids are bucket order: 0..mc-1 first, then mc..2mc-1, … (PROTOCOL.md §5).
+        let ids: Vec<u32> = self.slots.keys().copied().collect();
+        for id in ids {
+            self.start_shard(id, ctx);
+        }
+        ctx.run_interval(LIVENESS_CHECK, |act, ctx| act.check_liveness(ctx));
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+    }
+}
+
+impl Handler<ShardStopped> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ShardStopped, ctx: &mut Self::Context) {
+        let Some(slot) = self.slots.get_mut(&msg.id) else { return };
+        if let Some(fatal) = msg.fatal {
+            tracing::error!(shard.id = msg.id, error = %fatal, "shard stopped for good");
+            slot.fatal = Some(fatal);
+            slot.addr = None;
+        } else if msg.deliberate || self.shutting_down {
+            slot.stopped = true;
+            slot.addr = None;
+        } else {
+            self.schedule_restart(msg.id, ctx);
+        }
+    }
+}
+
+/// Asks for the status of every shard, sorted by id.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Vec<ShardStatus>")]
+pub struct GetStatuses;
+
+impl Handler<GetStatuses> for Supervisor {
+    type Result = ResponseFuture<Vec<ShardStatus>>;
+
+    fn handle(&mut self, _: GetStatuses, _: &mut Self::Context) -> Self::Result {
+        let total = self.total;
+        let queries: Vec<_> = self
+            .slots
+            .iter()
+            .map(|(&id, slot)| {
+                let addr = slot.addr.clone();
+                let fallback = ShardStatus {
+                    id,
+                    total,
+                    phase: if slot.fatal.is_some() || slot.stopped { Phase::Stopped } else { Phase::Disconnected },
+                    latency: None,
+                    seq: None,
+                    session_id: None,
+                    reconnects: 0,
+                    fatal: slot.fatal.clone(),
+                };
+                async move {
+                    match addr {
+                        Some(addr) => addr.send(GetStatus).await.unwrap_or(fallback),
+                        None => fallback,
+                    }
+                }
+            })
+            .collect();
+        Box::pin(join_all(queries))
+    }
+}
+
+/// Sends a command to one shard.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), CommandError>")]
+pub struct SendTo {
+    /// The shard id.
+    pub shard: u32,
+    /// The command.
+    pub command: Command,
+}
+
+impl Handler<SendTo> for Supervisor {
+    type Result = ResponseFuture<Result<(), CommandError>>;
+
+    fn handle(&mut self, msg: SendTo, _: &mut Self::Context) -> Self::Result {
+        let addr = self.slots.get(&msg.shard).map(|s| s.addr.clone());
+        Box::pin(async move {
+            match addr {
+                None => Err(CommandError::UnknownShard(msg.shard)),
+                Some(None) => Err(CommandError::ShardStopped),
+                Some(Some(addr)) => addr
+                    .send(SendCommand(msg.command))
+                    .await
+                    .unwrap_or(Err(CommandError::ShardStopped)),
+            }
+        })
+    }
+}
+
+/// Sends a command to every shard; answers each shard's result.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Vec<(u32, Result<(), CommandError>)>")]
+pub struct SendToAll(pub Command);
+
+impl Handler<SendToAll> for Supervisor {
+    type Result = ResponseFuture<Vec<(u32, Result<(), CommandError>)>>;
+
+    fn handle(&mut self, SendToAll(command): SendToAll, _: &mut Self::Context) -> Self::Result {
+        let sends: Vec<_> = self
+            .slots
+            .iter()
+            .map(|(&id, slot)| {
+                let addr = slot.addr.clone();
+                let command = command.clone();
+                async move {
+                    let result = match addr {
+                        Some(addr) => addr.send(SendCommand(command)).await.unwrap_or(Err(CommandError::ShardStopped)),
+                        None => Err(CommandError::ShardStopped),
+                    };
+                    (id, result)
+                }
+            })
+            .collect();
+        Box::pin(join_all(sends))
+    }
+}
+
+/// Shuts every shard down, then the supervisor and its arbiters. `resumable: true` keeps every
+/// session resumable (close 4000, sessions stay in the store); `false` ends them (close 1000).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct ShutdownAll {
+    /// Whether sessions stay resumable.
+    pub resumable: bool,
+}
+
+impl Handler<ShutdownAll> for Supervisor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: ShutdownAll, ctx: &mut Self::Context) -> Self::Result {
+        self.shutting_down = true;
+        let mut closing = Vec::new();
+        for slot in self.slots.values_mut() {
+            if let Some(timer) = slot.restart_timer.take() {
+                ctx.cancel_future(timer);
+            }
+            if let Some(addr) = slot.addr.take() {
+                closing.push(async move {
+                    let _ = addr.send(Shutdown { resumable: msg.resumable }).await;
+                });
+            }
+            slot.stopped = true;
+        }
+        Box::pin(join_all(closing).into_actor(self).map(|_, _, ctx| ctx.stop()))
+    }
+}
+
+/// A running gateway runtime: the handle a bot keeps.
+///
+/// ```
+/// # #[cfg(feature = "testkit")]
+/// # actix_rt::System::new().block_on(async {
+/// use shardline::testkit::{FakeConfig, FakeGateway};
+/// use shardline::{Config, Gateway, Intents, ShardPlan};
+///
+/// let fake = FakeGateway::start(FakeConfig::default()).await.unwrap();
+/// let config = Config::builder("fake-token")
+///     .intents(Intents::GUILDS)
+///     .shards(ShardPlan::Count(2))
+///     .api_base(fake.api_base())
+///     .build()
+///     .unwrap();
+/// let gateway = Gateway::start(config).await.unwrap();
+/// fake.wait_for(std::time::Duration::from_secs(10), "2 shards ready", |f| f.ready_shards().len() == 2).await;
+/// let status = gateway.status().await;
+/// assert_eq!(status.len(), 2);
+/// gateway.shutdown(false).await;
+/// fake.stop().await;
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct Gateway {
+    supervisor: Addr<Supervisor>,
+    plan: Arc<ResolvedPlan>,
+}
+
+impl Gateway {
+    /// Resolves the plan (asking `GET /gateway/bot` if the config leaves anything to it), then starts
+    /// the supervisor and every shard. Must run inside an actix system.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let plan = resolve(&config).await?;
+        let queue: Arc<dyn IdentifyQueue> = config.identify_queue.clone().unwrap_or_else(|| {
+            Arc::new(LocalIdentifyQueue::new(plan.max_concurrency, config.identify_window))
+        });
+        let params = IdentifyParams {
+            token: config.token.clone(),
+            intents: config.intents.bits(),
+            properties: config.properties.clone(),
+            large_threshold: config.large_threshold,
+            presence: config.presence.clone(),
+            gateway_url: plan.gateway_url.clone(),
+            allowed_resume_domains: config.allowed_resume_domains.clone(),
+        };
+        let shared = Arc::new(ShardShared {
+            params: Arc::new(params),
+            compression: config.compression,
+            limits: config.limits,
+            timeouts: config.timeouts,
+            backoff: config.backoff,
+            command_limit: config.command_limit,
+            router: config.router.clone(),
+            sessions: config.sessions.clone(),
+            queue,
+            events: config.events.clone(),
+        });
+        let arbiter_count = config.arbiters.min(plan.ids.len()).max(1);
+        let arbiters: Vec<Arbiter> = (0..arbiter_count).map(|_| Arbiter::new()).collect();
+        let slots = plan
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                let slot = Slot {
+                    addr: None,
+                    arbiter: i % arbiter_count,
+                    fatal: None,
+                    stopped: false,
+                    restarts: 0,
+                    backoff: ReconnectBackoff::new(&config.backoff),
+                    restart_timer: None,
+                };
+                (id, slot)
+            })
+            .collect();
+        tracing::info!(shards = plan.ids.len(), total = plan.total, max_concurrency = plan.max_concurrency, arbiters = arbiter_count, "starting shards");
+        let supervisor = Supervisor { shared, total: plan.total, slots, arbiters, shutting_down: false }.start();
+        Ok(Self { supervisor, plan: Arc::new(plan) })
+    }
+
+    /// What the runtime resolved at start.
+    pub fn plan(&self) -> &ResolvedPlan {
+        &self.plan
+    }
+
+    /// The supervisor actor, for sending it messages directly.
+    pub fn supervisor(&self) -> &Addr<Supervisor> {
+        &self.supervisor
+    }
+
+    /// The status of every shard, sorted by id (empty once shut down).
+    pub async fn status(&self) -> Vec<ShardStatus> {
+        self.supervisor.send(GetStatuses).await.unwrap_or_default()
+    }
+
+    /// Sends a command to one shard.
+    pub async fn send(&self, shard: u32, command: Command) -> Result<(), CommandError> {
+        self.supervisor
+            .send(SendTo { shard, command })
+            .await
+            .unwrap_or(Err(CommandError::ShardStopped))
+    }
+
+    /// Sends a command to every shard (e.g. a presence for the whole bot).
+    pub async fn send_all(&self, command: Command) -> Vec<(u32, Result<(), CommandError>)> {
+        self.supervisor.send(SendToAll(command)).await.unwrap_or_default()
+    }
+
+    /// Shuts every shard down and waits until their connections are closed.
+    pub async fn shutdown(&self, resumable: bool) {
+        let _ = self.supervisor.send(ShutdownAll { resumable }).await;
+    }
+}
