@@ -1,0 +1,180 @@
+//! Shared set-up: a fast fake gateway, a client config pointed at it, and handler actors that record
+//! what they receive.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use shardline::testkit::{FakeConfig, FakeGateway, RecordedFrame};
+use shardline::{Backoff, Compression, Config, ConfigBuilder, Dispatch, Gateway, Intents, ShardEvent, ShardPlan, Timeouts};
+
+pub const TOKEN: &str = "fake-token";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// One delivered event as a handler saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub shard: u32,
+    pub seq: u64,
+    pub event: String,
+    pub data: String,
+}
+
+/// A handler actor that records every dispatch it receives.
+#[derive(Default, Clone)]
+pub struct Recorder {
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Actor for Recorder {
+    type Context = Context<Self>;
+}
+
+impl Handler<Dispatch> for Recorder {
+    type Result = ();
+    fn handle(&mut self, d: Dispatch, _: &mut Context<Self>) {
+        let seen = Seen {
+            shard: d.shard(),
+            seq: d.seq(),
+            event: d.event().to_owned(),
+            data: String::from_utf8_lossy(d.data()).into_owned(),
+        };
+        self.seen.lock().unwrap().push(seen);
+    }
+}
+
+impl Recorder {
+    pub fn events(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// (shard, seq) of every event named `event`.
+    pub fn seqs(&self, event: &str) -> Vec<(u32, u64)> {
+        self.events().into_iter().filter(|s| s.event == event).map(|s| (s.shard, s.seq)).collect()
+    }
+
+    pub fn count(&self, event: &str) -> usize {
+        self.events().iter().filter(|s| s.event == event).count()
+    }
+}
+
+/// Records lifecycle events.
+#[derive(Default, Clone)]
+pub struct Lifecycle {
+    pub seen: Arc<Mutex<Vec<ShardEvent>>>,
+}
+
+impl Actor for Lifecycle {
+    type Context = Context<Self>;
+}
+
+impl Handler<ShardEvent> for Lifecycle {
+    type Result = ();
+    fn handle(&mut self, e: ShardEvent, _: &mut Context<Self>) {
+        self.seen.lock().unwrap().push(e);
+    }
+}
+
+impl Lifecycle {
+    pub fn events(&self) -> Vec<ShardEvent> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A fake gateway with short intervals and windows, so no test waits out Discord's real ones.
+pub fn fast_fake(shards: u32, max_concurrency: u32) -> FakeConfig {
+    FakeConfig {
+        shards,
+        max_concurrency,
+        heartbeat_interval: Duration::from_millis(100),
+        identify_window: Duration::from_millis(100),
+        ..FakeConfig::default()
+    }
+}
+
+/// A client config pointed at `fake`, with the same short windows and fast reconnects.
+pub fn client(fake: &FakeGateway, fake_config: &FakeConfig, shards: u32) -> ConfigBuilder {
+    Config::builder(TOKEN)
+        .intents(Intents::GUILDS | Intents::GUILD_MESSAGES)
+        .shards(ShardPlan::Count(shards))
+        .api_base(fake.api_base())
+        .gateway_url(fake.gateway_url())
+        .max_concurrency(fake_config.max_concurrency)
+        .identify_window(fake_config.identify_window)
+        .compression(Compression::None)
+        .arbiters(2)
+        .backoff(Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+            multiplier: 2.0,
+            randomization: 0.5,
+        })
+        .timeouts(Timeouts {
+            connect: Duration::from_secs(2),
+            hello: Duration::from_secs(2),
+            ready: Duration::from_secs(5),
+        })
+}
+
+/// A running client and fake, with a recorder for every event and one for lifecycle events.
+pub struct Bot {
+    pub fake: FakeGateway,
+    pub gateway: Gateway,
+    pub recorder: Recorder,
+    pub lifecycle: Lifecycle,
+}
+
+impl Bot {
+    /// Starts `fake_config` and a client of `shards` shards configured by `tweak`, and waits until
+    /// every shard is READY.
+    pub async fn start(fake_config: FakeConfig, shards: u32, tweak: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> Bot {
+        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+        let fake = FakeGateway::start(fake_config.clone()).await.expect("fake gateway starts");
+        let recorder = Recorder::default();
+        let lifecycle = Lifecycle::default();
+        let config = tweak(
+            client(&fake, &fake_config, shards)
+                .handler_all(recorder.clone().start().recipient())
+                .events(lifecycle.clone().start().recipient()),
+        )
+        .build()
+        .expect("valid config");
+        let gateway = Gateway::start(config).await.expect("gateway starts");
+        let bot = Bot { fake, gateway, recorder, lifecycle };
+        assert!(
+            bot.fake.wait_for(WAIT, "all shards ready", |f| f.ready_shards().len() == shards as usize).await,
+            "not every shard became ready: {:?}",
+            bot.fake.ready_shards()
+        );
+        bot
+    }
+
+    pub async fn stop(self) {
+        self.gateway.shutdown(false).await;
+        self.fake.stop().await;
+    }
+
+    /// Waits until `f` holds of the recorder.
+    pub async fn until(&self, what: &str, f: impl Fn(&Recorder) -> bool) {
+        wait_until(what, || f(&self.recorder)).await;
+    }
+}
+
+/// Polls `f` every 5 ms for up to [`WAIT`]; panics naming `what` if it never holds.
+pub async fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The frames a shard sent with opcode `op`.
+pub fn sent(fake: &FakeGateway, shard: u32, op: u8) -> Vec<RecordedFrame> {
+    fake.frames_of(shard).into_iter().filter(|f| f.op == Some(op)).collect()
+}
+
+/// Every frame with opcode `op`, whoever sent it (shard is unknown before Identify/Resume).
+pub fn sent_any(fake: &FakeGateway, op: u8) -> Vec<RecordedFrame> {
+    fake.frames().into_iter().filter(|f| f.op == Some(op)).collect()
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests: the real client over real websockets against the fake gateway.
+
+mod harness;
+
+mod close_codes;
+mod commands;
+mod config;
+mod heartbeat;
+mod identify;
+mod lifecycle;
+mod resume;
+mod routing;
+mod transport;
