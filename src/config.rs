@@ -78,6 +78,31 @@ impl Default for Limits {
     }
 }
 
+/// What a shard does when a handler's mailbox is full.
+///
+/// Whatever the policy, a slow handler never delays a shard's heartbeats: those run on the shard's own
+/// timers, not behind the handlers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowHandlers {
+    /// Never drop (the default). The event waits for room in that handler's mailbox; later events
+    /// wait in the shard, up to `max_pending`; past that the shard stops reading its socket until the
+    /// handlers catch up (Discord keeps the events; if it drops the connection meanwhile, a resume
+    /// replays them). Memory per shard stays bounded by `max_pending` events.
+    Backpressure {
+        /// Events a shard holds while a handler is full, before it stops reading (default 1024).
+        max_pending: usize,
+    },
+    /// Drop the event for a handler whose mailbox is full, with a warning and a count per drop
+    /// (`ShardStatus::dropped`). Never stalls the shard.
+    Drop,
+}
+
+impl Default for SlowHandlers {
+    fn default() -> Self {
+        Self::Backpressure { max_pending: 1024 }
+    }
+}
+
 /// Timeouts that keep a shard from hanging in one state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -135,6 +160,7 @@ pub struct Config {
     pub(crate) presence: Option<PresenceUpdate>,
     pub(crate) properties: IdentifyProperties,
     pub(crate) compression: Compression,
+    pub(crate) slow_handlers: SlowHandlers,
     pub(crate) limits: Limits,
     pub(crate) timeouts: Timeouts,
     pub(crate) backoff: Backoff,
@@ -217,6 +243,7 @@ impl ConfigBuilder {
                 presence: None,
                 properties: IdentifyProperties::default(),
                 compression: Compression::default(),
+                slow_handlers: SlowHandlers::default(),
                 limits: Limits::default(),
                 timeouts: Timeouts::default(),
                 backoff: Backoff::default(),
@@ -281,6 +308,12 @@ impl ConfigBuilder {
     /// Transport compression (default zlib-stream).
     pub fn compression(mut self, compression: Compression) -> Self {
         self.config.compression = compression;
+        self
+    }
+
+    /// What to do when a handler falls behind (default: backpressure, never drop).
+    pub fn slow_handlers(mut self, policy: SlowHandlers) -> Self {
+        self.config.slow_handlers = policy;
         self
     }
 
@@ -430,6 +463,9 @@ impl ConfigBuilder {
                 "backoff",
                 "needs 0 < initial <= max, multiplier >= 1, randomization in 0..=1".into(),
             ));
+        }
+        if config.slow_handlers == (SlowHandlers::Backpressure { max_pending: 0 }) {
+            return Err(ConfigError::InvalidLimit("max_pending", "zero".into()));
         }
         if config.command_limit.0 < 2 || config.command_limit.1.is_zero() {
             return Err(ConfigError::InvalidLimit("command_limit", "needs at least 2 per non-zero window".into()));

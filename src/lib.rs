@@ -16,7 +16,7 @@ pub mod testkit;
 mod token;
 mod url;
 
-pub use config::{Backoff, Compression, Config, ConfigBuilder, Limits, ShardPlan, Timeouts};
+pub use config::{Backoff, Compression, Config, ConfigBuilder, Limits, ShardPlan, SlowHandlers, Timeouts};
 pub use error::{ConfigError, FatalError, RestError, StartError};
 pub use event::ShardEvent;
 pub use protocol::{CloseCode, Command, CommandError, Intents, PresenceUpdate, Status};

@@ -195,6 +195,8 @@ impl Handler<GetStatuses> for Supervisor {
                     session_id: None,
                     reconnects: 0,
                     fatal: slot.fatal.clone(),
+                    pending: 0,
+                    dropped: 0,
                 };
                 async move {
                     match addr {
@@ -343,6 +345,7 @@ impl Gateway {
         let shared = Arc::new(ShardShared {
             params: Arc::new(params),
             compression: config.compression,
+            slow_handlers: config.slow_handlers,
             limits: config.limits,
             timeouts: config.timeouts,
             backoff: config.backoff,

@@ -3,6 +3,7 @@
 //! and carries out its actions.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,16 +16,17 @@ use awc::BoxedSocket;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{SplitSink, StreamExt};
 
-use crate::config::{Compression, Limits, Timeouts};
+use crate::config::{Compression, Limits, SlowHandlers, Timeouts};
 use crate::error::FatalError;
 use crate::event::ShardEvent;
 use crate::protocol::{CommandError, Envelope};
 use crate::queue::IdentifyQueue;
-use crate::router::Router;
+use crate::router::{Dispatch, Router};
 use crate::session::SessionStore;
 use crate::shard::backoff::ReconnectBackoff;
 use crate::shard::inflate::Inflater;
 use crate::shard::limiter::CommandLimiter;
+use crate::shard::pause::{PauseGate, Pausable};
 use crate::shard::messages::{GetStatus, SendCommand, ShardStatus, ShardStopped, Shutdown};
 use crate::shard::state::{Action, IdentifyParams, Phase, SendKind, ShardState};
 
@@ -34,6 +36,7 @@ type WsSink = SplitSink<Framed<BoxedSocket, Codec>, WsMessage>;
 pub(crate) struct ShardShared {
     pub params: Arc<IdentifyParams>,
     pub compression: Compression,
+    pub slow_handlers: SlowHandlers,
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub backoff: crate::config::Backoff,
@@ -90,6 +93,12 @@ pub struct ShardActor {
     flush_timer: Option<SpawnHandle>,
     fatal: Option<FatalError>,
     deliberate_stop: bool,
+    /// Events waiting for handlers, with the index of the next handler to offer each to.
+    pending: VecDeque<(Dispatch, usize)>,
+    /// Waiting for a full handler to take the event at the front of `pending`.
+    blocked: bool,
+    dropped: u64,
+    reading: Rc<PauseGate>,
     span: tracing::Span,
 }
 
@@ -117,6 +126,10 @@ impl ShardActor {
             flush_timer: None,
             fatal: None,
             deliberate_stop: false,
+            pending: VecDeque::new(),
+            blocked: false,
+            dropped: 0,
+            reading: Rc::new(PauseGate::default()),
             span: tracing::info_span!("shard", shard.id = id, shard.total = total),
         }
     }
@@ -158,13 +171,12 @@ impl ShardActor {
 
     fn attach(&mut self, framed: Framed<BoxedSocket, Codec>, generation: u64, ctx: &mut Context<Self>) {
         let (sink, stream) = framed.split();
-        let reader = ctx.add_stream(
+        let reader = ctx.add_stream(Pausable::new(
             stream
                 .map(move |frame| WsEvent { generation, frame: Some(frame) })
-                .chain(futures_util::stream::once(async move {
-                    WsEvent { generation, frame: None }
-                })),
-        );
+                .chain(futures_util::stream::once(std::future::ready(WsEvent { generation, frame: None }))),
+            self.reading.clone(),
+        ));
         let (limit, window) = self.shared.command_limit;
         self.conn = Some(Connection {
             sink: SinkWrite::new(sink, ctx),
@@ -335,7 +347,7 @@ impl ShardActor {
                 Action::RequestIdentify => self.request_identify(ctx),
                 Action::Deliver(dispatch) => {
                     self.shared.sessions.set_seq(self.id, dispatch.seq());
-                    self.shared.router.route(dispatch);
+                    self.deliver(dispatch, ctx);
                 }
                 Action::StoreSession(Some(session)) => self.shared.sessions.save(self.id, session),
                 Action::StoreSession(None) => self.shared.sessions.remove(self.id),
@@ -365,6 +377,63 @@ impl ShardActor {
                     self.fatal = Some(error);
                     ctx.stop();
                 }
+            }
+        }
+    }
+
+    fn deliver(&mut self, dispatch: Dispatch, ctx: &mut Context<Self>) {
+        if self.blocked || !self.pending.is_empty() {
+            self.pending.push_back((dispatch, 0));
+            if let SlowHandlers::Backpressure { max_pending } = self.shared.slow_handlers {
+                if self.pending.len() >= max_pending && !self.reading.is_paused() {
+                    tracing::warn!(max_pending, "handlers are behind: pausing reads until they catch up");
+                    self.reading.set_paused(true);
+                    self.state.set_reading_paused(true);
+                }
+            }
+            return;
+        }
+        self.offer(dispatch, 0, ctx);
+    }
+
+    /// Offers `dispatch` to its handlers from the `from`-th on; on a full mailbox, waits for that
+    /// handler to take it before anything else is delivered.
+    fn offer(&mut self, dispatch: Dispatch, from: usize, ctx: &mut Context<Self>) {
+        let drop_when_full = self.shared.slow_handlers == SlowHandlers::Drop;
+        let Some(full) = self.shared.router.offer(&dispatch, from, drop_when_full, &mut self.dropped) else {
+            return;
+        };
+        let Some(handler) = self.shared.router.handlers(dispatch.event()).get(full).cloned() else {
+            return;
+        };
+        self.blocked = true;
+        // `send` waits for room in the mailbox, then for the handler to have handled it.
+        let wait = handler.send(dispatch.clone());
+        ctx.spawn(wait.into_actor(self).map(move |result, act, ctx| {
+            if result.is_err() {
+                act.dropped += 1;
+                tracing::warn!(parent: &act.span, seq = dispatch.seq(), "handler stopped before taking the event");
+            }
+            act.blocked = false;
+            act.pending.push_front((dispatch, full + 1));
+            act.drain_pending(ctx);
+        }));
+    }
+
+    fn drain_pending(&mut self, ctx: &mut Context<Self>) {
+        while !self.blocked {
+            let Some((dispatch, from)) = self.pending.pop_front() else { break };
+            self.offer(dispatch, from, ctx);
+        }
+        if self.reading.is_paused() {
+            let resume_at = match self.shared.slow_handlers {
+                SlowHandlers::Backpressure { max_pending } => max_pending / 2,
+                SlowHandlers::Drop => usize::MAX,
+            };
+            if self.pending.len() <= resume_at {
+                tracing::info!(pending = self.pending.len(), "handlers caught up: reading again");
+                self.reading.set_paused(false);
+                self.state.set_reading_paused(false);
             }
         }
     }
@@ -471,6 +540,8 @@ impl ShardActor {
             session_id: self.state.session().map(|s| s.session_id.clone()),
             reconnects: self.connections.saturating_sub(1),
             fatal: self.fatal.clone(),
+            pending: self.pending.len(),
+            dropped: self.dropped,
         }
     }
 }

@@ -27,6 +27,10 @@ pub struct ShardStatus {
     pub reconnects: u32,
     /// Why it stopped, if it stopped for good.
     pub fatal: Option<FatalError>,
+    /// Events received but still waiting for a handler with a full mailbox.
+    pub pending: usize,
+    /// Deliveries dropped: to a stopped handler, or to a full one under `SlowHandlers::Drop`.
+    pub dropped: u64,
 }
 
 /// Asks a shard for its [`ShardStatus`].

@@ -9,5 +9,6 @@ pub mod inflate;
 pub mod limiter;
 pub mod actor;
 pub mod messages;
+pub mod pause;
 pub use actor::ShardActor;
 pub use messages::{GetStatus, SendCommand, ShardStatus, Shutdown};

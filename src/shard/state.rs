@@ -121,6 +121,9 @@ pub struct ShardState {
     /// Last non-null `s` received (PROTOCOL.md §3.5).
     seq: Option<u64>,
     heartbeat: Heartbeat,
+    /// The shell has stopped reading the socket (handlers are behind): an ACK may be sitting unread,
+    /// so a missing one proves nothing.
+    reading_paused: bool,
     actions: VecDeque<Action>,
 }
 
@@ -148,6 +151,7 @@ impl ShardState {
             seq: session.as_ref().map(|s| s.seq),
             session,
             heartbeat: Heartbeat::default(),
+            reading_paused: false,
             actions: VecDeque::new(),
         }
     }
@@ -391,7 +395,7 @@ impl ShardState {
         if matches!(self.phase, Phase::Disconnected | Phase::Stopped) {
             return;
         }
-        if self.heartbeat.awaiting_ack_since.is_some() {
+        if self.heartbeat.awaiting_ack_since.is_some() && !self.reading_paused {
             // §3.6: no ACK between two heartbeats → zombie; close non-1000 and resume.
             tracing::warn!(shard.id = self.shard, "no heartbeat ACK since the last heartbeat: zombie connection");
             self.reconnect(Some(RESUME_CLOSE_CODE));
@@ -405,6 +409,12 @@ impl ShardState {
         self.heartbeat.awaiting_ack_since.get_or_insert(now);
         self.actions
             .push_back(Action::Send(command::heartbeat(self.seq), SendKind::Heartbeat));
+    }
+
+    /// The shell stopped (`true`) or resumed (`false`) reading the socket. While paused, heartbeats
+    /// go on but zombie detection waits: unread ACKs are not missing ones.
+    pub fn set_reading_paused(&mut self, paused: bool) {
+        self.reading_paused = paused;
     }
 
     /// The socket closed: `code` is the close frame's code, `None` for a drop without one.
