@@ -79,6 +79,16 @@ pub enum StartError {
     Config(ConfigError),
     /// `GET /gateway/bot` failed.
     Rest(RestError),
+    /// More shards must identify than the bot's whole session-start budget allows: starting would
+    /// burn it (and Discord resets the token of a bot that exhausts it).
+    IdentifyBudget {
+        /// Shards that would identify (those without a stored session).
+        needed: u32,
+        /// Session starts per period.
+        total: u32,
+        /// Session starts left now.
+        remaining: u32,
+    },
 }
 
 impl fmt::Display for StartError {
@@ -86,6 +96,10 @@ impl fmt::Display for StartError {
         match self {
             Self::Config(e) => write!(f, "configuration: {e}"),
             Self::Rest(e) => write!(f, "GET /gateway/bot: {e}"),
+            Self::IdentifyBudget { needed, total, remaining } => write!(
+                f,
+                "{needed} shards must identify but the session-start budget is {total} per day ({remaining} left)"
+            ),
         }
     }
 }
@@ -95,6 +109,7 @@ impl std::error::Error for StartError {
         match self {
             Self::Config(e) => Some(e),
             Self::Rest(e) => Some(e),
+            Self::IdentifyBudget { .. } => None,
         }
     }
 }

@@ -34,7 +34,22 @@ pub struct LocalIdentifyQueue {
     window: Duration,
     /// For each bucket, the earliest instant its next permit may be granted.
     next_free: Vec<Mutex<Option<Instant>>>,
+    budget: Mutex<Option<Budget>>,
 }
+
+/// The daily session-start budget (PROTOCOL.md §5: exhausting it resets the bot's token).
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    total: u32,
+    remaining: u32,
+    /// `remaining` counts Identifies from this instant on (a refill is no use before its reset).
+    valid_from: Instant,
+    resets_at: Instant,
+    period: Duration,
+}
+
+/// How long Discord's session-start budget lasts once reset.
+pub const SESSION_START_PERIOD: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl LocalIdentifyQueue {
     /// A queue for `max_concurrency` buckets (at least 1), each granting once per `window`.
@@ -43,7 +58,34 @@ impl LocalIdentifyQueue {
         Self {
             window,
             next_free: (0..buckets).map(|_| Mutex::new(None)).collect(),
+            budget: Mutex::new(None),
         }
+    }
+
+    /// Also keeps to a session-start budget: `remaining` of `total` Identifies until `reset_after`
+    /// from now, then `total` per `period`. Past the budget, permits wait for the reset rather than
+    /// exceed it.
+    pub fn with_budget(self, total: u32, remaining: u32, reset_after: Duration, period: Duration) -> Self {
+        *self.budget.lock().unwrap_or_else(|p| p.into_inner()) = Some(Budget {
+            total: total.max(1),
+            remaining,
+            valid_from: Instant::now(),
+            resets_at: Instant::now() + reset_after,
+            period,
+        });
+        self
+    }
+
+    /// Identifies left in the current budget period, if a budget is kept.
+    pub fn remaining(&self) -> Option<u32> {
+        let budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        budget.map(|b| match () {
+            _ if now >= b.resets_at => b.total,
+            // Every Identify of this period is spoken for; the count is for a later one.
+            _ if now < b.valid_from => 0,
+            _ => b.remaining,
+        })
     }
 
     /// The number of buckets.
@@ -58,7 +100,25 @@ impl LocalIdentifyQueue {
         let mut next = self.next_free[bucket]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let at = next.map_or(now, |n| n.max(now));
+        let mut at = next.map_or(now, |n| n.max(now));
+        let mut budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = budget.as_mut() {
+            at = at.max(b.valid_from);
+            // Catch up with resets that passed while nothing identified.
+            while at >= b.resets_at {
+                b.remaining = b.total;
+                b.valid_from = b.resets_at;
+                b.resets_at += b.period;
+            }
+            if b.remaining == 0 {
+                tracing::warn!(shard.id = shard, wait = ?b.resets_at.saturating_duration_since(now), "session-start budget used up: identify waits for the reset");
+                at = b.resets_at;
+                b.remaining = b.total;
+                b.valid_from = b.resets_at;
+                b.resets_at += b.period;
+            }
+            b.remaining -= 1;
+        }
         *next = Some(at + self.window);
         at
     }
@@ -89,5 +149,21 @@ mod tests {
         // After a quiet period the bucket grants at once again.
         let later = t0 + Duration::from_secs(60);
         assert_eq!(queue.reserve(0, later), later);
+    }
+
+    #[test]
+    fn waits_for_the_budget_reset_rather_than_exceed_it() {
+        let queue = LocalIdentifyQueue::new(4, Duration::from_secs(5)).with_budget(3, 2, Duration::from_secs(100), Duration::from_secs(1000));
+        let t0 = Instant::now();
+        let slots: Vec<_> = (0..5).map(|shard| queue.reserve(shard, t0)).collect();
+        assert!(slots[0] <= t0 + Duration::from_millis(1) && slots[1] <= t0 + Duration::from_millis(1));
+        // Budget gone after two: the next three wait for the reset (then 3 per period).
+        for slot in &slots[2..] {
+            let wait = *slot - t0;
+            assert!(wait >= Duration::from_secs(99) && wait <= Duration::from_secs(101), "{wait:?}");
+        }
+        let sixth = queue.reserve(5, t0) - t0;
+        assert!(sixth >= Duration::from_secs(1099), "{sixth:?}");
+        assert_eq!(queue.remaining(), Some(0));
     }
 }

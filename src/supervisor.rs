@@ -12,7 +12,7 @@ use futures_util::future::join_all;
 use crate::config::{Config, ShardPlan, DEFAULT_GATEWAY_URL};
 use crate::error::{FatalError, StartError};
 use crate::protocol::{Command, CommandError};
-use crate::queue::{IdentifyQueue, LocalIdentifyQueue};
+use crate::queue::{IdentifyQueue, LocalIdentifyQueue, SESSION_START_PERIOD};
 use crate::rest::{self, GatewayBot};
 use crate::shard::actor::ShardShared;
 use crate::shard::backoff::ReconnectBackoff;
@@ -330,9 +330,27 @@ impl Gateway {
     /// the supervisor and every shard. Must run inside an actix system.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let plan = resolve(&config).await?;
-        let queue: Arc<dyn IdentifyQueue> = config.identify_queue.clone().unwrap_or_else(|| {
-            Arc::new(LocalIdentifyQueue::new(plan.max_concurrency, config.identify_window))
-        });
+        let queue: Arc<dyn IdentifyQueue> = match (&config.identify_queue, &plan.gateway_bot) {
+            (Some(queue), _) => queue.clone(),
+            (None, Some(bot)) => {
+                let limit = bot.session_start_limit;
+                // Shards with a stored session resume, which costs no session start.
+                let needed = plan.ids.iter().filter(|&&id| config.sessions.load(id).is_none()).count() as u32;
+                if needed > limit.total {
+                    return Err(StartError::IdentifyBudget { needed, total: limit.total, remaining: limit.remaining });
+                }
+                if needed > limit.remaining {
+                    tracing::warn!(needed, remaining = limit.remaining, reset_after_ms = limit.reset_after, "session-start budget too low for every shard now: the rest identify after the reset");
+                }
+                Arc::new(LocalIdentifyQueue::new(plan.max_concurrency, config.identify_window).with_budget(
+                    limit.total,
+                    limit.remaining,
+                    Duration::from_millis(limit.reset_after),
+                    SESSION_START_PERIOD,
+                ))
+            }
+            (None, None) => Arc::new(LocalIdentifyQueue::new(plan.max_concurrency, config.identify_window)),
+        };
         let params = IdentifyParams {
             token: config.token.clone(),
             intents: config.intents.bits(),
