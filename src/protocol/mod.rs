@@ -15,3 +15,4 @@ pub use opcode::OpCode;
 
 /// The gateway API version this crate speaks (PROTOCOL.md §1).
 pub const API_VERSION: u8 = 10;
+pub mod prescan;

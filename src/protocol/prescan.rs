@@ -1,0 +1,279 @@
+//! The fast path of the envelope parse: read `op`, `s`, `t` and where `d` starts from the head of a
+//! frame, without touching `d` itself (PROTOCOL.md §2).
+//!
+//! Discord sends `d` last (`{"t":…,"s":…,"op":…,"d":{…}}`), so the head is a few dozen bytes however
+//! large the event. Anything the fast path is not sure of — a key it cannot read before `d`, escapes in
+//! a key, a nested value before `d` — returns `None`, and the caller falls back to the full parse.
+//! Where `d` ends is decided separately ([`value_ends_at`]), only when someone reads `d`.
+
+use std::ops::Range;
+
+/// What the head of a frame says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// `op`.
+    pub op: u8,
+    /// `s`, when present and not null.
+    pub seq: Option<u64>,
+    /// Where the text of `t` is (no escapes), when present and not null.
+    pub event: Option<Range<usize>>,
+    /// Where `d`'s value starts, when `d` is present and the last key; `None` when absent or null.
+    pub data_start: Option<usize>,
+    /// Where the object closes: one past the last byte of `d`'s value is at or before this.
+    pub end: usize,
+}
+
+#[inline]
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// A string without escapes starting at `b[i] == '"'`: its contents' range and the index after it.
+#[inline]
+fn plain_string(b: &[u8], i: usize) -> Option<(Range<usize>, usize)> {
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let start = i + 1;
+    let len = memchr::memchr2(b'"', b'\\', &b[start..])?;
+    let end = start + len;
+    if b[end] != b'"' {
+        return None;
+    }
+    // Control characters are not allowed raw in JSON strings.
+    if b[start..end].iter().any(|&c| c < 0x20) {
+        return None;
+    }
+    Some((start..end, end + 1))
+}
+
+#[inline]
+fn integer(b: &[u8], mut i: usize) -> Option<(u64, usize)> {
+    let start = i;
+    let mut n: u64 = 0;
+    while i < b.len() && b[i].is_ascii_digit() {
+        n = n.checked_mul(10)?.checked_add(u64::from(b[i] - b'0'))?;
+        i += 1;
+    }
+    // JSON forbids leading zeros; a fraction or exponent is not an integer.
+    if i == start || (b[start] == b'0' && i - start > 1) || matches!(b.get(i), Some(b'.' | b'e' | b'E')) {
+        return None;
+    }
+    Some((n, i))
+}
+
+#[inline]
+fn null(b: &[u8], i: usize) -> Option<usize> {
+    b[i..].starts_with(b"null").then_some(i + 4)
+}
+
+/// Reads the head of `frame`; `None` when the fast path cannot be sure (use the full parse).
+pub fn prescan(frame: &[u8]) -> Option<Head> {
+    let b = frame;
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    // The object must close at the end of the frame.
+    let mut end = b.len();
+    while end > i && matches!(b[end - 1], b' ' | b'\t' | b'\n' | b'\r') {
+        end -= 1;
+    }
+    if end <= i + 1 || b[end - 1] != b'}' {
+        return None;
+    }
+    let close = end - 1;
+    i += 1;
+    let (mut op, mut seq, mut event, mut seen) = (None, None, None, 0u8);
+    loop {
+        i = skip_ws(b, i);
+        if i >= close {
+            break;
+        }
+        let (key, next) = plain_string(b, i)?;
+        i = skip_ws(b, next);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(b, i + 1);
+        if i >= close {
+            return None;
+        }
+        let bit = match &b[key] {
+            b"op" => {
+                let (n, next) = integer(b, i)?;
+                op = Some(u8::try_from(n).ok()?);
+                i = next;
+                1
+            }
+            b"s" => {
+                if let Some(next) = null(b, i) {
+                    i = next;
+                } else {
+                    let (n, next) = integer(b, i)?;
+                    seq = Some(n);
+                    i = next;
+                }
+                2
+            }
+            b"t" => {
+                if let Some(next) = null(b, i) {
+                    i = next;
+                } else {
+                    let (name, next) = plain_string(b, i)?;
+                    event = Some(name);
+                    i = next;
+                }
+                4
+            }
+            b"d" => {
+                if let Some(next) = null(b, i) {
+                    i = next;
+                    8
+                } else if seen | 8 == 15 {
+                    // `d` comes after op, s and t, as Discord sends it: everything up to the closing
+                    // brace is taken to be its value (checked lazily, when `d` is read).
+                    return Some(Head { op: op?, seq, event, data_start: Some(i), end: close });
+                } else {
+                    return None;
+                }
+            }
+            // An unknown key with a scalar value can be stepped over; anything else is for the
+            // full parse.
+            _ => {
+                i = skip_scalar(b, i)?;
+                0
+            }
+        };
+        if seen & bit != 0 {
+            // A repeated key: the full parse decides.
+            return None;
+        }
+        seen |= bit;
+        i = skip_ws(b, i);
+        match b.get(i) {
+            Some(b',') => i += 1,
+            Some(b'}') if i == close => break,
+            _ => return None,
+        }
+    }
+    Some(Head { op: op?, seq, event, data_start: None, end: close })
+}
+
+fn skip_scalar(b: &[u8], i: usize) -> Option<usize> {
+    match b.get(i)? {
+        b'"' => plain_string(b, i).map(|(_, next)| next),
+        b't' => b[i..].starts_with(b"true").then_some(i + 4),
+        b'f' => b[i..].starts_with(b"false").then_some(i + 5),
+        b'n' => null(b, i),
+        b'-' | b'0'..=b'9' => {
+            let mut j = i + 1;
+            while j < b.len() && matches!(b[j], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') {
+                j += 1;
+            }
+            Some(j)
+        }
+        _ => None,
+    }
+}
+
+/// Where the JSON value starting at `start` ends (one past its last byte), if it is one well-formed
+/// value as far as brackets and strings go. Used to check that `d` really is the last key.
+pub fn value_ends_at(b: &[u8], start: usize) -> Option<usize> {
+    let first = *b.get(start)?;
+    match first {
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = start;
+            loop {
+                let at = i + memchr::memchr3(b'"', b'{', b'}', &b[i..]).or_else(|| None)?;
+                // Square brackets only matter for depth when the value is an array.
+                let at = if first == b'[' { i + memchr::memchr3(b'"', b'[', b']', &b[i..])? } else { at };
+                match b[at] {
+                    b'"' => {
+                        i = string_end(b, at)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    _ => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(at + 1);
+                        }
+                    }
+                }
+                i = at + 1;
+            }
+        }
+        b'"' => string_end(b, start),
+        _ => skip_scalar(b, start),
+    }
+}
+
+/// The index after the string starting at `b[i] == '"'`, escapes and all.
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    loop {
+        j += memchr::memchr2(b'"', b'\\', &b[j..])?;
+        if b[j] == b'\\' {
+            j += 2;
+        } else {
+            return Some(j + 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_head_of_discord_shaped_frames() {
+        let f = br#"{"t":"MESSAGE_CREATE","s":42,"op":0,"d":{"content":"x","t":"y"}}"#;
+        let h = prescan(f).unwrap();
+        assert_eq!((h.op, h.seq), (0, Some(42)));
+        assert_eq!(&f[h.event.unwrap()], b"MESSAGE_CREATE");
+        let start = h.data_start.unwrap();
+        assert_eq!(value_ends_at(f, start), Some(h.end));
+        assert_eq!(&f[start..h.end], br#"{"content":"x","t":"y"}"#);
+
+        let h = prescan(br#"{"op":11}"#).unwrap();
+        assert_eq!((h.op, h.seq, h.event, h.data_start), (11, None, None, None));
+        let h = prescan(br#" {"op":1,"d":null,"s":null,"t":null} "#).unwrap();
+        assert_eq!((h.op, h.seq, h.data_start), (1, None, None));
+        let h = prescan(br#"{"t":null,"s":null,"op":9,"d":false}"#).unwrap();
+        assert_eq!(h.data_start, Some(30));
+        // A non-null d before s or t: the full parse decides.
+        assert_eq!(prescan(br#"{"op":9,"d":false}"#), None);
+    }
+
+    #[test]
+    fn leaves_what_it_cannot_be_sure_of_to_the_full_parse() {
+        for f in [
+            &br#"{"d":{},"op":0}"#[..],            // op after d
+            br#"{"op":0,"s":1,"t":"A\"B","d":{}}"#, // escaped name
+            br#"{"op":0,"x":{"y":1},"d":{}}"#,      // nested value before d
+            br#"{"op":0,"op":1,"s":1,"t":"A","d":{}}"#, // repeated key
+            br#"{"op":256,"d":{}}"#,                // op out of range
+            br#"{"op":01,"d":{}}"#,                 // leading zero
+            br#"[1]"#,
+            br#"{"op":0"#,
+            b"",
+        ] {
+            assert_eq!(prescan(f), None, "{}", String::from_utf8_lossy(f));
+        }
+    }
+
+    #[test]
+    fn finds_where_values_end() {
+        let f = br#"{"a":"}\"{","b":[{"c":"]"}]} , "x":1"#;
+        assert_eq!(value_ends_at(f, 0), Some(28));
+        assert_eq!(value_ends_at(br#"[1,[2],{"a":"]"}] "#, 0), Some(17));
+        assert_eq!(value_ends_at(br#""a\\" x"#, 0), Some(5));
+        assert_eq!(value_ends_at(b"123 ", 0), Some(3));
+        assert_eq!(value_ends_at(br#"{"a":1"#, 0), None);
+    }
+}
