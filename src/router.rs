@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
+use std::sync::OnceLock;
 
 use actix::{Message, Recipient};
 use bytes::Bytes;
@@ -9,6 +11,8 @@ use bytestring::ByteString;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+
+use crate::protocol::DataSpan;
 
 /// One dispatch event (op 0), as handler actors receive it.
 ///
@@ -31,17 +35,22 @@ pub struct Dispatch {
     shard: u32,
     seq: u64,
     event: ByteString,
-    data: Bytes,
+    frame: Bytes,
+    span: DataSpan,
+    /// Where `d` lies in `frame`, worked out the first time `d` is read.
+    data: OnceLock<Range<usize>>,
 }
 
 impl Dispatch {
-    /// A dispatch whose name and data are slices of `frame` (no copy).
-    pub(crate) fn new(shard: u32, seq: u64, event: ByteString, data: Bytes) -> Self {
+    /// A dispatch sharing `frame` (no copy); `d` is found in it only when read.
+    pub(crate) fn new(shard: u32, seq: u64, event: ByteString, frame: Bytes, span: DataSpan) -> Self {
         Self {
             shard,
             seq,
             event,
-            data,
+            frame,
+            span,
+            data: OnceLock::new(),
         }
     }
 
@@ -53,8 +62,7 @@ impl Dispatch {
         }
         let seq = env.seq?;
         let event = event_name(&frame, env.event?)?;
-        let data = env.data.map_or_else(|| Bytes::from_static(b"null"), |r| frame.slice(r));
-        Some(Self::new(shard, seq, event, data))
+        Some(Self::new(shard, seq, event, frame, env.data))
     }
 
     /// The id of the shard that received it.
@@ -72,29 +80,50 @@ impl Dispatch {
         &self.event
     }
 
-    /// The raw JSON of `d`, exactly as received.
-    pub fn data(&self) -> &[u8] {
-        &self.data
+    fn data_range(&self) -> Range<usize> {
+        self.data
+            .get_or_init(|| self.span.resolve(&self.frame).unwrap_or(0..0))
+            .clone()
     }
 
-    /// The raw JSON of `d` as shared bytes (a reference-count clone).
+    /// The raw JSON of `d`, exactly as received (`null` when it is absent).
+    pub fn data(&self) -> &[u8] {
+        let range = self.data_range();
+        if range.is_empty() {
+            b"null"
+        } else {
+            &self.frame[range]
+        }
+    }
+
+    /// The raw JSON of `d` as shared bytes (a reference-count clone of the frame, no copy).
     pub fn data_bytes(&self) -> Bytes {
-        self.data.clone()
+        let range = self.data_range();
+        if range.is_empty() {
+            Bytes::from_static(b"null")
+        } else {
+            self.frame.slice(range)
+        }
+    }
+
+    /// The whole frame this event arrived in, as received (after decompression).
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
     }
 
     /// `d` as a borrowed, validated `RawValue`.
     pub fn raw(&self) -> Result<&RawValue, serde_json::Error> {
-        serde_json::from_slice(&self.data)
+        serde_json::from_slice(self.data())
     }
 
     /// `d` deserialized into an owned type.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_slice(&self.data)
+        serde_json::from_slice(self.data())
     }
 
     /// `d` deserialized into a type that borrows from the frame (e.g. `&str` fields).
     pub fn parse_borrowed<'a, T: Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
-        serde_json::from_slice(&self.data)
+        serde_json::from_slice(self.data())
     }
 }
 
@@ -112,7 +141,7 @@ impl fmt::Debug for Dispatch {
             .field("shard", &self.shard)
             .field("seq", &self.seq)
             .field("event", &&*self.event)
-            .field("bytes", &self.data.len())
+            .field("frame_bytes", &self.frame.len())
             .finish()
     }
 }

@@ -33,8 +33,45 @@ pub struct Envelope {
     pub seq: Option<u64>,
     /// The event name (`t`): where it lies in the frame, or the unescaped name when it held escapes.
     pub event: Option<EventName>,
-    /// Where the raw JSON of `d` lies in the frame; `None` when `d` is missing or `null`.
-    pub data: Option<Range<usize>>,
+    /// Where the raw JSON of `d` lies in the frame.
+    pub data: DataSpan,
+}
+
+/// Where `d` lies in a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataSpan {
+    /// `d` is missing or `null`.
+    Null,
+    /// `d` is exactly these bytes (the full parse found it).
+    Exact(usize, usize),
+    /// `d` starts here and, as Discord sends it, is the last key: it runs to the closing brace, which
+    /// [`DataSpan::resolve`] checks the first time `d` is read.
+    Tail(usize, usize),
+}
+
+impl DataSpan {
+    /// The exact range of `d` in `frame` (the frame this span came from); `None` when it is null.
+    ///
+    /// For a `Tail`, the value is scanned for its end; if that is not the closing brace (another key
+    /// follows), the full parse decides. A frame whose `d` is not valid JSON keeps the tail as it is,
+    /// so that deserializing it reports the error.
+    pub fn resolve(self, frame: &[u8]) -> Option<std::ops::Range<usize>> {
+        match self {
+            Self::Null => None,
+            Self::Exact(start, end) => Some(start..end),
+            Self::Tail(start, end) => {
+                let value_end = super::prescan::value_ends_at(frame, start);
+                if value_end.is_some_and(|e| frame[e..end].iter().all(u8::is_ascii_whitespace)) {
+                    return value_end.map(|e| start..e);
+                }
+                match Envelope::parse_full(frame).map(|env| env.data) {
+                    Ok(Self::Exact(s, e)) => Some(s..e),
+                    Ok(_) => None,
+                    Err(_) => Some(start..end),
+                }
+            }
+        }
+    }
 }
 
 /// Where a dispatch's event name is.
@@ -87,8 +124,22 @@ impl<'de: 'a, 'a> Deserialize<'de> for Name<'a> {
 }
 
 impl Envelope {
-    /// Reads the envelope of `frame`. `d` is validated as JSON but not deserialized.
+    /// Reads the envelope of `frame` without reading `d`: the fast path reads only the frame's head
+    /// (see [`prescan`](super::prescan)); frames it is not sure of get the full parse.
     pub fn parse(frame: &[u8]) -> Result<Self, EnvelopeError> {
+        match super::prescan::prescan(frame) {
+            Some(head) => Ok(Self {
+                op: head.op,
+                seq: head.seq,
+                event: head.event.map(EventName::Span),
+                data: head.data_start.map_or(DataSpan::Null, |start| DataSpan::Tail(start, head.end)),
+            }),
+            None => Self::parse_full(frame),
+        }
+    }
+
+    /// Reads the envelope with a full JSON parse; `d` is validated as JSON but not deserialized.
+    pub fn parse_full(frame: &[u8]) -> Result<Self, EnvelopeError> {
         // Derived structs also accept a JSON array; an envelope is an object.
         if frame.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(EnvelopeError::Malformed("not a JSON object".into()));
@@ -100,7 +151,12 @@ impl Envelope {
             let start = s.as_ptr() as usize - base;
             start..start + s.len()
         };
-        let data = raw.d.map(|d| d.get()).filter(|d| *d != "null").map(span);
+        let data = raw
+            .d
+            .map(|d| d.get())
+            .filter(|d| *d != "null")
+            .map(span)
+            .map_or(DataSpan::Null, |r| DataSpan::Exact(r.start, r.end));
         let event = raw.t.map(|t| match t {
             Name::Borrowed(name) => EventName::Span(span(name)),
             Name::Owned(name) => EventName::Owned(name),
@@ -113,9 +169,9 @@ impl Envelope {
         })
     }
 
-    /// The raw JSON of `d` within `frame`, or `"null"` when it is absent.
+    /// The raw JSON of `d` within `frame` (the frame it was parsed from), or `"null"` when absent.
     pub fn data<'f>(&self, frame: &'f [u8]) -> &'f [u8] {
-        self.data.clone().map_or(b"null", |r| &frame[r])
+        self.data.resolve(frame).map_or(b"null", |r| &frame[r])
     }
 }
 
@@ -137,10 +193,19 @@ mod tests {
     #[test]
     fn missing_and_null_keys_are_none() {
         let env = Envelope::parse(br#"{"op":11}"#).unwrap();
-        assert_eq!((env.seq, env.event, env.data), (None, None, None));
+        assert_eq!((env.seq, env.event, env.data), (None, None, DataSpan::Null));
         let env = Envelope::parse(br#"{"op":1,"d":null,"s":null,"t":null}"#).unwrap();
-        assert_eq!((env.seq, env.event.clone(), env.data.clone()), (None, None, None));
+        assert_eq!((env.seq, env.event.clone(), env.data), (None, None, DataSpan::Null));
         assert_eq!(env.data(b""), b"null");
+    }
+
+    #[test]
+    fn a_key_after_d_is_found_by_the_full_parse() {
+        let frame = br#"{"op":0,"s":3,"t":"X","d":{"a":[1]},"extra":{"b":2}}"#;
+        let env = Envelope::parse(frame).unwrap();
+        assert_eq!(env.data(frame), br#"{"a":[1]}"#);
+        let frame = br#"{"op":0,"s":3,"t":"X","d":{"a":1} }"#;
+        assert_eq!(Envelope::parse(frame).unwrap().data(frame), br#"{"a":1}"#);
     }
 
     #[test]
@@ -151,7 +216,7 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_an_envelope() {
-        for bad in [&b"not json"[..], b"{\"op\":\"x\"}", b"{\"d\":1}", b"[1]", b"{\"op\":0", b"\xff\xfe"] {
+        for bad in [&b"not json"[..], b"{\"op\":\"x\"}", b"{\"d\":1}", b"[1]", b"{\"op\":0", b"\xff\xfe", b"{\"op\":0,\"s\":1,\"t\":\"\xff\",\"d\":{}}"] {
             assert!(Envelope::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }

@@ -9,7 +9,7 @@ pub mod opcode;
 
 pub use close_code::{CloseAction, CloseCode};
 pub use command::{Command, CommandError, PresenceUpdate, Status};
-pub use envelope::{Envelope, EnvelopeError, EventName};
+pub use envelope::{DataSpan, Envelope, EnvelopeError, EventName};
 pub use intents::Intents;
 pub use opcode::OpCode;
 

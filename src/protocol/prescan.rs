@@ -43,8 +43,8 @@ fn plain_string(b: &[u8], i: usize) -> Option<(Range<usize>, usize)> {
     if b[end] != b'"' {
         return None;
     }
-    // Control characters are not allowed raw in JSON strings.
-    if b[start..end].iter().any(|&c| c < 0x20) {
+    // Control characters are not allowed raw in JSON strings, nor is invalid UTF-8.
+    if b[start..end].iter().any(|&c| c < 0x20) || std::str::from_utf8(&b[start..end]).is_err() {
         return None;
     }
     Some((start..end, end + 1))

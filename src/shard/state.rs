@@ -333,12 +333,8 @@ impl ShardState {
             return;
         };
         self.seq = Some(seq);
-        let data = env
-            .data
-            .clone()
-            .map_or_else(|| Bytes::from_static(b"null"), |r| frame.slice(r));
         match &*event {
-            "READY" => self.on_ready(&data, seq),
+            "READY" => self.on_ready(env.data(frame), seq),
             "RESUMED" => {
                 if self.phase == Phase::Resuming {
                     self.phase = Phase::Ready;
@@ -353,7 +349,7 @@ impl ShardState {
             _ => {}
         }
         self.actions
-            .push_back(Action::Deliver(Dispatch::new(self.shard, seq, event, data)));
+            .push_back(Action::Deliver(Dispatch::new(self.shard, seq, event, frame.clone(), env.data)));
     }
 
     fn on_ready(&mut self, data: &[u8], seq: u64) {
