@@ -5,6 +5,9 @@
 //! large the event. Anything the fast path is not sure of — a key it cannot read before `d`, escapes in
 //! a key, a nested value before `d` — returns `None`, and the caller falls back to the full parse.
 //! Where `d` ends is decided separately ([`value_ends_at`]), only when someone reads `d`.
+//!
+//! One difference from the full parse is by design: a key repeated *after* `d` (invalid in a gateway
+//! frame, and never sent) is not seen, because the fast path never reads past `d`'s start.
 
 use std::ops::Range;
 

@@ -1,0 +1,182 @@
+//! Property tests of the receive path: frame → envelope (prescan vs full parse) → state machine, and
+//! the zlib-stream inflater. Bounded by PROPTEST_CASES (default 256 per property); a failure prints
+//! the seed and the shrunk input to replay it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use serde_json::Value;
+use shardline::protocol::{Envelope, EventName};
+use shardline::shard::{IdentifyParams, ShardState};
+
+/// A JSON value as text, with random whitespace and some strings that look like envelope keys.
+fn json_value() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just("null".to_owned()),
+        any::<bool>().prop_map(|b| b.to_string()),
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| serde_json::to_string(&f).unwrap()),
+        json_string(),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec((inner.clone(), ws()), 0..6)
+                .prop_map(|items| format!("[{}]", items.into_iter().map(|(v, w)| format!("{w}{v}{w}")).collect::<Vec<_>>().join(","))),
+            prop::collection::vec((json_string(), inner, ws()), 0..6).prop_map(|members| {
+                let body: Vec<String> = members.into_iter().map(|(k, v, w)| format!("{w}{k}{w}:{w}{v}")).collect();
+                format!("{{{}}}", body.join(","))
+            }),
+        ]
+    })
+}
+
+fn json_string() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>().prop_map(|s| serde_json::to_string(&s).unwrap()),
+        // Things that would fool a naive key search.
+        Just(r#""\"t\":\"MESSAGE_CREATE\",\"op\":0""#.to_owned()),
+        Just(r#""}\\""#.to_owned()),
+        Just(r#""{\"d\":""#.to_owned()),
+        Just(r#""\u0074""#.to_owned()),
+        "[a-z_]{0,8}".prop_map(|s| format!("\"{s}\"")),
+    ]
+}
+
+fn ws() -> impl Strategy<Value = &'static str> {
+    prop_oneof![4 => Just(""), 1 => Just(" "), 1 => Just("\n\t "), 1 => Just("\r\n")]
+}
+
+/// A whole gateway frame: op, s, t, d and unknown keys, each maybe absent, in any order.
+fn frame() -> impl Strategy<Value = String> {
+    let op = prop_oneof![Just(0u64), Just(1), Just(7), Just(9), Just(10), Just(11), 0u64..300];
+    let s = prop_oneof![Just("null".to_owned()), (0u64..u64::MAX).prop_map(|n| n.to_string())];
+    let t = prop_oneof![
+        Just("null".to_owned()),
+        Just(r#""MESSAGE_CREATE""#.to_owned()),
+        Just(r#""GUILD_\u0043REATE""#.to_owned()),
+        json_string(),
+    ];
+    let extra = prop::collection::vec((json_string(), json_value()), 0..3);
+    (op, prop::option::weighted(0.95, s), prop::option::weighted(0.95, t), prop::option::weighted(0.9, json_value()), extra, ws(), any::<prop::sample::Index>())
+        .prop_map(|(op, s, t, d, extra, w, order)| {
+            let mut members = vec![format!(r#""op"{w}:{w}{op}"#)];
+            if let Some(s) = s {
+                members.push(format!(r#""s":{w}{s}"#));
+            }
+            if let Some(t) = t {
+                members.push(format!(r#""t"{w}:{t}"#));
+            }
+            if let Some(d) = d {
+                members.push(format!(r#"{w}"d":{d}{w}"#));
+            }
+            for (k, v) in extra {
+                // Unknown keys only, however spelled: a repeated key makes the frame invalid, and after
+                // `d` only a full scan could see it (documented on `prescan`).
+                let decoded: String = serde_json::from_str(&k).unwrap();
+                if !matches!(decoded.as_str(), "op" | "s" | "t" | "d") {
+                    members.push(format!("{k}:{v}"));
+                }
+            }
+            let n = members.len();
+            members.rotate_left(order.index(n));
+            format!("{w}{{{}}}{w}", members.join(","))
+        })
+}
+
+fn name(frame: &[u8], env: &Envelope) -> Option<String> {
+    env.event.as_ref().map(|e| match e {
+        EventName::Span(r) => String::from_utf8(frame[r.clone()].to_vec()).unwrap(),
+        EventName::Owned(s) => s.clone(),
+    })
+}
+
+fn params() -> Arc<IdentifyParams> {
+    Arc::new(IdentifyParams {
+        token: shardline::Token::new("prop-token"),
+        intents: 1,
+        properties: Default::default(),
+        large_threshold: 50,
+        presence: None,
+        gateway_url: "wss://gateway.discord.gg".into(),
+        allowed_resume_domains: vec!["discord.gg".into()],
+    })
+}
+
+proptest! {
+    #[test]
+    fn the_prescan_agrees_with_a_full_parse(frame in frame()) {
+        let bytes = frame.as_bytes();
+        let full = Envelope::parse_full(bytes);
+        let fast = Envelope::parse(bytes);
+        match full {
+            Ok(full) => {
+                let fast = fast.expect("the fast path never rejects what the full parse reads");
+                prop_assert_eq!(fast.op, full.op);
+                prop_assert_eq!(fast.seq, full.seq);
+                prop_assert_eq!(name(bytes, &fast), name(bytes, &full));
+                let d_fast: Value = serde_json::from_slice(fast.data(bytes)).unwrap();
+                let d_full: Value = serde_json::from_slice(full.data(bytes)).unwrap();
+                prop_assert_eq!(d_fast, d_full);
+                prop_assert_eq!(fast.data(bytes), full.data(bytes));
+            }
+            // What the full parse refuses (e.g. op over 255, a bad number in s), the fast path refuses too.
+            Err(e) => prop_assert!(fast.is_err(), "full parse: {}; fast path accepted {:?}", e, fast),
+        }
+    }
+
+    #[test]
+    fn the_state_machine_takes_any_frame_without_panicking(frames in prop::collection::vec(prop_oneof![frame().prop_map(String::into_bytes), prop::collection::vec(any::<u8>(), 0..64)], 1..20)) {
+        let mut state = ShardState::new(0, 1, params(), None);
+        state.on_open();
+        let now = Instant::now();
+        for frame in frames {
+            let frame = Bytes::from(frame);
+            if let Ok(env) = Envelope::parse(&frame) {
+                state.on_frame(&frame, &env, now, 0.5);
+                state.on_identify_permit();
+                state.on_heartbeat_due(now);
+            }
+            while let Some(action) = state.poll_action() {
+                if let shardline::shard::Action::Deliver(d) = action {
+                    let _ = d.data();
+                    let _ = d.raw();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_inflater_reassembles_any_split_and_survives_garbage(
+        messages in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..2000), 1..8),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+        garbage in prop::collection::vec(any::<u8>(), 0..256),
+    ) {
+        use flate2::{Compress, Compression, FlushCompress};
+        let mut z = Compress::new(Compression::fast(), true);
+        let mut inflater = shardline::shard::inflate::Inflater::new(1 << 20);
+        for message in &messages {
+            let mut out = Vec::with_capacity(message.len() * 2 + 64);
+            z.compress_vec(message, &mut out, FlushCompress::Sync).unwrap();
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(out.len() + 1)).collect();
+            points.sort_unstable();
+            let mut got = None;
+            let mut last = 0;
+            for p in points.into_iter().chain([out.len()]) {
+                if p > last || p == out.len() {
+                    if let Some(m) = inflater.push(&out[last..p]).unwrap() {
+                        got = Some(m);
+                    }
+                    last = p;
+                }
+            }
+            prop_assert_eq!(got.as_deref(), Some(&message[..]));
+        }
+        let mut fresh = shardline::shard::inflate::Inflater::new(1 << 20);
+        let mut with_marker = garbage.clone();
+        with_marker.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let _ = fresh.push(&garbage);
+        let _ = fresh.push(&with_marker);
+    }
+}
