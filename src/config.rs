@@ -44,6 +44,9 @@ pub enum Compression {
     /// One zlib stream per connection.
     #[default]
     ZlibStream,
+    /// One zstd stream per connection (feature `zstd`).
+    #[cfg(feature = "zstd")]
+    ZstdStream,
 }
 
 impl Compression {
@@ -52,6 +55,8 @@ impl Compression {
         match self {
             Self::None => None,
             Self::ZlibStream => Some("zlib-stream"),
+            #[cfg(feature = "zstd")]
+            Self::ZstdStream => Some("zstd-stream"),
         }
     }
 }

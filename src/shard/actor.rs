@@ -57,6 +57,38 @@ thread_local! {
         .finish();
 }
 
+/// A connection's transport decompression (PROTOCOL.md §6): a fresh context per connection.
+enum Decompressor {
+    None,
+    Zlib(Inflater),
+    #[cfg(feature = "zstd")]
+    Zstd(Result<crate::shard::zstd_stream::ZstdStream, crate::shard::inflate::InflateError>),
+}
+
+impl Decompressor {
+    fn new(compression: Compression, max_output: usize) -> Self {
+        match compression {
+            Compression::None => Self::None,
+            Compression::ZlibStream => Self::Zlib(Inflater::new(max_output)),
+            #[cfg(feature = "zstd")]
+            Compression::ZstdStream => Self::Zstd(crate::shard::zstd_stream::ZstdStream::new(max_output)),
+        }
+    }
+
+    /// A whole gateway message, once the binary frames so far make one.
+    fn push(&mut self, bytes: Bytes) -> Result<Option<Bytes>, crate::shard::inflate::InflateError> {
+        match self {
+            // Without transport compression Discord sends text; a binary frame is read as JSON all the same.
+            Self::None => Ok(Some(bytes)),
+            Self::Zlib(inflater) => inflater.push(&bytes),
+            #[cfg(feature = "zstd")]
+            Self::Zstd(Ok(stream)) => stream.push(&bytes).map(Some),
+            #[cfg(feature = "zstd")]
+            Self::Zstd(Err(e)) => Err(e.clone()),
+        }
+    }
+}
+
 /// One websocket connection's IO state.
 struct Connection {
     sink: SinkWrite<WsMessage, WsSink>,
@@ -64,7 +96,7 @@ struct Connection {
     heartbeat: Option<SpawnHandle>,
     /// The Hello or READY/RESUMED timeout, whichever is armed.
     deadline: Option<SpawnHandle>,
-    inflater: Option<Inflater>,
+    decompressor: Decompressor,
     /// A message arriving in continuation frames: whether it is text, and its bytes so far.
     partial: Option<(bool, BytesMut)>,
     limiter: CommandLimiter,
@@ -183,10 +215,7 @@ impl ShardActor {
             reader,
             heartbeat: None,
             deadline: None,
-            inflater: match self.shared.compression {
-                Compression::ZlibStream => Some(Inflater::new(self.shared.limits.max_decompressed_size)),
-                Compression::None => None,
-            },
+            decompressor: Decompressor::new(self.shared.compression, self.shared.limits.max_decompressed_size),
             partial: None,
             limiter: CommandLimiter::new(limit, window, None),
         });
@@ -309,12 +338,7 @@ impl ShardActor {
 
     fn on_binary(&mut self, bytes: Bytes) {
         let Some(conn) = &mut self.conn else { return };
-        let Some(inflater) = &mut conn.inflater else {
-            // Without transport compression Discord sends text; a binary frame is read as JSON all the same.
-            self.on_message(bytes);
-            return;
-        };
-        match inflater.push(&bytes) {
+        match conn.decompressor.push(bytes) {
             Ok(Some(message)) => self.on_message(message),
             Ok(None) => {}
             Err(e) => {

@@ -10,5 +10,7 @@ pub mod limiter;
 pub mod actor;
 pub mod messages;
 pub mod pause;
+#[cfg(feature = "zstd")]
+pub mod zstd_stream;
 pub use actor::ShardActor;
 pub use messages::{GetStatus, SendCommand, ShardStatus, Shutdown};
