@@ -16,7 +16,7 @@ use crate::queue::{IdentifyQueue, LocalIdentifyQueue, SESSION_START_PERIOD};
 use crate::rest::{self, GatewayBot};
 use crate::shard::actor::ShardShared;
 use crate::shard::backoff::ReconnectBackoff;
-use crate::shard::messages::{GetStatus, SendCommand, ShardStatus, ShardStopped, Shutdown};
+use crate::shard::messages::{GetStatus, SendCommand, ShardStatus, ShardNotice, Shutdown};
 use crate::shard::state::IdentifyParams;
 use crate::shard::{Phase, ShardActor};
 
@@ -41,6 +41,8 @@ pub struct Supervisor {
     slots: BTreeMap<u32, Slot>,
     arbiters: Vec<Arbiter>,
     shutting_down: bool,
+    ever_ready: std::collections::HashSet<u32>,
+    started_at: std::time::Instant,
 }
 
 /// What the runtime resolved at start: the plan, the gateway URL and the identify limits.
@@ -153,21 +155,73 @@ impl Actor for Supervisor {
     }
 }
 
-impl Handler<ShardStopped> for Supervisor {
+impl Handler<ShardNotice> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, msg: ShardStopped, ctx: &mut Self::Context) {
-        let Some(slot) = self.slots.get_mut(&msg.id) else { return };
-        if let Some(fatal) = msg.fatal {
-            tracing::error!(shard.id = msg.id, error = %fatal, "shard stopped for good");
-            slot.fatal = Some(fatal);
-            slot.addr = None;
-        } else if msg.deliberate || self.shutting_down {
-            slot.stopped = true;
-            slot.addr = None;
-        } else {
-            self.schedule_restart(msg.id, ctx);
+    fn handle(&mut self, msg: ShardNotice, ctx: &mut Self::Context) {
+        match msg {
+            ShardNotice::Ready { id } => self.on_ready(id),
+            ShardNotice::Stopped { id, fatal, deliberate } => {
+                let Some(slot) = self.slots.get_mut(&id) else { return };
+                if let Some(fatal) = fatal {
+                    tracing::error!(shard.id = id, error = %fatal, "shard stopped for good");
+                    slot.fatal = Some(fatal);
+                    slot.addr = None;
+                } else if deliberate || self.shutting_down {
+                    slot.stopped = true;
+                    slot.addr = None;
+                } else {
+                    self.schedule_restart(id, ctx);
+                }
+            }
         }
+    }
+}
+
+/// How far start-up has come: shards READY (or RESUMED) at least once, out of all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Shards that have been ready at least once.
+    pub ready: usize,
+    /// Shards this process runs.
+    pub total: usize,
+    /// Time since the supervisor started.
+    pub elapsed: Duration,
+    /// Time until every shard is ready, at the rate so far; `None` before the first or after the last.
+    pub eta: Option<Duration>,
+}
+
+impl Supervisor {
+    fn progress(&self) -> Progress {
+        let (ready, total) = (self.ever_ready.len(), self.slots.len());
+        let elapsed = self.started_at.elapsed();
+        let eta = (ready > 0 && ready < total).then(|| elapsed.mul_f64((total - ready) as f64 / ready as f64));
+        Progress { ready, total, elapsed, eta }
+    }
+
+    fn on_ready(&mut self, id: u32) {
+        if !self.ever_ready.insert(id) {
+            return;
+        }
+        let p = self.progress();
+        // A line per tenth of the way (and the last), so 10 000 shards log ten lines, not 10 000.
+        let step = (p.total / 10).max(1);
+        if p.ready % step == 0 || p.ready == p.total {
+            tracing::info!(ready = p.ready, total = p.total, elapsed = ?p.elapsed, eta = ?p.eta, "start-up progress");
+        }
+    }
+}
+
+/// Asks for start-up [`Progress`].
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Progress")]
+pub struct GetProgress;
+
+impl Handler<GetProgress> for Supervisor {
+    type Result = MessageResult<GetProgress>;
+
+    fn handle(&mut self, _: GetProgress, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.progress())
     }
 }
 
@@ -228,11 +282,11 @@ impl Handler<SendTo> for Supervisor {
         Box::pin(async move {
             match addr {
                 None => Err(CommandError::UnknownShard(msg.shard)),
-                Some(None) => Err(CommandError::ShardStopped),
+                Some(None) => Err(CommandError::ShardNotice),
                 Some(Some(addr)) => addr
                     .send(SendCommand(msg.command))
                     .await
-                    .unwrap_or(Err(CommandError::ShardStopped)),
+                    .unwrap_or(Err(CommandError::ShardNotice)),
             }
         })
     }
@@ -255,8 +309,8 @@ impl Handler<SendToAll> for Supervisor {
                 let command = command.clone();
                 async move {
                     let result = match addr {
-                        Some(addr) => addr.send(SendCommand(command)).await.unwrap_or(Err(CommandError::ShardStopped)),
-                        None => Err(CommandError::ShardStopped),
+                        Some(addr) => addr.send(SendCommand(command)).await.unwrap_or(Err(CommandError::ShardNotice)),
+                        None => Err(CommandError::ShardNotice),
                     };
                     (id, result)
                 }
@@ -393,7 +447,16 @@ impl Gateway {
             })
             .collect();
         tracing::info!(shards = plan.ids.len(), total = plan.total, max_concurrency = plan.max_concurrency, arbiters = arbiter_count, "starting shards");
-        let supervisor = Supervisor { shared, total: plan.total, slots, arbiters, shutting_down: false }.start();
+        let supervisor = Supervisor {
+            shared,
+            total: plan.total,
+            slots,
+            arbiters,
+            shutting_down: false,
+            ever_ready: Default::default(),
+            started_at: std::time::Instant::now(),
+        }
+        .start();
         Ok(Self { supervisor, plan: Arc::new(plan) })
     }
 
@@ -412,12 +475,17 @@ impl Gateway {
         self.supervisor.send(GetStatuses).await.unwrap_or_default()
     }
 
+    /// Start-up progress: how many shards have been ready, and an estimate for the rest.
+    pub async fn progress(&self) -> Option<Progress> {
+        self.supervisor.send(GetProgress).await.ok()
+    }
+
     /// Sends a command to one shard.
     pub async fn send(&self, shard: u32, command: Command) -> Result<(), CommandError> {
         self.supervisor
             .send(SendTo { shard, command })
             .await
-            .unwrap_or(Err(CommandError::ShardStopped))
+            .unwrap_or(Err(CommandError::ShardNotice))
     }
 
     /// Sends a command to every shard (e.g. a presence for the whole bot).

@@ -27,7 +27,7 @@ use crate::shard::backoff::ReconnectBackoff;
 use crate::shard::inflate::Inflater;
 use crate::shard::limiter::CommandLimiter;
 use crate::shard::pause::{PauseGate, Pausable};
-use crate::shard::messages::{GetStatus, SendCommand, ShardStatus, ShardStopped, Shutdown};
+use crate::shard::messages::{GetStatus, SendCommand, ShardStatus, ShardNotice, Shutdown};
 use crate::shard::state::{Action, IdentifyParams, Phase, SendKind, ShardState};
 
 type WsSink = SplitSink<Framed<BoxedSocket, Codec>, WsMessage>;
@@ -115,7 +115,7 @@ pub struct ShardActor {
     total: u32,
     state: ShardState,
     shared: Arc<ShardShared>,
-    supervisor: Option<Recipient<ShardStopped>>,
+    supervisor: Option<Recipient<ShardNotice>>,
     conn: Option<Connection>,
     generation: u64,
     backoff: ReconnectBackoff,
@@ -139,7 +139,7 @@ impl ShardActor {
         id: u32,
         total: u32,
         shared: Arc<ShardShared>,
-        supervisor: Option<Recipient<ShardStopped>>,
+        supervisor: Option<Recipient<ShardNotice>>,
     ) -> Self {
         let session = shared.sessions.load(id);
         let state = ShardState::new(id, total, shared.params.clone(), session);
@@ -388,6 +388,9 @@ impl ShardActor {
                     };
                     tracing::info!(resumed, "ready");
                     self.emit(event);
+                    if let Some(supervisor) = &self.supervisor {
+                        supervisor.do_send(ShardNotice::Ready { id: self.id });
+                    }
                     self.flush_commands(ctx);
                 }
                 Action::Reconnect { close_code } => {
@@ -580,7 +583,7 @@ impl Actor for ShardActor {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         if let Some(supervisor) = &self.supervisor {
-            supervisor.do_send(ShardStopped {
+            supervisor.do_send(ShardNotice::Stopped {
                 id: self.id,
                 fatal: self.fatal.clone(),
                 deliberate: self.deliberate_stop,
@@ -625,7 +628,7 @@ impl Handler<SendCommand> for ShardActor {
 
     fn handle(&mut self, SendCommand(command): SendCommand, ctx: &mut Self::Context) -> Self::Result {
         if self.state.phase() == Phase::Stopped {
-            return Err(CommandError::ShardStopped);
+            return Err(CommandError::ShardNotice);
         }
         let frame = command.to_frame()?;
         if self.queued.len() >= self.shared.limits.command_queue {

@@ -53,11 +53,12 @@ pub struct Shutdown {
     pub resumable: bool,
 }
 
-/// Sent by a shard actor to its supervisor when it stops.
+/// What a shard actor tells its supervisor.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
-pub(crate) struct ShardStopped {
-    pub id: u32,
-    pub fatal: Option<FatalError>,
-    pub deliberate: bool,
+pub(crate) enum ShardNotice {
+    /// READY or RESUMED arrived.
+    Ready { id: u32 },
+    /// The actor stopped.
+    Stopped { id: u32, fatal: Option<FatalError>, deliberate: bool },
 }
