@@ -282,11 +282,11 @@ impl Handler<SendTo> for Supervisor {
         Box::pin(async move {
             match addr {
                 None => Err(CommandError::UnknownShard(msg.shard)),
-                Some(None) => Err(CommandError::ShardNotice),
+                Some(None) => Err(CommandError::ShardStopped),
                 Some(Some(addr)) => addr
                     .send(SendCommand(msg.command))
                     .await
-                    .unwrap_or(Err(CommandError::ShardNotice)),
+                    .unwrap_or(Err(CommandError::ShardStopped)),
             }
         })
     }
@@ -309,8 +309,8 @@ impl Handler<SendToAll> for Supervisor {
                 let command = command.clone();
                 async move {
                     let result = match addr {
-                        Some(addr) => addr.send(SendCommand(command)).await.unwrap_or(Err(CommandError::ShardNotice)),
-                        None => Err(CommandError::ShardNotice),
+                        Some(addr) => addr.send(SendCommand(command)).await.unwrap_or(Err(CommandError::ShardStopped)),
+                        None => Err(CommandError::ShardStopped),
                     };
                     (id, result)
                 }
@@ -485,7 +485,7 @@ impl Gateway {
         self.supervisor
             .send(SendTo { shard, command })
             .await
-            .unwrap_or(Err(CommandError::ShardNotice))
+            .unwrap_or(Err(CommandError::ShardStopped))
     }
 
     /// Sends a command to every shard (e.g. a presence for the whole bot).

@@ -628,7 +628,7 @@ impl Handler<SendCommand> for ShardActor {
 
     fn handle(&mut self, SendCommand(command): SendCommand, ctx: &mut Self::Context) -> Self::Result {
         if self.state.phase() == Phase::Stopped {
-            return Err(CommandError::ShardNotice);
+            return Err(CommandError::ShardStopped);
         }
         let frame = command.to_frame()?;
         if self.queued.len() >= self.shared.limits.command_queue {
