@@ -113,16 +113,24 @@ impl Dispatch {
 
     /// `d` as a borrowed, validated `RawValue`.
     pub fn raw(&self) -> Result<&RawValue, serde_json::Error> {
-        serde_json::from_slice(self.data())
+        self.parse_borrowed()
     }
 
     /// `d` deserialized into an owned type.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_slice(self.data())
+        self.parse_borrowed()
     }
 
     /// `d` deserialized into a type that borrows from the frame (e.g. `&str` fields).
     pub fn parse_borrowed<'a, T: Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
+        if let (None, DataSpan::Tail(start, end)) = (self.data.get(), self.span) {
+            // Deserializing everything up to the closing brace only succeeds if `d` is one value
+            // followed by nothing (serde refuses trailing characters): then `d` was the last key, and
+            // its end needs no separate scan.
+            if let Ok(value) = serde_json::from_slice(&self.frame[start..end]) {
+                return Ok(value);
+            }
+        }
         serde_json::from_slice(self.data())
     }
 }
