@@ -120,6 +120,13 @@ proptest! {
                 let d_full: Value = serde_json::from_slice(full.data(bytes)).unwrap();
                 prop_assert_eq!(d_fast, d_full);
                 prop_assert_eq!(fast.data(bytes), full.data(bytes));
+                // A delivered event reads the same `d` by every route, tail-first or scanned.
+                if let Some(dispatch) = shardline::Dispatch::from_frame(0, Bytes::copy_from_slice(bytes)) {
+                    let expected: Value = serde_json::from_slice(full.data(bytes)).unwrap();
+                    prop_assert_eq!(dispatch.parse::<Value>().unwrap(), expected.clone());
+                    prop_assert_eq!(dispatch.raw().unwrap().get().as_bytes(), full.data(bytes));
+                    prop_assert_eq!(dispatch.data(), full.data(bytes));
+                }
             }
             // What the full parse refuses (e.g. op over 255, a bad number in s), the fast path refuses too.
             Err(e) => prop_assert!(fast.is_err(), "full parse: {}; fast path accepted {:?}", e, fast),
