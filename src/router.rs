@@ -166,6 +166,49 @@ pub struct Router {
 }
 
 impl Router {
+    /// A router with `handlers` per event name and `all` for every event (as the config builds it).
+    ///
+    /// ```
+    /// # actix_rt::System::new().block_on(async {
+    /// use actix::prelude::*;
+    /// use shardline::{Dispatch, Router};
+    /// struct Count(usize);
+    /// impl Actor for Count { type Context = Context<Self>; }
+    /// impl Handler<Dispatch> for Count { type Result = (); fn handle(&mut self, _: Dispatch, _: &mut Context<Self>) { self.0 += 1; } }
+    /// let counter = Count(0).start();
+    /// let router = Router::new([("MESSAGE_CREATE", counter.clone().recipient())], []);
+    /// let frame = br#"{"op":0,"s":1,"t":"MESSAGE_CREATE","d":{}}"#;
+    /// assert_eq!(router.route(Dispatch::from_frame(0, frame.to_vec().into()).unwrap()), 1);
+    /// # });
+    /// ```
+    pub fn new<'a>(
+        handlers: impl IntoIterator<Item = (&'a str, Recipient<Dispatch>)>,
+        all: impl IntoIterator<Item = Recipient<Dispatch>>,
+    ) -> Self {
+        let mut router = Self::default();
+        for (event, handler) in handlers {
+            router.add(event, handler);
+        }
+        for handler in all {
+            router.add_all(handler);
+        }
+        router.finish()
+    }
+
+    /// Sends `dispatch` to every handler of its event without waiting (a full mailbox still takes
+    /// it: this is `do_send`, for tests and tools; shards deliver with backpressure). Returns how
+    /// many handlers it went to.
+    pub fn route(&self, dispatch: Dispatch) -> usize {
+        let handlers = self.handlers(dispatch.event());
+        if let Some((last, rest)) = handlers.split_last() {
+            for handler in rest {
+                handler.do_send(dispatch.clone());
+            }
+            last.do_send(dispatch);
+        }
+        handlers.len()
+    }
+
     /// Adds a handler for one event name.
     pub(crate) fn add(&mut self, event: &str, handler: Recipient<Dispatch>) {
         let mut list = self.by_event.remove(event).map(Vec::from).unwrap_or_default();
