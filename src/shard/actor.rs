@@ -32,6 +32,9 @@ use crate::shard::state::{Action, IdentifyParams, Phase, SendKind, ShardState};
 
 type WsSink = SplitSink<Framed<BoxedSocket, Codec>, WsMessage>;
 
+/// How long a closed connection may take to finish its close handshake before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// What every shard of one bot shares.
 pub(crate) struct ShardShared {
     pub params: Arc<IdentifyParams>,
@@ -131,6 +134,8 @@ pub struct ShardActor {
     blocked: bool,
     dropped: u64,
     reading: Rc<PauseGate>,
+    /// Set when the gateway has answered our close during a shutdown.
+    peer_closed: Rc<std::cell::Cell<bool>>,
     span: tracing::Span,
 }
 
@@ -162,6 +167,7 @@ impl ShardActor {
             blocked: false,
             dropped: 0,
             reading: Rc::new(PauseGate::default()),
+            peer_closed: Rc::new(std::cell::Cell::new(false)),
             span: tracing::info_span!("shard", shard.id = id, shard.total = total),
         }
     }
@@ -251,22 +257,30 @@ impl ShardActor {
     }
 
     /// Ends the current connection: closes with `code` if given, and frees everything it holds.
+    ///
+    /// With a code, the close frame goes out and the old reader stays to take the server's close
+    /// (RFC 6455: the client waits for it before dropping the socket); its items no longer match the
+    /// generation and are ignored. Whatever is left goes after [`CLOSE_GRACE`].
     fn teardown(&mut self, code: Option<u16>, ctx: &mut Context<Self>) {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        for handle in [Some(conn.reader), conn.heartbeat, conn.deadline].into_iter().flatten() {
+        for handle in [conn.heartbeat, conn.deadline].into_iter().flatten() {
             ctx.cancel_future(handle);
         }
-        if let Some(code) = code {
-            let reason = CloseReason { code: WsCloseCode::from(code), description: None };
-            let _ = conn.sink.write(WsMessage::Close(Some(reason)));
+        match code {
+            Some(code) => {
+                let reason = CloseReason { code: WsCloseCode::from(code), description: None };
+                let _ = conn.sink.write(WsMessage::Close(Some(reason)));
+            }
+            None => {
+                ctx.cancel_future(conn.reader);
+                conn.sink.close();
+            }
         }
-        conn.sink.close();
-        // The writer flushes the close frame on its own; if the peer never lets it finish, cancel it
-        // so a dead socket cannot pile up across reconnects.
-        let writer = conn.sink.handle();
-        ctx.run_later(Duration::from_secs(2), move |_, ctx| {
+        let (reader, writer) = (conn.reader, conn.sink.handle());
+        ctx.run_later(CLOSE_GRACE, move |_, ctx| {
+            ctx.cancel_future(reader);
             ctx.cancel_future(writer);
         });
     }
@@ -597,6 +611,13 @@ impl StreamHandler<WsEvent> for ShardActor {
         if event.generation != self.generation || self.conn.is_none() {
             return;
         }
+        if self.state.phase() == Phase::Stopped {
+            // Shutting down: only the end of the close handshake matters now.
+            if matches!(event.frame, None | Some(Ok(Frame::Close(_))) | Some(Err(_))) {
+                self.peer_closed.set(true);
+            }
+            return;
+        }
         let _span = self.span.clone().entered();
         self.on_ws_event(event.frame, ctx);
     }
@@ -652,26 +673,25 @@ impl Handler<Shutdown> for ShardActor {
             ctx.cancel_future(handle);
         }
         tracing::info!(code, resumable, "shutting down");
-        let mut conn = self.conn.take();
-        if let Some(conn) = &mut conn {
-            for handle in [Some(conn.reader), conn.heartbeat.take(), conn.deadline.take()].into_iter().flatten() {
+        self.peer_closed.set(self.conn.is_none());
+        if let Some(conn) = &mut self.conn {
+            for handle in [conn.heartbeat.take(), conn.deadline.take()].into_iter().flatten() {
                 ctx.cancel_future(handle);
             }
             let reason = CloseReason { code: WsCloseCode::from(code), description: None };
             let _ = conn.sink.write(WsMessage::Close(Some(reason)));
-            conn.sink.close();
         }
-        // Stop once the close frame is on the wire (or after a second, if the peer is gone).
-        let flushed = async move {
-            if let Some(conn) = conn {
-                for _ in 0..100 {
-                    if conn.sink.closed() {
-                        break;
-                    }
-                    actix_rt::time::sleep(Duration::from_millis(10)).await;
-                }
+        // Stop once the gateway has answered the close (or after the grace period, if it never does).
+        let peer_closed = self.peer_closed.clone();
+        let answered = async move {
+            let deadline = Instant::now() + CLOSE_GRACE;
+            while !peer_closed.get() && Instant::now() < deadline {
+                actix_rt::time::sleep(Duration::from_millis(5)).await;
             }
         };
-        Box::pin(flushed.into_actor(self).map(|(), _, ctx| ctx.stop()))
+        Box::pin(answered.into_actor(self).map(|(), act, ctx| {
+            act.conn = None;
+            ctx.stop();
+        }))
     }
 }

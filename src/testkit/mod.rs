@@ -1,1 +1,377 @@
-//! A fake Discord gateway for tests.
+//! A fake Discord gateway (and `GET /gateway/bot`) as strict as PROTOCOL.md: the tests, benches and
+//! examples run against it, and bots can use it in their own tests.
+//!
+//! It checks Identify (token, intents, shard, properties), enforces identify buckets (op 9 when
+//! broken), 120 commands / 60 s (close 4008), the 4096-byte limit (close 4002) and the session-start
+//! budget, closes connections that stop heartbeating (4009), keeps each session's events for replay
+//! on resume, sends `RESUMED`, and speaks zlib-stream (and zstd-stream with feature `zstd`). Tests
+//! script it and read back every frame each client sent.
+//!
+//! ```no_run
+//! # actix_rt::System::new().block_on(async {
+//! use std::time::Duration;
+//! use shardline::testkit::{FakeConfig, FakeGateway};
+//!
+//! let fake = FakeGateway::start(FakeConfig { heartbeat_interval: Duration::from_millis(100), ..FakeConfig::default() })
+//!     .await
+//!     .unwrap();
+//! // … start a client at fake.api_base() / fake.gateway_url(), then:
+//! fake.wait_for(Duration::from_secs(5), "shard 0 ready", |f| f.ready_shards() == [0]).await;
+//! fake.dispatch(0, "MESSAGE_CREATE", serde_json::json!({"content": "hi"}));
+//! let identifies = fake.frames_of(0).into_iter().filter(|f| f.op == Some(2)).count();
+//! assert_eq!(identifies, 1);
+//! fake.stop().await;
+//! # });
+//! ```
+
+mod compress;
+mod connection;
+mod server;
+mod state;
+
+use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpServer};
+use serde_json::Value;
+
+use crate::protocol::Intents;
+use state::{Command, State};
+
+/// How the fake gateway behaves. Tests shorten the intervals and windows; the defaults are Discord's.
+#[derive(Debug, Clone)]
+pub struct FakeConfig {
+    /// The only token accepted (default `fake-token`).
+    pub token: String,
+    /// The recommended shard count `GET /gateway/bot` returns (default 1).
+    pub shards: u32,
+    /// Identify buckets (default 1).
+    pub max_concurrency: u32,
+    /// The interval in Hello (default 41 250 ms).
+    pub heartbeat_interval: Duration,
+    /// No heartbeat for this long (after Hello or the last one) → close 4009. Zero (the default)
+    /// means `heartbeat_interval × 1.5 + 100 ms`.
+    pub heartbeat_timeout: Duration,
+    /// One Identify per bucket per window (default 5 s); a second → op 9.
+    pub identify_window: Duration,
+    /// How much short of the window an Identify may arrive, for network jitter (default 25 ms).
+    pub identify_jitter_tolerance: Duration,
+    /// Frames a connection may send per window, heartbeats included (default 120 per 60 s).
+    pub command_limit: (u32, Duration),
+    /// The session-start budget; each Identify uses one, and at zero Identify gets op 9.
+    pub session_start_limit: SessionStartLimit,
+    /// Privileged intents the bot may use (default: all of them); others → close 4014.
+    pub privileged_intents_enabled: u64,
+    /// The fewest shards the bot may run (default 1); fewer → close 4011.
+    pub required_shards: u32,
+    /// `GUILD_CREATE`s sent after READY on each new session (default 0).
+    pub guilds_per_shard: u32,
+    /// Dispatches kept per session for replay (default 100 000); a resume from further back → op 9.
+    pub replay_capacity: usize,
+    /// Overrides `resume_gateway_url` in READY (default `ws://127.0.0.1:PORT/resume`).
+    pub resume_url: Option<String>,
+    /// Sends every message longer than this as continuation frames of this size (default off).
+    pub fragment_size: Option<usize>,
+}
+
+/// `session_start_limit` of `GET /gateway/bot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionStartLimit {
+    /// Starts per period.
+    pub total: u32,
+    /// Starts left.
+    pub remaining: u32,
+    /// Milliseconds to the reset.
+    pub reset_after: u64,
+}
+
+impl Default for FakeConfig {
+    fn default() -> Self {
+        Self {
+            token: "fake-token".to_owned(),
+            shards: 1,
+            max_concurrency: 1,
+            heartbeat_interval: Duration::from_millis(41_250),
+            heartbeat_timeout: Duration::ZERO,
+            identify_window: Duration::from_secs(5),
+            identify_jitter_tolerance: Duration::from_millis(25),
+            command_limit: (120, Duration::from_secs(60)),
+            session_start_limit: SessionStartLimit { total: 1000, remaining: 1000, reset_after: 86_400_000 },
+            privileged_intents_enabled: Intents::PRIVILEGED.bits(),
+            required_shards: 1,
+            guilds_per_shard: 0,
+            replay_capacity: 100_000,
+            resume_url: None,
+            fragment_size: None,
+        }
+    }
+}
+
+/// One frame a client sent.
+#[derive(Debug, Clone)]
+pub struct RecordedFrame {
+    /// The connection it came on.
+    pub connection: u64,
+    /// The shard, once the connection identified or resumed (an Identify/Resume frame carries its own).
+    pub shard: Option<u32>,
+    /// When it arrived.
+    pub at: Instant,
+    /// Its `op`, if it had one.
+    pub op: Option<u8>,
+    /// The parsed frame (`Null` if it was not JSON).
+    pub json: Value,
+    /// The frame as text.
+    pub raw: String,
+}
+
+/// How a connection's handshake ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionOutcome {
+    /// Neither identified nor resumed (yet).
+    None,
+    /// A new session.
+    Identified {
+        /// Its id.
+        session_id: String,
+    },
+    /// A resumed session.
+    Resumed {
+        /// Its id.
+        session_id: String,
+        /// The `seq` the client resumed from.
+        seq: u64,
+    },
+}
+
+/// One websocket connection the fake accepted.
+#[derive(Debug, Clone)]
+pub struct ConnectionRecord {
+    /// Its id, in order of acceptance from 1.
+    pub id: u64,
+    /// The shard, once known.
+    pub shard: Option<u32>,
+    /// The path (`/` or `/resume`).
+    pub path: String,
+    /// The query string.
+    pub query: String,
+    /// The `compress` query value.
+    pub compress: Option<String>,
+    /// When it was accepted.
+    pub opened_at: Instant,
+    /// When it ended.
+    pub closed_at: Option<Instant>,
+    /// The code of the client's close frame, if it sent one.
+    pub client_close_code: Option<u16>,
+    /// The code the fake closed it with, if it did.
+    pub server_close_code: Option<u16>,
+    /// How its handshake ended.
+    pub outcome: ConnectionOutcome,
+}
+
+/// A session as the fake sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeSession {
+    /// The session id.
+    pub id: String,
+    /// The last seq assigned.
+    pub seq: u64,
+    /// Whether it can still be resumed.
+    pub resumable: bool,
+}
+
+/// A running fake gateway. Cloning it is cheap; every clone scripts the same server.
+#[derive(Clone)]
+pub struct FakeGateway {
+    state: Arc<Mutex<State>>,
+    server: actix_web::dev::ServerHandle,
+    port: u16,
+}
+
+impl FakeGateway {
+    /// Starts on a free port of 127.0.0.1. Must run inside an actix (or tokio) runtime.
+    pub async fn start(config: FakeConfig) -> std::io::Result<Self> {
+        Self::start_on(config, 0).await
+    }
+
+    /// Starts on `port` of 127.0.0.1 (0: any free one).
+    pub async fn start_on(config: FakeConfig, port: u16) -> std::io::Result<Self> {
+        let data = web::Data::new(Mutex::new(State::new(config)));
+        let state: Arc<Mutex<State>> = data.clone().into_inner();
+        let app_data = data.clone();
+        let server = HttpServer::new(move || App::new().app_data(app_data.clone()).configure(server::routes))
+            .workers(1)
+            .disable_signals()
+            .shutdown_timeout(0)
+            .bind(("127.0.0.1", port))?;
+        let port = server.addrs().first().map(|a| a.port()).unwrap_or(port);
+        lock(&state).port = port;
+        let server = server.run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        tracing::debug!(port, "fake gateway listening");
+        Ok(Self { state, server: handle, port })
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The REST base: `http://127.0.0.1:PORT/api/v10`.
+    pub fn api_base(&self) -> String {
+        format!("http://127.0.0.1:{}/api/v10", self.port)
+    }
+
+    /// The gateway URL: `ws://127.0.0.1:PORT`.
+    pub fn gateway_url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server and drops every connection.
+    pub async fn stop(&self) {
+        let live: Vec<_> = lock(&self.state).live.values().map(|l| l.tx.clone()).collect();
+        for tx in live {
+            let _ = tx.send(Command::Drop);
+        }
+        self.server.stop(false).await;
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// Sends a dispatch on `shard`'s session (kept for replay; sent now if a connection is attached).
+    /// Returns its seq, or `None` if the shard has no live session.
+    pub fn dispatch(&self, shard: u32, event: &str, d: Value) -> Option<u64> {
+        self.dispatch_raw(shard, event, &d.to_string())
+    }
+
+    /// [`dispatch`](Self::dispatch) with `d` already serialized.
+    pub fn dispatch_raw(&self, shard: u32, event: &str, d_json: &str) -> Option<u64> {
+        self.state().dispatch(shard, event, &mut std::iter::once(d_json)).map(|(first, _)| first)
+    }
+
+    /// `count` dispatches of `d_json`; returns their seqs.
+    pub fn flood(&self, shard: u32, event: &str, d_json: &str, count: usize) -> Option<RangeInclusive<u64>> {
+        if count == 0 {
+            return None;
+        }
+        self.state()
+            .dispatch(shard, event, &mut std::iter::repeat_n(d_json, count))
+            .map(|(first, last)| first..=last)
+    }
+
+    /// op 7 Reconnect.
+    pub fn reconnect(&self, shard: u32) -> bool {
+        self.send_op(shard, r#"{"t":null,"s":null,"op":7,"d":null}"#)
+    }
+
+    /// op 9 Invalid Session; `false` also ends the session, as on Discord.
+    pub fn invalid_session(&self, shard: u32, resumable: bool) -> bool {
+        let mut state = self.state();
+        let sent = state.send_to_shard(shard, Command::Send(vec![format!(r#"{{"t":null,"s":null,"op":9,"d":{resumable}}}"#).into()]));
+        if !resumable {
+            if let Some(id) = state.current.get(&shard).cloned() {
+                state.invalidate(&id);
+            }
+        }
+        sent
+    }
+
+    /// op 1: asks the client for a heartbeat.
+    pub fn request_heartbeat(&self, shard: u32) -> bool {
+        self.send_op(shard, r#"{"t":null,"s":null,"op":1,"d":null}"#)
+    }
+
+    fn send_op(&self, shard: u32, frame: &'static str) -> bool {
+        self.state().send_to_shard(shard, Command::Send(vec![frame.into()]))
+    }
+
+    /// Closes the shard's connection with `code` (4007 and 4009 also end the session).
+    pub fn close(&self, shard: u32, code: u16) -> bool {
+        self.state().send_to_shard(shard, Command::Close(code))
+    }
+
+    /// Ends the shard's connection without a close frame.
+    pub fn drop_connection(&self, shard: u32) -> bool {
+        self.state().send_to_shard(shard, Command::Drop)
+    }
+
+    /// Stops (`false`) or resumes answering the shard's heartbeats with ACKs.
+    pub fn set_ack_heartbeats(&self, shard: u32, ack: bool) {
+        let mut state = self.state();
+        if ack {
+            state.no_ack.remove(&shard);
+        } else {
+            state.no_ack.insert(shard);
+        }
+    }
+
+    /// Sends a text frame as it is (e.g. malformed JSON).
+    pub fn send_raw_text(&self, shard: u32, text: &str) -> bool {
+        self.state().send_to_shard(shard, Command::RawText(text.to_owned()))
+    }
+
+    /// Sends a binary frame as it is.
+    pub fn send_raw_binary(&self, shard: u32, bytes: &[u8]) -> bool {
+        self.state().send_to_shard(shard, Command::RawBinary(bytes::Bytes::copy_from_slice(bytes)))
+    }
+
+    /// Every frame every client sent, in order of arrival.
+    pub fn frames(&self) -> Vec<RecordedFrame> {
+        self.state().frames.clone()
+    }
+
+    /// The frames sent for `shard`.
+    pub fn frames_of(&self, shard: u32) -> Vec<RecordedFrame> {
+        self.state().frames.iter().filter(|f| f.shard == Some(shard)).cloned().collect()
+    }
+
+    /// Every connection accepted, in order.
+    pub fn connections(&self) -> Vec<ConnectionRecord> {
+        self.state().conns.clone()
+    }
+
+    /// Every Identify received (accepted or not): shard and time.
+    pub fn identifies(&self) -> Vec<(u32, Instant)> {
+        self.state().identifies.clone()
+    }
+
+    /// Identifies refused for breaking the bucket rule.
+    pub fn bucket_violations(&self) -> usize {
+        self.state().bucket_violations
+    }
+
+    /// Shards whose current session is attached to a live connection (READY or RESUMED sent), sorted.
+    pub fn ready_shards(&self) -> Vec<u32> {
+        let state = self.state();
+        let mut shards: Vec<u32> = state.current.keys().copied().filter(|&s| state.live_conn_of(s).is_some()).collect();
+        shards.sort_unstable();
+        shards
+    }
+
+    /// The shard's current session.
+    pub fn session(&self, shard: u32) -> Option<FakeSession> {
+        self.state().snapshot(shard)
+    }
+
+    /// Polls `f` every 5 ms until it holds (true) or `timeout` passes (false, logged with `what`).
+    pub async fn wait_for<F: Fn(&FakeGateway) -> bool>(&self, timeout: Duration, what: &str, f: F) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if f(self) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(what, ?timeout, "fake gateway: condition not met in time");
+                return false;
+            }
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}

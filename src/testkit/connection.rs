@@ -1,0 +1,520 @@
+//! One websocket connection of the fake gateway: everything PROTOCOL.md says Discord checks and does.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_ws::{CloseCode, CloseReason, Item, Message, MessageStream, Session};
+use bytestring::ByteString;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::compress::Compressor;
+use super::state::{Command, State};
+use super::{ConnectionOutcome, RecordedFrame};
+use crate::protocol::command::MAX_SENT_FRAME;
+use crate::protocol::{CloseCode as Code, Intents, OpCode};
+
+/// What to do with the connection after handling a frame.
+enum Flow {
+    Continue,
+    Close(u16),
+    Drop,
+}
+
+pub(crate) struct Connection {
+    pub id: u64,
+    pub shared: Arc<Mutex<State>>,
+    pub session: Session,
+    pub stream: MessageStream,
+    pub commands: UnboundedReceiver<Command>,
+    pub compressor: Option<Compressor>,
+    /// Set when the query was refused: close with it right after the upgrade.
+    pub refuse: Option<u16>,
+}
+
+struct Conn {
+    id: u64,
+    shared: Arc<Mutex<State>>,
+    session: Session,
+    compressor: Option<Compressor>,
+    fragment: Option<usize>,
+    shard: Option<u32>,
+    session_id: Option<String>,
+    authenticated: bool,
+    received: VecDeque<Instant>,
+    limit: (u32, Duration),
+    heartbeat_timeout: Duration,
+    deadline: Instant,
+}
+
+fn lock(shared: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    // A panic elsewhere must not take the whole fake gateway down with it.
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn frame(op: OpCode, d: Value) -> ByteString {
+    ByteString::from(json!({"t": null, "s": null, "op": op.code(), "d": d}).to_string())
+}
+
+impl Connection {
+    pub async fn run(self) {
+        let Connection { id, shared, session, mut stream, mut commands, compressor, refuse } = self;
+        let (interval, heartbeat_timeout, limit, fragment) = {
+            let state = lock(&shared);
+            let c = &state.config;
+            let timeout = if c.heartbeat_timeout.is_zero() {
+                c.heartbeat_interval.mul_f64(1.5) + Duration::from_millis(100)
+            } else {
+                c.heartbeat_timeout
+            };
+            (c.heartbeat_interval, timeout, c.command_limit, c.fragment_size)
+        };
+        let mut conn = Conn {
+            id,
+            shared: shared.clone(),
+            session,
+            compressor,
+            fragment,
+            shard: None,
+            session_id: None,
+            authenticated: false,
+            received: VecDeque::new(),
+            limit,
+            heartbeat_timeout,
+            deadline: Instant::now() + heartbeat_timeout,
+        };
+        let flow = match refuse {
+            Some(code) => Flow::Close(code),
+            None => {
+                // §3.1: the server speaks first.
+                let hello = frame(OpCode::Hello, json!({"heartbeat_interval": interval.as_millis() as u64}));
+                if conn.send(vec![hello]).await {
+                    conn.serve(&mut stream, &mut commands).await
+                } else {
+                    Flow::Drop
+                }
+            }
+        };
+        if let Flow::Close(code) = flow {
+            conn.close(code).await;
+        }
+        lock(&shared).close(id);
+    }
+}
+
+impl Conn {
+    async fn serve(&mut self, stream: &mut MessageStream, commands: &mut UnboundedReceiver<Command>) -> Flow {
+        loop {
+            let deadline = tokio::time::Instant::from_std(self.deadline);
+            tokio::select! {
+                message = stream.next() => match message {
+                    None => return Flow::Drop,
+                    Some(Err(e)) => {
+                        tracing::debug!(conn = self.id, error = %e, "client sent an undecodable frame");
+                        return Flow::Close(Code::DecodeError.code());
+                    }
+                    Some(Ok(Message::Text(text))) => match self.on_text(text.as_bytes()).await {
+                        Flow::Continue => {}
+                        other => return other,
+                    },
+                    Some(Ok(Message::Binary(bytes))) => {
+                        self.record(&bytes);
+                        // §2: the client speaks JSON text.
+                        return Flow::Close(Code::DecodeError.code());
+                    }
+                    Some(Ok(Message::Close(reason))) => {
+                        let code = reason.map(|r| u16::from(r.code));
+                        let mut state = lock(&self.shared);
+                        if let Some(record) = state.conn_mut(self.id) {
+                            record.client_close_code = code;
+                        }
+                        // §4: closing with 1000 or 1001 ends the session.
+                        if matches!(code, Some(1000 | 1001)) {
+                            if let Some(id) = &self.session_id {
+                                state.invalidate(id);
+                            }
+                        }
+                        drop(state);
+                        let session = self.session.clone();
+                        let _ = session.close(None).await;
+                        return Flow::Drop;
+                    }
+                    Some(Ok(Message::Ping(payload))) => {
+                        let _ = self.session.pong(&payload).await;
+                    }
+                    Some(Ok(_)) => {}
+                },
+                command = commands.recv() => match command {
+                    None | Some(Command::Drop) => return Flow::Drop,
+                    Some(Command::Send(frames)) => {
+                        if !self.send(frames).await {
+                            return Flow::Drop;
+                        }
+                    }
+                    Some(Command::RawText(text)) => {
+                        let _ = self.session.text(text).await;
+                    }
+                    Some(Command::RawBinary(bytes)) => {
+                        let _ = self.session.binary(bytes).await;
+                    }
+                    Some(Command::Close(code)) => return Flow::Close(code),
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::info!(conn = self.id, "no heartbeat in time: closing 4009");
+                    return Flow::Close(Code::SessionTimedOut.code());
+                }
+            }
+        }
+    }
+
+    async fn close(&mut self, code: u16) {
+        {
+            let mut state = lock(&self.shared);
+            if let Some(record) = state.conn_mut(self.id) {
+                record.server_close_code = Some(code);
+            }
+            // Discord ends the session with these (PROTOCOL.md §4).
+            if matches!(code, 4004 | 4007 | 4009 | 4010 | 4011 | 4012 | 4013 | 4014) {
+                if let Some(id) = &self.session_id {
+                    state.invalidate(id);
+                }
+            }
+        }
+        let reason = CloseReason { code: CloseCode::Other(code), description: None };
+        let session = self.session.clone();
+        let _ = session.close(Some(reason)).await;
+    }
+
+    /// Sends frames in order, compressed and fragmented as configured. False once the client is gone.
+    async fn send(&mut self, frames: Vec<ByteString>) -> bool {
+        for text in frames {
+            let messages = match &mut self.compressor {
+                Some(c) => split(c.compress(text.as_bytes()).into(), false, self.fragment),
+                None => split(text.into_bytes(), true, self.fragment),
+            };
+            for message in messages {
+                if self.session.feed(message).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        self.session.flush().await.is_ok()
+    }
+
+    fn record(&mut self, raw: &[u8]) -> Option<Value> {
+        let json: Option<Value> = serde_json::from_slice(raw).ok();
+        let op = json.as_ref().and_then(|j| j.get("op")).and_then(Value::as_u64).and_then(|op| u8::try_from(op).ok());
+        let mut state = lock(&self.shared);
+        state.frames.push(RecordedFrame {
+            connection: self.id,
+            shard: self.shard,
+            at: Instant::now(),
+            op,
+            json: json.clone().unwrap_or(Value::Null),
+            raw: String::from_utf8_lossy(raw).into_owned(),
+        });
+        json
+    }
+
+    /// Gives the frame just recorded (an Identify or Resume) the shard it turned out to be for.
+    fn tag_last_frame(&mut self, shard: u32) {
+        let mut state = lock(&self.shared);
+        let id = self.id;
+        if let Some(frame) = state.frames.iter_mut().rev().find(|f| f.connection == id) {
+            frame.shard = Some(shard);
+        }
+    }
+
+    async fn on_text(&mut self, raw: &[u8]) -> Flow {
+        let json = self.record(raw);
+        // §5: sent payloads are at most 4096 bytes.
+        if raw.len() > MAX_SENT_FRAME {
+            return Flow::Close(Code::DecodeError.code());
+        }
+        // §5: 120 commands per 60 s, heartbeats included.
+        let now = Instant::now();
+        while self.received.front().is_some_and(|&t| now - t >= self.limit.1) {
+            self.received.pop_front();
+        }
+        self.received.push_back(now);
+        if self.received.len() > self.limit.0 as usize {
+            return Flow::Close(Code::RateLimited.code());
+        }
+        let Some(json) = json.filter(Value::is_object) else {
+            return Flow::Close(Code::DecodeError.code());
+        };
+        let Some(op) = json["op"].as_u64() else {
+            return Flow::Close(Code::DecodeError.code());
+        };
+        let d = &json["d"];
+        match u8::try_from(op).ok().and_then(OpCode::from_u8) {
+            Some(OpCode::Heartbeat) => {
+                self.deadline = Instant::now() + self.heartbeat_timeout;
+                let ack = self.shard.is_none_or(|s| !lock(&self.shared).no_ack.contains(&s));
+                if ack {
+                    let ack = ByteString::from_static(r#"{"t":null,"s":null,"op":11,"d":null}"#);
+                    if !self.send(vec![ack]).await {
+                        return Flow::Drop;
+                    }
+                }
+                Flow::Continue
+            }
+            Some(OpCode::Identify) => self.identify(d).await,
+            Some(OpCode::Resume) => self.resume(d).await,
+            Some(op @ (OpCode::PresenceUpdate | OpCode::VoiceStateUpdate | OpCode::RequestGuildMembers | OpCode::RequestSoundboardSounds)) => {
+                if !self.authenticated {
+                    // §4: a payload before Identify.
+                    return Flow::Close(Code::NotAuthenticated.code());
+                }
+                self.command(op, d).await
+            }
+            // Receive-only opcodes and unknown ones (§2).
+            _ => Flow::Close(Code::UnknownOpcode.code()),
+        }
+    }
+
+    async fn invalid_session(&mut self) -> Flow {
+        if self.send(vec![frame(OpCode::InvalidSession, json!(false))]).await {
+            Flow::Continue
+        } else {
+            Flow::Drop
+        }
+    }
+
+    async fn identify(&mut self, d: &Value) -> Flow {
+        if self.authenticated {
+            return Flow::Close(Code::AlreadyAuthenticated.code());
+        }
+        let mut state = lock(&self.shared);
+        let config = state.config.clone();
+        if d["token"].as_str() != Some(config.token.as_str()) {
+            return Flow::Close(Code::AuthenticationFailed.code());
+        }
+        // §2 / §7: intents are required and must be documented bits.
+        let Some(intents) = d["intents"].as_u64().filter(|&b| Intents::from_bits(b).is_some()) else {
+            return Flow::Close(Code::InvalidIntents.code());
+        };
+        if intents & Intents::PRIVILEGED.bits() & !config.privileged_intents_enabled != 0 {
+            return Flow::Close(Code::DisallowedIntents.code());
+        }
+        let (shard, total) = match &d["shard"] {
+            Value::Null if config.required_shards <= 1 => (0, 1),
+            Value::Array(a) if a.len() == 2 => match (a[0].as_u64(), a[1].as_u64()) {
+                (Some(id), Some(total)) if total > 0 && id < total && total <= u64::from(u32::MAX) => (id as u32, total as u32),
+                _ => return Flow::Close(Code::InvalidShard.code()),
+            },
+            Value::Null => return Flow::Close(Code::ShardingRequired.code()),
+            _ => return Flow::Close(Code::InvalidShard.code()),
+        };
+        if total < config.required_shards {
+            return Flow::Close(Code::ShardingRequired.code());
+        }
+        let properties = &d["properties"];
+        if !["os", "browser", "device"].iter().all(|k| properties[k].is_string()) {
+            return Flow::Close(Code::DecodeError.code());
+        }
+        let now = Instant::now();
+        state.identifies.push((shard, now));
+        drop(state);
+        self.shard = Some(shard);
+        self.tag_last_frame(shard);
+        let mut state = lock(&self.shared);
+        // §5: one Identify per bucket per window; over → op 9.
+        let bucket = shard % config.max_concurrency.max(1);
+        let too_soon = state
+            .bucket_last
+            .get(&bucket)
+            .is_some_and(|&last| now.duration_since(last) + config.identify_jitter_tolerance < config.identify_window);
+        if too_soon {
+            state.bucket_violations += 1;
+            tracing::warn!(shard, bucket, "identify broke the bucket rule: op 9");
+            drop(state);
+            return self.invalid_session().await;
+        }
+        if state.starts_remaining == 0 {
+            tracing::warn!(shard, "session-start budget exhausted: op 9");
+            drop(state);
+            return self.invalid_session().await;
+        }
+        state.starts_remaining -= 1;
+        state.bucket_last.insert(bucket, now);
+
+        let session_id = format!("{:032x}", rand::random::<u128>());
+        let resume_url = config.resume_url.clone().unwrap_or_else(|| format!("ws://127.0.0.1:{}/resume", state.port));
+        let guild_ids: Vec<String> = (0..config.guilds_per_shard)
+            .map(|n| (((u64::from(n) * u64::from(total) + u64::from(shard)) << 22) + 1_000_000_000_000_000).to_string())
+            .collect();
+        let ready = json!({
+            "v": 10,
+            "user": {"id": "1000", "username": "fake-bot", "discriminator": "0", "bot": true},
+            "guilds": guild_ids.iter().map(|id| json!({"id": id, "unavailable": true})).collect::<Vec<_>>(),
+            "session_id": session_id,
+            "resume_gateway_url": resume_url,
+            "shard": [shard, total],
+            "application": {"id": "1000", "flags": 0},
+        });
+        let mut log = VecDeque::new();
+        let mut frames = Vec::new();
+        let mut seq = 0;
+        let mut push = |event: &str, d: String| {
+            seq += 1;
+            let f = ByteString::from(format!(r#"{{"t":"{event}","s":{seq},"op":0,"d":{d}}}"#));
+            log.push_back((seq, f.clone()));
+            frames.push(f);
+        };
+        push("READY", ready.to_string());
+        for id in &guild_ids {
+            let guild = json!({"id": id, "name": format!("guild {id}"), "member_count": 2, "channels": [], "roles": [], "members": [], "unavailable": false});
+            push("GUILD_CREATE", guild.to_string());
+        }
+        state.sessions.insert(
+            session_id.clone(),
+            super::state::Session { id: session_id.clone(), shard, seq, log, resumable: true, conn: Some(self.id) },
+        );
+        state.current.insert(shard, session_id.clone());
+        if let Some(record) = state.conn_mut(self.id) {
+            record.shard = Some(shard);
+            record.outcome = ConnectionOutcome::Identified { session_id: session_id.clone() };
+        }
+        drop(state);
+        self.authenticated = true;
+        self.session_id = Some(session_id);
+        if self.send(frames).await {
+            Flow::Continue
+        } else {
+            Flow::Drop
+        }
+    }
+
+    async fn resume(&mut self, d: &Value) -> Flow {
+        if self.authenticated {
+            return Flow::Close(Code::AlreadyAuthenticated.code());
+        }
+        let mut state = lock(&self.shared);
+        if d["token"].as_str() != Some(state.config.token.as_str()) {
+            return Flow::Close(Code::AuthenticationFailed.code());
+        }
+        let (Some(session_id), Some(seq)) = (d["session_id"].as_str(), d["seq"].as_u64()) else {
+            return Flow::Close(Code::DecodeError.code());
+        };
+        let Some(session) = state.sessions.get(session_id).filter(|s| s.resumable) else {
+            drop(state);
+            return self.invalid_session().await;
+        };
+        let shard = session.shard;
+        if seq > session.seq {
+            state.invalidate(session_id);
+            drop(state);
+            self.shard = Some(shard);
+            self.tag_last_frame(shard);
+            return Flow::Close(Code::InvalidSeq.code());
+        }
+        // Events between `seq` and the oldest kept are gone: the session cannot be resumed.
+        if session.log.front().is_some_and(|&(oldest, _)| seq + 1 < oldest) {
+            drop(state);
+            return self.invalid_session().await;
+        }
+        let previous = session.conn.filter(|&c| c != self.id);
+        let session_id = session_id.to_owned();
+        if let Some(live) = previous.and_then(|c| state.live.get(&c)) {
+            let _ = live.tx.send(Command::Drop);
+        }
+        let capacity = state.config.replay_capacity;
+        let id = self.id;
+        let Some(session) = state.sessions.get_mut(&session_id) else {
+            return Flow::Drop;
+        };
+        let mut frames: Vec<ByteString> = session.log.iter().filter(|(s, _)| *s > seq).map(|(_, f)| f.clone()).collect();
+        session.seq += 1;
+        let resumed = ByteString::from(format!(r#"{{"t":"RESUMED","s":{},"op":0,"d":{{}}}}"#, session.seq));
+        session.log.push_back((session.seq, resumed.clone()));
+        if session.log.len() > capacity {
+            session.log.pop_front();
+        }
+        frames.push(resumed);
+        session.conn = Some(id);
+        state.current.insert(shard, session_id.clone());
+        if let Some(record) = state.conn_mut(id) {
+            record.shard = Some(shard);
+            record.outcome = ConnectionOutcome::Resumed { session_id: session_id.clone(), seq };
+        }
+        drop(state);
+        self.shard = Some(shard);
+        self.tag_last_frame(shard);
+        self.authenticated = true;
+        self.session_id = Some(session_id);
+        if self.send(frames).await {
+            Flow::Continue
+        } else {
+            Flow::Drop
+        }
+    }
+
+    /// op 3, 4, 8 and 31 after Identify: check the shape, answer what Discord answers.
+    async fn command(&mut self, op: OpCode, d: &Value) -> Flow {
+        let Some(shard) = self.shard else { return Flow::Close(Code::NotAuthenticated.code()) };
+        let valid = match op {
+            OpCode::PresenceUpdate => {
+                matches!(d["status"].as_str(), Some("online" | "dnd" | "idle" | "invisible" | "offline"))
+                    && d["afk"].is_boolean()
+                    && d["activities"].is_array()
+                    && (d["since"].is_null() || d["since"].is_u64())
+            }
+            OpCode::VoiceStateUpdate => d["guild_id"].is_string() && d["self_mute"].is_boolean() && d["self_deaf"].is_boolean(),
+            OpCode::RequestGuildMembers => d["guild_id"].is_string() && d["nonce"].as_str().is_none_or(|n| n.len() <= 32),
+            OpCode::RequestSoundboardSounds => d["guild_ids"].as_array().is_some_and(|ids| ids.iter().all(Value::is_string)),
+            _ => false,
+        };
+        if !valid {
+            return Flow::Close(Code::DecodeError.code());
+        }
+        let replies: Vec<(&str, String)> = match op {
+            OpCode::RequestGuildMembers => {
+                let mut chunk = json!({"guild_id": d["guild_id"], "members": [], "chunk_index": 0, "chunk_count": 1});
+                if let Some(nonce) = d["nonce"].as_str() {
+                    chunk["nonce"] = json!(nonce);
+                }
+                vec![("GUILD_MEMBERS_CHUNK", chunk.to_string())]
+            }
+            OpCode::RequestSoundboardSounds => d["guild_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|id| ("SOUNDBOARD_SOUNDS", json!({"guild_id": id, "soundboard_sounds": []}).to_string()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut state = lock(&self.shared);
+        for (event, body) in replies {
+            state.dispatch(shard, event, &mut std::iter::once(body.as_str()));
+        }
+        Flow::Continue
+    }
+}
+
+/// A whole message, or continuation frames of at most `fragment` bytes.
+fn split(payload: bytes::Bytes, text: bool, fragment: Option<usize>) -> Vec<Message> {
+    match fragment.filter(|&f| f > 0 && payload.len() > f) {
+        None if text => match ByteString::try_from(payload) {
+            Ok(s) => vec![Message::Text(s)],
+            Err(_) => Vec::new(),
+        },
+        None => vec![Message::Binary(payload)],
+        Some(size) => {
+            let count = payload.len().div_ceil(size);
+            (0..count)
+                .map(|i| {
+                    let chunk = payload.slice(i * size..((i + 1) * size).min(payload.len()));
+                    Message::Continuation(match i {
+                        0 if text => Item::FirstText(chunk),
+                        0 => Item::FirstBinary(chunk),
+                        _ if i + 1 == count => Item::Last(chunk),
+                        _ => Item::Continue(chunk),
+                    })
+                })
+                .collect()
+        }
+    }
+}

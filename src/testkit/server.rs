@@ -1,0 +1,90 @@
+//! The fake gateway's HTTP side: `GET /api/v10/gateway`, `GET /api/v10/gateway/bot` and the websocket
+//! at `/` and `/resume` (PROTOCOL.md §1).
+
+use std::sync::{Arc, Mutex};
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::compress::Compressor;
+use super::connection::Connection;
+use super::state::State;
+use crate::protocol::CloseCode;
+
+pub(crate) type Shared = web::Data<Mutex<State>>;
+
+fn lock(shared: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/api/v10/gateway", web::get().to(gateway))
+        .route("/api/v10/gateway/bot", web::get().to(gateway_bot))
+        .route("/", web::get().to(websocket))
+        .route("/resume", web::get().to(websocket));
+}
+
+async fn gateway(shared: Shared) -> HttpResponse {
+    let port = lock(&shared).port;
+    HttpResponse::Ok().json(json!({ "url": format!("ws://127.0.0.1:{port}") }))
+}
+
+async fn gateway_bot(req: HttpRequest, shared: Shared) -> HttpResponse {
+    let state = lock(&shared);
+    let expected = format!("Bot {}", state.config.token);
+    let authorized = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == expected);
+    if !authorized {
+        return HttpResponse::Unauthorized().json(json!({"message": "401: Unauthorized", "code": 0}));
+    }
+    let c = &state.config;
+    HttpResponse::Ok().json(json!({
+        "url": format!("ws://127.0.0.1:{}", state.port),
+        "shards": c.shards,
+        "session_start_limit": {
+            "total": c.session_start_limit.total,
+            "remaining": state.starts_remaining,
+            "reset_after": c.session_start_limit.reset_after,
+            "max_concurrency": c.max_concurrency,
+        }
+    }))
+}
+
+/// The query's value for `key`.
+fn param<'q>(query: &'q str, key: &str) -> Option<&'q str> {
+    query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| v)
+}
+
+async fn websocket(req: HttpRequest, body: web::Payload, shared: Shared) -> Result<HttpResponse, actix_web::Error> {
+    let query = req.query_string().to_owned();
+    let compress = param(&query, "compress").map(str::to_owned);
+    // §1: wrong `v` → 4012; only JSON encoding here; unknown compression → decode error.
+    let mut refuse = None;
+    if param(&query, "v") != Some("10") {
+        refuse = Some(CloseCode::InvalidApiVersion.code());
+    } else if param(&query, "encoding").is_some_and(|e| e != "json") {
+        refuse = Some(CloseCode::DecodeError.code());
+    }
+    let compressor = match compress.as_deref() {
+        None => None,
+        Some(value) => {
+            let c = Compressor::for_query(value);
+            if c.is_none() {
+                refuse = refuse.or(Some(CloseCode::DecodeError.code()));
+            }
+            c
+        }
+    };
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    // Large enough to see (and refuse) frames over the 4096-byte limit.
+    let stream = stream.max_frame_size(1 << 20);
+    let (tx, commands) = tokio::sync::mpsc::unbounded_channel();
+    let shared: Arc<Mutex<State>> = shared.into_inner();
+    let id = lock(&shared).open(req.path(), &query, compress, tx);
+    actix_web::rt::spawn(Connection { id, shared, session, stream, commands, compressor, refuse }.run());
+    Ok(response)
+}

@@ -1,0 +1,170 @@
+//! What the fake gateway knows: sessions with their replay logs, live connections, and the record of
+//! everything clients did.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+use bytestring::ByteString;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::{ConnectionOutcome, ConnectionRecord, FakeConfig, FakeSession, RecordedFrame};
+
+/// What a test (or the gateway itself) tells a live connection's task to do.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Send these frames, in order.
+    Send(Vec<ByteString>),
+    RawText(String),
+    RawBinary(bytes::Bytes),
+    Close(u16),
+    Drop,
+}
+
+pub(crate) struct Session {
+    pub id: String,
+    pub shard: u32,
+    pub seq: u64,
+    /// Dispatches kept for replay, oldest first.
+    pub log: VecDeque<(u64, ByteString)>,
+    pub resumable: bool,
+    /// The connection the session is attached to (READY or RESUMED sent on it).
+    pub conn: Option<u64>,
+}
+
+pub(crate) struct Live {
+    pub tx: UnboundedSender<Command>,
+}
+
+pub(crate) struct State {
+    pub config: FakeConfig,
+    pub port: u16,
+    next_conn: u64,
+    pub conns: Vec<ConnectionRecord>,
+    pub live: HashMap<u64, Live>,
+    pub frames: Vec<RecordedFrame>,
+    pub sessions: HashMap<String, Session>,
+    /// The newest session of each shard.
+    pub current: HashMap<u32, String>,
+    pub identifies: Vec<(u32, Instant)>,
+    /// When each bucket last accepted an Identify.
+    pub bucket_last: HashMap<u32, Instant>,
+    pub bucket_violations: usize,
+    pub no_ack: HashSet<u32>,
+    pub starts_remaining: u32,
+}
+
+impl State {
+    pub fn new(config: FakeConfig) -> Self {
+        Self {
+            starts_remaining: config.session_start_limit.remaining,
+            config,
+            port: 0,
+            next_conn: 1,
+            conns: Vec::new(),
+            live: HashMap::new(),
+            frames: Vec::new(),
+            sessions: HashMap::new(),
+            current: HashMap::new(),
+            identifies: Vec::new(),
+            bucket_last: HashMap::new(),
+            bucket_violations: 0,
+            no_ack: HashSet::new(),
+        }
+    }
+
+    pub fn open(&mut self, path: &str, query: &str, compress: Option<String>, tx: UnboundedSender<Command>) -> u64 {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.conns.push(ConnectionRecord {
+            id,
+            shard: None,
+            path: path.to_owned(),
+            query: query.to_owned(),
+            compress,
+            opened_at: Instant::now(),
+            closed_at: None,
+            client_close_code: None,
+            server_close_code: None,
+            outcome: ConnectionOutcome::None,
+        });
+        self.live.insert(id, Live { tx });
+        id
+    }
+
+    pub fn conn_mut(&mut self, id: u64) -> Option<&mut ConnectionRecord> {
+        self.conns.iter_mut().find(|c| c.id == id)
+    }
+
+    /// The connection ended: detach it from its session and stop routing to it.
+    pub fn close(&mut self, id: u64) {
+        self.live.remove(&id);
+        if let Some(conn) = self.conn_mut(id) {
+            conn.closed_at.get_or_insert_with(Instant::now);
+        }
+        for session in self.sessions.values_mut() {
+            if session.conn == Some(id) {
+                session.conn = None;
+            }
+        }
+    }
+
+    pub fn session_of(&self, shard: u32) -> Option<&Session> {
+        self.current.get(&shard).and_then(|id| self.sessions.get(id))
+    }
+
+    fn session_of_mut(&mut self, shard: u32) -> Option<&mut Session> {
+        let id = self.current.get(&shard)?;
+        self.sessions.get_mut(id)
+    }
+
+    /// The live connection of `shard`'s current session.
+    pub fn live_conn_of(&self, shard: u32) -> Option<u64> {
+        self.session_of(shard).and_then(|s| s.conn).filter(|c| self.live.contains_key(c))
+    }
+
+    pub fn send_to_shard(&self, shard: u32, command: Command) -> bool {
+        match self.live_conn_of(shard).and_then(|c| self.live.get(&c)) {
+            Some(live) => live.tx.send(command).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Appends dispatches to `shard`'s live session (sending them if it is attached); returns their
+    /// seqs.
+    pub fn dispatch(&mut self, shard: u32, event: &str, bodies: &mut dyn Iterator<Item = &str>) -> Option<(u64, u64)> {
+        let capacity = self.config.replay_capacity;
+        let session = self.session_of_mut(shard).filter(|s| s.resumable)?;
+        let first = session.seq + 1;
+        let mut frames = Vec::new();
+        for d in bodies {
+            session.seq += 1;
+            let frame = ByteString::from(format!(r#"{{"t":"{event}","s":{},"op":0,"d":{d}}}"#, session.seq));
+            session.log.push_back((session.seq, frame.clone()));
+            if session.log.len() > capacity {
+                session.log.pop_front();
+            }
+            frames.push(frame);
+        }
+        let last = session.seq;
+        if let Some(conn) = session.conn {
+            if let Some(live) = self.live.get(&conn) {
+                let _ = live.tx.send(Command::Send(frames));
+            }
+        }
+        Some((first, last))
+    }
+
+    pub fn invalidate(&mut self, session_id: &str) {
+        if let Some(session) = self.sessions.get_mut(session_id) {
+            session.resumable = false;
+        }
+    }
+
+    pub fn snapshot(&self, shard: u32) -> Option<FakeSession> {
+        self.session_of(shard).map(|s| FakeSession {
+            id: s.id.clone(),
+            seq: s.seq,
+            resumable: s.resumable,
+        })
+    }
+}
