@@ -35,6 +35,8 @@ pub struct LocalIdentifyQueue {
     /// For each bucket, the earliest instant its next permit may be granted.
     next_free: Vec<Mutex<Option<Instant>>>,
     budget: Mutex<Option<Budget>>,
+    /// First identifies reserved at start-up, in shard order.
+    planned: Mutex<std::collections::HashMap<u32, Instant>>,
 }
 
 /// The daily session-start budget (PROTOCOL.md §5: exhausting it resets the bot's token).
@@ -59,6 +61,21 @@ impl LocalIdentifyQueue {
             window,
             next_free: (0..buckets).map(|_| Mutex::new(None)).collect(),
             budget: Mutex::new(None),
+            planned: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Reserves the first Identify of every shard in `ids`, in ascending order, so that start-up goes
+    /// in bucket order (0..mc-1 together, then mc..2mc-1, …; PROTOCOL.md §5) however the connections
+    /// race. A shard's first [`acquire`](IdentifyQueue::acquire) then waits for its planned slot.
+    pub fn plan(&self, ids: &[u32]) {
+        let now = Instant::now();
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        let mut planned = self.planned.lock().unwrap_or_else(|p| p.into_inner());
+        for id in sorted {
+            let at = self.reserve(id, now);
+            planned.insert(id, at);
         }
     }
 
@@ -126,7 +143,8 @@ impl LocalIdentifyQueue {
 
 impl IdentifyQueue for LocalIdentifyQueue {
     fn acquire(&self, shard: u32, _total: u32) -> Permit {
-        let at = self.reserve(shard, Instant::now());
+        let planned = self.planned.lock().unwrap_or_else(|p| p.into_inner()).remove(&shard);
+        let at = planned.unwrap_or_else(|| self.reserve(shard, Instant::now()));
         Box::pin(async move {
             actix_rt::time::sleep_until(at.into()).await;
         })
@@ -149,6 +167,20 @@ mod tests {
         // After a quiet period the bucket grants at once again.
         let later = t0 + Duration::from_secs(60);
         assert_eq!(queue.reserve(0, later), later);
+    }
+
+    #[test]
+    fn start_up_is_planned_in_bucket_order_whoever_asks_first() {
+        let queue = LocalIdentifyQueue::new(3, Duration::from_secs(5));
+        let t0 = Instant::now();
+        queue.plan(&[5, 4, 3, 2, 1, 0]);
+        let slot = |shard| queue.planned.lock().unwrap()[&shard] - t0;
+        for shard in 0..3 {
+            assert!(slot(shard) < Duration::from_millis(100));
+            assert!(slot(shard + 3) >= Duration::from_millis(4900));
+        }
+        // A later request for a bucket waits behind the plan.
+        assert!(queue.reserve(0, t0) - t0 >= Duration::from_millis(9900));
     }
 
     #[test]

@@ -90,6 +90,11 @@ async fn resolve(config: &Config) -> Result<ResolvedPlan, StartError> {
     Ok(ResolvedPlan { ids, total, gateway_url, max_concurrency, gateway_bot })
 }
 
+/// The shards that will identify: those without a stored session (a resume costs no session start).
+fn identifying(ids: &[u32], config: &Config) -> Vec<u32> {
+    ids.iter().copied().filter(|&id| config.sessions.load(id).is_none()).collect()
+}
+
 impl Supervisor {
     fn start_shard(&mut self, id: u32, ctx: &mut Context<Self>) {
         let Some(slot) = self.slots.get_mut(&id) else { return };
@@ -388,22 +393,27 @@ impl Gateway {
             (Some(queue), _) => queue.clone(),
             (None, Some(bot)) => {
                 let limit = bot.session_start_limit;
-                // Shards with a stored session resume, which costs no session start.
-                let needed = plan.ids.iter().filter(|&&id| config.sessions.load(id).is_none()).count() as u32;
+                let needed = identifying(&plan.ids, &config).len() as u32;
                 if needed > limit.total {
                     return Err(StartError::IdentifyBudget { needed, total: limit.total, remaining: limit.remaining });
                 }
                 if needed > limit.remaining {
                     tracing::warn!(needed, remaining = limit.remaining, reset_after_ms = limit.reset_after, "session-start budget too low for every shard now: the rest identify after the reset");
                 }
-                Arc::new(LocalIdentifyQueue::new(plan.max_concurrency, config.identify_window).with_budget(
+                let queue = LocalIdentifyQueue::new(plan.max_concurrency, config.identify_window).with_budget(
                     limit.total,
                     limit.remaining,
                     Duration::from_millis(limit.reset_after),
                     SESSION_START_PERIOD,
-                ))
+                );
+                queue.plan(&identifying(&plan.ids, &config));
+                Arc::new(queue)
             }
-            (None, None) => Arc::new(LocalIdentifyQueue::new(plan.max_concurrency, config.identify_window)),
+            (None, None) => {
+                let queue = LocalIdentifyQueue::new(plan.max_concurrency, config.identify_window);
+                queue.plan(&identifying(&plan.ids, &config));
+                Arc::new(queue)
+            }
         };
         let params = IdentifyParams {
             token: config.token.clone(),

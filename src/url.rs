@@ -33,7 +33,9 @@ impl<'a> Url<'a> {
 /// The URL to open for `base` (a gateway or resume URL without query): PROTOCOL.md §1.
 pub(crate) fn connect_url(base: &str, compress: Option<&str>) -> String {
     let base = base.split('?').next().unwrap_or(base);
-    let slash = if base.ends_with('/') { "" } else { "/" };
+    // `wss://host` needs a path before the query; `wss://host/resume` has one.
+    let has_path = base.split_once("://").is_some_and(|(_, rest)| rest.contains('/'));
+    let slash = if has_path { "" } else { "/" };
     match compress {
         Some(c) => format!("{base}{slash}?v=10&encoding=json&compress={c}"),
         None => format!("{base}{slash}?v=10&encoding=json"),
@@ -82,6 +84,7 @@ mod tests {
             connect_url("wss://g.discord.gg/?v=9", Some("zlib-stream")),
             "wss://g.discord.gg/?v=10&encoding=json&compress=zlib-stream"
         );
+        assert_eq!(connect_url("ws://127.0.0.1:9/resume", None), "ws://127.0.0.1:9/resume?v=10&encoding=json");
     }
 
     #[test]

@@ -109,6 +109,9 @@ impl Conn {
         loop {
             let deadline = tokio::time::Instant::from_std(self.deadline);
             tokio::select! {
+                // Client frames first: a heartbeat that arrived in time counts even if the deadline
+                // passed while this task was busy sending.
+                biased;
                 message = stream.next() => match message {
                     None => return Flow::Drop,
                     Some(Err(e)) => {
