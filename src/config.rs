@@ -413,10 +413,9 @@ impl ConfigBuilder {
         if config.token.is_empty() {
             return Err(ConfigError::EmptyToken);
         }
-        config.intents =
-            Intents::from_bits(self.intent_bits).ok_or(ConfigError::UnknownIntents(
-                self.intent_bits & !Intents::ALL.bits(),
-            ))?;
+        config.intents = Intents::from_bits(self.intent_bits).ok_or(
+            ConfigError::UnknownIntents(self.intent_bits & !Intents::ALL.bits()),
+        )?;
         match &config.plan {
             ShardPlan::Count(0) | ShardPlan::Range { total: 0, .. } => {
                 return Err(ConfigError::ZeroShards)
@@ -453,17 +452,28 @@ impl ConfigBuilder {
             ("max_decompressed_size", limits.max_decompressed_size),
         ] {
             if value < 4096 {
-                return Err(ConfigError::InvalidLimit(what, format!("{value} is under 4096 bytes")));
+                return Err(ConfigError::InvalidLimit(
+                    what,
+                    format!("{value} is under 4096 bytes"),
+                ));
             }
         }
         let t = config.timeouts;
-        for (what, d) in [("connect timeout", t.connect), ("hello timeout", t.hello), ("ready timeout", t.ready)] {
+        for (what, d) in [
+            ("connect timeout", t.connect),
+            ("hello timeout", t.hello),
+            ("ready timeout", t.ready),
+        ] {
             if d.is_zero() {
                 return Err(ConfigError::InvalidLimit(what, "zero".into()));
             }
         }
         let b = config.backoff;
-        if b.initial.is_zero() || b.max < b.initial || b.multiplier < 1.0 || !(0.0..=1.0).contains(&b.randomization) {
+        if b.initial.is_zero()
+            || b.max < b.initial
+            || b.multiplier < 1.0
+            || !(0.0..=1.0).contains(&b.randomization)
+        {
             return Err(ConfigError::InvalidLimit(
                 "backoff",
                 "needs 0 < initial <= max, multiplier >= 1, randomization in 0..=1".into(),
@@ -473,7 +483,10 @@ impl ConfigBuilder {
             return Err(ConfigError::InvalidLimit("max_pending", "zero".into()));
         }
         if config.command_limit.0 < 2 || config.command_limit.1.is_zero() {
-            return Err(ConfigError::InvalidLimit("command_limit", "needs at least 2 per non-zero window".into()));
+            return Err(ConfigError::InvalidLimit(
+                "command_limit",
+                "needs at least 2 per non-zero window".into(),
+            ));
         }
         if config.identify_window.is_zero() {
             return Err(ConfigError::InvalidLimit("identify_window", "zero".into()));
@@ -490,6 +503,9 @@ fn check_url(what: &'static str, url: &str, schemes: &[&str]) -> Result<(), Conf
             what,
             format!("scheme {:?} is not one of {schemes:?}", u.scheme),
         )),
-        None => Err(ConfigError::InvalidUrl(what, format!("{url:?} is not an absolute URL"))),
+        None => Err(ConfigError::InvalidUrl(
+            what,
+            format!("{url:?} is not an absolute URL"),
+        )),
     }
 }

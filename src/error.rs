@@ -44,7 +44,9 @@ impl fmt::Display for ConfigError {
                 write!(f, "shard id {id} is not below the shard total {total}")
             }
             Self::LargeThreshold(n) => write!(f, "large_threshold {n} is outside 50..=250"),
-            Self::UnknownIntents(bits) => write!(f, "intent bits {bits:#x} are not documented intents"),
+            Self::UnknownIntents(bits) => {
+                write!(f, "intent bits {bits:#x} are not documented intents")
+            }
             Self::ZeroMaxConcurrency => f.write_str("max_concurrency must be at least 1"),
             Self::ZeroArbiters => f.write_str("the number of arbiters must be at least 1"),
             Self::InvalidUrl(what, why) => write!(f, "invalid {what}: {why}"),

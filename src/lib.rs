@@ -16,12 +16,14 @@ pub mod testkit;
 mod token;
 mod url;
 
-pub use config::{Backoff, Compression, Config, ConfigBuilder, Limits, ShardPlan, SlowHandlers, Timeouts};
+pub use config::{
+    Backoff, Compression, Config, ConfigBuilder, Limits, ShardPlan, SlowHandlers, Timeouts,
+};
 pub use error::{ConfigError, FatalError, RestError, StartError};
 pub use event::ShardEvent;
 pub use protocol::{CloseCode, Command, CommandError, Intents, PresenceUpdate, Status};
 pub use router::{Dispatch, Router};
+pub use session::{MemorySessionStore, SessionInfo, SessionStore};
 pub use shard::{Phase, ShardStatus};
 pub use supervisor::{Gateway, Supervisor};
-pub use session::{MemorySessionStore, SessionInfo, SessionStore};
 pub use token::Token;

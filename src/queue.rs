@@ -82,7 +82,13 @@ impl LocalIdentifyQueue {
     /// Also keeps to a session-start budget: `remaining` of `total` Identifies until `reset_after`
     /// from now, then `total` per `period`. Past the budget, permits wait for the reset rather than
     /// exceed it.
-    pub fn with_budget(self, total: u32, remaining: u32, reset_after: Duration, period: Duration) -> Self {
+    pub fn with_budget(
+        self,
+        total: u32,
+        remaining: u32,
+        reset_after: Duration,
+        period: Duration,
+    ) -> Self {
         *self.budget.lock().unwrap_or_else(|p| p.into_inner()) = Some(Budget {
             total: total.max(1),
             remaining,
@@ -143,7 +149,11 @@ impl LocalIdentifyQueue {
 
 impl IdentifyQueue for LocalIdentifyQueue {
     fn acquire(&self, shard: u32, _total: u32) -> Permit {
-        let planned = self.planned.lock().unwrap_or_else(|p| p.into_inner()).remove(&shard);
+        let planned = self
+            .planned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&shard);
         let at = planned.unwrap_or_else(|| self.reserve(shard, Instant::now()));
         Box::pin(async move {
             actix_rt::time::sleep_until(at.into()).await;
@@ -185,14 +195,24 @@ mod tests {
 
     #[test]
     fn waits_for_the_budget_reset_rather_than_exceed_it() {
-        let queue = LocalIdentifyQueue::new(4, Duration::from_secs(5)).with_budget(3, 2, Duration::from_secs(100), Duration::from_secs(1000));
+        let queue = LocalIdentifyQueue::new(4, Duration::from_secs(5)).with_budget(
+            3,
+            2,
+            Duration::from_secs(100),
+            Duration::from_secs(1000),
+        );
         let t0 = Instant::now();
         let slots: Vec<_> = (0..5).map(|shard| queue.reserve(shard, t0)).collect();
-        assert!(slots[0] <= t0 + Duration::from_millis(1) && slots[1] <= t0 + Duration::from_millis(1));
+        assert!(
+            slots[0] <= t0 + Duration::from_millis(1) && slots[1] <= t0 + Duration::from_millis(1)
+        );
         // Budget gone after two: the next three wait for the reset (then 3 per period).
         for slot in &slots[2..] {
             let wait = *slot - t0;
-            assert!(wait >= Duration::from_secs(99) && wait <= Duration::from_secs(101), "{wait:?}");
+            assert!(
+                wait >= Duration::from_secs(99) && wait <= Duration::from_secs(101),
+                "{wait:?}"
+            );
         }
         let sixth = queue.reserve(5, t0) - t0;
         assert!(sixth >= Duration::from_secs(1099), "{sixth:?}");

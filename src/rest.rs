@@ -32,13 +32,20 @@ pub struct SessionStartLimit {
 }
 
 /// Calls `GET {api_base}/gateway/bot` with the bot's token.
-pub async fn gateway_bot(api_base: &str, token: &Token, timeout: Duration) -> Result<GatewayBot, RestError> {
+pub async fn gateway_bot(
+    api_base: &str,
+    token: &Token,
+    timeout: Duration,
+) -> Result<GatewayBot, RestError> {
     let url = format!("{}/gateway/bot", api_base.trim_end_matches('/'));
     let client = awc::Client::builder().timeout(timeout).finish();
     let mut response = client
         .get(url.as_str())
         .insert_header(("Authorization", format!("Bot {}", token.expose())))
-        .insert_header(("User-Agent", concat!("DiscordBot (shardline, ", env!("CARGO_PKG_VERSION"), ")")))
+        .insert_header((
+            "User-Agent",
+            concat!("DiscordBot (shardline, ", env!("CARGO_PKG_VERSION"), ")"),
+        ))
         .send()
         .await
         .map_err(|e| RestError::Transport(e.to_string()))?;

@@ -43,7 +43,13 @@ pub struct Dispatch {
 
 impl Dispatch {
     /// A dispatch sharing `frame` (no copy); `d` is found in it only when read.
-    pub(crate) fn new(shard: u32, seq: u64, event: ByteString, frame: Bytes, span: DataSpan) -> Self {
+    pub(crate) fn new(
+        shard: u32,
+        seq: u64,
+        event: ByteString,
+        frame: Bytes,
+        span: DataSpan,
+    ) -> Self {
         Self {
             shard,
             seq,
@@ -211,7 +217,11 @@ impl Router {
 
     /// Adds a handler for one event name.
     pub(crate) fn add(&mut self, event: &str, handler: Recipient<Dispatch>) {
-        let mut list = self.by_event.remove(event).map(Vec::from).unwrap_or_default();
+        let mut list = self
+            .by_event
+            .remove(event)
+            .map(Vec::from)
+            .unwrap_or_default();
         if !list.contains(&handler) {
             list.push(handler);
         }
@@ -261,7 +271,13 @@ impl Router {
     /// Returns the index of the first handler whose mailbox is full, unless `drop_when_full`, in which
     /// case that handler misses the event and `dropped` counts it. A handler that has stopped misses
     /// it too, counted the same way.
-    pub(crate) fn offer(&self, dispatch: &Dispatch, from: usize, drop_when_full: bool, dropped: &mut u64) -> Option<usize> {
+    pub(crate) fn offer(
+        &self,
+        dispatch: &Dispatch,
+        from: usize,
+        drop_when_full: bool,
+        dropped: &mut u64,
+    ) -> Option<usize> {
         let handlers = self.handlers(dispatch.event());
         for (i, handler) in handlers.iter().enumerate().skip(from) {
             match handler.try_send(dispatch.clone()) {

@@ -16,7 +16,7 @@ use crate::queue::{IdentifyQueue, LocalIdentifyQueue, SESSION_START_PERIOD};
 use crate::rest::{self, GatewayBot};
 use crate::shard::actor::ShardShared;
 use crate::shard::backoff::ReconnectBackoff;
-use crate::shard::messages::{GetStatus, SendCommand, ShardStatus, ShardNotice, Shutdown};
+use crate::shard::messages::{GetStatus, SendCommand, ShardNotice, ShardStatus, Shutdown};
 use crate::shard::state::IdentifyParams;
 use crate::shard::{Phase, ShardActor};
 
@@ -84,24 +84,42 @@ async fn resolve(config: &Config) -> Result<ResolvedPlan, StartError> {
         .unwrap_or_else(|| DEFAULT_GATEWAY_URL.to_owned());
     let max_concurrency = config
         .max_concurrency
-        .or_else(|| gateway_bot.as_ref().map(|g| g.session_start_limit.max_concurrency))
+        .or_else(|| {
+            gateway_bot
+                .as_ref()
+                .map(|g| g.session_start_limit.max_concurrency)
+        })
         .unwrap_or(1)
         .max(1);
-    Ok(ResolvedPlan { ids, total, gateway_url, max_concurrency, gateway_bot })
+    Ok(ResolvedPlan {
+        ids,
+        total,
+        gateway_url,
+        max_concurrency,
+        gateway_bot,
+    })
 }
 
 /// The shards that will identify: those without a stored session (a resume costs no session start).
 fn identifying(ids: &[u32], config: &Config) -> Vec<u32> {
-    ids.iter().copied().filter(|&id| config.sessions.load(id).is_none()).collect()
+    ids.iter()
+        .copied()
+        .filter(|&id| config.sessions.load(id).is_none())
+        .collect()
 }
 
 impl Supervisor {
     fn start_shard(&mut self, id: u32, ctx: &mut Context<Self>) {
-        let Some(slot) = self.slots.get_mut(&id) else { return };
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
         slot.restart_timer = None;
         // A dead arbiter (its thread ended) cannot take new actors: replace it.
         if !self.arbiters[slot.arbiter].spawn(async {}) {
-            tracing::warn!(arbiter = slot.arbiter, "arbiter thread is gone; starting a new one");
+            tracing::warn!(
+                arbiter = slot.arbiter,
+                "arbiter thread is gone; starting a new one"
+            );
             self.arbiters[slot.arbiter] = Arbiter::new();
         }
         let shared = self.shared.clone();
@@ -117,14 +135,21 @@ impl Supervisor {
         if self.shutting_down {
             return;
         }
-        let Some(slot) = self.slots.get_mut(&id) else { return };
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
         if slot.restart_timer.is_some() || slot.stopped || slot.fatal.is_some() {
             return;
         }
         slot.addr = None;
         slot.restarts += 1;
         let delay = slot.backoff.next_delay();
-        tracing::warn!(shard.id = id, ?delay, restarts = slot.restarts, "shard stopped unexpectedly; restarting");
+        tracing::warn!(
+            shard.id = id,
+            ?delay,
+            restarts = slot.restarts,
+            "shard stopped unexpectedly; restarting"
+        );
         slot.restart_timer = Some(ctx.run_later(delay, move |act, ctx| act.start_shard(id, ctx)));
     }
 
@@ -166,8 +191,14 @@ impl Handler<ShardNotice> for Supervisor {
     fn handle(&mut self, msg: ShardNotice, ctx: &mut Self::Context) {
         match msg {
             ShardNotice::Ready { id } => self.on_ready(id),
-            ShardNotice::Stopped { id, fatal, deliberate } => {
-                let Some(slot) = self.slots.get_mut(&id) else { return };
+            ShardNotice::Stopped {
+                id,
+                fatal,
+                deliberate,
+            } => {
+                let Some(slot) = self.slots.get_mut(&id) else {
+                    return;
+                };
                 if let Some(fatal) = fatal {
                     tracing::error!(shard.id = id, error = %fatal, "shard stopped for good");
                     slot.fatal = Some(fatal);
@@ -200,8 +231,14 @@ impl Supervisor {
     fn progress(&self) -> Progress {
         let (ready, total) = (self.ever_ready.len(), self.slots.len());
         let elapsed = self.started_at.elapsed();
-        let eta = (ready > 0 && ready < total).then(|| elapsed.mul_f64((total - ready) as f64 / ready as f64));
-        Progress { ready, total, elapsed, eta }
+        let eta = (ready > 0 && ready < total)
+            .then(|| elapsed.mul_f64((total - ready) as f64 / ready as f64));
+        Progress {
+            ready,
+            total,
+            elapsed,
+            eta,
+        }
     }
 
     fn on_ready(&mut self, id: u32) {
@@ -248,7 +285,11 @@ impl Handler<GetStatuses> for Supervisor {
                 let fallback = ShardStatus {
                     id,
                     total,
-                    phase: if slot.fatal.is_some() || slot.stopped { Phase::Stopped } else { Phase::Disconnected },
+                    phase: if slot.fatal.is_some() || slot.stopped {
+                        Phase::Stopped
+                    } else {
+                        Phase::Disconnected
+                    },
                     latency: None,
                     seq: None,
                     session_id: None,
@@ -314,7 +355,10 @@ impl Handler<SendToAll> for Supervisor {
                 let command = command.clone();
                 async move {
                     let result = match addr {
-                        Some(addr) => addr.send(SendCommand(command)).await.unwrap_or(Err(CommandError::ShardStopped)),
+                        Some(addr) => addr
+                            .send(SendCommand(command))
+                            .await
+                            .unwrap_or(Err(CommandError::ShardStopped)),
                         None => Err(CommandError::ShardStopped),
                     };
                     (id, result)
@@ -346,12 +390,20 @@ impl Handler<ShutdownAll> for Supervisor {
             }
             if let Some(addr) = slot.addr.take() {
                 closing.push(async move {
-                    let _ = addr.send(Shutdown { resumable: msg.resumable }).await;
+                    let _ = addr
+                        .send(Shutdown {
+                            resumable: msg.resumable,
+                        })
+                        .await;
                 });
             }
             slot.stopped = true;
         }
-        Box::pin(join_all(closing).into_actor(self).map(|_, _, ctx| ctx.stop()))
+        Box::pin(
+            join_all(closing)
+                .into_actor(self)
+                .map(|_, _, ctx| ctx.stop()),
+        )
     }
 }
 
@@ -395,17 +447,22 @@ impl Gateway {
                 let limit = bot.session_start_limit;
                 let needed = identifying(&plan.ids, &config).len() as u32;
                 if needed > limit.total {
-                    return Err(StartError::IdentifyBudget { needed, total: limit.total, remaining: limit.remaining });
+                    return Err(StartError::IdentifyBudget {
+                        needed,
+                        total: limit.total,
+                        remaining: limit.remaining,
+                    });
                 }
                 if needed > limit.remaining {
                     tracing::warn!(needed, remaining = limit.remaining, reset_after_ms = limit.reset_after, "session-start budget too low for every shard now: the rest identify after the reset");
                 }
-                let queue = LocalIdentifyQueue::new(plan.max_concurrency, config.identify_window).with_budget(
-                    limit.total,
-                    limit.remaining,
-                    Duration::from_millis(limit.reset_after),
-                    SESSION_START_PERIOD,
-                );
+                let queue = LocalIdentifyQueue::new(plan.max_concurrency, config.identify_window)
+                    .with_budget(
+                        limit.total,
+                        limit.remaining,
+                        Duration::from_millis(limit.reset_after),
+                        SESSION_START_PERIOD,
+                    );
                 queue.plan(&identifying(&plan.ids, &config));
                 Arc::new(queue)
             }
@@ -456,7 +513,13 @@ impl Gateway {
                 (id, slot)
             })
             .collect();
-        tracing::info!(shards = plan.ids.len(), total = plan.total, max_concurrency = plan.max_concurrency, arbiters = arbiter_count, "starting shards");
+        tracing::info!(
+            shards = plan.ids.len(),
+            total = plan.total,
+            max_concurrency = plan.max_concurrency,
+            arbiters = arbiter_count,
+            "starting shards"
+        );
         let supervisor = Supervisor {
             shared,
             total: plan.total,
@@ -467,7 +530,10 @@ impl Gateway {
             started_at: std::time::Instant::now(),
         }
         .start();
-        Ok(Self { supervisor, plan: Arc::new(plan) })
+        Ok(Self {
+            supervisor,
+            plan: Arc::new(plan),
+        })
     }
 
     /// What the runtime resolved at start.
@@ -500,7 +566,10 @@ impl Gateway {
 
     /// Sends a command to every shard (e.g. a presence for the whole bot).
     pub async fn send_all(&self, command: Command) -> Vec<(u32, Result<(), CommandError>)> {
-        self.supervisor.send(SendToAll(command)).await.unwrap_or_default()
+        self.supervisor
+            .send(SendToAll(command))
+            .await
+            .unwrap_or_default()
     }
 
     /// Shuts every shard down and waits until their connections are closed.

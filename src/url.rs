@@ -13,7 +13,11 @@ impl<'a> Url<'a> {
     /// Splits `scheme://[userinfo@]host[:port][/path][?query]`; `None` if it is not of that form.
     pub fn parse(url: &'a str) -> Option<Self> {
         let (scheme, rest) = url.split_once("://")?;
-        if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) {
+        if scheme.is_empty()
+            || !scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        {
             return None;
         }
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
@@ -34,7 +38,9 @@ impl<'a> Url<'a> {
 pub(crate) fn connect_url(base: &str, compress: Option<&str>) -> String {
     let base = base.split('?').next().unwrap_or(base);
     // `wss://host` needs a path before the query; `wss://host/resume` has one.
-    let has_path = base.split_once("://").is_some_and(|(_, rest)| rest.contains('/'));
+    let has_path = base
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.contains('/'));
     let slash = if has_path { "" } else { "/" };
     match compress {
         Some(c) => format!("{base}{slash}?v=10&encoding=json&compress={c}"),
@@ -58,7 +64,10 @@ pub(crate) fn resume_url_allowed(resume: &str, gateway: &str, allowed_domains: &
     }
     allowed_domains.iter().any(|domain| {
         let domain = domain.trim_start_matches('.').to_ascii_lowercase();
-        host == domain || host.strip_suffix(&domain).is_some_and(|prefix| prefix.ends_with('.'))
+        host == domain
+            || host
+                .strip_suffix(&domain)
+                .is_some_and(|prefix| prefix.ends_with('.'))
     })
 }
 
@@ -71,7 +80,10 @@ mod tests {
         let u = Url::parse("wss://user@gateway-us-east1-b.discord.gg:443/path?x=1").unwrap();
         assert_eq!((u.scheme, u.host), ("wss", "gateway-us-east1-b.discord.gg"));
         assert_eq!(Url::parse("ws://[::1]:80").unwrap().host, "[::1]");
-        assert_eq!(Url::parse("ws://127.0.0.1:9/resume").unwrap().host, "127.0.0.1");
+        assert_eq!(
+            Url::parse("ws://127.0.0.1:9/resume").unwrap().host,
+            "127.0.0.1"
+        );
         for bad in ["gateway.discord.gg", "wss://", "://x", "wss:///path"] {
             assert_eq!(Url::parse(bad), None, "{bad}");
         }
@@ -79,26 +91,56 @@ mod tests {
 
     #[test]
     fn builds_the_gateway_query() {
-        assert_eq!(connect_url("wss://g.discord.gg", None), "wss://g.discord.gg/?v=10&encoding=json");
+        assert_eq!(
+            connect_url("wss://g.discord.gg", None),
+            "wss://g.discord.gg/?v=10&encoding=json"
+        );
         assert_eq!(
             connect_url("wss://g.discord.gg/?v=9", Some("zlib-stream")),
             "wss://g.discord.gg/?v=10&encoding=json&compress=zlib-stream"
         );
-        assert_eq!(connect_url("ws://127.0.0.1:9/resume", None), "ws://127.0.0.1:9/resume?v=10&encoding=json");
+        assert_eq!(
+            connect_url("ws://127.0.0.1:9/resume", None),
+            "ws://127.0.0.1:9/resume?v=10&encoding=json"
+        );
     }
 
     #[test]
     fn follows_resume_urls_only_to_trusted_hosts() {
         let allowed = vec!["discord.gg".to_owned()];
         let gw = "wss://gateway.discord.gg";
-        assert!(resume_url_allowed("wss://gateway-us-east1-b.discord.gg", gw, &allowed));
-        assert!(resume_url_allowed("wss://GATEWAY.discord.gg/", gw, &allowed));
-        assert!(!resume_url_allowed("ws://gateway-us-east1-b.discord.gg", gw, &allowed));
+        assert!(resume_url_allowed(
+            "wss://gateway-us-east1-b.discord.gg",
+            gw,
+            &allowed
+        ));
+        assert!(resume_url_allowed(
+            "wss://GATEWAY.discord.gg/",
+            gw,
+            &allowed
+        ));
+        assert!(!resume_url_allowed(
+            "ws://gateway-us-east1-b.discord.gg",
+            gw,
+            &allowed
+        ));
         assert!(!resume_url_allowed("wss://evil.example", gw, &allowed));
         assert!(!resume_url_allowed("wss://notdiscord.gg", gw, &allowed));
-        assert!(!resume_url_allowed("wss://discord.gg.evil.example", gw, &allowed));
+        assert!(!resume_url_allowed(
+            "wss://discord.gg.evil.example",
+            gw,
+            &allowed
+        ));
         assert!(!resume_url_allowed("not a url", gw, &allowed));
-        assert!(resume_url_allowed("ws://127.0.0.1:5/resume", "ws://127.0.0.1:5", &allowed));
-        assert!(!resume_url_allowed("ws://127.0.0.2:5/resume", "ws://127.0.0.1:5", &allowed));
+        assert!(resume_url_allowed(
+            "ws://127.0.0.1:5/resume",
+            "ws://127.0.0.1:5",
+            &allowed
+        ));
+        assert!(!resume_url_allowed(
+            "ws://127.0.0.2:5/resume",
+            "ws://127.0.0.1:5",
+            &allowed
+        ));
     }
 }

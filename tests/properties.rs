@@ -17,15 +17,26 @@ fn json_value() -> impl Strategy<Value = String> {
         Just("null".to_owned()),
         any::<bool>().prop_map(|b| b.to_string()),
         any::<i64>().prop_map(|n| n.to_string()),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| serde_json::to_string(&f).unwrap()),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| serde_json::to_string(&f).unwrap()),
         json_string(),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
-            prop::collection::vec((inner.clone(), ws()), 0..6)
-                .prop_map(|items| format!("[{}]", items.into_iter().map(|(v, w)| format!("{w}{v}{w}")).collect::<Vec<_>>().join(","))),
+            prop::collection::vec((inner.clone(), ws()), 0..6).prop_map(|items| format!(
+                "[{}]",
+                items
+                    .into_iter()
+                    .map(|(v, w)| format!("{w}{v}{w}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )),
             prop::collection::vec((json_string(), inner, ws()), 0..6).prop_map(|members| {
-                let body: Vec<String> = members.into_iter().map(|(k, v, w)| format!("{w}{k}{w}:{w}{v}")).collect();
+                let body: Vec<String> = members
+                    .into_iter()
+                    .map(|(k, v, w)| format!("{w}{k}{w}:{w}{v}"))
+                    .collect();
                 format!("{{{}}}", body.join(","))
             }),
         ]
@@ -50,8 +61,19 @@ fn ws() -> impl Strategy<Value = &'static str> {
 
 /// A whole gateway frame: op, s, t, d and unknown keys, each maybe absent, in any order.
 fn frame() -> impl Strategy<Value = String> {
-    let op = prop_oneof![Just(0u64), Just(1), Just(7), Just(9), Just(10), Just(11), 0u64..300];
-    let s = prop_oneof![Just("null".to_owned()), (0u64..u64::MAX).prop_map(|n| n.to_string())];
+    let op = prop_oneof![
+        Just(0u64),
+        Just(1),
+        Just(7),
+        Just(9),
+        Just(10),
+        Just(11),
+        0u64..300
+    ];
+    let s = prop_oneof![
+        Just("null".to_owned()),
+        (0u64..u64::MAX).prop_map(|n| n.to_string())
+    ];
     let t = prop_oneof![
         Just("null".to_owned()),
         Just(r#""MESSAGE_CREATE""#.to_owned()),
@@ -59,7 +81,15 @@ fn frame() -> impl Strategy<Value = String> {
         json_string(),
     ];
     let extra = prop::collection::vec((json_string(), json_value()), 0..3);
-    (op, prop::option::weighted(0.95, s), prop::option::weighted(0.95, t), prop::option::weighted(0.9, json_value()), extra, ws(), any::<prop::sample::Index>())
+    (
+        op,
+        prop::option::weighted(0.95, s),
+        prop::option::weighted(0.95, t),
+        prop::option::weighted(0.9, json_value()),
+        extra,
+        ws(),
+        any::<prop::sample::Index>(),
+    )
         .prop_map(|(op, s, t, d, extra, w, order)| {
             let mut members = vec![format!(r#""op"{w}:{w}{op}"#)];
             if let Some(s) = s {

@@ -122,7 +122,10 @@ pub enum CommandError {
 impl std::fmt::Display for CommandError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::TooLarge(n) => write!(f, "command is {n} bytes, over the {MAX_SENT_FRAME}-byte limit"),
+            Self::TooLarge(n) => write!(
+                f,
+                "command is {n} bytes, over the {MAX_SENT_FRAME}-byte limit"
+            ),
             Self::Invalid(why) => write!(f, "invalid command: {why}"),
             Self::UnknownShard(id) => write!(f, "no shard {id} runs in this process"),
             Self::QueueFull => f.write_str("the shard's command queue is full"),
@@ -244,9 +247,21 @@ mod tests {
     fn frames_have_the_documented_shape() {
         assert_eq!(heartbeat(None), r#"{"op":1,"d":null}"#);
         assert_eq!(heartbeat(Some(7)), r#"{"op":1,"d":7}"#);
-        let resume = Resume { token: "t", session_id: "abc", seq: 9 }.to_frame();
-        assert_eq!(resume, r#"{"op":6,"d":{"token":"t","session_id":"abc","seq":9}}"#);
-        let props = IdentifyProperties { os: "linux".into(), browser: "b".into(), device: "d".into() };
+        let resume = Resume {
+            token: "t",
+            session_id: "abc",
+            seq: 9,
+        }
+        .to_frame();
+        assert_eq!(
+            resume,
+            r#"{"op":6,"d":{"token":"t","session_id":"abc","seq":9}}"#
+        );
+        let props = IdentifyProperties {
+            os: "linux".into(),
+            browser: "b".into(),
+            device: "d".into(),
+        };
         let identify = Identify {
             token: "t",
             properties: &props,
@@ -265,8 +280,13 @@ mod tests {
             presence.to_frame().unwrap(),
             r#"{"op":3,"d":{"since":null,"activities":[],"status":"dnd","afk":false}}"#
         );
-        let sounds = Command::RequestSoundboardSounds(RequestSoundboardSounds { guild_ids: vec!["1".into()] });
-        assert_eq!(sounds.to_frame().unwrap(), r#"{"op":31,"d":{"guild_ids":["1"]}}"#);
+        let sounds = Command::RequestSoundboardSounds(RequestSoundboardSounds {
+            guild_ids: vec!["1".into()],
+        });
+        assert_eq!(
+            sounds.to_frame().unwrap(),
+            r#"{"op":31,"d":{"guild_ids":["1"]}}"#
+        );
     }
 
     #[test]
@@ -282,6 +302,9 @@ mod tests {
             nonce: Some("x".repeat(33)),
             ..Default::default()
         });
-        assert_eq!(nonce.to_frame(), Err(CommandError::Invalid("nonce is over 32 bytes")));
+        assert_eq!(
+            nonce.to_frame(),
+            Err(CommandError::Invalid("nonce is over 32 bytes"))
+        );
     }
 }

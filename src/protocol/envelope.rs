@@ -116,10 +116,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for Name<'a> {
                 Ok(Name::Owned(v.to_owned()))
             }
         }
-        deserializer.deserialize_str(Visitor).map(|name| match name {
-            Name::Borrowed(s) => Name::Borrowed(s),
-            Name::Owned(s) => Name::Owned(s),
-        })
+        deserializer
+            .deserialize_str(Visitor)
+            .map(|name| match name {
+                Name::Borrowed(s) => Name::Borrowed(s),
+                Name::Owned(s) => Name::Owned(s),
+            })
     }
 }
 
@@ -132,7 +134,9 @@ impl Envelope {
                 op: head.op,
                 seq: head.seq,
                 event: head.event.map(EventName::Span),
-                data: head.data_start.map_or(DataSpan::Null, |start| DataSpan::Tail(start, head.end)),
+                data: head
+                    .data_start
+                    .map_or(DataSpan::Null, |start| DataSpan::Tail(start, head.end)),
             }),
             None => Self::parse_full(frame),
         }
@@ -185,7 +189,9 @@ mod tests {
         let env = Envelope::parse(frame).unwrap();
         assert_eq!(env.op, 0);
         assert_eq!(env.seq, Some(42));
-        let Some(EventName::Span(t)) = env.event.clone() else { panic!("expected a span") };
+        let Some(EventName::Span(t)) = env.event.clone() else {
+            panic!("expected a span")
+        };
         assert_eq!(&frame[t], b"MESSAGE_CREATE");
         assert_eq!(env.data(frame), br#"{"t":"x", "n": [1, 2]}"#);
     }
@@ -195,7 +201,10 @@ mod tests {
         let env = Envelope::parse(br#"{"op":11}"#).unwrap();
         assert_eq!((env.seq, env.event, env.data), (None, None, DataSpan::Null));
         let env = Envelope::parse(br#"{"op":1,"d":null,"s":null,"t":null}"#).unwrap();
-        assert_eq!((env.seq, env.event.clone(), env.data), (None, None, DataSpan::Null));
+        assert_eq!(
+            (env.seq, env.event.clone(), env.data),
+            (None, None, DataSpan::Null)
+        );
         assert_eq!(env.data(b""), b"null");
     }
 
@@ -216,8 +225,20 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_an_envelope() {
-        for bad in [&b"not json"[..], b"{\"op\":\"x\"}", b"{\"d\":1}", b"[1]", b"{\"op\":0", b"\xff\xfe", b"{\"op\":0,\"s\":1,\"t\":\"\xff\",\"d\":{}}"] {
-            assert!(Envelope::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"not json"[..],
+            b"{\"op\":\"x\"}",
+            b"{\"d\":1}",
+            b"[1]",
+            b"{\"op\":0",
+            b"\xff\xfe",
+            b"{\"op\":0,\"s\":1,\"t\":\"\xff\",\"d\":{}}",
+        ] {
+            assert!(
+                Envelope::parse(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

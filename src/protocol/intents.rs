@@ -62,9 +62,8 @@ impl Intents {
     /// Every documented intent: 53608447.
     pub const ALL: Self = Self(53_608_447);
     /// The privileged intents: 33026.
-    pub const PRIVILEGED: Self = Self(
-        Self::GUILD_MEMBERS.0 | Self::GUILD_PRESENCES.0 | Self::MESSAGE_CONTENT.0,
-    );
+    pub const PRIVILEGED: Self =
+        Self(Self::GUILD_MEMBERS.0 | Self::GUILD_PRESENCES.0 | Self::MESSAGE_CONTENT.0);
 
     /// No intents.
     pub const fn empty() -> Self {
@@ -121,9 +120,11 @@ mod tests {
 
     #[test]
     fn all_and_privileged_match_the_documented_values() {
-        let every = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 20, 21, 24, 25]
-            .iter()
-            .fold(0u64, |acc, bit| acc | 1 << bit);
+        let every = [
+            0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 20, 21, 24, 25,
+        ]
+        .iter()
+        .fold(0u64, |acc, bit| acc | 1 << bit);
         assert_eq!(Intents::ALL.bits(), every);
         assert_eq!(Intents::PRIVILEGED.bits(), 33026);
         assert!(Intents::from_bits(every).is_some());

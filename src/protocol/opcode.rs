@@ -62,7 +62,9 @@ mod tests {
 
     #[test]
     fn round_trips_every_defined_opcode_and_rejects_the_rest() {
-        let defined: Vec<u8> = (0..=255).filter(|&n| OpCode::from_u8(n).is_some()).collect();
+        let defined: Vec<u8> = (0..=255)
+            .filter(|&n| OpCode::from_u8(n).is_some())
+            .collect();
         assert_eq!(defined, [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 31]);
         for n in defined {
             assert_eq!(OpCode::from_u8(n).map(OpCode::code), Some(n));

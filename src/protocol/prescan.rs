@@ -62,7 +62,10 @@ fn integer(b: &[u8], mut i: usize) -> Option<(u64, usize)> {
         i += 1;
     }
     // JSON forbids leading zeros; a fraction or exponent is not an integer.
-    if i == start || (b[start] == b'0' && i - start > 1) || matches!(b.get(i), Some(b'.' | b'e' | b'E')) {
+    if i == start
+        || (b[start] == b'0' && i - start > 1)
+        || matches!(b.get(i), Some(b'.' | b'e' | b'E'))
+    {
         return None;
     }
     Some((n, i))
@@ -139,7 +142,13 @@ pub fn prescan(frame: &[u8]) -> Option<Head> {
                 } else if seen | 8 == 15 {
                     // `d` comes after op, s and t, as Discord sends it: everything up to the closing
                     // brace is taken to be its value (checked lazily, when `d` is read).
-                    return Some(Head { op: op?, seq, event, data_start: Some(i), end: close });
+                    return Some(Head {
+                        op: op?,
+                        seq,
+                        event,
+                        data_start: Some(i),
+                        end: close,
+                    });
                 } else {
                     return None;
                 }
@@ -163,7 +172,13 @@ pub fn prescan(frame: &[u8]) -> Option<Head> {
             _ => return None,
         }
     }
-    Some(Head { op: op?, seq, event, data_start: None, end: close })
+    Some(Head {
+        op: op?,
+        seq,
+        event,
+        data_start: None,
+        end: close,
+    })
 }
 
 fn skip_scalar(b: &[u8], i: usize) -> Option<usize> {
@@ -192,9 +207,13 @@ pub fn value_ends_at(b: &[u8], start: usize) -> Option<usize> {
             let mut depth = 0usize;
             let mut i = start;
             loop {
-                let at = i + memchr::memchr3(b'"', b'{', b'}', &b[i..]).or_else(|| None)?;
+                let at = i + memchr::memchr3(b'"', b'{', b'}', &b[i..])?;
                 // Square brackets only matter for depth when the value is an array.
-                let at = if first == b'[' { i + memchr::memchr3(b'"', b'[', b']', &b[i..])? } else { at };
+                let at = if first == b'[' {
+                    i + memchr::memchr3(b'"', b'[', b']', &b[i..])?
+                } else {
+                    at
+                };
                 match b[at] {
                     b'"' => {
                         i = string_end(b, at)?;
@@ -256,12 +275,12 @@ mod tests {
     #[test]
     fn leaves_what_it_cannot_be_sure_of_to_the_full_parse() {
         for f in [
-            &br#"{"d":{},"op":0}"#[..],            // op after d
-            br#"{"op":0,"s":1,"t":"A\"B","d":{}}"#, // escaped name
-            br#"{"op":0,"x":{"y":1},"d":{}}"#,      // nested value before d
+            &br#"{"d":{},"op":0}"#[..],                 // op after d
+            br#"{"op":0,"s":1,"t":"A\"B","d":{}}"#,     // escaped name
+            br#"{"op":0,"x":{"y":1},"d":{}}"#,          // nested value before d
             br#"{"op":0,"op":1,"s":1,"t":"A","d":{}}"#, // repeated key
-            br#"{"op":256,"d":{}}"#,                // op out of range
-            br#"{"op":01,"d":{}}"#,                 // leading zero
+            br#"{"op":256,"d":{}}"#,                    // op out of range
+            br#"{"op":01,"d":{}}"#,                     // leading zero
             br#"[1]"#,
             br#"{"op":0"#,
             b"",

@@ -26,8 +26,8 @@ use crate::session::SessionStore;
 use crate::shard::backoff::ReconnectBackoff;
 use crate::shard::inflate::Inflater;
 use crate::shard::limiter::CommandLimiter;
-use crate::shard::pause::{PauseGate, Pausable};
-use crate::shard::messages::{GetStatus, SendCommand, ShardStatus, ShardNotice, Shutdown};
+use crate::shard::messages::{GetStatus, SendCommand, ShardNotice, ShardStatus, Shutdown};
+use crate::shard::pause::{Pausable, PauseGate};
 use crate::shard::state::{Action, IdentifyParams, Phase, SendKind, ShardState};
 
 type WsSink = SplitSink<Framed<BoxedSocket, Codec>, WsMessage>;
@@ -74,7 +74,9 @@ impl Decompressor {
             Compression::None => Self::None,
             Compression::ZlibStream => Self::Zlib(Inflater::new(max_output)),
             #[cfg(feature = "zstd")]
-            Compression::ZstdStream => Self::Zstd(crate::shard::zstd_stream::ZstdStream::new(max_output)),
+            Compression::ZstdStream => {
+                Self::Zstd(crate::shard::zstd_stream::ZstdStream::new(max_output))
+            }
         }
     }
 
@@ -207,12 +209,23 @@ impl ShardActor {
         }));
     }
 
-    fn attach(&mut self, framed: Framed<BoxedSocket, Codec>, generation: u64, ctx: &mut Context<Self>) {
+    fn attach(
+        &mut self,
+        framed: Framed<BoxedSocket, Codec>,
+        generation: u64,
+        ctx: &mut Context<Self>,
+    ) {
         let (sink, stream) = framed.split();
         let reader = ctx.add_stream(Pausable::new(
             stream
-                .map(move |frame| WsEvent { generation, frame: Some(frame) })
-                .chain(futures_util::stream::once(std::future::ready(WsEvent { generation, frame: None }))),
+                .map(move |frame| WsEvent {
+                    generation,
+                    frame: Some(frame),
+                })
+                .chain(futures_util::stream::once(std::future::ready(WsEvent {
+                    generation,
+                    frame: None,
+                }))),
             self.reading.clone(),
         ));
         let (limit, window) = self.shared.command_limit;
@@ -221,7 +234,10 @@ impl ShardActor {
             reader,
             heartbeat: None,
             deadline: None,
-            decompressor: Decompressor::new(self.shared.compression, self.shared.limits.max_decompressed_size),
+            decompressor: Decompressor::new(
+                self.shared.compression,
+                self.shared.limits.max_decompressed_size,
+            ),
             partial: None,
             limiter: CommandLimiter::new(limit, window, None),
         });
@@ -252,7 +268,11 @@ impl ShardActor {
             return;
         }
         let delay = self.backoff.next_delay();
-        tracing::info!(?delay, resume = self.state.will_resume(), "reconnecting after delay");
+        tracing::info!(
+            ?delay,
+            resume = self.state.will_resume(),
+            "reconnecting after delay"
+        );
         self.reconnect_timer = Some(ctx.run_later(delay, |act, ctx| act.connect(ctx)));
     }
 
@@ -270,7 +290,10 @@ impl ShardActor {
         }
         match code {
             Some(code) => {
-                let reason = CloseReason { code: WsCloseCode::from(code), description: None };
+                let reason = CloseReason {
+                    code: WsCloseCode::from(code),
+                    description: None,
+                };
                 let _ = conn.sink.write(WsMessage::Close(Some(reason)));
             }
             None => {
@@ -285,7 +308,11 @@ impl ShardActor {
         });
     }
 
-    fn on_ws_event(&mut self, frame: Option<Result<Frame, actix_http::ws::ProtocolError>>, ctx: &mut Context<Self>) {
+    fn on_ws_event(
+        &mut self,
+        frame: Option<Result<Frame, actix_http::ws::ProtocolError>>,
+        ctx: &mut Context<Self>,
+    ) {
         match frame {
             None => self.state.on_close(None),
             Some(Err(e)) => {
@@ -304,7 +331,10 @@ impl ShardActor {
             Some(Ok(Frame::Close(reason))) => {
                 let code = reason.map(|r| u16::from(r.code));
                 tracing::info!(?code, "gateway closed the connection");
-                self.emit(ShardEvent::Disconnected { shard: self.id, code });
+                self.emit(ShardEvent::Disconnected {
+                    shard: self.id,
+                    code,
+                });
                 self.state.on_close(code);
             }
         }
@@ -366,7 +396,11 @@ impl ShardActor {
         match Envelope::parse(&frame) {
             Ok(env) => {
                 // §3.2: the first heartbeat is jittered; only Hello needs the random draw.
-                let jitter = if env.op == 10 { rand::random::<f64>() } else { 0.0 };
+                let jitter = if env.op == 10 {
+                    rand::random::<f64>()
+                } else {
+                    0.0
+                };
                 self.state.on_frame(&frame, &env, Instant::now(), jitter);
             }
             Err(e) => {
@@ -381,7 +415,9 @@ impl ShardActor {
         while let Some(action) = self.state.poll_action() {
             match action {
                 Action::Send(text, kind) => self.send(text, kind, ctx),
-                Action::StartHeartbeat { first, interval } => self.start_heartbeat(first, interval, ctx),
+                Action::StartHeartbeat { first, interval } => {
+                    self.start_heartbeat(first, interval, ctx)
+                }
                 Action::RequestIdentify => self.request_identify(ctx),
                 Action::Deliver(dispatch) => {
                     self.shared.sessions.set_seq(self.id, dispatch.seq());
@@ -397,8 +433,15 @@ impl ShardActor {
                     let event = if resumed {
                         ShardEvent::Resumed { shard: self.id }
                     } else {
-                        let session_id = self.state.session().map(|s| s.session_id.clone()).unwrap_or_default();
-                        ShardEvent::Ready { shard: self.id, session_id }
+                        let session_id = self
+                            .state
+                            .session()
+                            .map(|s| s.session_id.clone())
+                            .unwrap_or_default();
+                        ShardEvent::Ready {
+                            shard: self.id,
+                            session_id,
+                        }
                     };
                     tracing::info!(resumed, "ready");
                     self.emit(event);
@@ -414,7 +457,10 @@ impl ShardActor {
                 Action::Fatal(error) => {
                     tracing::error!(%error, "stopping the shard for good");
                     self.teardown(None, ctx);
-                    self.emit(ShardEvent::Fatal { shard: self.id, error: error.clone() });
+                    self.emit(ShardEvent::Fatal {
+                        shard: self.id,
+                        error: error.clone(),
+                    });
                     self.fatal = Some(error);
                     ctx.stop();
                 }
@@ -427,7 +473,10 @@ impl ShardActor {
             self.pending.push_back((dispatch, 0));
             if let SlowHandlers::Backpressure { max_pending } = self.shared.slow_handlers {
                 if self.pending.len() >= max_pending && !self.reading.is_paused() {
-                    tracing::warn!(max_pending, "handlers are behind: pausing reads until they catch up");
+                    tracing::warn!(
+                        max_pending,
+                        "handlers are behind: pausing reads until they catch up"
+                    );
                     self.reading.set_paused(true);
                     self.state.set_reading_paused(true);
                 }
@@ -441,10 +490,20 @@ impl ShardActor {
     /// handler to take it before anything else is delivered.
     fn offer(&mut self, dispatch: Dispatch, from: usize, ctx: &mut Context<Self>) {
         let drop_when_full = self.shared.slow_handlers == SlowHandlers::Drop;
-        let Some(full) = self.shared.router.offer(&dispatch, from, drop_when_full, &mut self.dropped) else {
+        let Some(full) =
+            self.shared
+                .router
+                .offer(&dispatch, from, drop_when_full, &mut self.dropped)
+        else {
             return;
         };
-        let Some(handler) = self.shared.router.handlers(dispatch.event()).get(full).cloned() else {
+        let Some(handler) = self
+            .shared
+            .router
+            .handlers(dispatch.event())
+            .get(full)
+            .cloned()
+        else {
             return;
         };
         self.blocked = true;
@@ -463,7 +522,9 @@ impl ShardActor {
 
     fn drain_pending(&mut self, ctx: &mut Context<Self>) {
         while !self.blocked {
-            let Some((dispatch, from)) = self.pending.pop_front() else { break };
+            let Some((dispatch, from)) = self.pending.pop_front() else {
+                break;
+            };
             self.offer(dispatch, from, ctx);
         }
         if self.reading.is_paused() {
@@ -472,7 +533,10 @@ impl ShardActor {
                 SlowHandlers::Drop => usize::MAX,
             };
             if self.pending.len() <= resume_at {
-                tracing::info!(pending = self.pending.len(), "handlers caught up: reading again");
+                tracing::info!(
+                    pending = self.pending.len(),
+                    "handlers caught up: reading again"
+                );
                 self.reading.set_paused(false);
                 self.state.set_reading_paused(false);
             }
@@ -509,7 +573,9 @@ impl ShardActor {
         let handle = ctx.run_later(first, move |act, ctx| {
             act.heartbeat_tick(generation, ctx);
             if act.generation == generation {
-                let every = ctx.run_interval(interval, move |act, ctx| act.heartbeat_tick(generation, ctx));
+                let every = ctx.run_interval(interval, move |act, ctx| {
+                    act.heartbeat_tick(generation, ctx)
+                });
                 if let Some(conn) = &mut act.conn {
                     conn.heartbeat = Some(every);
                 } else {
@@ -647,7 +713,11 @@ impl Handler<GetStatus> for ShardActor {
 impl Handler<SendCommand> for ShardActor {
     type Result = Result<(), CommandError>;
 
-    fn handle(&mut self, SendCommand(command): SendCommand, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(
+        &mut self,
+        SendCommand(command): SendCommand,
+        ctx: &mut Self::Context,
+    ) -> Self::Result {
         if self.state.phase() == Phase::Stopped {
             return Err(CommandError::ShardStopped);
         }
@@ -664,7 +734,11 @@ impl Handler<SendCommand> for ShardActor {
 impl Handler<Shutdown> for ShardActor {
     type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, Shutdown { resumable }: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(
+        &mut self,
+        Shutdown { resumable }: Shutdown,
+        ctx: &mut Self::Context,
+    ) -> Self::Result {
         let _span = self.span.clone().entered();
         self.deliberate_stop = true;
         let code = self.state.shutdown(resumable);
@@ -675,10 +749,16 @@ impl Handler<Shutdown> for ShardActor {
         tracing::info!(code, resumable, "shutting down");
         self.peer_closed.set(self.conn.is_none());
         if let Some(conn) = &mut self.conn {
-            for handle in [conn.heartbeat.take(), conn.deadline.take()].into_iter().flatten() {
+            for handle in [conn.heartbeat.take(), conn.deadline.take()]
+                .into_iter()
+                .flatten()
+            {
                 ctx.cancel_future(handle);
             }
-            let reason = CloseReason { code: WsCloseCode::from(code), description: None };
+            let reason = CloseReason {
+                code: WsCloseCode::from(code),
+                description: None,
+            };
             let _ = conn.sink.write(WsMessage::Close(Some(reason)));
         }
         // Stop once the gateway has answered the close (or after the grace period, if it never does).

@@ -31,7 +31,9 @@ impl ReconnectBackoff {
 
     /// The delay before the next attempt.
     pub fn next_delay(&mut self) -> Duration {
-        self.policy.next_backoff().unwrap_or(self.policy.max_interval)
+        self.policy
+            .next_backoff()
+            .unwrap_or(self.policy.max_interval)
     }
 
     /// Back to the first delay, after a healthy session.

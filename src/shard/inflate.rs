@@ -26,7 +26,9 @@ impl std::fmt::Display for InflateError {
         match self {
             Self::Corrupt(e) => write!(f, "corrupt zlib stream: {e}"),
             Self::TooLarge(cap) => write!(f, "message inflates past the {cap}-byte cap"),
-            Self::Unterminated(cap) => write!(f, "compressed message without end marker past {cap} bytes"),
+            Self::Unterminated(cap) => {
+                write!(f, "compressed message without end marker past {cap} bytes")
+            }
         }
     }
 }
@@ -42,7 +44,9 @@ pub struct Inflater {
 
 impl std::fmt::Debug for Inflater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inflater").field("pending", &self.pending.len()).finish()
+        f.debug_struct("Inflater")
+            .field("pending", &self.pending.len())
+            .finish()
     }
 }
 
@@ -126,7 +130,15 @@ mod tests {
                 // Deflate never grows data by more than a few bytes per 16 KiB block.
                 let mut out = Vec::with_capacity(m.len() + m.len() / 100 + 64);
                 z.compress_vec(m, &mut out, FlushCompress::Sync).unwrap();
-                assert_eq!(z.total_in() as usize, messages.iter().take_while(|x| !std::ptr::eq(**x, *m)).map(|x| x.len()).sum::<usize>() + m.len());
+                assert_eq!(
+                    z.total_in() as usize,
+                    messages
+                        .iter()
+                        .take_while(|x| !std::ptr::eq(**x, *m))
+                        .map(|x| x.len())
+                        .sum::<usize>()
+                        + m.len()
+                );
                 out
             })
             .collect()
@@ -149,7 +161,10 @@ mod tests {
         let (a, b) = frames[0].split_at(5);
         let mut inflater = Inflater::new(1 << 20);
         assert_eq!(inflater.push(a).unwrap(), None);
-        assert_eq!(inflater.push(b).unwrap().as_deref(), Some(&b"{\"op\":0,\"d\":\"hello\"}"[..]));
+        assert_eq!(
+            inflater.push(b).unwrap().as_deref(),
+            Some(&b"{\"op\":0,\"d\":\"hello\"}"[..])
+        );
     }
 
     #[test]
@@ -157,11 +172,20 @@ mod tests {
         let frames = compress_each(&[&vec![b'a'; 10 << 20]]);
         assert!(frames[0].len() < 64 << 10);
         let mut inflater = Inflater::new(1 << 20);
-        assert_eq!(inflater.push(&frames[0]), Err(InflateError::TooLarge(1 << 20)));
+        assert_eq!(
+            inflater.push(&frames[0]),
+            Err(InflateError::TooLarge(1 << 20))
+        );
         let mut inflater = Inflater::new(1 << 20);
-        assert!(matches!(inflater.push(b"garbage\x00\x00\xff\xff"), Err(InflateError::Corrupt(_))));
+        assert!(matches!(
+            inflater.push(b"garbage\x00\x00\xff\xff"),
+            Err(InflateError::Corrupt(_))
+        ));
         let mut inflater = Inflater::new(4096);
         assert_eq!(inflater.push(&[1u8; 3000]).unwrap(), None);
-        assert_eq!(inflater.push(&[1u8; 3000]), Err(InflateError::Unterminated(4096)));
+        assert_eq!(
+            inflater.push(&[1u8; 3000]),
+            Err(InflateError::Unterminated(4096))
+        );
     }
 }

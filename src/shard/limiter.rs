@@ -66,10 +66,9 @@ impl CommandLimiter {
         }
         // The (used - budget + 1)-th oldest send must expire first.
         let index = (used - budget) as usize;
-        let wait = self
-            .sent
-            .get(index)
-            .map_or(self.window, |&t| (t + self.window).saturating_duration_since(now));
+        let wait = self.sent.get(index).map_or(self.window, |&t| {
+            (t + self.window).saturating_duration_since(now)
+        });
         Err(wait.max(Duration::from_millis(1)))
     }
 }
@@ -93,7 +92,10 @@ mod tests {
             assert!(limiter.try_heartbeat(t0));
         }
         assert!(!limiter.try_heartbeat(t0));
-        assert_eq!(limiter.try_command(t0 + Duration::from_secs(10)), Err(Duration::from_secs(50)));
+        assert_eq!(
+            limiter.try_command(t0 + Duration::from_secs(10)),
+            Err(Duration::from_secs(50))
+        );
         assert!(limiter.try_command(t0 + window).is_ok());
     }
 

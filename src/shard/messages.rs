@@ -60,5 +60,9 @@ pub(crate) enum ShardNotice {
     /// READY or RESUMED arrived.
     Ready { id: u32 },
     /// The actor stopped.
-    Stopped { id: u32, fatal: Option<FatalError>, deliberate: bool },
+    Stopped {
+        id: u32,
+        fatal: Option<FatalError>,
+        deliberate: bool,
+    },
 }

@@ -4,10 +4,10 @@
 pub mod state;
 
 pub use state::{Action, IdentifyParams, Phase, ShardState};
+pub mod actor;
 pub mod backoff;
 pub mod inflate;
 pub mod limiter;
-pub mod actor;
 pub mod messages;
 pub mod pause;
 #[cfg(feature = "zstd")]

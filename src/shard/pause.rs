@@ -68,7 +68,11 @@ mod tests {
         let mut stream = Pausable::new(futures_util::stream::iter(1..=3), gate.clone());
         assert_eq!(stream.next().await, Some(1));
         gate.set_paused(true);
-        assert_eq!(futures_util::FutureExt::now_or_never(stream.next()), None, "paused");
+        assert_eq!(
+            futures_util::FutureExt::now_or_never(stream.next()),
+            None,
+            "paused"
+        );
         gate.set_paused(false);
         assert_eq!(stream.collect::<Vec<_>>().await, [2, 3]);
     }

@@ -142,7 +142,12 @@ struct Ready<'a> {
 
 impl ShardState {
     /// A shard that will resume `session` if given, else identify.
-    pub fn new(shard: u32, total: u32, params: Arc<IdentifyParams>, session: Option<SessionInfo>) -> Self {
+    pub fn new(
+        shard: u32,
+        total: u32,
+        params: Arc<IdentifyParams>,
+        session: Option<SessionInfo>,
+    ) -> Self {
         Self {
             shard,
             total,
@@ -242,10 +247,18 @@ impl ShardState {
                 self.reconnect(Some(RESUME_CLOSE_CODE));
             }
             Some(op) => {
-                tracing::warn!(shard.id = self.shard, op = op.code(), "ignored a send-only opcode from the gateway");
+                tracing::warn!(
+                    shard.id = self.shard,
+                    op = op.code(),
+                    "ignored a send-only opcode from the gateway"
+                );
             }
             None => {
-                tracing::warn!(shard.id = self.shard, op = env.op, "ignored an unknown opcode");
+                tracing::warn!(
+                    shard.id = self.shard,
+                    op = env.op,
+                    "ignored an unknown opcode"
+                );
             }
         }
     }
@@ -254,7 +267,10 @@ impl ShardState {
         let hello = match serde_json::from_slice::<Hello>(data) {
             Ok(hello) if hello.heartbeat_interval > 0 => hello,
             _ => {
-                tracing::warn!(shard.id = self.shard, "Hello without a valid heartbeat_interval; reconnecting");
+                tracing::warn!(
+                    shard.id = self.shard,
+                    "Hello without a valid heartbeat_interval; reconnecting"
+                );
                 self.reconnect(Some(RESUME_CLOSE_CODE));
                 return;
             }
@@ -267,7 +283,11 @@ impl ShardState {
         self.heartbeat.interval = Some(interval);
         self.heartbeat.awaiting_ack_since = None;
         // §3.2: first heartbeat after interval × jitter, jitter in [0, 1).
-        let jitter = if (0.0..1.0).contains(&jitter) { jitter } else { 0.0 };
+        let jitter = if (0.0..1.0).contains(&jitter) {
+            jitter
+        } else {
+            0.0
+        };
         self.actions.push_back(Action::StartHeartbeat {
             first: interval.mul_f64(jitter),
             interval,
@@ -282,7 +302,8 @@ impl ShardState {
                 }
                 .to_frame();
                 self.phase = Phase::Resuming;
-                self.actions.push_back(Action::Send(frame, SendKind::Handshake));
+                self.actions
+                    .push_back(Action::Send(frame, SendKind::Handshake));
             }
             None => {
                 self.phase = Phase::AwaitingIdentify;
@@ -309,7 +330,8 @@ impl ShardState {
         }
         .to_frame();
         self.phase = Phase::Identifying;
-        self.actions.push_back(Action::Send(frame, SendKind::Handshake));
+        self.actions
+            .push_back(Action::Send(frame, SendKind::Handshake));
         true
     }
 
@@ -321,7 +343,12 @@ impl ShardState {
         if let Some(last) = self.seq {
             if seq <= last {
                 // A replayed or repeated event already delivered: exactly once means skip it.
-                tracing::debug!(shard.id = self.shard, seq, last, "skipped an event already delivered");
+                tracing::debug!(
+                    shard.id = self.shard,
+                    seq,
+                    last,
+                    "skipped an event already delivered"
+                );
                 return;
             }
             if seq > last + 1 && self.phase == Phase::Ready {
@@ -329,27 +356,34 @@ impl ShardState {
             }
         }
         let Some(event) = event_name(frame, name) else {
-            tracing::warn!(shard.id = self.shard, seq, "ignored a dispatch whose name is not UTF-8");
+            tracing::warn!(
+                shard.id = self.shard,
+                seq,
+                "ignored a dispatch whose name is not UTF-8"
+            );
             return;
         };
         self.seq = Some(seq);
         match &*event {
             "READY" => self.on_ready(env.data(frame), seq),
-            "RESUMED" => {
-                if self.phase == Phase::Resuming {
-                    self.phase = Phase::Ready;
-                    if let Some(session) = &self.session {
-                        let mut s = session.clone();
-                        s.seq = seq;
-                        self.actions.push_back(Action::StoreSession(Some(s)));
-                    }
-                    self.actions.push_back(Action::Ready { resumed: true });
+            "RESUMED" if self.phase == Phase::Resuming => {
+                self.phase = Phase::Ready;
+                if let Some(session) = &self.session {
+                    let mut s = session.clone();
+                    s.seq = seq;
+                    self.actions.push_back(Action::StoreSession(Some(s)));
                 }
+                self.actions.push_back(Action::Ready { resumed: true });
             }
             _ => {}
         }
-        self.actions
-            .push_back(Action::Deliver(Dispatch::new(self.shard, seq, event, frame.clone(), env.data)));
+        self.actions.push_back(Action::Deliver(Dispatch::new(
+            self.shard,
+            seq,
+            event,
+            frame.clone(),
+            env.data,
+        )));
     }
 
     fn on_ready(&mut self, data: &[u8], seq: u64) {
@@ -393,7 +427,10 @@ impl ShardState {
         }
         if self.heartbeat.awaiting_ack_since.is_some() && !self.reading_paused {
             // §3.6: no ACK between two heartbeats → zombie; close non-1000 and resume.
-            tracing::warn!(shard.id = self.shard, "no heartbeat ACK since the last heartbeat: zombie connection");
+            tracing::warn!(
+                shard.id = self.shard,
+                "no heartbeat ACK since the last heartbeat: zombie connection"
+            );
             self.reconnect(Some(RESUME_CLOSE_CODE));
             return;
         }
@@ -403,8 +440,10 @@ impl ShardState {
     fn send_heartbeat(&mut self, now: Instant) {
         // §3.2: each op 1 carries the last non-null s.
         self.heartbeat.awaiting_ack_since.get_or_insert(now);
-        self.actions
-            .push_back(Action::Send(command::heartbeat(self.seq), SendKind::Heartbeat));
+        self.actions.push_back(Action::Send(
+            command::heartbeat(self.seq),
+            SendKind::Heartbeat,
+        ));
     }
 
     /// The shell stopped (`true`) or resumed (`false`) reading the socket. While paused, heartbeats
@@ -427,7 +466,8 @@ impl ShardState {
                 if let Some(code) = code.and_then(CloseCode::from_u16) {
                     self.phase = Phase::Stopped;
                     self.forget_session();
-                    self.actions.push_back(Action::Fatal(FatalError::Closed(code)));
+                    self.actions
+                        .push_back(Action::Fatal(FatalError::Closed(code)));
                     return;
                 }
             }

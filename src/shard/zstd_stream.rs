@@ -22,7 +22,10 @@ impl ZstdStream {
     /// A fresh context whose messages may decompress to at most `max_output` bytes.
     pub fn new(max_output: usize) -> Result<Self, InflateError> {
         let decoder = Decoder::new().map_err(|e| InflateError::Corrupt(e.to_string()))?;
-        Ok(Self { decoder, max_output })
+        Ok(Self {
+            decoder,
+            max_output,
+        })
     }
 
     /// Decompresses one websocket message into one gateway message: until the input is consumed and
@@ -44,7 +47,6 @@ impl ZstdStream {
                 .run(&mut input, &mut output)
                 .map_err(|e| InflateError::Corrupt(e.to_string()))?;
             let progressed = output.pos() > pos;
-            drop(output);
             if input.pos() == data.len() && out.len() < out.capacity() {
                 break;
             }
@@ -67,7 +69,7 @@ mod tests {
             .iter()
             .map(|m| {
                 let mut out = Vec::with_capacity(m.len() + 1024);
-                let mut input = InBuffer::around(*m);
+                let mut input = InBuffer::around(m);
                 while input.pos() < m.len() {
                     let pos = out.len();
                     let mut o = OutBuffer::around_pos(&mut out, pos);
@@ -76,7 +78,6 @@ mod tests {
                 let pos = out.len();
                 let mut o = OutBuffer::around_pos(&mut out, pos);
                 while encoder.flush(&mut o).unwrap() > 0 {}
-                drop(o);
                 out
             })
             .collect()
@@ -97,8 +98,14 @@ mod tests {
     fn a_bomb_hits_the_cap_and_garbage_is_corrupt() {
         let frames = compress_each(&[&vec![0u8; 8 << 20]]);
         let mut stream = ZstdStream::new(1 << 20).unwrap();
-        assert_eq!(stream.push(&frames[0]), Err(InflateError::TooLarge(1 << 20)));
+        assert_eq!(
+            stream.push(&frames[0]),
+            Err(InflateError::TooLarge(1 << 20))
+        );
         let mut stream = ZstdStream::new(1 << 20).unwrap();
-        assert!(matches!(stream.push(b"definitely not zstd"), Err(InflateError::Corrupt(_))));
+        assert!(matches!(
+            stream.push(b"definitely not zstd"),
+            Err(InflateError::Corrupt(_))
+        ));
     }
 }

@@ -16,7 +16,9 @@ impl Compressor {
         match value {
             "zlib-stream" => Some(Self::Zlib(Compress::new(Compression::fast(), true))),
             #[cfg(feature = "zstd")]
-            "zstd-stream" => zstd::stream::raw::Encoder::new(3).ok().map(|e| Self::Zstd(Box::new(e))),
+            "zstd-stream" => zstd::stream::raw::Encoder::new(3)
+                .ok()
+                .map(|e| Self::Zstd(Box::new(e))),
             _ => None,
         }
     }
@@ -29,7 +31,9 @@ impl Compressor {
                 let start = z.total_in();
                 loop {
                     let consumed = (z.total_in() - start) as usize;
-                    if z.compress_vec(&input[consumed..], &mut out, FlushCompress::Sync).is_err() {
+                    if z.compress_vec(&input[consumed..], &mut out, FlushCompress::Sync)
+                        .is_err()
+                    {
                         break;
                     }
                     let done = (z.total_in() - start) as usize == input.len();

@@ -16,6 +16,14 @@ use super::{ConnectionOutcome, RecordedFrame};
 use crate::protocol::command::MAX_SENT_FRAME;
 use crate::protocol::{CloseCode as Code, Intents, OpCode};
 
+/// What a handshake or command decided, carried out after the state lock is released.
+enum Reply {
+    Close(u16),
+    InvalidSession,
+    Send(Vec<ByteString>),
+    Nothing,
+}
+
 /// What to do with the connection after handling a frame.
 enum Flow {
     Continue,
@@ -60,7 +68,15 @@ fn frame(op: OpCode, d: Value) -> ByteString {
 
 impl Connection {
     pub async fn run(self) {
-        let Connection { id, shared, session, mut stream, mut commands, compressor, refuse } = self;
+        let Connection {
+            id,
+            shared,
+            session,
+            mut stream,
+            mut commands,
+            compressor,
+            refuse,
+        } = self;
         let (interval, heartbeat_timeout, limit, fragment) = {
             let state = lock(&shared);
             let c = &state.config;
@@ -69,7 +85,12 @@ impl Connection {
             } else {
                 c.heartbeat_timeout
             };
-            (c.heartbeat_interval, timeout, c.command_limit, c.fragment_size)
+            (
+                c.heartbeat_interval,
+                timeout,
+                c.command_limit,
+                c.fragment_size,
+            )
         };
         let mut conn = Conn {
             id,
@@ -89,7 +110,10 @@ impl Connection {
             Some(code) => Flow::Close(code),
             None => {
                 // §3.1: the server speaks first.
-                let hello = frame(OpCode::Hello, json!({"heartbeat_interval": interval.as_millis() as u64}));
+                let hello = frame(
+                    OpCode::Hello,
+                    json!({"heartbeat_interval": interval.as_millis() as u64}),
+                );
                 if conn.send(vec![hello]).await {
                     conn.serve(&mut stream, &mut commands).await
                 } else {
@@ -105,7 +129,11 @@ impl Connection {
 }
 
 impl Conn {
-    async fn serve(&mut self, stream: &mut MessageStream, commands: &mut UnboundedReceiver<Command>) -> Flow {
+    async fn serve(
+        &mut self,
+        stream: &mut MessageStream,
+        commands: &mut UnboundedReceiver<Command>,
+    ) -> Flow {
         loop {
             let deadline = tokio::time::Instant::from_std(self.deadline);
             tokio::select! {
@@ -129,17 +157,7 @@ impl Conn {
                     }
                     Some(Ok(Message::Close(reason))) => {
                         let code = reason.map(|r| u16::from(r.code));
-                        let mut state = lock(&self.shared);
-                        if let Some(record) = state.conn_mut(self.id) {
-                            record.client_close_code = code;
-                        }
-                        // §4: closing with 1000 or 1001 ends the session.
-                        if matches!(code, Some(1000 | 1001)) {
-                            if let Some(id) = &self.session_id {
-                                state.invalidate(id);
-                            }
-                        }
-                        drop(state);
+                        self.client_closed(code);
                         let session = self.session.clone();
                         let _ = session.close(None).await;
                         return Flow::Drop;
@@ -172,6 +190,19 @@ impl Conn {
         }
     }
 
+    fn client_closed(&mut self, code: Option<u16>) {
+        let mut state = lock(&self.shared);
+        if let Some(record) = state.conn_mut(self.id) {
+            record.client_close_code = code;
+        }
+        // §4: closing with 1000 or 1001 ends the session.
+        if matches!(code, Some(1000 | 1001)) {
+            if let Some(id) = &self.session_id {
+                state.invalidate(id);
+            }
+        }
+    }
+
     async fn close(&mut self, code: u16) {
         {
             let mut state = lock(&self.shared);
@@ -185,7 +216,10 @@ impl Conn {
                 }
             }
         }
-        let reason = CloseReason { code: CloseCode::Other(code), description: None };
+        let reason = CloseReason {
+            code: CloseCode::Other(code),
+            description: None,
+        };
         let session = self.session.clone();
         let _ = session.close(Some(reason)).await;
     }
@@ -208,7 +242,11 @@ impl Conn {
 
     fn record(&mut self, raw: &[u8]) -> Option<Value> {
         let json: Option<Value> = serde_json::from_slice(raw).ok();
-        let op = json.as_ref().and_then(|j| j.get("op")).and_then(Value::as_u64).and_then(|op| u8::try_from(op).ok());
+        let op = json
+            .as_ref()
+            .and_then(|j| j.get("op"))
+            .and_then(Value::as_u64)
+            .and_then(|op| u8::try_from(op).ok());
         let mut state = lock(&self.shared);
         state.frames.push(RecordedFrame {
             connection: self.id,
@@ -238,7 +276,11 @@ impl Conn {
         }
         // §5: 120 commands per 60 s, heartbeats included.
         let now = Instant::now();
-        while self.received.front().is_some_and(|&t| now - t >= self.limit.1) {
+        while self
+            .received
+            .front()
+            .is_some_and(|&t| now - t >= self.limit.1)
+        {
             self.received.pop_front();
         }
         self.received.push_back(now);
@@ -255,7 +297,9 @@ impl Conn {
         match u8::try_from(op).ok().and_then(OpCode::from_u8) {
             Some(OpCode::Heartbeat) => {
                 self.deadline = Instant::now() + self.heartbeat_timeout;
-                let ack = self.shard.is_none_or(|s| !lock(&self.shared).no_ack.contains(&s));
+                let ack = self
+                    .shard
+                    .is_none_or(|s| !lock(&self.shared).no_ack.contains(&s));
                 if ack {
                     let ack = ByteString::from_static(r#"{"t":null,"s":null,"op":11,"d":null}"#);
                     if !self.send(vec![ack]).await {
@@ -264,59 +308,88 @@ impl Conn {
                 }
                 Flow::Continue
             }
-            Some(OpCode::Identify) => self.identify(d).await,
-            Some(OpCode::Resume) => self.resume(d).await,
-            Some(op @ (OpCode::PresenceUpdate | OpCode::VoiceStateUpdate | OpCode::RequestGuildMembers | OpCode::RequestSoundboardSounds)) => {
+            Some(OpCode::Identify) => {
+                let reply = self.identify(d);
+                self.reply(reply).await
+            }
+            Some(OpCode::Resume) => {
+                let reply = self.resume(d);
+                self.reply(reply).await
+            }
+            Some(
+                op @ (OpCode::PresenceUpdate
+                | OpCode::VoiceStateUpdate
+                | OpCode::RequestGuildMembers
+                | OpCode::RequestSoundboardSounds),
+            ) => {
                 if !self.authenticated {
                     // §4: a payload before Identify.
                     return Flow::Close(Code::NotAuthenticated.code());
                 }
-                self.command(op, d).await
+                let reply = self.command(op, d);
+                self.reply(reply).await
             }
             // Receive-only opcodes and unknown ones (§2).
             _ => Flow::Close(Code::UnknownOpcode.code()),
         }
     }
 
-    async fn invalid_session(&mut self) -> Flow {
-        if self.send(vec![frame(OpCode::InvalidSession, json!(false))]).await {
+    /// Carries out what a handshake or command decided.
+    async fn reply(&mut self, reply: Reply) -> Flow {
+        let frames = match reply {
+            Reply::Close(code) => return Flow::Close(code),
+            Reply::Nothing => return Flow::Continue,
+            Reply::InvalidSession => vec![frame(OpCode::InvalidSession, json!(false))],
+            Reply::Send(frames) => frames,
+        };
+        if self.send(frames).await {
             Flow::Continue
         } else {
             Flow::Drop
         }
     }
 
-    async fn identify(&mut self, d: &Value) -> Flow {
+    fn identify(&mut self, d: &Value) -> Reply {
         if self.authenticated {
-            return Flow::Close(Code::AlreadyAuthenticated.code());
+            return Reply::Close(Code::AlreadyAuthenticated.code());
         }
         let mut state = lock(&self.shared);
         let config = state.config.clone();
         if d["token"].as_str() != Some(config.token.as_str()) {
-            return Flow::Close(Code::AuthenticationFailed.code());
+            return Reply::Close(Code::AuthenticationFailed.code());
         }
         // §2 / §7: intents are required and must be documented bits.
-        let Some(intents) = d["intents"].as_u64().filter(|&b| Intents::from_bits(b).is_some()) else {
-            return Flow::Close(Code::InvalidIntents.code());
+        let Some(intents) = d["intents"]
+            .as_u64()
+            .filter(|&b| Intents::from_bits(b).is_some())
+        else {
+            return Reply::Close(Code::InvalidIntents.code());
         };
         if intents & Intents::PRIVILEGED.bits() & !config.privileged_intents_enabled != 0 {
-            return Flow::Close(Code::DisallowedIntents.code());
+            return Reply::Close(Code::DisallowedIntents.code());
         }
         let (shard, total) = match &d["shard"] {
             Value::Null if config.required_shards <= 1 => (0, 1),
             Value::Array(a) if a.len() == 2 => match (a[0].as_u64(), a[1].as_u64()) {
-                (Some(id), Some(total)) if total > 0 && id < total && total <= u64::from(u32::MAX) => (id as u32, total as u32),
-                _ => return Flow::Close(Code::InvalidShard.code()),
+                (Some(id), Some(total))
+                    if total > 0 && id < total && total <= u64::from(u32::MAX) =>
+                {
+                    (id as u32, total as u32)
+                }
+                _ => return Reply::Close(Code::InvalidShard.code()),
             },
-            Value::Null => return Flow::Close(Code::ShardingRequired.code()),
-            _ => return Flow::Close(Code::InvalidShard.code()),
+            Value::Null => return Reply::Close(Code::ShardingRequired.code()),
+            _ => return Reply::Close(Code::InvalidShard.code()),
         };
         if total < config.required_shards {
-            return Flow::Close(Code::ShardingRequired.code());
+            return Reply::Close(Code::ShardingRequired.code());
         }
         let properties = &d["properties"];
-        if !["os", "browser", "device"].iter().all(|k| properties[k].is_string()) {
-            return Flow::Close(Code::DecodeError.code());
+        if !["os", "browser", "device"]
+            .iter()
+            .all(|k| properties[k].is_string())
+        {
+            return Reply::Close(Code::DecodeError.code());
         }
         let now = Instant::now();
         state.identifies.push((shard, now));
@@ -326,28 +399,32 @@ impl Conn {
         let mut state = lock(&self.shared);
         // §5: one Identify per bucket per window; over → op 9.
         let bucket = shard % config.max_concurrency.max(1);
-        let too_soon = state
-            .bucket_last
-            .get(&bucket)
-            .is_some_and(|&last| now.duration_since(last) + config.identify_jitter_tolerance < config.identify_window);
+        let too_soon = state.bucket_last.get(&bucket).is_some_and(|&last| {
+            now.duration_since(last) + config.identify_jitter_tolerance < config.identify_window
+        });
         if too_soon {
             state.bucket_violations += 1;
             tracing::warn!(shard, bucket, "identify broke the bucket rule: op 9");
-            drop(state);
-            return self.invalid_session().await;
+            return Reply::InvalidSession;
         }
         if state.starts_remaining == 0 {
             tracing::warn!(shard, "session-start budget exhausted: op 9");
-            drop(state);
-            return self.invalid_session().await;
+            return Reply::InvalidSession;
         }
         state.starts_remaining -= 1;
         state.bucket_last.insert(bucket, now);
 
         let session_id = format!("{:032x}", rand::random::<u128>());
-        let resume_url = config.resume_url.clone().unwrap_or_else(|| format!("ws://127.0.0.1:{}/resume", state.port));
+        let resume_url = config
+            .resume_url
+            .clone()
+            .unwrap_or_else(|| format!("ws://127.0.0.1:{}/resume", state.port));
         let guild_ids: Vec<String> = (0..config.guilds_per_shard)
-            .map(|n| (((u64::from(n) * u64::from(total) + u64::from(shard)) << 22) + 1_000_000_000_000_000).to_string())
+            .map(|n| {
+                (((u64::from(n) * u64::from(total) + u64::from(shard)) << 22)
+                    + 1_000_000_000_000_000)
+                    .to_string()
+            })
             .collect();
         let ready = json!({
             "v": 10,
@@ -374,37 +451,41 @@ impl Conn {
         }
         state.sessions.insert(
             session_id.clone(),
-            super::state::Session { id: session_id.clone(), shard, seq, log, resumable: true, conn: Some(self.id) },
+            super::state::Session {
+                id: session_id.clone(),
+                shard,
+                seq,
+                log,
+                resumable: true,
+                conn: Some(self.id),
+            },
         );
         state.current.insert(shard, session_id.clone());
         if let Some(record) = state.conn_mut(self.id) {
             record.shard = Some(shard);
-            record.outcome = ConnectionOutcome::Identified { session_id: session_id.clone() };
+            record.outcome = ConnectionOutcome::Identified {
+                session_id: session_id.clone(),
+            };
         }
         drop(state);
         self.authenticated = true;
         self.session_id = Some(session_id);
-        if self.send(frames).await {
-            Flow::Continue
-        } else {
-            Flow::Drop
-        }
+        Reply::Send(frames)
     }
 
-    async fn resume(&mut self, d: &Value) -> Flow {
+    fn resume(&mut self, d: &Value) -> Reply {
         if self.authenticated {
-            return Flow::Close(Code::AlreadyAuthenticated.code());
+            return Reply::Close(Code::AlreadyAuthenticated.code());
         }
         let mut state = lock(&self.shared);
         if d["token"].as_str() != Some(state.config.token.as_str()) {
-            return Flow::Close(Code::AuthenticationFailed.code());
+            return Reply::Close(Code::AuthenticationFailed.code());
         }
         let (Some(session_id), Some(seq)) = (d["session_id"].as_str(), d["seq"].as_u64()) else {
-            return Flow::Close(Code::DecodeError.code());
+            return Reply::Close(Code::DecodeError.code());
         };
         let Some(session) = state.sessions.get(session_id).filter(|s| s.resumable) else {
-            drop(state);
-            return self.invalid_session().await;
+            return Reply::InvalidSession;
         };
         let shard = session.shard;
         if seq > session.seq {
@@ -412,12 +493,15 @@ impl Conn {
             drop(state);
             self.shard = Some(shard);
             self.tag_last_frame(shard);
-            return Flow::Close(Code::InvalidSeq.code());
+            return Reply::Close(Code::InvalidSeq.code());
         }
         // Events between `seq` and the oldest kept are gone: the session cannot be resumed.
-        if session.log.front().is_some_and(|&(oldest, _)| seq + 1 < oldest) {
-            drop(state);
-            return self.invalid_session().await;
+        if session
+            .log
+            .front()
+            .is_some_and(|&(oldest, _)| seq + 1 < oldest)
+        {
+            return Reply::InvalidSession;
         }
         let previous = session.conn.filter(|&c| c != self.id);
         let session_id = session_id.to_owned();
@@ -427,11 +511,19 @@ impl Conn {
         let capacity = state.config.replay_capacity;
         let id = self.id;
         let Some(session) = state.sessions.get_mut(&session_id) else {
-            return Flow::Drop;
+            return Reply::Nothing;
         };
-        let mut frames: Vec<ByteString> = session.log.iter().filter(|(s, _)| *s > seq).map(|(_, f)| f.clone()).collect();
+        let mut frames: Vec<ByteString> = session
+            .log
+            .iter()
+            .filter(|(s, _)| *s > seq)
+            .map(|(_, f)| f.clone())
+            .collect();
         session.seq += 1;
-        let resumed = ByteString::from(format!(r#"{{"t":"RESUMED","s":{},"op":0,"d":{{}}}}"#, session.seq));
+        let resumed = ByteString::from(format!(
+            r#"{{"t":"RESUMED","s":{},"op":0,"d":{{}}}}"#,
+            session.seq
+        ));
         session.log.push_back((session.seq, resumed.clone()));
         if session.log.len() > capacity {
             session.log.pop_front();
@@ -441,37 +533,48 @@ impl Conn {
         state.current.insert(shard, session_id.clone());
         if let Some(record) = state.conn_mut(id) {
             record.shard = Some(shard);
-            record.outcome = ConnectionOutcome::Resumed { session_id: session_id.clone(), seq };
+            record.outcome = ConnectionOutcome::Resumed {
+                session_id: session_id.clone(),
+                seq,
+            };
         }
         drop(state);
         self.shard = Some(shard);
         self.tag_last_frame(shard);
         self.authenticated = true;
         self.session_id = Some(session_id);
-        if self.send(frames).await {
-            Flow::Continue
-        } else {
-            Flow::Drop
-        }
+        Reply::Send(frames)
     }
 
     /// op 3, 4, 8 and 31 after Identify: check the shape, answer what Discord answers.
-    async fn command(&mut self, op: OpCode, d: &Value) -> Flow {
-        let Some(shard) = self.shard else { return Flow::Close(Code::NotAuthenticated.code()) };
+    fn command(&mut self, op: OpCode, d: &Value) -> Reply {
+        let Some(shard) = self.shard else {
+            return Reply::Close(Code::NotAuthenticated.code());
+        };
         let valid = match op {
             OpCode::PresenceUpdate => {
-                matches!(d["status"].as_str(), Some("online" | "dnd" | "idle" | "invisible" | "offline"))
-                    && d["afk"].is_boolean()
+                matches!(
+                    d["status"].as_str(),
+                    Some("online" | "dnd" | "idle" | "invisible" | "offline")
+                ) && d["afk"].is_boolean()
                     && d["activities"].is_array()
                     && (d["since"].is_null() || d["since"].is_u64())
             }
-            OpCode::VoiceStateUpdate => d["guild_id"].is_string() && d["self_mute"].is_boolean() && d["self_deaf"].is_boolean(),
-            OpCode::RequestGuildMembers => d["guild_id"].is_string() && d["nonce"].as_str().is_none_or(|n| n.len() <= 32),
-            OpCode::RequestSoundboardSounds => d["guild_ids"].as_array().is_some_and(|ids| ids.iter().all(Value::is_string)),
+            OpCode::VoiceStateUpdate => {
+                d["guild_id"].is_string()
+                    && d["self_mute"].is_boolean()
+                    && d["self_deaf"].is_boolean()
+            }
+            OpCode::RequestGuildMembers => {
+                d["guild_id"].is_string() && d["nonce"].as_str().is_none_or(|n| n.len() <= 32)
+            }
+            OpCode::RequestSoundboardSounds => d["guild_ids"]
+                .as_array()
+                .is_some_and(|ids| ids.iter().all(Value::is_string)),
             _ => false,
         };
         if !valid {
-            return Flow::Close(Code::DecodeError.code());
+            return Reply::Close(Code::DecodeError.code());
         }
         let replies: Vec<(&str, String)> = match op {
             OpCode::RequestGuildMembers => {
@@ -485,7 +588,12 @@ impl Conn {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|id| ("SOUNDBOARD_SOUNDS", json!({"guild_id": id, "soundboard_sounds": []}).to_string()))
+                .map(|id| {
+                    (
+                        "SOUNDBOARD_SOUNDS",
+                        json!({"guild_id": id, "soundboard_sounds": []}).to_string(),
+                    )
+                })
                 .collect(),
             _ => Vec::new(),
         };
@@ -493,7 +601,7 @@ impl Conn {
         for (event, body) in replies {
             state.dispatch(shard, event, &mut std::iter::once(body.as_str()));
         }
-        Flow::Continue
+        Reply::Nothing
     }
 }
 

@@ -97,7 +97,11 @@ impl Default for FakeConfig {
             identify_window: Duration::from_secs(5),
             identify_jitter_tolerance: Duration::from_millis(25),
             command_limit: (120, Duration::from_secs(60)),
-            session_start_limit: SessionStartLimit { total: 1000, remaining: 1000, reset_after: 86_400_000 },
+            session_start_limit: SessionStartLimit {
+                total: 1000,
+                remaining: 1000,
+                reset_after: 86_400_000,
+            },
             privileged_intents_enabled: Intents::PRIVILEGED.bits(),
             required_shards: 1,
             guilds_per_shard: 0,
@@ -199,18 +203,26 @@ impl FakeGateway {
         let data = web::Data::new(Mutex::new(State::new(config)));
         let state: Arc<Mutex<State>> = data.clone().into_inner();
         let app_data = data.clone();
-        let server = HttpServer::new(move || App::new().app_data(app_data.clone()).configure(server::routes))
-            .workers(1)
-            .disable_signals()
-            .shutdown_timeout(0)
-            .bind(("127.0.0.1", port))?;
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_data.clone())
+                .configure(server::routes)
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(0)
+        .bind(("127.0.0.1", port))?;
         let port = server.addrs().first().map(|a| a.port()).unwrap_or(port);
         lock(&state).port = port;
         let server = server.run();
         let handle = server.handle();
         actix_rt::spawn(server);
         tracing::debug!(port, "fake gateway listening");
-        Ok(Self { state, server: handle, port })
+        Ok(Self {
+            state,
+            server: handle,
+            port,
+        })
     }
 
     /// The port it listens on.
@@ -230,7 +242,11 @@ impl FakeGateway {
 
     /// Stops the server and drops every connection.
     pub async fn stop(&self) {
-        let live: Vec<_> = lock(&self.state).live.values().map(|l| l.tx.clone()).collect();
+        let live: Vec<_> = lock(&self.state)
+            .live
+            .values()
+            .map(|l| l.tx.clone())
+            .collect();
         for tx in live {
             let _ = tx.send(Command::Drop);
         }
@@ -249,11 +265,19 @@ impl FakeGateway {
 
     /// [`dispatch`](Self::dispatch) with `d` already serialized.
     pub fn dispatch_raw(&self, shard: u32, event: &str, d_json: &str) -> Option<u64> {
-        self.state().dispatch(shard, event, &mut std::iter::once(d_json)).map(|(first, _)| first)
+        self.state()
+            .dispatch(shard, event, &mut std::iter::once(d_json))
+            .map(|(first, _)| first)
     }
 
     /// `count` dispatches of `d_json`; returns their seqs.
-    pub fn flood(&self, shard: u32, event: &str, d_json: &str, count: usize) -> Option<RangeInclusive<u64>> {
+    pub fn flood(
+        &self,
+        shard: u32,
+        event: &str,
+        d_json: &str,
+        count: usize,
+    ) -> Option<RangeInclusive<u64>> {
         if count == 0 {
             return None;
         }
@@ -270,7 +294,13 @@ impl FakeGateway {
     /// op 9 Invalid Session; `false` also ends the session, as on Discord.
     pub fn invalid_session(&self, shard: u32, resumable: bool) -> bool {
         let mut state = self.state();
-        let sent = state.send_to_shard(shard, Command::Send(vec![format!(r#"{{"t":null,"s":null,"op":9,"d":{resumable}}}"#).into()]));
+        let sent = state.send_to_shard(
+            shard,
+            Command::Send(vec![format!(
+                r#"{{"t":null,"s":null,"op":9,"d":{resumable}}}"#
+            )
+            .into()]),
+        );
         if !resumable {
             if let Some(id) = state.current.get(&shard).cloned() {
                 state.invalidate(&id);
@@ -285,7 +315,8 @@ impl FakeGateway {
     }
 
     fn send_op(&self, shard: u32, frame: &'static str) -> bool {
-        self.state().send_to_shard(shard, Command::Send(vec![frame.into()]))
+        self.state()
+            .send_to_shard(shard, Command::Send(vec![frame.into()]))
     }
 
     /// Closes the shard's connection with `code` (4007 and 4009 also end the session).
@@ -310,12 +341,16 @@ impl FakeGateway {
 
     /// Sends a text frame as it is (e.g. malformed JSON).
     pub fn send_raw_text(&self, shard: u32, text: &str) -> bool {
-        self.state().send_to_shard(shard, Command::RawText(text.to_owned()))
+        self.state()
+            .send_to_shard(shard, Command::RawText(text.to_owned()))
     }
 
     /// Sends a binary frame as it is.
     pub fn send_raw_binary(&self, shard: u32, bytes: &[u8]) -> bool {
-        self.state().send_to_shard(shard, Command::RawBinary(bytes::Bytes::copy_from_slice(bytes)))
+        self.state().send_to_shard(
+            shard,
+            Command::RawBinary(bytes::Bytes::copy_from_slice(bytes)),
+        )
     }
 
     /// Every frame every client sent, in order of arrival.
@@ -325,7 +360,12 @@ impl FakeGateway {
 
     /// The frames sent for `shard`.
     pub fn frames_of(&self, shard: u32) -> Vec<RecordedFrame> {
-        self.state().frames.iter().filter(|f| f.shard == Some(shard)).cloned().collect()
+        self.state()
+            .frames
+            .iter()
+            .filter(|f| f.shard == Some(shard))
+            .cloned()
+            .collect()
     }
 
     /// Every connection accepted, in order.
@@ -346,7 +386,12 @@ impl FakeGateway {
     /// Shards whose current session is attached to a live connection (READY or RESUMED sent), sorted.
     pub fn ready_shards(&self) -> Vec<u32> {
         let state = self.state();
-        let mut shards: Vec<u32> = state.current.keys().copied().filter(|&s| state.live_conn_of(s).is_some()).collect();
+        let mut shards: Vec<u32> = state
+            .current
+            .keys()
+            .copied()
+            .filter(|&s| state.live_conn_of(s).is_some())
+            .collect();
         shards.sort_unstable();
         shards
     }
@@ -357,7 +402,12 @@ impl FakeGateway {
     }
 
     /// Polls `f` every 5 ms until it holds (true) or `timeout` passes (false, logged with `what`).
-    pub async fn wait_for<F: Fn(&FakeGateway) -> bool>(&self, timeout: Duration, what: &str, f: F) -> bool {
+    pub async fn wait_for<F: Fn(&FakeGateway) -> bool>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        f: F,
+    ) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             if f(self) {

@@ -39,7 +39,8 @@ async fn gateway_bot(req: HttpRequest, shared: Shared) -> HttpResponse {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v == expected);
     if !authorized {
-        return HttpResponse::Unauthorized().json(json!({"message": "401: Unauthorized", "code": 0}));
+        return HttpResponse::Unauthorized()
+            .json(json!({"message": "401: Unauthorized", "code": 0}));
     }
     let c = &state.config;
     HttpResponse::Ok().json(json!({
@@ -56,10 +57,18 @@ async fn gateway_bot(req: HttpRequest, shared: Shared) -> HttpResponse {
 
 /// The query's value for `key`.
 fn param<'q>(query: &'q str, key: &str) -> Option<&'q str> {
-    query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| v)
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
 }
 
-async fn websocket(req: HttpRequest, body: web::Payload, shared: Shared) -> Result<HttpResponse, actix_web::Error> {
+async fn websocket(
+    req: HttpRequest,
+    body: web::Payload,
+    shared: Shared,
+) -> Result<HttpResponse, actix_web::Error> {
     let query = req.query_string().to_owned();
     let compress = param(&query, "compress").map(str::to_owned);
     // §1: wrong `v` → 4012; only JSON encoding here; unknown compression → decode error.
@@ -85,6 +94,17 @@ async fn websocket(req: HttpRequest, body: web::Payload, shared: Shared) -> Resu
     let (tx, commands) = tokio::sync::mpsc::unbounded_channel();
     let shared: Arc<Mutex<State>> = shared.into_inner();
     let id = lock(&shared).open(req.path(), &query, compress, tx);
-    actix_web::rt::spawn(Connection { id, shared, session, stream, commands, compressor, refuse }.run());
+    actix_web::rt::spawn(
+        Connection {
+            id,
+            shared,
+            session,
+            stream,
+            commands,
+            compressor,
+            refuse,
+        }
+        .run(),
+    );
     Ok(response)
 }

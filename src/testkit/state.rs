@@ -72,7 +72,13 @@ impl State {
         }
     }
 
-    pub fn open(&mut self, path: &str, query: &str, compress: Option<String>, tx: UnboundedSender<Command>) -> u64 {
+    pub fn open(
+        &mut self,
+        path: &str,
+        query: &str,
+        compress: Option<String>,
+        tx: UnboundedSender<Command>,
+    ) -> u64 {
         let id = self.next_conn;
         self.next_conn += 1;
         self.conns.push(ConnectionRecord {
@@ -109,7 +115,9 @@ impl State {
     }
 
     pub fn session_of(&self, shard: u32) -> Option<&Session> {
-        self.current.get(&shard).and_then(|id| self.sessions.get(id))
+        self.current
+            .get(&shard)
+            .and_then(|id| self.sessions.get(id))
     }
 
     fn session_of_mut(&mut self, shard: u32) -> Option<&mut Session> {
@@ -119,7 +127,9 @@ impl State {
 
     /// The live connection of `shard`'s current session.
     pub fn live_conn_of(&self, shard: u32) -> Option<u64> {
-        self.session_of(shard).and_then(|s| s.conn).filter(|c| self.live.contains_key(c))
+        self.session_of(shard)
+            .and_then(|s| s.conn)
+            .filter(|c| self.live.contains_key(c))
     }
 
     pub fn send_to_shard(&self, shard: u32, command: Command) -> bool {
@@ -131,14 +141,22 @@ impl State {
 
     /// Appends dispatches to `shard`'s live session (sending them if it is attached); returns their
     /// seqs.
-    pub fn dispatch(&mut self, shard: u32, event: &str, bodies: &mut dyn Iterator<Item = &str>) -> Option<(u64, u64)> {
+    pub fn dispatch(
+        &mut self,
+        shard: u32,
+        event: &str,
+        bodies: &mut dyn Iterator<Item = &str>,
+    ) -> Option<(u64, u64)> {
         let capacity = self.config.replay_capacity;
         let session = self.session_of_mut(shard).filter(|s| s.resumable)?;
         let first = session.seq + 1;
         let mut frames = Vec::new();
         for d in bodies {
             session.seq += 1;
-            let frame = ByteString::from(format!(r#"{{"t":"{event}","s":{},"op":0,"d":{d}}}"#, session.seq));
+            let frame = ByteString::from(format!(
+                r#"{{"t":"{event}","s":{},"op":0,"d":{d}}}"#,
+                session.seq
+            ));
             session.log.push_back((session.seq, frame.clone()));
             if session.log.len() > capacity {
                 session.log.pop_front();

@@ -16,12 +16,16 @@ enum Then {
 async fn reaction_to(code: u16) -> Then {
     let bot = Bot::start(fast_fake(1, 1), 1, |c| c).await;
     bot.fake.dispatch(0, "MESSAGE_CREATE", json!({})).unwrap();
-    bot.until("message", |r| r.count("MESSAGE_CREATE") == 1).await;
+    bot.until("message", |r| r.count("MESSAGE_CREATE") == 1)
+        .await;
     assert!(bot.fake.close(0, code));
     let lifecycle = bot.lifecycle.clone();
     wait_until("the shard reacts", || {
         bot.fake.connections().len() == 2 && bot.fake.ready_shards() == [0]
-            || lifecycle.events().iter().any(|e| matches!(e, ShardEvent::Fatal { .. }))
+            || lifecycle
+                .events()
+                .iter()
+                .any(|e| matches!(e, ShardEvent::Fatal { .. }))
     })
     .await;
     let then = match bot.fake.connections().get(1).map(|c| c.outcome.clone()) {
@@ -35,9 +39,16 @@ async fn reaction_to(code: u16) -> Then {
             assert_eq!(status.phase, Phase::Stopped);
             let expected = FatalError::Closed(CloseCode::from_u16(code).unwrap());
             assert_eq!(status.fatal.as_ref(), Some(&expected));
-            assert!(lifecycle.events().contains(&ShardEvent::Fatal { shard: 0, error: expected }));
+            assert!(lifecycle.events().contains(&ShardEvent::Fatal {
+                shard: 0,
+                error: expected
+            }));
             actix_rt::time::sleep(Duration::from_millis(200)).await;
-            assert_eq!(bot.fake.connections().len(), 1, "code {code}: no reconnect after a fatal code");
+            assert_eq!(
+                bot.fake.connections().len(),
+                1,
+                "code {code}: no reconnect after a fatal code"
+            );
             Then::Fatal
         }
     };

@@ -5,29 +5,78 @@ fn bad_configuration_is_a_typed_error_at_build_time() {
     let err = |b: shardline::ConfigBuilder| b.build().unwrap_err();
     assert_eq!(err(Config::builder("")), ConfigError::EmptyToken);
     assert_eq!(err(Config::builder("  ")), ConfigError::EmptyToken);
-    assert_eq!(err(Config::builder("t").shards(ShardPlan::Count(0))), ConfigError::ZeroShards);
-    assert_eq!(err(Config::builder("t").shards(ShardPlan::Range { ids: 0..2, total: 0 })), ConfigError::ZeroShards);
-    assert_eq!(err(Config::builder("t").shards(ShardPlan::Range { ids: 3..3, total: 4 })), ConfigError::EmptyShardRange);
     assert_eq!(
-        err(Config::builder("t").shards(ShardPlan::Range { ids: 2..5, total: 4 })),
+        err(Config::builder("t").shards(ShardPlan::Count(0))),
+        ConfigError::ZeroShards
+    );
+    assert_eq!(
+        err(Config::builder("t").shards(ShardPlan::Range {
+            ids: 0..2,
+            total: 0
+        })),
+        ConfigError::ZeroShards
+    );
+    assert_eq!(
+        err(Config::builder("t").shards(ShardPlan::Range {
+            ids: 3..3,
+            total: 4
+        })),
+        ConfigError::EmptyShardRange
+    );
+    assert_eq!(
+        err(Config::builder("t").shards(ShardPlan::Range {
+            ids: 2..5,
+            total: 4
+        })),
         ConfigError::ShardOutOfRange { id: 4, total: 4 }
     );
-    assert_eq!(err(Config::builder("t").large_threshold(49)), ConfigError::LargeThreshold(49));
-    assert_eq!(err(Config::builder("t").large_threshold(251)), ConfigError::LargeThreshold(251));
-    assert_eq!(err(Config::builder("t").intent_bits(1 << 17 | 1)), ConfigError::UnknownIntents(1 << 17));
-    assert_eq!(err(Config::builder("t").intent_bits(u64::MAX)), ConfigError::UnknownIntents(u64::MAX & !Intents::ALL.bits()));
-    assert_eq!(err(Config::builder("t").max_concurrency(0)), ConfigError::ZeroMaxConcurrency);
-    assert_eq!(err(Config::builder("t").arbiters(0)), ConfigError::ZeroArbiters);
-    assert!(matches!(err(Config::builder("t").gateway_url("http://x")), ConfigError::InvalidUrl("gateway_url", _)));
-    assert!(matches!(err(Config::builder("t").api_base("nope")), ConfigError::InvalidUrl("api_base", _)));
+    assert_eq!(
+        err(Config::builder("t").large_threshold(49)),
+        ConfigError::LargeThreshold(49)
+    );
+    assert_eq!(
+        err(Config::builder("t").large_threshold(251)),
+        ConfigError::LargeThreshold(251)
+    );
+    assert_eq!(
+        err(Config::builder("t").intent_bits(1 << 17 | 1)),
+        ConfigError::UnknownIntents(1 << 17)
+    );
+    assert_eq!(
+        err(Config::builder("t").intent_bits(u64::MAX)),
+        ConfigError::UnknownIntents(!Intents::ALL.bits())
+    );
+    assert_eq!(
+        err(Config::builder("t").max_concurrency(0)),
+        ConfigError::ZeroMaxConcurrency
+    );
+    assert_eq!(
+        err(Config::builder("t").arbiters(0)),
+        ConfigError::ZeroArbiters
+    );
     assert!(matches!(
-        err(Config::builder("t").limits(Limits { max_message_size: 10, ..Limits::default() })),
+        err(Config::builder("t").gateway_url("http://x")),
+        ConfigError::InvalidUrl("gateway_url", _)
+    ));
+    assert!(matches!(
+        err(Config::builder("t").api_base("nope")),
+        ConfigError::InvalidUrl("api_base", _)
+    ));
+    assert!(matches!(
+        err(Config::builder("t").limits(Limits {
+            max_message_size: 10,
+            ..Limits::default()
+        })),
         ConfigError::InvalidLimit("max_message_size", _)
     ));
     // Errors say what is wrong in words, and never carry the token.
     let text = Config::builder("").build().unwrap_err().to_string();
     assert_eq!(text, "the token is empty");
-    assert!(Config::builder("t").large_threshold(250).intent_bits(Intents::ALL.bits()).build().is_ok());
+    assert!(Config::builder("t")
+        .large_threshold(250)
+        .intent_bits(Intents::ALL.bits())
+        .build()
+        .is_ok());
 }
 
 #[test]

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use shardline::testkit::{FakeConfig, FakeGateway, RecordedFrame};
-use shardline::{Backoff, Compression, Config, ConfigBuilder, Dispatch, Gateway, Intents, ShardEvent, ShardPlan, Timeouts};
+use shardline::{
+    Backoff, Compression, Config, ConfigBuilder, Dispatch, Gateway, Intents, ShardEvent, ShardPlan,
+    Timeouts,
+};
 
 pub const TOKEN: &str = "fake-token";
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -50,7 +53,11 @@ impl Recorder {
 
     /// (shard, seq) of every event named `event`.
     pub fn seqs(&self, event: &str) -> Vec<(u32, u64)> {
-        self.events().into_iter().filter(|s| s.event == event).map(|s| (s.shard, s.seq)).collect()
+        self.events()
+            .into_iter()
+            .filter(|s| s.event == event)
+            .map(|s| (s.shard, s.seq))
+            .collect()
     }
 
     pub fn count(&self, event: &str) -> usize {
@@ -127,9 +134,18 @@ pub struct Bot {
 impl Bot {
     /// Starts `fake_config` and a client of `shards` shards configured by `tweak`, and waits until
     /// every shard is READY.
-    pub async fn start(fake_config: FakeConfig, shards: u32, tweak: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> Bot {
-        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
-        let fake = FakeGateway::start(fake_config.clone()).await.expect("fake gateway starts");
+    pub async fn start(
+        fake_config: FakeConfig,
+        shards: u32,
+        tweak: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
+    ) -> Bot {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let fake = FakeGateway::start(fake_config.clone())
+            .await
+            .expect("fake gateway starts");
         let recorder = Recorder::default();
         let lifecycle = Lifecycle::default();
         let config = tweak(
@@ -140,9 +156,17 @@ impl Bot {
         .build()
         .expect("valid config");
         let gateway = Gateway::start(config).await.expect("gateway starts");
-        let bot = Bot { fake, gateway, recorder, lifecycle };
+        let bot = Bot {
+            fake,
+            gateway,
+            recorder,
+            lifecycle,
+        };
         assert!(
-            bot.fake.wait_for(WAIT, "all shards ready", |f| f.ready_shards().len() == shards as usize).await,
+            bot.fake
+                .wait_for(WAIT, "all shards ready", |f| f.ready_shards().len()
+                    == shards as usize)
+                .await,
             "not every shard became ready: {:?}",
             bot.fake.ready_shards()
         );
@@ -164,17 +188,26 @@ impl Bot {
 pub async fn wait_until(what: &str, f: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + WAIT;
     while !f() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         actix_rt::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
 /// The frames a shard sent with opcode `op`.
 pub fn sent(fake: &FakeGateway, shard: u32, op: u8) -> Vec<RecordedFrame> {
-    fake.frames_of(shard).into_iter().filter(|f| f.op == Some(op)).collect()
+    fake.frames_of(shard)
+        .into_iter()
+        .filter(|f| f.op == Some(op))
+        .collect()
 }
 
 /// Every frame with opcode `op`, whoever sent it (shard is unknown before Identify/Resume).
 pub fn sent_any(fake: &FakeGateway, op: u8) -> Vec<RecordedFrame> {
-    fake.frames().into_iter().filter(|f| f.op == Some(op)).collect()
+    fake.frames()
+        .into_iter()
+        .filter(|f| f.op == Some(op))
+        .collect()
 }

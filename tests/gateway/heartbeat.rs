@@ -10,45 +10,76 @@ async fn heartbeats_follow_the_interval_with_a_jittered_first_beat_and_carry_the
     let bot = Bot::start(fast_fake(1, 1), 1, |c| c).await;
     let fake = &bot.fake;
     for n in 0..3 {
-        fake.dispatch(0, "MESSAGE_CREATE", json!({ "n": n })).unwrap();
+        fake.dispatch(0, "MESSAGE_CREATE", json!({ "n": n }))
+            .unwrap();
     }
-    bot.until("3 messages", |r| r.count("MESSAGE_CREATE") == 3).await;
+    bot.until("3 messages", |r| r.count("MESSAGE_CREATE") == 3)
+        .await;
     let before = sent(fake, 0, 1).len();
-    assert!(fake.wait_for(WAIT, "3 more heartbeats", |f| sent(f, 0, 1).len() >= before + 3).await);
+    assert!(
+        fake.wait_for(WAIT, "3 more heartbeats", |f| sent(f, 0, 1).len()
+            >= before + 3)
+            .await
+    );
 
     let beats = sent(fake, 0, 1);
     let opened = fake.connections()[0].opened_at;
     // The first beat comes after interval × jitter, jitter in [0, 1), and carries null.
-    assert!(beats[0].at - opened < Duration::from_millis(100) + Duration::from_millis(50), "first beat after {:?}", beats[0].at - opened);
+    assert!(
+        beats[0].at - opened < Duration::from_millis(100) + Duration::from_millis(50),
+        "first beat after {:?}",
+        beats[0].at - opened
+    );
     // Each beat carries the last sequence received so far: null only before READY (s = 1), never
     // going back.
     let carried: Vec<Option<u64>> = beats.iter().map(|b| b.json["d"].as_u64()).collect();
-    assert!(beats.iter().all(|b| b.json["op"] == 1 && (b.json["d"].is_null() || b.json["d"].is_u64())));
+    assert!(beats
+        .iter()
+        .all(|b| b.json["op"] == 1 && (b.json["d"].is_null() || b.json["d"].is_u64())));
     assert!(carried.windows(2).all(|w| w[0] <= w[1]), "{carried:?}");
-    assert!(carried.iter().all(|c| c.is_none_or(|s| s <= 4)), "{carried:?}");
+    assert!(
+        carried.iter().all(|c| c.is_none_or(|s| s <= 4)),
+        "{carried:?}"
+    );
     // The last ones carry the last sequence: READY (1) + 3 messages.
     assert_eq!(beats.last().unwrap().json, json!({"op": 1, "d": 4}));
     for pair in beats[1..].windows(2) {
         let gap = pair[1].at - pair[0].at;
-        assert!(gap > Duration::from_millis(50) && gap < Duration::from_millis(200), "beats {gap:?} apart");
+        assert!(
+            gap > Duration::from_millis(50) && gap < Duration::from_millis(200),
+            "beats {gap:?} apart"
+        );
     }
     let latency = bot.gateway.status().await[0].latency;
-    assert!(latency.is_some(), "latency is measured from heartbeat to ACK");
+    assert!(
+        latency.is_some(),
+        "latency is measured from heartbeat to ACK"
+    );
     bot.stop().await;
 }
 
 #[actix_rt::test]
 async fn a_server_heartbeat_request_is_answered_at_once() {
     // A long interval, so the answer cannot be mistaken for a scheduled beat.
-    let fake_config = FakeConfig { heartbeat_interval: Duration::from_secs(30), ..fast_fake(1, 1) };
+    let fake_config = FakeConfig {
+        heartbeat_interval: Duration::from_secs(30),
+        ..fast_fake(1, 1)
+    };
     let bot = Bot::start(fake_config, 1, |c| c).await;
     let fake = &bot.fake;
     fake.dispatch(0, "TYPING_START", json!({})).unwrap();
     bot.until("typing", |r| r.count("TYPING_START") == 1).await;
     let before = sent(fake, 0, 1).len();
     assert!(fake.request_heartbeat(0));
-    assert!(fake.wait_for(Duration::from_secs(2), "answer", |f| sent(f, 0, 1).len() == before + 1).await);
-    assert_eq!(sent(fake, 0, 1).last().unwrap().json, json!({"op": 1, "d": 2}));
+    assert!(
+        fake.wait_for(Duration::from_secs(2), "answer", |f| sent(f, 0, 1).len()
+            == before + 1)
+            .await
+    );
+    assert_eq!(
+        sent(fake, 0, 1).last().unwrap().json,
+        json!({"op": 1, "d": 2})
+    );
     bot.stop().await;
 }
 
@@ -57,20 +88,36 @@ async fn a_zombie_connection_is_closed_non_1000_and_resumed() {
     let bot = Bot::start(fast_fake(1, 1), 1, |c| c).await;
     let fake = &bot.fake;
     fake.dispatch(0, "MESSAGE_CREATE", json!({})).unwrap();
-    bot.until("message", |r| r.count("MESSAGE_CREATE") == 1).await;
+    bot.until("message", |r| r.count("MESSAGE_CREATE") == 1)
+        .await;
     fake.set_ack_heartbeats(0, false);
-    assert!(fake.wait_for(WAIT, "client gave up on the zombie", |f| f.connections()[0].closed_at.is_some()).await);
+    assert!(
+        fake.wait_for(WAIT, "client gave up on the zombie", |f| f.connections()[0]
+            .closed_at
+            .is_some())
+            .await
+    );
     fake.set_ack_heartbeats(0, true);
     let first = fake.connections()[0].clone();
     assert_eq!(first.client_close_code, Some(4000));
-    assert!(fake.wait_for(WAIT, "resumed", |f| f.ready_shards() == [0] && f.connections().len() == 2).await);
+    assert!(
+        fake.wait_for(WAIT, "resumed", |f| f.ready_shards() == [0]
+            && f.connections().len() == 2)
+            .await
+    );
     let resume = sent(fake, 0, 6);
     assert_eq!(resume.len(), 1);
     let session = fake.session(0).unwrap();
-    assert_eq!(resume[0].json["d"], json!({"token": TOKEN, "session_id": session.id, "seq": 2}));
+    assert_eq!(
+        resume[0].json["d"],
+        json!({"token": TOKEN, "session_id": session.id, "seq": 2})
+    );
     assert_eq!(sent(fake, 0, 2).len(), 1, "no second identify");
     // Two heartbeats went unanswered at most: the zombie is caught at the second.
-    let unanswered = sent(fake, 0, 1).into_iter().filter(|f| f.connection == first.id && f.at > first.opened_at).count();
+    let unanswered = sent(fake, 0, 1)
+        .into_iter()
+        .filter(|f| f.connection == first.id && f.at > first.opened_at)
+        .count();
     assert!(unanswered >= 1);
     bot.stop().await;
 }

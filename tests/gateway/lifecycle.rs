@@ -21,12 +21,26 @@ async fn one_shard_identifies_receives_events_and_shuts_down_for_good() {
     assert!(d["properties"]["os"].is_string() && d["properties"]["device"].is_string());
     assert!(d.get("presence").is_none());
 
-    let seq = fake.dispatch(0, "MESSAGE_CREATE", json!({"id": "1", "content": "hello"})).unwrap();
+    let seq = fake
+        .dispatch(0, "MESSAGE_CREATE", json!({"id": "1", "content": "hello"}))
+        .unwrap();
     assert_eq!(seq, 2, "READY is s=1");
-    bot.until("MESSAGE_CREATE delivered", |r| r.count("MESSAGE_CREATE") == 1).await;
+    bot.until("MESSAGE_CREATE delivered", |r| {
+        r.count("MESSAGE_CREATE") == 1
+    })
+    .await;
     let events = bot.recorder.events();
-    assert_eq!(events.iter().map(|e| (e.seq, e.event.as_str())).collect::<Vec<_>>(), [(1, "READY"), (2, "MESSAGE_CREATE")]);
-    assert_eq!(serde_json::from_str::<Value>(&events[1].data).unwrap(), json!({"id": "1", "content": "hello"}));
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.seq, e.event.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "READY"), (2, "MESSAGE_CREATE")]
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&events[1].data).unwrap(),
+        json!({"id": "1", "content": "hello"})
+    );
 
     let session = fake.session(0).unwrap();
     let status = bot.gateway.status().await;
@@ -35,14 +49,29 @@ async fn one_shard_identifies_receives_events_and_shuts_down_for_good() {
     assert_eq!(status[0].seq, Some(2));
     assert_eq!(status[0].session_id.as_deref(), Some(session.id.as_str()));
     assert_eq!(status[0].reconnects, 0);
-    assert!(bot.lifecycle.events().contains(&ShardEvent::Ready { shard: 0, session_id: session.id.clone() }));
+    assert!(bot.lifecycle.events().contains(&ShardEvent::Ready {
+        shard: 0,
+        session_id: session.id.clone()
+    }));
 
     bot.gateway.shutdown(false).await;
-    assert!(fake.wait_for(WAIT, "client closed", |f| f.connections()[0].closed_at.is_some()).await);
+    assert!(
+        fake.wait_for(WAIT, "client closed", |f| f.connections()[0]
+            .closed_at
+            .is_some())
+            .await
+    );
     let conns = fake.connections();
     assert_eq!(conns.len(), 1);
-    assert_eq!(conns[0].client_close_code, Some(1000), "a final shutdown closes with 1000");
-    assert!(matches!(conns[0].outcome, ConnectionOutcome::Identified { .. }));
+    assert_eq!(
+        conns[0].client_close_code,
+        Some(1000),
+        "a final shutdown closes with 1000"
+    );
+    assert!(matches!(
+        conns[0].outcome,
+        ConnectionOutcome::Identified { .. }
+    ));
     assert!(!fake.session(0).unwrap().resumable, "1000 ends the session");
     assert!(bot.gateway.status().await.is_empty());
     fake.stop().await;
@@ -59,17 +88,33 @@ async fn several_shards_each_get_their_own_session_and_events() {
     }
     for shard in 0..4 {
         for n in 0..(shard + 1) {
-            fake.dispatch(shard, "MESSAGE_CREATE", json!({ "n": n })).unwrap();
+            fake.dispatch(shard, "MESSAGE_CREATE", json!({ "n": n }))
+                .unwrap();
         }
     }
-    bot.until("10 messages", |r| r.count("MESSAGE_CREATE") == 10).await;
+    bot.until("10 messages", |r| r.count("MESSAGE_CREATE") == 10)
+        .await;
     for shard in 0..4 {
-        let seqs: Vec<u64> = bot.recorder.seqs("MESSAGE_CREATE").into_iter().filter(|(s, _)| *s == shard).map(|(_, q)| q).collect();
-        assert_eq!(seqs, (2..2 + shard as u64 + 1).collect::<Vec<_>>(), "shard {shard}");
+        let seqs: Vec<u64> = bot
+            .recorder
+            .seqs("MESSAGE_CREATE")
+            .into_iter()
+            .filter(|(s, _)| *s == shard)
+            .map(|(_, q)| q)
+            .collect();
+        assert_eq!(
+            seqs,
+            (2..2 + shard as u64 + 1).collect::<Vec<_>>(),
+            "shard {shard}"
+        );
     }
     let status = bot.gateway.status().await;
-    assert_eq!(status.iter().map(|s| (s.id, s.phase)).collect::<Vec<_>>(), (0..4).map(|i| (i, Phase::Ready)).collect::<Vec<_>>());
-    let ids: std::collections::HashSet<_> = status.iter().filter_map(|s| s.session_id.clone()).collect();
+    assert_eq!(
+        status.iter().map(|s| (s.id, s.phase)).collect::<Vec<_>>(),
+        (0..4).map(|i| (i, Phase::Ready)).collect::<Vec<_>>()
+    );
+    let ids: std::collections::HashSet<_> =
+        status.iter().filter_map(|s| s.session_id.clone()).collect();
     assert_eq!(ids.len(), 4);
     bot.stop().await;
 }
@@ -80,11 +125,23 @@ async fn resumable_shutdown_keeps_sessions_in_the_store() {
     let s = store.clone();
     let bot = Bot::start(fast_fake(2, 2), 2, move |c| c.session_store(s)).await;
     bot.fake.dispatch(1, "MESSAGE_CREATE", json!({})).unwrap();
-    bot.until("message", |r| r.count("MESSAGE_CREATE") == 1).await;
+    bot.until("message", |r| r.count("MESSAGE_CREATE") == 1)
+        .await;
     bot.gateway.shutdown(true).await;
-    assert!(bot.fake.wait_for(WAIT, "both closed", |f| f.connections().iter().all(|c| c.closed_at.is_some())).await);
+    assert!(
+        bot.fake
+            .wait_for(WAIT, "both closed", |f| f
+                .connections()
+                .iter()
+                .all(|c| c.closed_at.is_some()))
+            .await
+    );
     for conn in bot.fake.connections() {
-        assert_eq!(conn.client_close_code, Some(4000), "a resumable shutdown never closes with 1000");
+        assert_eq!(
+            conn.client_close_code,
+            Some(4000),
+            "a resumable shutdown never closes with 1000"
+        );
     }
     let kept = store.snapshot();
     assert_eq!(kept.len(), 2);
@@ -105,18 +162,31 @@ async fn a_new_gateway_resumes_from_the_store_without_identifying() {
     let bot = Bot::start(fake_config.clone(), 2, move |c| c.session_store(s)).await;
     bot.gateway.shutdown(true).await;
     // Events that arrive while no process runs the bot are replayed on resume.
-    bot.fake.dispatch(0, "MESSAGE_CREATE", json!({"during": "restart"})).unwrap();
+    bot.fake
+        .dispatch(0, "MESSAGE_CREATE", json!({"during": "restart"}))
+        .unwrap();
     let recorder = Recorder::default();
     let config = client(&bot.fake, &fake_config, 2)
         .session_store(store.clone())
-        .handler("MESSAGE_CREATE", actix::Actor::start(recorder.clone()).recipient())
+        .handler(
+            "MESSAGE_CREATE",
+            actix::Actor::start(recorder.clone()).recipient(),
+        )
         .build()
         .unwrap();
     let second = shardline::Gateway::start(config).await.unwrap();
     wait_until("replayed message", || recorder.count("MESSAGE_CREATE") == 1).await;
-    assert!(bot.fake.wait_for(WAIT, "both resumed", |f| f.ready_shards().len() == 2).await);
+    assert!(
+        bot.fake
+            .wait_for(WAIT, "both resumed", |f| f.ready_shards().len() == 2)
+            .await
+    );
     for shard in 0..2 {
-        assert_eq!(sent(&bot.fake, shard, 2).len(), 1, "shard {shard} identified only once");
+        assert_eq!(
+            sent(&bot.fake, shard, 2).len(),
+            1,
+            "shard {shard} identified only once"
+        );
         assert_eq!(sent(&bot.fake, shard, 6).len(), 1, "shard {shard} resumed");
     }
     assert_eq!(recorder.seqs("MESSAGE_CREATE"), [(0, 2)]);
