@@ -50,7 +50,8 @@ impl Handler<Counts> for MessageCounter {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,demo=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,demo=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -83,7 +84,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     if !fake
-        .wait_for(Duration::from_secs(30), "all shards ready", |f| f.ready_shards().len() == SHARDS as usize)
+        .wait_for(Duration::from_secs(30), "all shards ready", |f| {
+            f.ready_shards().len() == SHARDS as usize
+        })
         .await
     {
         return Err("shards did not become ready".into());
@@ -118,7 +121,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             status.id,
             format!("{:?}", status.phase),
             status.seq.map_or("-".into(), |s| s.to_string()),
-            status.latency.map_or("-".into(), |l| format!("{}ms", l.as_millis())),
+            status
+                .latency
+                .map_or("-".into(), |l| format!("{}ms", l.as_millis())),
             status.reconnects,
             counts.get(&status.id).copied().unwrap_or(0),
             status.session_id.unwrap_or_default(),

@@ -1,1 +1,104 @@
-fn main(){}
+//! The fake gateway as a standalone server, so that any client — shardline or another library — can
+//! be pointed at it.
+//!
+//! ```text
+//! cargo run --example fake_gateway --features testkit -- [--port 7878] [--shards 1]
+//!     [--max-concurrency 1] [--heartbeat-interval-ms 41250] [--identify-window-ms 5000]
+//!     [--token fake-token] [--compress-only] [--flood-event MESSAGE_CREATE --flood-count N [--flood-file d.json]]
+//! ```
+//! REST at `http://127.0.0.1:PORT/api/v10`, gateway at `ws://127.0.0.1:PORT`. In flood mode, every
+//! shard gets `--flood-count` dispatches of `--flood-event` (with `d` from `--flood-file`, which may
+//! hold a whole frame or just its `d`) as soon as it is READY. Runs until Ctrl-C.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use shardline::testkit::{FakeConfig, FakeGateway};
+
+struct Args {
+    port: u16,
+    config: FakeConfig,
+    flood: Option<(String, usize, String)>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut port = 7878;
+    let mut config = FakeConfig::default();
+    let (mut event, mut count, mut file) = (None, None, None);
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        let number = |v: String| v.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--port" => port = number(value()?)? as u16,
+            "--shards" => config.shards = number(value()?)? as u32,
+            "--max-concurrency" => config.max_concurrency = number(value()?)? as u32,
+            "--heartbeat-interval-ms" => config.heartbeat_interval = Duration::from_millis(number(value()?)?),
+            "--identify-window-ms" => config.identify_window = Duration::from_millis(number(value()?)?),
+            "--token" => config.token = value()?,
+            "--flood-event" => event = Some(value()?),
+            "--flood-count" => count = Some(number(value()?)? as usize),
+            "--flood-file" => file = Some(value()?),
+            "-h" | "--help" => return Err("see the header of examples/fake_gateway.rs for the options".into()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    let flood = match (event, count) {
+        (Some(event), Some(count)) => {
+            let d = match file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+                    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+                    // A whole frame's `d`, or the file itself.
+                    value.get("d").cloned().unwrap_or(value).to_string()
+                }
+                None => r#"{"id":"1","channel_id":"2","content":"flood","author":{"id":"3","username":"fake"}}"#.to_owned(),
+            };
+            Some((event, count, d))
+        }
+        (None, None) => None,
+        _ => return Err("--flood-event and --flood-count go together".into()),
+    };
+    Ok(Args { port, config, flood })
+}
+
+#[actix_rt::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("fake_gateway: {e}");
+            return std::process::ExitCode::from(64);
+        }
+    };
+    let fake = match FakeGateway::start_on(args.config.clone(), args.port).await {
+        Ok(fake) => fake,
+        Err(e) => {
+            eprintln!("fake_gateway: cannot listen on 127.0.0.1:{}: {e}", args.port);
+            return std::process::ExitCode::from(1);
+        }
+    };
+    tracing::info!(api_base = %fake.api_base(), gateway = %fake.gateway_url(), shards = args.config.shards, "fake gateway listening");
+    if let Some((event, count, d)) = args.flood {
+        let fake = fake.clone();
+        actix_rt::spawn(async move {
+            let mut flooded = HashSet::new();
+            loop {
+                for shard in fake.ready_shards() {
+                    if flooded.insert(shard) {
+                        let seqs = fake.flood(shard, &event, &d, count);
+                        tracing::info!(shard, count, ?seqs, event = %event, "flood sent");
+                    }
+                }
+                actix_rt::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+    }
+    let _ = actix_rt::signal::ctrl_c().await;
+    fake.stop().await;
+    std::process::ExitCode::SUCCESS
+}

@@ -109,7 +109,9 @@ fn parse_args() -> Result<Args, String> {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args = match parse_args() {
@@ -129,7 +131,13 @@ fn main() -> ExitCode {
         let mut builder = Config::builder(token)
             .intent_bits(args.intents)
             .compression(args.compress)
-            .handler_all(Printer { out: std::io::LineWriter::new(std::io::stdout()) }.start().recipient())
+            .handler_all(
+                Printer {
+                    out: std::io::LineWriter::new(std::io::stdout()),
+                }
+                .start()
+                .recipient(),
+            )
             .events(Watcher.start().recipient())
             .shards(args.shards.map_or(ShardPlan::Recommended, ShardPlan::Count));
         if let Some(url) = args.api_base {

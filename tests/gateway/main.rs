@@ -5,6 +5,7 @@ mod harness;
 mod close_codes;
 mod commands;
 mod config;
+mod examples;
 mod heartbeat;
 mod identify;
 mod lifecycle;
