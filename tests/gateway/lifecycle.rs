@@ -193,3 +193,68 @@ async fn a_new_gateway_resumes_from_the_store_without_identifying() {
     second.shutdown(false).await;
     bot.fake.stop().await;
 }
+
+/// A session store that panics once, inside the shard, when asked to record `seq`.
+struct PanicsOnce {
+    inner: shardline::MemorySessionStore,
+    at_seq: u64,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl shardline::SessionStore for PanicsOnce {
+    fn load(&self, shard: u32) -> Option<shardline::SessionInfo> {
+        self.inner.load(shard)
+    }
+    fn save(&self, shard: u32, session: shardline::SessionInfo) {
+        self.inner.save(shard, session)
+    }
+    fn set_seq(&self, shard: u32, seq: u64) {
+        if seq == self.at_seq && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("store failure injected by the test at seq {seq}");
+        }
+        self.inner.set_seq(shard, seq)
+    }
+    fn remove(&self, shard: u32) {
+        self.inner.remove(shard)
+    }
+}
+
+#[actix_rt::test]
+async fn a_shard_that_dies_is_restarted_and_resumes_without_losing_the_event() {
+    let store = std::sync::Arc::new(PanicsOnce {
+        inner: shardline::MemorySessionStore::new(),
+        at_seq: 3,
+        armed: std::sync::atomic::AtomicBool::new(true),
+    });
+    let s = store.clone();
+    let bot = Bot::start(fast_fake(1, 1), 1, move |c| c.session_store(s)).await;
+    for n in 0..3 {
+        bot.fake
+            .dispatch(0, "MESSAGE_CREATE", json!({ "n": n }))
+            .unwrap();
+    }
+    bot.until("all three after the restart", |r| {
+        r.count("MESSAGE_CREATE") == 3
+    })
+    .await;
+    assert_eq!(
+        bot.recorder.seqs("MESSAGE_CREATE"),
+        [(0, 2), (0, 3), (0, 4)],
+        "each once, in order"
+    );
+    let conns = bot.fake.connections();
+    assert_eq!(
+        conns.len(),
+        2,
+        "the restarted shard opened a new connection"
+    );
+    assert!(
+        matches!(conns[1].outcome, ConnectionOutcome::Resumed { seq: 2, .. }),
+        "{:?}",
+        conns[1].outcome
+    );
+    assert_eq!(sent(&bot.fake, 0, 2).len(), 1, "no second identify");
+    let status = bot.gateway.status().await;
+    assert_eq!(status[0].phase, Phase::Ready);
+    bot.stop().await;
+}
