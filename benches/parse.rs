@@ -15,9 +15,15 @@ use serde_json::Value;
 use shardline::protocol::Envelope;
 
 const CORPUS: [(&str, &[u8]); 5] = [
-    ("message_create", include_bytes!("corpus/message_create.json")),
+    (
+        "message_create",
+        include_bytes!("corpus/message_create.json"),
+    ),
     ("typing_start", include_bytes!("corpus/typing_start.json")),
-    ("presence_update", include_bytes!("corpus/presence_update.json")),
+    (
+        "presence_update",
+        include_bytes!("corpus/presence_update.json"),
+    ),
     ("guild_create", include_bytes!("corpus/guild_create.json")),
     ("heartbeat_ack", include_bytes!("corpus/heartbeat_ack.json")),
 ];
@@ -29,7 +35,10 @@ fn parse(c: &mut Criterion) {
         // Sanity: every reader agrees on the frame before it is timed.
         let env = Envelope::parse(frame).expect("corpus frames are envelopes");
         let full = Envelope::parse_full(frame).unwrap();
-        assert_eq!((env.op, env.seq, env.data(frame)), (full.op, full.seq, full.data(frame)));
+        assert_eq!(
+            (env.op, env.seq, env.data(frame)),
+            (full.op, full.seq, full.data(frame))
+        );
 
         group.bench_function(BenchmarkId::from_parameter("prescan"), |b| {
             b.iter(|| Envelope::parse(std::hint::black_box(frame)).map(|e| (e.op, e.seq, e.event)))

@@ -42,7 +42,8 @@ fn route(c: &mut Criterion) {
             (0..handlers)
                 .map(|_| {
                     let count = count.clone();
-                    Counter::start_in_arbiter(&arbiter.handle(), move |_| Counter(count)).recipient()
+                    Counter::start_in_arbiter(&arbiter.handle(), move |_| Counter(count))
+                        .recipient()
                 })
                 .collect()
         });

@@ -33,13 +33,19 @@ fn parse_args() -> Result<Args, String> {
             "--port" => port = number(value()?)? as u16,
             "--shards" => config.shards = number(value()?)? as u32,
             "--max-concurrency" => config.max_concurrency = number(value()?)? as u32,
-            "--heartbeat-interval-ms" => config.heartbeat_interval = Duration::from_millis(number(value()?)?),
-            "--identify-window-ms" => config.identify_window = Duration::from_millis(number(value()?)?),
+            "--heartbeat-interval-ms" => {
+                config.heartbeat_interval = Duration::from_millis(number(value()?)?)
+            }
+            "--identify-window-ms" => {
+                config.identify_window = Duration::from_millis(number(value()?)?)
+            }
             "--token" => config.token = value()?,
             "--flood-event" => event = Some(value()?),
             "--flood-count" => count = Some(number(value()?)? as usize),
             "--flood-file" => file = Some(value()?),
-            "-h" | "--help" => return Err("see the header of examples/fake_gateway.rs for the options".into()),
+            "-h" | "--help" => {
+                return Err("see the header of examples/fake_gateway.rs for the options".into())
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -59,13 +65,19 @@ fn parse_args() -> Result<Args, String> {
         (None, None) => None,
         _ => return Err("--flood-event and --flood-count go together".into()),
     };
-    Ok(Args { port, config, flood })
+    Ok(Args {
+        port,
+        config,
+        flood,
+    })
 }
 
 #[actix_rt::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args = match parse_args() {
@@ -78,7 +90,10 @@ async fn main() -> std::process::ExitCode {
     let fake = match FakeGateway::start_on(args.config.clone(), args.port).await {
         Ok(fake) => fake,
         Err(e) => {
-            eprintln!("fake_gateway: cannot listen on 127.0.0.1:{}: {e}", args.port);
+            eprintln!(
+                "fake_gateway: cannot listen on 127.0.0.1:{}: {e}",
+                args.port
+            );
             return std::process::ExitCode::from(1);
         }
     };

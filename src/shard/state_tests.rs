@@ -14,7 +14,11 @@ fn params() -> Arc<IdentifyParams> {
     Arc::new(IdentifyParams {
         token: Token::new(TOKEN),
         intents: 513,
-        properties: IdentifyProperties { os: "linux".into(), browser: "shardline".into(), device: "shardline".into() },
+        properties: IdentifyProperties {
+            os: "linux".into(),
+            browser: "shardline".into(),
+            device: "shardline".into(),
+        },
         large_threshold: 50,
         presence: None,
         gateway_url: GATEWAY.into(),
@@ -31,7 +35,10 @@ impl Shard {
     fn new(session: Option<SessionInfo>) -> Self {
         let mut state = ShardState::new(1, 4, params(), session);
         state.on_open();
-        Self { state, t0: Instant::now() }
+        Self {
+            state,
+            t0: Instant::now(),
+        }
     }
 
     fn at(&self, ms: u64) -> Instant {
@@ -52,7 +59,10 @@ impl Shard {
 
     /// Hello, permit, READY (s = 1) with a session id: a shard in `Ready`.
     fn ready(&mut self) -> Vec<Action> {
-        self.frame(r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#, 0);
+        self.frame(
+            r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#,
+            0,
+        );
         assert!(self.state.on_identify_permit());
         self.drain();
         self.frame(
@@ -62,7 +72,10 @@ impl Shard {
     }
 
     fn dispatch(&mut self, seq: u64, event: &str) -> Vec<Action> {
-        self.frame(&format!(r#"{{"t":"{event}","s":{seq},"op":0,"d":{{"n":{seq}}}}}"#), 20)
+        self.frame(
+            &format!(r#"{{"t":"{event}","s":{seq},"op":0,"d":{{"n":{seq}}}}}"#),
+            20,
+        )
     }
 }
 
@@ -99,7 +112,10 @@ fn reconnects(actions: &[Action]) -> Vec<Option<u16>> {
 #[test]
 fn hello_starts_a_jittered_heartbeat_then_asks_for_an_identify_permit() {
     let mut s = Shard::new(None);
-    let actions = s.frame(r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#, 0);
+    let actions = s.frame(
+        r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#,
+        0,
+    );
     assert!(matches!(
         actions.as_slice(),
         [Action::StartHeartbeat { first, interval }, Action::RequestIdentify]
@@ -110,11 +126,16 @@ fn hello_starts_a_jittered_heartbeat_then_asks_for_an_identify_permit() {
     let identify = sent(&s.drain());
     assert_eq!(
         identify,
-        [json!({"op": 2, "d": {"token": TOKEN, "properties": {"os": "linux", "browser": "shardline", "device": "shardline"},
-            "compress": false, "large_threshold": 50, "shard": [1, 4], "intents": 513}})]
+        [
+            json!({"op": 2, "d": {"token": TOKEN, "properties": {"os": "linux", "browser": "shardline", "device": "shardline"},
+            "compress": false, "large_threshold": 50, "shard": [1, 4], "intents": 513}})
+        ]
     );
     assert_eq!(s.state.phase(), Phase::Identifying);
-    assert!(!s.state.on_identify_permit(), "a permit outside AwaitingIdentify is not used");
+    assert!(
+        !s.state.on_identify_permit(),
+        "a permit outside AwaitingIdentify is not used"
+    );
     assert!(s.drain().is_empty());
 }
 
@@ -122,19 +143,33 @@ fn hello_starts_a_jittered_heartbeat_then_asks_for_an_identify_permit() {
 fn ready_stores_the_session_and_the_resume_url() {
     let mut s = Shard::new(None);
     let actions = s.ready();
-    let session = SessionInfo { session_id: "abc".into(), seq: 1, resume_url: Some("wss://gateway-us-east1-b.discord.gg".into()) };
+    let session = SessionInfo {
+        session_id: "abc".into(),
+        seq: 1,
+        resume_url: Some("wss://gateway-us-east1-b.discord.gg".into()),
+    };
     assert!(matches!(&actions[0], Action::StoreSession(Some(stored)) if *stored == session));
     assert!(matches!(actions[1], Action::Ready { resumed: false }));
     assert_eq!(delivered(&actions), [(1, "READY".to_owned())]);
     assert_eq!(s.state.phase(), Phase::Ready);
-    assert_eq!(s.state.connect_base(), "wss://gateway-us-east1-b.discord.gg");
+    assert_eq!(
+        s.state.connect_base(),
+        "wss://gateway-us-east1-b.discord.gg"
+    );
 }
 
 #[test]
 fn a_resume_url_off_the_allowed_hosts_is_not_kept() {
-    for hostile in ["wss://evil.example", "ws://gateway-us-east1-b.discord.gg", "wss://discord.gg.evil.example"] {
+    for hostile in [
+        "wss://evil.example",
+        "ws://gateway-us-east1-b.discord.gg",
+        "wss://discord.gg.evil.example",
+    ] {
         let mut s = Shard::new(None);
-        s.frame(r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#, 0);
+        s.frame(
+            r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#,
+            0,
+        );
         s.state.on_identify_permit();
         s.drain();
         s.frame(&format!(r#"{{"t":"READY","s":1,"op":0,"d":{{"session_id":"abc","resume_gateway_url":"{hostile}"}}}}"#), 1);
@@ -146,14 +181,20 @@ fn a_resume_url_off_the_allowed_hosts_is_not_kept() {
 #[test]
 fn heartbeats_carry_the_last_sequence_and_acks_give_latency() {
     let mut s = Shard::new(None);
-    s.frame(r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#, 0);
+    s.frame(
+        r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#,
+        0,
+    );
     s.state.on_heartbeat_due(s.at(100));
     assert_eq!(sent(&s.drain()), [json!({"op": 1, "d": null})]);
     s.frame(r#"{"op":11}"#, 130);
     assert_eq!(s.state.latency(), Some(Duration::from_millis(30)));
     s.state.on_identify_permit();
     s.drain();
-    s.frame(r#"{"t":"READY","s":1,"op":0,"d":{"session_id":"abc"}}"#, 140);
+    s.frame(
+        r#"{"t":"READY","s":1,"op":0,"d":{"session_id":"abc"}}"#,
+        140,
+    );
     s.dispatch(2, "MESSAGE_CREATE");
     s.state.on_heartbeat_due(s.at(41_350));
     assert_eq!(sent(&s.drain()), [json!({"op": 1, "d": 2})]);
@@ -183,8 +224,14 @@ fn no_ack_between_two_heartbeats_is_a_zombie_and_resumes() {
     assert_eq!(s.state.phase(), Phase::Disconnected);
     // The next connection resumes with the last seq.
     s.state.on_open();
-    let actions = s.frame(r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#, 43_000);
-    assert_eq!(sent(&actions), [json!({"op": 6, "d": {"token": TOKEN, "session_id": "abc", "seq": 2}})]);
+    let actions = s.frame(
+        r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#,
+        43_000,
+    );
+    assert_eq!(
+        sent(&actions),
+        [json!({"op": 6, "d": {"token": TOKEN, "session_id": "abc", "seq": 2}})]
+    );
     assert_eq!(s.state.phase(), Phase::Resuming);
 }
 
@@ -197,7 +244,11 @@ fn reading_paused_defers_the_zombie_check() {
     s.state.on_heartbeat_due(s.at(42_250));
     let actions = s.drain();
     assert!(reconnects(&actions).is_empty());
-    assert_eq!(sent(&actions).len(), 2, "heartbeats go on while reading is paused");
+    assert_eq!(
+        sent(&actions).len(),
+        2,
+        "heartbeats go on while reading is paused"
+    );
 }
 
 #[test]
@@ -209,11 +260,22 @@ fn events_are_delivered_once_in_order_and_repeats_are_skipped() {
         got.extend(delivered(&s.dispatch(seq, "MESSAGE_CREATE")));
     }
     assert_eq!(got.iter().map(|d| d.0).collect::<Vec<_>>(), [2, 3, 4, 5]);
-    assert_eq!(delivered(&s.dispatch(6, "NEVER_HEARD_OF_IT")), [(6, "NEVER_HEARD_OF_IT".to_owned())]);
+    assert_eq!(
+        delivered(&s.dispatch(6, "NEVER_HEARD_OF_IT")),
+        [(6, "NEVER_HEARD_OF_IT".to_owned())]
+    );
     let ignored = s.frame(r#"{"t":"X","s":null,"op":0,"d":{}}"#, 1);
     assert!(ignored.is_empty(), "a dispatch without s is ignored");
-    assert!(s.frame(r#"{"t":null,"s":null,"op":99,"d":{}}"#, 1).is_empty(), "unknown opcode");
-    assert!(s.frame(r#"{"t":null,"s":null,"op":2,"d":{}}"#, 1).is_empty(), "send-only opcode");
+    assert!(
+        s.frame(r#"{"t":null,"s":null,"op":99,"d":{}}"#, 1)
+            .is_empty(),
+        "unknown opcode"
+    );
+    assert!(
+        s.frame(r#"{"t":null,"s":null,"op":2,"d":{}}"#, 1)
+            .is_empty(),
+        "send-only opcode"
+    );
     assert_eq!(s.state.seq(), Some(6));
 }
 
@@ -226,7 +288,10 @@ fn exactly_once_across_a_resume() {
     }
     s.frame(r#"{"t":null,"s":null,"op":7,"d":null}"#, 30);
     s.state.on_open();
-    s.frame(r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#, 40);
+    s.frame(
+        r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#,
+        40,
+    );
     let mut got = Vec::new();
     for seq in [4, 5, 6, 7] {
         got.extend(delivered(&s.dispatch(seq, "MESSAGE_CREATE")));
@@ -243,12 +308,21 @@ fn op_7_and_op_9_true_resume_op_9_false_starts_over() {
     let mut s = Shard::new(None);
     s.ready();
     s.dispatch(2, "MESSAGE_CREATE");
-    assert_eq!(reconnects(&s.frame(r#"{"t":null,"s":null,"op":7,"d":null}"#, 1)), [Some(4000)]);
+    assert_eq!(
+        reconnects(&s.frame(r#"{"t":null,"s":null,"op":7,"d":null}"#, 1)),
+        [Some(4000)]
+    );
     assert!(s.state.will_resume());
     s.state.on_open();
-    assert_eq!(reconnects(&s.frame(r#"{"t":null,"s":null,"op":9,"d":true}"#, 2)), [Some(4000)]);
+    assert_eq!(
+        reconnects(&s.frame(r#"{"t":null,"s":null,"op":9,"d":true}"#, 2)),
+        [Some(4000)]
+    );
     assert!(s.state.will_resume());
-    assert_eq!(s.state.connect_base(), "wss://gateway-us-east1-b.discord.gg");
+    assert_eq!(
+        s.state.connect_base(),
+        "wss://gateway-us-east1-b.discord.gg"
+    );
 
     s.state.on_open();
     let actions = s.frame(r#"{"t":null,"s":null,"op":9,"d":false}"#, 3);
@@ -257,10 +331,17 @@ fn op_7_and_op_9_true_resume_op_9_false_starts_over() {
     assert!(!s.state.will_resume());
     assert_eq!(s.state.connect_base(), GATEWAY);
     s.state.on_open();
-    let actions = s.frame(r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#, 4);
+    let actions = s.frame(
+        r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#,
+        4,
+    );
     assert!(matches!(actions.last(), Some(Action::RequestIdentify)));
     s.state.on_heartbeat_due(s.at(5));
-    assert_eq!(sent(&s.drain()), [json!({"op": 1, "d": null})], "the old seq is gone");
+    assert_eq!(
+        sent(&s.drain()),
+        [json!({"op": 1, "d": null})],
+        "the old seq is gone"
+    );
 }
 
 #[test]
@@ -288,24 +369,45 @@ fn every_close_code_gets_its_reaction() {
         s.state.on_close(Some(code));
         let actions = s.drain();
         let expected = FatalError::Closed(CloseCode::from_u16(code).unwrap());
-        assert!(actions.iter().any(|a| matches!(a, Action::Fatal(e) if *e == expected)), "{code}");
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Fatal(e) if *e == expected)),
+            "{code}"
+        );
         assert!(reconnects(&actions).is_empty(), "{code} never reconnects");
         assert_eq!(s.state.phase(), Phase::Stopped);
-        assert!(s.frame(r#"{"t":"X","s":9,"op":0,"d":{}}"#, 1).is_empty(), "nothing after a fatal close");
+        assert!(
+            s.frame(r#"{"t":"X","s":9,"op":0,"d":{}}"#, 1).is_empty(),
+            "nothing after a fatal close"
+        );
     }
     let mut s = Shard::new(None);
     s.ready();
     s.state.on_close(None);
     assert_eq!(reconnects(&s.drain()), [None], "a drop resumes");
     s.state.on_close(Some(4000));
-    assert!(s.drain().is_empty(), "a close after the connection is gone does nothing");
+    assert!(
+        s.drain().is_empty(),
+        "a close after the connection is gone does nothing"
+    );
 }
 
 #[test]
 fn a_stored_session_resumes_instead_of_identifying() {
-    let mut s = Shard::new(Some(SessionInfo { session_id: "stored".into(), seq: 77, resume_url: None }));
-    let actions = s.frame(r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#, 0);
-    assert_eq!(sent(&actions), [json!({"op": 6, "d": {"token": TOKEN, "session_id": "stored", "seq": 77}})]);
+    let mut s = Shard::new(Some(SessionInfo {
+        session_id: "stored".into(),
+        seq: 77,
+        resume_url: None,
+    }));
+    let actions = s.frame(
+        r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#,
+        0,
+    );
+    assert_eq!(
+        sent(&actions),
+        [json!({"op": 6, "d": {"token": TOKEN, "session_id": "stored", "seq": 77}})]
+    );
     assert!(!actions.iter().any(|a| matches!(a, Action::RequestIdentify)));
 }
 
@@ -325,13 +427,33 @@ fn shutdown_keeps_or_ends_the_session() {
 #[test]
 fn a_bad_hello_reconnects_and_a_second_hello_is_ignored() {
     let mut s = Shard::new(None);
-    assert_eq!(reconnects(&s.frame(r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":0}}"#, 0)), [Some(4000)]);
+    assert_eq!(
+        reconnects(&s.frame(
+            r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":0}}"#,
+            0
+        )),
+        [Some(4000)]
+    );
     let mut s = Shard::new(None);
-    assert_eq!(reconnects(&s.frame(r#"{"t":null,"s":null,"op":10,"d":{}}"#, 0)), [Some(4000)]);
+    assert_eq!(
+        reconnects(&s.frame(r#"{"t":null,"s":null,"op":10,"d":{}}"#, 0)),
+        [Some(4000)]
+    );
     let mut s = Shard::new(None);
-    s.frame(r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#, 0);
-    assert!(s.frame(r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":5}}"#, 1).is_empty());
-    assert_eq!(s.state.heartbeat_interval(), Some(Duration::from_millis(41_250)));
+    s.frame(
+        r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#,
+        0,
+    );
+    assert!(s
+        .frame(
+            r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":5}}"#,
+            1
+        )
+        .is_empty());
+    assert_eq!(
+        s.state.heartbeat_interval(),
+        Some(Duration::from_millis(41_250))
+    );
 }
 
 #[test]

@@ -77,7 +77,7 @@ impl Connection {
             compressor,
             refuse,
         } = self;
-        let (interval, heartbeat_timeout, limit, fragment) = {
+        let (interval, heartbeat_timeout, limit, fragment, send_hello) = {
             let state = lock(&shared);
             let c = &state.config;
             let timeout = if c.heartbeat_timeout.is_zero() {
@@ -90,6 +90,7 @@ impl Connection {
                 timeout,
                 c.command_limit,
                 c.fragment_size,
+                c.send_hello,
             )
         };
         let mut conn = Conn {
@@ -114,7 +115,8 @@ impl Connection {
                     OpCode::Hello,
                     json!({"heartbeat_interval": interval.as_millis() as u64}),
                 );
-                if conn.send(vec![hello]).await {
+                let hello = if send_hello { vec![hello] } else { Vec::new() };
+                if conn.send(hello).await {
                     conn.serve(&mut stream, &mut commands).await
                 } else {
                     Flow::Drop
@@ -306,6 +308,11 @@ impl Conn {
                         return Flow::Drop;
                     }
                 }
+                Flow::Continue
+            }
+            Some(OpCode::Identify | OpCode::Resume)
+                if !lock(&self.shared).config.answer_handshake =>
+            {
                 Flow::Continue
             }
             Some(OpCode::Identify) => {

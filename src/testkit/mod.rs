@@ -73,6 +73,10 @@ pub struct FakeConfig {
     pub resume_url: Option<String>,
     /// Sends every message longer than this as continuation frames of this size (default off).
     pub fragment_size: Option<usize>,
+    /// Whether Hello is sent (default true); `false` makes a gateway that accepts and stays silent.
+    pub send_hello: bool,
+    /// Whether Identify and Resume are answered (default true); `false` never sends READY/RESUMED.
+    pub answer_handshake: bool,
 }
 
 /// `session_start_limit` of `GET /gateway/bot`.
@@ -108,6 +112,8 @@ impl Default for FakeConfig {
             replay_capacity: 100_000,
             resume_url: None,
             fragment_size: None,
+            send_hello: true,
+            answer_handshake: true,
         }
     }
 }
@@ -327,6 +333,17 @@ impl FakeGateway {
     /// Ends the shard's connection without a close frame.
     pub fn drop_connection(&self, shard: u32) -> bool {
         self.state().send_to_shard(shard, Command::Drop)
+    }
+
+    /// Ends every live connection at once without a close frame (a network partition, a gateway
+    /// restart). Returns how many were dropped.
+    pub fn drop_all(&self) -> usize {
+        let state = self.state();
+        state
+            .live
+            .values()
+            .filter(|l| l.tx.send(Command::Drop).is_ok())
+            .count()
     }
 
     /// Stops (`false`) or resumes answering the shard's heartbeats with ACKs.
