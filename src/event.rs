@@ -21,11 +21,12 @@ pub enum ShardEvent {
         /// The shard.
         shard: u32,
     },
-    /// The connection ended; the shard reconnects unless a `Fatal` follows.
+    /// The connection ended (closed by the gateway, dropped, timed out, or left by the shard);
+    /// the shard reconnects unless a `Fatal` follows.
     Disconnected {
         /// The shard.
         shard: u32,
-        /// The close code, if the connection was closed with one.
+        /// The gateway's close code, if it closed the connection with one.
         code: Option<u16>,
     },
     /// The shard stopped for good.

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The window in which each bucket may identify once: 5 s on Discord.
@@ -32,8 +32,11 @@ pub trait IdentifyQueue: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct LocalIdentifyQueue {
     window: Duration,
-    /// For each bucket, the earliest instant its next permit may be granted.
+    /// For each bucket, the earliest instant its next permit may be reserved for.
     next_free: Vec<Mutex<Option<Instant>>>,
+    /// For each bucket, when its last permit was actually granted. A permit whose holder woke late
+    /// pushes the next one back, so Identifies go out a full window apart, not just their slots.
+    granted: Arc<[Mutex<Option<Instant>>]>,
     budget: Mutex<Option<Budget>>,
     /// First identifies reserved at start-up, in shard order.
     planned: Mutex<std::collections::HashMap<u32, Instant>>,
@@ -60,6 +63,7 @@ impl LocalIdentifyQueue {
         Self {
             window,
             next_free: (0..buckets).map(|_| Mutex::new(None)).collect(),
+            granted: (0..buckets).map(|_| Mutex::new(None)).collect(),
             budget: Mutex::new(None),
             planned: Mutex::new(std::collections::HashMap::new()),
         }
@@ -154,9 +158,23 @@ impl IdentifyQueue for LocalIdentifyQueue {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&shard);
-        let at = planned.unwrap_or_else(|| self.reserve(shard, Instant::now()));
+        let mut at = planned.unwrap_or_else(|| self.reserve(shard, Instant::now()));
+        let granted = self.granted.clone();
+        let bucket = shard as usize % granted.len();
+        let window = self.window;
         Box::pin(async move {
-            actix_rt::time::sleep_until(at.into()).await;
+            loop {
+                actix_rt::time::sleep_until(at.into()).await;
+                let mut last = granted[bucket].lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                match *last {
+                    Some(previous) if now < previous + window => at = previous + window,
+                    _ => {
+                        *last = Some(now);
+                        return;
+                    }
+                }
+            }
         })
     }
 }
@@ -191,6 +209,23 @@ mod tests {
         }
         // A later request for a bucket waits behind the plan.
         assert!(queue.reserve(0, t0) - t0 >= Duration::from_millis(9900));
+    }
+
+    #[actix_rt::test]
+    async fn a_late_grant_pushes_the_next_one_back() {
+        let queue = LocalIdentifyQueue::new(1, Duration::from_millis(100));
+        let first = queue.acquire(0, 2);
+        let second = queue.acquire(1, 2);
+        // The first holder only takes its permit 60 ms late.
+        actix_rt::time::sleep(Duration::from_millis(60)).await;
+        first.await;
+        let granted = Instant::now();
+        second.await;
+        assert!(
+            granted.elapsed() >= Duration::from_millis(95),
+            "{:?}",
+            granted.elapsed()
+        );
     }
 
     #[test]

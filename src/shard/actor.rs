@@ -136,6 +136,8 @@ pub struct ShardActor {
     blocked: bool,
     dropped: u64,
     reading: Rc<PauseGate>,
+    /// The code of the gateway's close frame on the current connection, for the lifecycle event.
+    close_code: Option<u16>,
     /// Set when the gateway has answered our close during a shutdown.
     peer_closed: Rc<std::cell::Cell<bool>>,
     span: tracing::Span,
@@ -169,6 +171,7 @@ impl ShardActor {
             blocked: false,
             dropped: 0,
             reading: Rc::new(PauseGate::default()),
+            close_code: None,
             peer_closed: Rc::new(std::cell::Cell::new(false)),
             span: tracing::info_span!("shard", shard.id = id, shard.total = total),
         }
@@ -331,10 +334,7 @@ impl ShardActor {
             Some(Ok(Frame::Close(reason))) => {
                 let code = reason.map(|r| u16::from(r.code));
                 tracing::info!(?code, "gateway closed the connection");
-                self.emit(ShardEvent::Disconnected {
-                    shard: self.id,
-                    code,
-                });
+                self.close_code = code;
                 self.state.on_close(code);
             }
         }
@@ -452,11 +452,21 @@ impl ShardActor {
                 }
                 Action::Reconnect { close_code } => {
                     self.teardown(close_code, ctx);
+                    let code = self.close_code.take();
+                    self.emit(ShardEvent::Disconnected {
+                        shard: self.id,
+                        code,
+                    });
                     self.schedule_reconnect(ctx);
                 }
                 Action::Fatal(error) => {
                     tracing::error!(%error, "stopping the shard for good");
                     self.teardown(None, ctx);
+                    let code = self.close_code.take();
+                    self.emit(ShardEvent::Disconnected {
+                        shard: self.id,
+                        code,
+                    });
                     self.emit(ShardEvent::Fatal {
                         shard: self.id,
                         error: error.clone(),

@@ -414,7 +414,7 @@ impl Conn {
             tracing::warn!(shard, bucket, "identify broke the bucket rule: op 9");
             return Reply::InvalidSession;
         }
-        if state.starts_remaining == 0 {
+        if state.starts_left() == 0 {
             tracing::warn!(shard, "session-start budget exhausted: op 9");
             return Reply::InvalidSession;
         }

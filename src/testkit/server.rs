@@ -31,7 +31,7 @@ async fn gateway(shared: Shared) -> HttpResponse {
 }
 
 async fn gateway_bot(req: HttpRequest, shared: Shared) -> HttpResponse {
-    let state = lock(&shared);
+    let mut state = lock(&shared);
     let expected = format!("Bot {}", state.config.token);
     let authorized = req
         .headers()
@@ -42,14 +42,19 @@ async fn gateway_bot(req: HttpRequest, shared: Shared) -> HttpResponse {
         return HttpResponse::Unauthorized()
             .json(json!({"message": "401: Unauthorized", "code": 0}));
     }
+    let remaining = state.starts_left();
+    let reset_after = state
+        .starts_reset_at
+        .saturating_duration_since(std::time::Instant::now())
+        .as_millis() as u64;
     let c = &state.config;
     HttpResponse::Ok().json(json!({
         "url": format!("ws://127.0.0.1:{}", state.port),
         "shards": c.shards,
         "session_start_limit": {
             "total": c.session_start_limit.total,
-            "remaining": state.starts_remaining,
-            "reset_after": c.session_start_limit.reset_after,
+            "remaining": remaining,
+            "reset_after": reset_after,
             "max_concurrency": c.max_concurrency,
         }
     }))

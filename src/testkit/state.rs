@@ -51,12 +51,16 @@ pub(crate) struct State {
     pub bucket_violations: usize,
     pub no_ack: HashSet<u32>,
     pub starts_remaining: u32,
+    /// When the session-start budget refills to its total.
+    pub starts_reset_at: Instant,
 }
 
 impl State {
     pub fn new(config: FakeConfig) -> Self {
         Self {
             starts_remaining: config.session_start_limit.remaining,
+            starts_reset_at: Instant::now()
+                + std::time::Duration::from_millis(config.session_start_limit.reset_after),
             config,
             port: 0,
             next_conn: 1,
@@ -95,6 +99,16 @@ impl State {
         });
         self.live.insert(id, Live { tx });
         id
+    }
+
+    /// Session starts left now, refilling the budget if its reset has passed.
+    pub fn starts_left(&mut self) -> u32 {
+        let now = Instant::now();
+        if now >= self.starts_reset_at {
+            self.starts_remaining = self.config.session_start_limit.total;
+            self.starts_reset_at = now + std::time::Duration::from_secs(24 * 60 * 60);
+        }
+        self.starts_remaining
     }
 
     pub fn conn_mut(&mut self, id: u64) -> Option<&mut ConnectionRecord> {

@@ -1,0 +1,438 @@
+//! Issue-level guarantees: no stuck shards, no reconnect storms, the identify budget, commands under
+//! the limits, slow handlers.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use shardline::testkit::{ConnectionOutcome, FakeConfig, FakeGateway, SessionStartLimit};
+use shardline::{
+    Backoff, Command, CommandError, Config, Gateway, Limits, PresenceUpdate, ShardPlan,
+    SlowHandlers, StartError, Status, Timeouts,
+};
+
+use crate::harness::*;
+
+fn quick_timeouts(connect: u64, hello: u64, ready: u64) -> Timeouts {
+    Timeouts {
+        connect: Duration::from_millis(connect),
+        hello: Duration::from_millis(hello),
+        ready: Duration::from_millis(ready),
+    }
+}
+
+/// Gaps between the openings of the fake's connections.
+fn gaps(fake: &FakeGateway) -> Vec<Duration> {
+    let conns = fake.connections();
+    conns
+        .windows(2)
+        .map(|w| w[1].opened_at - w[0].opened_at)
+        .collect()
+}
+
+#[actix_rt::test]
+async fn a_gateway_that_never_says_hello_is_left_and_retried() {
+    let fake_config = FakeConfig {
+        send_hello: false,
+        ..fast_fake(1, 1)
+    };
+    let fake = FakeGateway::start(fake_config.clone()).await.unwrap();
+    let gateway = Gateway::start(
+        client(&fake, &fake_config, 1)
+            .timeouts(quick_timeouts(2000, 200, 2000))
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        fake.wait_for(WAIT, "three attempts", |f| f.connections().len() >= 3)
+            .await
+    );
+    let conns = fake.connections();
+    for conn in &conns[..2] {
+        assert_eq!(
+            conn.client_close_code,
+            Some(4000),
+            "the client gave up on the silent connection"
+        );
+        assert_eq!(conn.outcome, ConnectionOutcome::None);
+    }
+    assert!(
+        gaps(&fake).iter().all(|g| *g >= Duration::from_millis(200)),
+        "{:?}",
+        gaps(&fake)
+    );
+    gateway.shutdown(false).await;
+    fake.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_gateway_that_never_answers_identify_is_left_and_retried() {
+    let fake_config = FakeConfig {
+        answer_handshake: false,
+        ..fast_fake(1, 1)
+    };
+    let fake = FakeGateway::start(fake_config.clone()).await.unwrap();
+    let gateway = Gateway::start(
+        client(&fake, &fake_config, 1)
+            .timeouts(quick_timeouts(2000, 2000, 300))
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        fake.wait_for(WAIT, "identified three times", |f| sent_any(f, 2).len()
+            >= 3)
+            .await
+    );
+    let conns = fake.connections();
+    assert_eq!(conns[0].client_close_code, Some(4000));
+    // One Identify per connection, each on its own connection.
+    let identifies = sent_any(&fake, 2);
+    assert_eq!(identifies[0].connection, conns[0].id);
+    assert_eq!(identifies[1].connection, conns[1].id);
+    gateway.shutdown(false).await;
+    fake.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_tcp_peer_that_never_completes_the_handshake_times_out() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream); // accept, never answer
+        }
+    });
+    let config = Config::builder(TOKEN)
+        .gateway_url(format!("ws://127.0.0.1:{port}"))
+        .max_concurrency(1)
+        .compression(shardline::Compression::None)
+        .timeouts(quick_timeouts(200, 2000, 2000))
+        .backoff(Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(50),
+            multiplier: 2.0,
+            randomization: 0.5,
+        })
+        .build()
+        .unwrap();
+    let gateway = Gateway::start(config).await.unwrap();
+    wait_until("three connect attempts", || {
+        accepted.load(std::sync::atomic::Ordering::SeqCst) >= 3
+    })
+    .await;
+    let status = gateway.status().await;
+    assert!(status[0].reconnects >= 2, "{status:?}");
+    gateway.shutdown(false).await;
+}
+
+#[actix_rt::test]
+async fn a_plan_the_identify_budget_cannot_cover_is_refused_at_start() {
+    let fake_config = FakeConfig {
+        session_start_limit: SessionStartLimit {
+            total: 3,
+            remaining: 3,
+            reset_after: 1000,
+        },
+        ..fast_fake(4, 4)
+    };
+    let fake = FakeGateway::start(fake_config).await.unwrap();
+    let config = Config::builder(TOKEN)
+        .shards(ShardPlan::Recommended)
+        .api_base(fake.api_base())
+        .build()
+        .unwrap();
+    match Gateway::start(config).await {
+        Err(StartError::IdentifyBudget {
+            needed: 4,
+            total: 3,
+            remaining: 3,
+        }) => {}
+        other => panic!("expected a budget error, got {:?}", other.err()),
+    }
+    assert!(fake.identifies().is_empty(), "nothing was spent");
+    fake.stop().await;
+}
+
+#[actix_rt::test]
+async fn identifies_past_the_budget_wait_for_its_reset() {
+    let fake_config = FakeConfig {
+        session_start_limit: SessionStartLimit {
+            total: 10,
+            remaining: 1,
+            reset_after: 700,
+        },
+        ..fast_fake(2, 2)
+    };
+    let fake = FakeGateway::start(fake_config.clone()).await.unwrap();
+    let config = Config::builder(TOKEN)
+        .shards(ShardPlan::Recommended)
+        .api_base(fake.api_base())
+        .identify_window(fake_config.identify_window)
+        .compression(shardline::Compression::None)
+        .build()
+        .unwrap();
+    let gateway = Gateway::start(config).await.unwrap();
+    assert!(
+        fake.wait_for(WAIT, "both ready", |f| f.ready_shards() == [0, 1])
+            .await
+    );
+    let ids = fake.identifies();
+    assert_eq!(ids.len(), 2, "no identify was refused");
+    assert!(
+        ids[1].1 - ids[0].1 >= Duration::from_millis(600),
+        "second identify after {:?}",
+        ids[1].1 - ids[0].1
+    );
+    gateway.shutdown(false).await;
+    fake.stop().await;
+}
+
+#[actix_rt::test]
+async fn repeated_invalid_sessions_never_become_an_identify_loop() {
+    // Every Identify is refused with op 9 false (an exhausted budget the client was not told of).
+    let fake_config = FakeConfig {
+        session_start_limit: SessionStartLimit {
+            total: 1000,
+            remaining: 0,
+            reset_after: 86_400_000,
+        },
+        ..fast_fake(1, 1)
+    };
+    let fake = FakeGateway::start(fake_config.clone()).await.unwrap();
+    let config = client(&fake, &fake_config, 1)
+        .backoff(Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(5),
+            multiplier: 2.0,
+            randomization: 0.2,
+        })
+        .build()
+        .unwrap();
+    let gateway = Gateway::start(config).await.unwrap();
+    actix_rt::time::sleep(Duration::from_secs(3)).await;
+    let ids = fake.identifies();
+    // 50, 100, 200, 400, 800, 1600 ms apart: about six in three seconds, not hundreds.
+    assert!(
+        (3..=8).contains(&ids.len()),
+        "{} identifies in 3 s",
+        ids.len()
+    );
+    let gaps: Vec<Duration> = ids.windows(2).map(|w| w[1].1 - w[0].1).collect();
+    assert!(
+        gaps.last().unwrap() >= &(gaps[0] * 4),
+        "the delay grows: {gaps:?}"
+    );
+    gateway.shutdown(false).await;
+    fake.stop().await;
+}
+
+#[actix_rt::test]
+async fn commands_sent_while_reconnecting_go_out_after_the_resume() {
+    let bot = Bot::start(fast_fake(1, 1), 1, |c| c).await;
+    assert!(bot.fake.drop_connection(0));
+    // A command written in the instant before the client sees the drop would go down with the
+    // socket (the gateway acknowledges no command); from the moment it knows, commands wait.
+    let lifecycle = bot.lifecycle.clone();
+    wait_until("the client saw the drop", || {
+        lifecycle
+            .events()
+            .contains(&shardline::ShardEvent::Disconnected {
+                shard: 0,
+                code: None,
+            })
+    })
+    .await;
+    let presence = Command::PresenceUpdate(PresenceUpdate::new(Status::Dnd));
+    bot.gateway.send(0, presence).await.unwrap();
+    assert!(
+        bot.fake
+            .wait_for(WAIT, "presence after resume", |f| sent(f, 0, 3).len() == 1)
+            .await
+    );
+    let frames = bot.fake.frames_of(0);
+    let resume = frames
+        .iter()
+        .position(|f| f.op == Some(6))
+        .expect("resumed");
+    let command = frames.iter().position(|f| f.op == Some(3)).unwrap();
+    assert!(resume < command, "the command waited for the new session");
+    assert_eq!(frames[resume].connection, frames[command].connection);
+    bot.stop().await;
+}
+
+#[actix_rt::test]
+async fn the_command_queue_is_bounded_and_overflow_is_an_error() {
+    let fake_config = FakeConfig {
+        answer_handshake: false,
+        ..fast_fake(1, 1)
+    };
+    let fake = FakeGateway::start(fake_config.clone()).await.unwrap();
+    let config = client(&fake, &fake_config, 1)
+        .limits(Limits {
+            command_queue: 2,
+            ..Limits::default()
+        })
+        .build()
+        .unwrap();
+    let gateway = Gateway::start(config).await.unwrap();
+    let presence = || Command::PresenceUpdate(PresenceUpdate::new(Status::Online));
+    assert_eq!(gateway.send(0, presence()).await, Ok(()));
+    assert_eq!(gateway.send(0, presence()).await, Ok(()));
+    assert_eq!(
+        gateway.send(0, presence()).await,
+        Err(CommandError::QueueFull)
+    );
+    gateway.shutdown(false).await;
+    fake.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_burst_of_commands_stays_under_the_rate_limit() {
+    let limit = (20, Duration::from_secs(1));
+    let fake_config = FakeConfig {
+        command_limit: limit,
+        heartbeat_interval: Duration::from_millis(500),
+        ..fast_fake(1, 1)
+    };
+    let bot = Bot::start(fake_config, 1, |c| {
+        c.command_limit(limit.0, limit.1).limits(Limits {
+            command_queue: 100,
+            ..Limits::default()
+        })
+    })
+    .await;
+    for i in 0..40 {
+        let mut presence = PresenceUpdate::new(Status::Online);
+        presence.since = Some(i);
+        assert_eq!(
+            bot.gateway.send(0, Command::PresenceUpdate(presence)).await,
+            Ok(())
+        );
+    }
+    assert!(
+        bot.fake
+            .wait_for(Duration::from_secs(15), "all 40 sent", |f| sent(f, 0, 3)
+                .len()
+                == 40)
+            .await
+    );
+    let since: Vec<u64> = sent(&bot.fake, 0, 3)
+        .iter()
+        .map(|f| f.json["d"]["since"].as_u64().unwrap())
+        .collect();
+    assert_eq!(since, (0..40).collect::<Vec<_>>(), "in order, none lost");
+    let conns = bot.fake.connections();
+    assert_eq!(conns.len(), 1, "never closed for rate limiting");
+    assert_eq!(conns[0].server_close_code, None);
+    bot.stop().await;
+}
+
+/// A handler that takes its time with every event and has a small mailbox.
+#[derive(Clone)]
+struct Slow {
+    inner: Recorder,
+    pause: Duration,
+}
+
+impl Actor for Slow {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(4);
+    }
+}
+
+impl Handler<shardline::Dispatch> for Slow {
+    type Result = ();
+    fn handle(&mut self, d: shardline::Dispatch, _: &mut Context<Self>) {
+        // A handler doing blocking work: its thread is busy, its mailbox fills.
+        std::thread::sleep(self.pause);
+        self.inner.record(&d);
+    }
+}
+
+#[actix_rt::test]
+async fn a_slow_handler_slows_delivery_but_never_heartbeats_and_loses_nothing() {
+    let slow = Recorder::default();
+    let arbiter = Arbiter::new();
+    let s = slow.clone();
+    let handler = Slow::start_in_arbiter(&arbiter.handle(), move |_| Slow {
+        inner: s,
+        pause: Duration::from_millis(3),
+    });
+    let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
+        c.handler("MESSAGE_CREATE", handler.recipient())
+            .slow_handlers(SlowHandlers::Backpressure { max_pending: 16 })
+    })
+    .await;
+    let seqs = bot
+        .fake
+        .flood(0, "MESSAGE_CREATE", r#"{"content":"x"}"#, 400)
+        .unwrap();
+    let mut most_pending = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while slow.count("MESSAGE_CREATE") < 400 && Instant::now() < deadline {
+        most_pending = most_pending.max(bot.gateway.status().await[0].pending);
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got: Vec<u64> = slow
+        .seqs("MESSAGE_CREATE")
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(got, seqs.collect::<Vec<_>>(), "every event once, in order");
+    assert!(most_pending <= 16, "pending grew to {most_pending}");
+    assert!(most_pending > 0, "the handler really was behind");
+    let conns = bot.fake.connections();
+    assert_eq!(
+        conns.len(),
+        1,
+        "heartbeats kept the connection alive through ~1.2 s of backlog"
+    );
+    assert_eq!(bot.gateway.status().await[0].dropped, 0);
+    arbiter.stop();
+    bot.stop().await;
+}
+
+#[actix_rt::test]
+async fn the_drop_policy_counts_every_event_it_drops() {
+    let slow = Recorder::default();
+    let arbiter = Arbiter::new();
+    let s = slow.clone();
+    let handler = Slow::start_in_arbiter(&arbiter.handle(), move |_| Slow {
+        inner: s,
+        pause: Duration::from_millis(2),
+    });
+    let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
+        c.handler("MESSAGE_CREATE", handler.recipient())
+            .slow_handlers(SlowHandlers::Drop)
+    })
+    .await;
+    bot.fake
+        .flood(0, "MESSAGE_CREATE", r#"{"content":"x"}"#, 300)
+        .unwrap();
+    bot.until("all 300 seen by the catch-all", |r| {
+        r.count("MESSAGE_CREATE") == 300
+    })
+    .await;
+    actix_rt::time::sleep(Duration::from_millis(1500)).await;
+    let dropped = bot.gateway.status().await[0].dropped;
+    let delivered = slow.count("MESSAGE_CREATE") as u64;
+    assert!(
+        dropped > 0,
+        "a 4-slot mailbox at 2 ms per event drops some of a 300-event burst"
+    );
+    assert_eq!(
+        delivered + dropped,
+        300,
+        "delivered {delivered} + dropped {dropped}"
+    );
+    arbiter.stop();
+    bot.stop().await;
+}
