@@ -179,6 +179,15 @@ impl Conn {
                     Some(Command::RawText(text)) => {
                         let _ = self.session.text(text).await;
                     }
+                    Some(Command::RawCompressed(bytes)) => {
+                        let message = match &mut self.compressor {
+                            Some(c) => Message::Binary(c.compress(&bytes).into()),
+                            None => Message::Binary(bytes),
+                        };
+                        if self.session.send(message).await.is_err() {
+                            return Flow::Drop;
+                        }
+                    }
                     Some(Command::RawBinary(bytes)) => {
                         let _ = self.session.binary(bytes).await;
                     }

@@ -370,6 +370,15 @@ impl FakeGateway {
         )
     }
 
+    /// Sends `payload` through the connection's transport compressor as one message, outside the
+    /// session log (e.g. a decompression bomb). Without compression it goes out as a binary frame.
+    pub fn send_raw_compressed(&self, shard: u32, payload: &[u8]) -> bool {
+        self.state().send_to_shard(
+            shard,
+            Command::RawCompressed(bytes::Bytes::copy_from_slice(payload)),
+        )
+    }
+
     /// Every frame every client sent, in order of arrival.
     pub fn frames(&self) -> Vec<RecordedFrame> {
         self.state().frames.clone()

@@ -15,6 +15,8 @@ pub(crate) enum Command {
     /// Send these frames, in order.
     Send(Vec<ByteString>),
     RawText(String),
+    /// Bytes put through the connection's compressor, sent as one message (not kept for replay).
+    RawCompressed(bytes::Bytes),
     RawBinary(bytes::Bytes),
     Close(u16),
     Drop,

@@ -143,3 +143,130 @@ async fn malformed_frames_unknown_opcodes_and_unknown_events_are_survived() {
     assert_eq!(got, json!({"x": 1}));
     bot.stop().await;
 }
+
+/// Dispatches `n` numbered MESSAGE_CREATEs to shard 0.
+fn messages(bot: &Bot, from: usize, n: usize) -> Vec<u64> {
+    (from..from + n)
+        .map(|i| {
+            bot.fake
+                .dispatch(0, "MESSAGE_CREATE", json!({ "i": i }))
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Sends `fault` between two batches of messages; the shard must reconnect, resume and deliver every
+/// message exactly once, in order.
+async fn survives(
+    fault: impl FnOnce(&Bot),
+    tweak: impl FnOnce(shardline::ConfigBuilder) -> shardline::ConfigBuilder,
+) {
+    let bot = Bot::start(fast_fake(1, 1), 1, tweak).await;
+    let mut expected = messages(&bot, 0, 10);
+    bot.until("first batch", |r| r.count("MESSAGE_CREATE") == 10)
+        .await;
+    fault(&bot);
+    assert!(
+        bot.fake
+            .wait_for(WAIT, "resumed", |f| f.connections().len() == 2
+                && f.ready_shards() == [0])
+            .await
+    );
+    expected.extend(messages(&bot, 10, 10));
+    bot.until("second batch", |r| r.count("MESSAGE_CREATE") >= 20)
+        .await;
+    let got: Vec<u64> = bot
+        .recorder
+        .seqs("MESSAGE_CREATE")
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(got, expected);
+    let conns = bot.fake.connections();
+    assert_eq!(
+        conns[0].client_close_code,
+        Some(4000),
+        "left with a resumable close"
+    );
+    assert!(matches!(
+        conns[1].outcome,
+        shardline::testkit::ConnectionOutcome::Resumed { .. }
+    ));
+    bot.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_corrupt_zlib_stream_resets_the_connection_and_resumes() {
+    survives(
+        |bot| {
+            assert!(bot
+                .fake
+                .send_raw_binary(0, b"\x78\x01not deflate at all\x00\x00\xff\xff"))
+        },
+        |c| c.compression(Compression::ZlibStream),
+    )
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_decompression_bomb_hits_the_cap_and_resumes() {
+    // 8 MiB of zeros compress to a few KiB; the cap is 256 KiB.
+    let limits = shardline::Limits {
+        max_decompressed_size: 256 << 10,
+        ..shardline::Limits::default()
+    };
+    survives(
+        |bot| assert!(bot.fake.send_raw_compressed(0, &vec![b' '; 8 << 20])),
+        |c| c.compression(Compression::ZlibStream).limits(limits),
+    )
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_frame_over_the_receive_limit_resets_the_connection_and_resumes() {
+    let limits = shardline::Limits {
+        max_message_size: 64 << 10,
+        ..shardline::Limits::default()
+    };
+    survives(
+        |bot| {
+            assert!(bot.fake.send_raw_text(
+                0,
+                &format!(
+                    r#"{{"op":0,"s":999,"t":"X","d":"{}"}}"#,
+                    "y".repeat(100 << 10)
+                )
+            ))
+        },
+        |c| c.limits(limits),
+    )
+    .await;
+}
+
+#[actix_rt::test]
+async fn repeated_and_stale_sequence_numbers_are_not_delivered_twice() {
+    let bot = Bot::start(fast_fake(1, 1), 1, |c| c).await;
+    messages(&bot, 0, 3);
+    bot.until("three", |r| r.count("MESSAGE_CREATE") == 3).await;
+    assert!(bot.fake.send_raw_text(
+        0,
+        r#"{"t":"MESSAGE_CREATE","s":3,"op":0,"d":{"i":"again"}}"#
+    ));
+    assert!(bot.fake.send_raw_text(
+        0,
+        r#"{"t":"MESSAGE_CREATE","s":1,"op":0,"d":{"i":"stale"}}"#
+    ));
+    messages(&bot, 3, 1);
+    bot.until("the fourth", |r| r.count("MESSAGE_CREATE") == 4)
+        .await;
+    assert_eq!(
+        bot.recorder.seqs("MESSAGE_CREATE"),
+        [(0, 2), (0, 3), (0, 4), (0, 5)]
+    );
+    assert!(!bot
+        .recorder
+        .events()
+        .iter()
+        .any(|e| e.data.contains("again") || e.data.contains("stale")));
+    bot.stop().await;
+}
