@@ -14,7 +14,7 @@ use actix_http::ws::Item;
 use awc::ws::{CloseCode as WsCloseCode, CloseReason, Codec, Frame, Message as WsMessage};
 use awc::BoxedSocket;
 use bytes::{Bytes, BytesMut};
-use futures_util::stream::{SplitSink, StreamExt};
+use futures_util::stream::StreamExt;
 
 use crate::config::{Compression, Limits, SlowHandlers, Timeouts};
 use crate::error::FatalError;
@@ -30,7 +30,7 @@ use crate::shard::messages::{GetStatus, SendCommand, ShardNotice, ShardStatus, S
 use crate::shard::pause::{Pausable, PauseGate};
 use crate::shard::state::{Action, IdentifyParams, Phase, SendKind, ShardState};
 
-type WsSink = SplitSink<Framed<BoxedSocket, Codec>, WsMessage>;
+type WsSink = crate::shard::framing::Writer;
 
 /// How long a closed connection may take to finish its close handshake before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -218,7 +218,7 @@ impl ShardActor {
         generation: u64,
         ctx: &mut Context<Self>,
     ) {
-        let (sink, stream) = framed.split();
+        let (stream, sink) = crate::shard::framing::split(framed);
         let reader = ctx.add_stream(Pausable::new(
             stream
                 .map(move |frame| WsEvent {

@@ -6,6 +6,7 @@ pub mod state;
 pub use state::{Action, IdentifyParams, Phase, ShardState};
 pub mod actor;
 pub mod backoff;
+pub mod framing;
 pub mod inflate;
 pub mod limiter;
 pub mod messages;
