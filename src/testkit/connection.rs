@@ -43,6 +43,9 @@ pub(crate) struct Connection {
 }
 
 struct Conn {
+    /// Events of the flood still to send after READY.
+    flood_left: usize,
+    flood: Option<super::Flood>,
     id: u64,
     shared: Arc<Mutex<State>>,
     session: Session,
@@ -93,7 +96,10 @@ impl Connection {
                 c.send_hello,
             )
         };
+        let flood = lock(&shared).config.flood_on_ready.clone();
         let mut conn = Conn {
+            flood_left: 0,
+            flood,
             id,
             shared: shared.clone(),
             session,
@@ -193,6 +199,11 @@ impl Conn {
                     }
                     Some(Command::Close(code)) => return Flow::Close(code),
                 },
+                _ = std::future::ready(()), if self.flood_left > 0 => {
+                    if !self.flood_chunk().await {
+                        return Flow::Drop;
+                    }
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::info!(conn = self.id, "no heartbeat in time: closing 4009");
                     return Flow::Close(Code::SessionTimedOut.code());
@@ -212,6 +223,30 @@ impl Conn {
                 state.invalidate(id);
             }
         }
+    }
+
+    /// Sends the next chunk of the flood: a few hundred events between looks at the client's frames.
+    async fn flood_chunk(&mut self) -> bool {
+        let (Some(flood), Some(session_id)) = (self.flood.clone(), self.session_id.clone()) else {
+            self.flood_left = 0;
+            return true;
+        };
+        let sent = flood.count - self.flood_left;
+        let chunk = self.flood_left.min(256);
+        let mut frames = Vec::with_capacity(chunk + 1);
+        {
+            let mut state = lock(&self.shared);
+            for i in sent..sent + chunk {
+                if flood.probe_every > 0 && i % flood.probe_every == 0 {
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                    let probe = format!(r#"{{"sent_ns":{}}}"#, now.as_nanos());
+                    frames.extend(state.append(&session_id, "LATENCY_PROBE", &probe));
+                }
+                frames.extend(state.append(&session_id, &flood.event, &flood.d));
+            }
+        }
+        self.flood_left -= chunk;
+        self.send(frames).await
     }
 
     async fn close(&mut self, code: u16) {
@@ -486,6 +521,7 @@ impl Conn {
         drop(state);
         self.authenticated = true;
         self.session_id = Some(session_id);
+        self.flood_left = self.flood.as_ref().map_or(0, |f| f.count);
         Reply::Send(frames)
     }
 

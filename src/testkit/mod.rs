@@ -73,10 +73,26 @@ pub struct FakeConfig {
     pub resume_url: Option<String>,
     /// Sends every message longer than this as continuation frames of this size (default off).
     pub fragment_size: Option<usize>,
+    /// A flood sent to every shard right after its READY (default none): for benchmarks.
+    pub flood_on_ready: Option<Flood>,
     /// Whether Hello is sent (default true); `false` makes a gateway that accepts and stays silent.
     pub send_hello: bool,
     /// Whether Identify and Resume are answered (default true); `false` never sends READY/RESUMED.
     pub answer_handshake: bool,
+}
+
+/// A stream of dispatches generated as it is sent (never all in memory), for benchmarks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flood {
+    /// The event name, e.g. `MESSAGE_CREATE`.
+    pub event: String,
+    /// The serialized `d` of every event.
+    pub d: String,
+    /// How many events.
+    pub count: usize,
+    /// Every this many events, a `LATENCY_PROBE` dispatch whose `d` is `{"sent_ns": <ns since the
+    /// Unix epoch>}` (0: none), so a client can measure send-to-handler latency.
+    pub probe_every: usize,
 }
 
 /// `session_start_limit` of `GET /gateway/bot`.
@@ -114,6 +130,7 @@ impl Default for FakeConfig {
             fragment_size: None,
             send_hello: true,
             answer_handshake: true,
+            flood_on_ready: None,
         }
     }
 }

@@ -188,6 +188,19 @@ impl State {
         Some((first, last))
     }
 
+    /// Appends one dispatch to a session's log (without sending it); the frame to send.
+    pub fn append(&mut self, session_id: &str, event: &str, d: &str) -> Option<ByteString> {
+        let capacity = self.config.replay_capacity;
+        let session = self.sessions.get_mut(session_id).filter(|s| s.resumable)?;
+        session.seq += 1;
+        let frame = ByteString::from(format!(r#"{{"t":"{event}","s":{},"op":0,"d":{d}}}"#, session.seq));
+        session.log.push_back((session.seq, frame.clone()));
+        if session.log.len() > capacity {
+            session.log.pop_front();
+        }
+        Some(frame)
+    }
+
     pub fn invalidate(&mut self, session_id: &str) {
         if let Some(session) = self.sessions.get_mut(session_id) {
             session.resumable = false;
