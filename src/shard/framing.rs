@@ -31,9 +31,23 @@ pub fn split(framed: Framed<BoxedSocket, Codec>) -> (Reader, Writer) {
     let parts = framed.into_parts();
     let (read, write) = tokio::io::split(parts.io);
     // Bytes awc read past the upgrade response (often Hello) are the start of the stream.
-    let buf = if parts.read_buf.is_empty() { BytesMut::new() } else { parts.read_buf };
-    let reader = Reader { io: read, codec: parts.codec.clone(), buf, eof: false };
-    let writer = Writer { io: write, codec: parts.codec, buf: BytesMut::new(), queued: 0 };
+    let buf = if parts.read_buf.is_empty() {
+        BytesMut::new()
+    } else {
+        parts.read_buf
+    };
+    let reader = Reader {
+        io: read,
+        codec: parts.codec.clone(),
+        buf,
+        eof: false,
+    };
+    let writer = Writer {
+        io: write,
+        codec: parts.codec,
+        buf: BytesMut::new(),
+        queued: 0,
+    };
     (reader, writer)
 }
 
@@ -135,11 +149,15 @@ impl Sink<Message> for Writer {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let this = &mut *self;
         std::task::ready!(this.poll_write_out(cx)).map_err(ProtocolError::Io)?;
-        Pin::new(&mut this.io).poll_flush(cx).map_err(ProtocolError::Io)
+        Pin::new(&mut this.io)
+            .poll_flush(cx)
+            .map_err(ProtocolError::Io)
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         std::task::ready!(self.as_mut().poll_flush(cx))?;
-        Pin::new(&mut self.io).poll_shutdown(cx).map_err(ProtocolError::Io)
+        Pin::new(&mut self.io)
+            .poll_shutdown(cx)
+            .map_err(ProtocolError::Io)
     }
 }

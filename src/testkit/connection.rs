@@ -65,6 +65,13 @@ fn lock(shared: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Whether an Identify/Resume token is the bot's: bare, or with the `Bot ` prefix that some clients
+/// send and Discord accepts.
+fn token_matches(sent: &Value, token: &str) -> bool {
+    sent.as_str()
+        .is_some_and(|t| t == token || t.strip_prefix("Bot ") == Some(token))
+}
+
 fn frame(op: OpCode, d: Value) -> ByteString {
     ByteString::from(json!({"t": null, "s": null, "op": op.code(), "d": d}).to_string())
 }
@@ -238,7 +245,9 @@ impl Conn {
             let mut state = lock(&self.shared);
             for i in sent..sent + chunk {
                 if flood.probe_every > 0 && i % flood.probe_every == 0 {
-                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
                     let probe = format!(r#"{{"sent_ns":{}}}"#, now.as_nanos());
                     frames.extend(state.append(&session_id, "LATENCY_PROBE", &probe));
                 }
@@ -406,7 +415,7 @@ impl Conn {
         }
         let mut state = lock(&self.shared);
         let config = state.config.clone();
-        if d["token"].as_str() != Some(config.token.as_str()) {
+        if !token_matches(&d["token"], &config.token) {
             return Reply::Close(Code::AuthenticationFailed.code());
         }
         // §2 / §7: intents are required and must be documented bits.
@@ -530,7 +539,7 @@ impl Conn {
             return Reply::Close(Code::AlreadyAuthenticated.code());
         }
         let mut state = lock(&self.shared);
-        if d["token"].as_str() != Some(state.config.token.as_str()) {
+        if !token_matches(&d["token"], &state.config.token) {
             return Reply::Close(Code::AuthenticationFailed.code());
         }
         let (Some(session_id), Some(seq)) = (d["session_id"].as_str(), d["seq"].as_u64()) else {

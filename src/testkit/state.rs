@@ -193,7 +193,10 @@ impl State {
         let capacity = self.config.replay_capacity;
         let session = self.sessions.get_mut(session_id).filter(|s| s.resumable)?;
         session.seq += 1;
-        let frame = ByteString::from(format!(r#"{{"t":"{event}","s":{},"op":0,"d":{d}}}"#, session.seq));
+        let frame = ByteString::from(format!(
+            r#"{{"t":"{event}","s":{},"op":0,"d":{d}}}"#,
+            session.seq
+        ));
         session.log.push_back((session.seq, frame.clone()));
         if session.log.len() > capacity {
             session.log.pop_front();

@@ -274,19 +274,42 @@ async fn repeated_and_stale_sequence_numbers_are_not_delivered_twice() {
 #[cfg(feature = "zstd")]
 #[actix_rt::test]
 async fn zstd_stream_carries_the_whole_lifecycle_and_a_resume() {
-    let bot = Bot::start(fast_fake(1, 1), 1, |c| c.compression(Compression::ZstdStream)).await;
-    assert_eq!(bot.fake.connections()[0].compress.as_deref(), Some("zstd-stream"));
+    let bot = Bot::start(fast_fake(1, 1), 1, |c| {
+        c.compression(Compression::ZstdStream)
+    })
+    .await;
+    assert_eq!(
+        bot.fake.connections()[0].compress.as_deref(),
+        Some("zstd-stream")
+    );
     let body = big_guild(300_000);
     bot.fake.dispatch_raw(0, "GUILD_CREATE", &body).unwrap();
     for i in 0..50 {
-        bot.fake.dispatch(0, "MESSAGE_CREATE", json!({ "i": i })).unwrap();
+        bot.fake
+            .dispatch(0, "MESSAGE_CREATE", json!({ "i": i }))
+            .unwrap();
     }
     bot.until("50", |r| r.count("MESSAGE_CREATE") == 50).await;
     assert!(bot.fake.reconnect(0));
-    bot.fake.dispatch(0, "MESSAGE_CREATE", json!({ "i": 50 })).unwrap();
-    bot.until("51 after the resume", |r| r.count("MESSAGE_CREATE") == 51).await;
-    let guild = bot.recorder.events().into_iter().find(|e| e.event == "GUILD_CREATE").unwrap();
+    bot.fake
+        .dispatch(0, "MESSAGE_CREATE", json!({ "i": 50 }))
+        .unwrap();
+    bot.until("51 after the resume", |r| r.count("MESSAGE_CREATE") == 51)
+        .await;
+    let guild = bot
+        .recorder
+        .events()
+        .into_iter()
+        .find(|e| e.event == "GUILD_CREATE")
+        .unwrap();
     assert_eq!(guild.data, body);
-    assert_eq!(bot.recorder.seqs("MESSAGE_CREATE").into_iter().map(|(_, s)| s).collect::<Vec<_>>(), (3..=53).collect::<Vec<_>>());
+    assert_eq!(
+        bot.recorder
+            .seqs("MESSAGE_CREATE")
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect::<Vec<_>>(),
+        (3..=53).collect::<Vec<_>>()
+    );
     bot.stop().await;
 }

@@ -1,0 +1,145 @@
+//! The flood bench's fake gateway and shardline client roles (shared with the peer comparison).
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use shardline::testkit::{FakeConfig, FakeGateway, Flood};
+use shardline::{Compression, Config, Dispatch, Gateway, ShardPlan};
+
+/// The corpus MESSAGE_CREATE (2.6 KB).
+pub const MESSAGE: &str = include_str!("../corpus/message_create.json");
+/// A `LATENCY_PROBE` after every this many events.
+pub const PROBE_EVERY: usize = 1000;
+
+/// The fake gateway process: `--serve <port> <shards> <events per shard>`.
+pub fn serve(args: &[String]) {
+    let port: u16 = args[0].parse().expect("port");
+    let shards: u32 = args[1].parse().expect("shards");
+    let count: usize = args[2].parse().expect("events");
+    let d = serde_json::from_str::<serde_json::Value>(MESSAGE).expect("corpus")["d"].to_string();
+    actix_rt::System::new().block_on(async move {
+        let config = FakeConfig {
+            shards,
+            max_concurrency: shards,
+            identify_window: Duration::from_millis(5),
+            replay_capacity: 1_000,
+            flood_on_ready: Some(Flood {
+                event: "MESSAGE_CREATE".into(),
+                d,
+                count,
+                probe_every: PROBE_EVERY,
+            }),
+            ..FakeConfig::default()
+        };
+        let _fake = FakeGateway::start_on(config, port).await.expect("listens");
+        std::future::pending::<()>().await;
+    });
+}
+
+/// Counts messages and collects probe latencies.
+pub struct Counter {
+    expected: usize,
+    count: usize,
+    first: Option<Instant>,
+    latencies_ns: Vec<u64>,
+    done: Option<tokio::sync::oneshot::Sender<(Duration, Vec<u64>)>>,
+}
+
+impl Actor for Counter {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(4096);
+    }
+}
+
+impl Handler<Dispatch> for Counter {
+    type Result = ();
+    fn handle(&mut self, d: Dispatch, _: &mut Context<Self>) {
+        match d.event() {
+            "MESSAGE_CREATE" => {
+                let now = Instant::now();
+                self.first.get_or_insert(now);
+                self.count += 1;
+                if self.count == self.expected {
+                    if let (Some(done), Some(first)) = (self.done.take(), self.first) {
+                        let _ = done.send((now - first, std::mem::take(&mut self.latencies_ns)));
+                    }
+                }
+            }
+            "LATENCY_PROBE" => {
+                #[derive(serde::Deserialize)]
+                struct Probe {
+                    sent_ns: u64,
+                }
+                if let Ok(p) = d.parse::<Probe>() {
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_nanos() as u64;
+                    self.latencies_ns.push(now.saturating_sub(p.sent_ns));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One run: `--client <shards> <compression> <events per shard> <gateway url>`.
+pub fn client(args: &[String]) {
+    let n: u32 = args[0].parse().expect("shards");
+    let compression = match args[1].as_str() {
+        "none" => Compression::None,
+        "zlib-stream" => Compression::ZlibStream,
+        #[cfg(feature = "zstd")]
+        "zstd-stream" => Compression::ZstdStream,
+        other => panic!("unknown compression {other}"),
+    };
+    let per_shard: usize = args[2].parse().expect("events");
+    let url = args[3].clone();
+    actix_rt::System::new().block_on(async move {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let counter = Counter {
+            expected: per_shard * n as usize,
+            count: 0,
+            first: None,
+            latencies_ns: Vec::new(),
+            done: Some(tx),
+        }
+        .start();
+        let config = Config::builder("fake-token")
+            .shards(ShardPlan::Count(n))
+            .gateway_url(url)
+            .max_concurrency(n)
+            .identify_window(Duration::from_millis(5))
+            .compression(compression)
+            .handler("MESSAGE_CREATE", counter.clone().recipient())
+            .handler("LATENCY_PROBE", counter.recipient())
+            .build()
+            .expect("config");
+        let gateway = Gateway::start(config).await.expect("starts");
+        let (elapsed, mut latencies) = actix_rt::time::timeout(Duration::from_secs(300), rx)
+            .await
+            .expect("flood finished in time")
+            .expect("counter");
+        latencies.sort_unstable();
+        let pct = |p: f64| {
+            latencies
+                .get(((latencies.len() as f64 - 1.0) * p) as usize)
+                .map_or(0.0, |&ns| ns as f64 / 1e6)
+        };
+        let total = per_shard * n as usize;
+        let result = serde_json::json!({
+            "bench": "flood",
+            "library": "shardline",
+            "shards": n,
+            "compression": args[1],
+            "events": total,
+            "events_per_sec": total as f64 / elapsed.as_secs_f64(),
+            "p50_ms": pct(0.5),
+            "p99_ms": pct(0.99),
+        });
+        println!("{result}");
+        drop(gateway);
+        std::process::exit(0);
+    });
+}
