@@ -38,7 +38,7 @@ fn main() {
     );
     for n in &shards {
         for compression in &compressions {
-            let fake = common::FakeProcess::start(&[n.clone()]);
+            let fake = common::FakeProcess::start(std::slice::from_ref(n));
             let output = std::process::Command::new(std::env::current_exe().expect("own path"))
                 .args(["--client", n, compression, &idle, &fake.gateway_url()])
                 .output()
