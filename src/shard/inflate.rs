@@ -35,6 +35,25 @@ impl std::fmt::Display for InflateError {
 
 impl std::error::Error for InflateError {}
 
+/// An output buffer for a message compressed to `input_len` bytes: gateway JSON compresses about
+/// 4-10×, so start at four times and grow.
+pub(crate) fn output_for(input_len: usize, max_output: usize) -> Vec<u8> {
+    Vec::with_capacity((input_len * 4).clamp(256, max_output))
+}
+
+/// Doubles a full output buffer, up to `max_output`; past it the message is a bomb (or the limit is
+/// too low).
+pub(crate) fn make_room(out: &mut Vec<u8>, max_output: usize) -> Result<(), InflateError> {
+    if out.len() == out.capacity() {
+        if out.len() >= max_output {
+            return Err(InflateError::TooLarge(max_output));
+        }
+        let grow = out.capacity().min(max_output - out.len());
+        out.reserve_exact(grow);
+    }
+    Ok(())
+}
+
 /// The inflate context of one zlib-stream connection.
 pub struct Inflater {
     zlib: Decompress,
@@ -84,16 +103,9 @@ impl Inflater {
     }
 
     fn inflate(&mut self, mut input: &[u8]) -> Result<Bytes, InflateError> {
-        // Gateway JSON compresses about 4-10×; start there and grow.
-        let mut out: Vec<u8> = Vec::with_capacity((input.len() * 4).clamp(256, self.max_output));
+        let mut out = output_for(input.len(), self.max_output);
         loop {
-            if out.len() == out.capacity() {
-                if out.len() >= self.max_output {
-                    return Err(InflateError::TooLarge(self.max_output));
-                }
-                let grow = out.capacity().min(self.max_output - out.len());
-                out.reserve_exact(grow);
-            }
+            make_room(&mut out, self.max_output)?;
             let before_in = self.zlib.total_in();
             let before_out = self.zlib.total_out();
             let status = self

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
 
-use super::inflate::InflateError;
+use super::inflate::{make_room, output_for, InflateError};
 
 /// The decompression context of one zstd-stream connection.
 pub struct ZstdStream {
@@ -32,15 +32,9 @@ impl ZstdStream {
     /// the output stops.
     pub fn push(&mut self, data: &[u8]) -> Result<Bytes, InflateError> {
         let mut input = InBuffer::around(data);
-        let mut out: Vec<u8> = Vec::with_capacity((data.len() * 4).clamp(256, self.max_output));
+        let mut out = output_for(data.len(), self.max_output);
         loop {
-            if out.len() == out.capacity() {
-                if out.len() >= self.max_output {
-                    return Err(InflateError::TooLarge(self.max_output));
-                }
-                let grow = out.capacity().min(self.max_output - out.len());
-                out.reserve_exact(grow);
-            }
+            make_room(&mut out, self.max_output)?;
             let pos = out.len();
             let mut output = OutBuffer::around_pos(&mut out, pos);
             self.decoder

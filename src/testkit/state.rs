@@ -136,11 +136,6 @@ impl State {
             .and_then(|id| self.sessions.get(id))
     }
 
-    fn session_of_mut(&mut self, shard: u32) -> Option<&mut Session> {
-        let id = self.current.get(&shard)?;
-        self.sessions.get_mut(id)
-    }
-
     /// The live connection of `shard`'s current session.
     pub fn live_conn_of(&self, shard: u32) -> Option<u64> {
         self.session_of(shard)
@@ -163,29 +158,16 @@ impl State {
         event: &str,
         bodies: &mut dyn Iterator<Item = &str>,
     ) -> Option<(u64, u64)> {
-        let capacity = self.config.replay_capacity;
-        let session = self.session_of_mut(shard).filter(|s| s.resumable)?;
-        let first = session.seq + 1;
-        let mut frames = Vec::new();
-        for d in bodies {
-            session.seq += 1;
-            let frame = ByteString::from(format!(
-                r#"{{"t":"{event}","s":{},"op":0,"d":{d}}}"#,
-                session.seq
-            ));
-            session.log.push_back((session.seq, frame.clone()));
-            if session.log.len() > capacity {
-                session.log.pop_front();
-            }
-            frames.push(frame);
+        let session_id = self.session_of(shard).filter(|s| s.resumable)?.id.clone();
+        let first = self.sessions.get(&session_id)?.seq + 1;
+        let frames: Vec<ByteString> = bodies
+            .filter_map(|d| self.append(&session_id, event, d))
+            .collect();
+        let session = self.sessions.get(&session_id)?;
+        if let Some(live) = session.conn.and_then(|conn| self.live.get(&conn)) {
+            let _ = live.tx.send(Command::Send(frames));
         }
-        let last = session.seq;
-        if let Some(conn) = session.conn {
-            if let Some(live) = self.live.get(&conn) {
-                let _ = live.tx.send(Command::Send(frames));
-            }
-        }
-        Some((first, last))
+        Some((first, session.seq))
     }
 
     /// Appends one dispatch to a session's log (without sending it); the frame to send.

@@ -223,3 +223,14 @@ pub fn sent_any(fake: &FakeGateway, op: u8) -> Vec<RecordedFrame> {
         .filter(|f| f.op == Some(op))
         .collect()
 }
+
+/// Dispatches `n` MESSAGE_CREATEs numbered from `from` to shard 0; returns their seqs.
+pub fn messages(bot: &Bot, from: usize, n: usize) -> Vec<u64> {
+    (from..from + n)
+        .map(|i| {
+            bot.fake
+                .dispatch(0, "MESSAGE_CREATE", serde_json::json!({ "i": i }))
+                .unwrap()
+        })
+        .collect()
+}

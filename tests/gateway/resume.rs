@@ -3,17 +3,6 @@ use shardline::testkit::ConnectionOutcome;
 
 use crate::harness::*;
 
-/// Dispatches `n` MESSAGE_CREATEs numbered from `from`; returns their seqs.
-fn messages(bot: &Bot, from: usize, n: usize) -> Vec<u64> {
-    (from..from + n)
-        .map(|i| {
-            bot.fake
-                .dispatch(0, "MESSAGE_CREATE", json!({ "i": i }))
-                .unwrap()
-        })
-        .collect()
-}
-
 fn delivered(bot: &Bot) -> Vec<u64> {
     bot.recorder
         .seqs("MESSAGE_CREATE")

@@ -144,17 +144,6 @@ async fn malformed_frames_unknown_opcodes_and_unknown_events_are_survived() {
     bot.stop().await;
 }
 
-/// Dispatches `n` numbered MESSAGE_CREATEs to shard 0.
-fn messages(bot: &Bot, from: usize, n: usize) -> Vec<u64> {
-    (from..from + n)
-        .map(|i| {
-            bot.fake
-                .dispatch(0, "MESSAGE_CREATE", json!({ "i": i }))
-                .unwrap()
-        })
-        .collect()
-}
-
 /// Sends `fault` between two batches of messages; the shard must reconnect, resume and deliver every
 /// message exactly once, in order.
 async fn survives(
