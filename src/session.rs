@@ -25,7 +25,8 @@ pub trait SessionStore: Send + Sync + 'static {
     fn load(&self, shard: u32) -> Option<SessionInfo>;
     /// Keeps the session of `shard` (after READY or RESUMED).
     fn save(&self, shard: u32, session: SessionInfo);
-    /// Records the last sequence received by `shard` (called once per dispatch).
+    /// Records the sequence of the event `shard` is handing to its handlers (called once per
+    /// dispatch, in order, as it leaves the shard's queue).
     fn set_seq(&self, shard: u32, seq: u64);
     /// Forgets the session of `shard` (it was invalidated or closed for good).
     fn remove(&self, shard: u32);

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt as _;
 
-use twilight_gateway::queue::InMemoryQueue;
+use twilight_gateway::queue::Queue;
 use twilight_gateway::{
     ConfigBuilder, EventTypeFlags, Intents, Message, Shard, ShardId, StreamExt as _,
 };
@@ -179,9 +179,22 @@ fn run(args: &[&str]) -> Option<serde_json::Value> {
     serde_json::from_str(&line?).ok()
 }
 
-fn shards(n: u32, url: &str) -> Vec<Shard> {
-    // One bucket per shard: identify pacing relaxed, as for shardline.
-    let queue = InMemoryQueue::new(n as u16, 1000, Duration::from_secs(86_400), 1000);
+/// Grants every identify at once. Identify pacing is relaxed for both libraries (shardline runs with
+/// a 5 ms window and a bucket per shard); twilight's `InMemoryQueue` releases buckets on a fixed
+/// 5 s tick, which would stagger the shards' starts by 5 s and measure the queue, not the gateway.
+#[derive(Debug, Clone, Copy)]
+struct Immediate;
+
+impl Queue for Immediate {
+    fn enqueue(&self, _shard: u32) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = tx.send(());
+        rx
+    }
+}
+
+fn shards(n: u32, url: &str) -> Vec<Shard<Immediate>> {
+    let queue = Immediate;
     let config = ConfigBuilder::new(
         "fake-token".to_owned(),
         Intents::GUILDS | Intents::GUILD_MESSAGES,

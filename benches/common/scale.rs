@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use shardline::testkit::{FakeConfig, FakeGateway};
+use shardline::testkit::{FakeConfig, FakeGateway, SessionStartLimit};
 use shardline::{Compression, Config, Gateway, ShardPlan};
 
 /// The fake gateway process: `--serve <port> <shards>`.
@@ -18,6 +18,12 @@ pub fn serve(args: &[String]) {
             command_limit: (120, Duration::from_secs(60)),
             guilds_per_shard: 2,
             replay_capacity: 1_000,
+            // A session-start budget that covers every shard (Discord raises it for large bots).
+            session_start_limit: SessionStartLimit {
+                total: shards.max(1000) * 2,
+                remaining: shards.max(1000) * 2,
+                reset_after: 86_400_000,
+            },
             ..FakeConfig::default()
         };
         let _fake = FakeGateway::start_on(config, port).await.expect("listens");

@@ -134,6 +134,8 @@ pub struct ShardActor {
     pending: VecDeque<(Dispatch, usize)>,
     /// Waiting for a full handler to take the event at the front of `pending`.
     blocked: bool,
+    /// A hand-over of `pending` to the handlers is due once the frames read so far are handled.
+    flush_scheduled: bool,
     dropped: u64,
     reading: Rc<PauseGate>,
     /// The code of the gateway's close frame on the current connection, for the lifecycle event.
@@ -142,6 +144,9 @@ pub struct ShardActor {
     peer_closed: Rc<std::cell::Cell<bool>>,
     span: tracing::Span,
 }
+
+/// Events queued before they are handed over even though the read batch is not done.
+const FLUSH_AT: usize = 64;
 
 impl ShardActor {
     pub(crate) fn new(
@@ -169,6 +174,7 @@ impl ShardActor {
             deliberate_stop: false,
             pending: VecDeque::new(),
             blocked: false,
+            flush_scheduled: false,
             dropped: 0,
             reading: Rc::new(PauseGate::default()),
             close_code: None,
@@ -419,10 +425,7 @@ impl ShardActor {
                     self.start_heartbeat(first, interval, ctx)
                 }
                 Action::RequestIdentify => self.request_identify(ctx),
-                Action::Deliver(dispatch) => {
-                    self.shared.sessions.set_seq(self.id, dispatch.seq());
-                    self.deliver(dispatch, ctx);
-                }
+                Action::Deliver(dispatch) => self.deliver(dispatch, ctx),
                 Action::StoreSession(Some(session)) => self.shared.sessions.save(self.id, session),
                 Action::StoreSession(None) => self.shared.sessions.remove(self.id),
                 Action::Ready { resumed } => {
@@ -461,6 +464,8 @@ impl ShardActor {
                 }
                 Action::Fatal(error) => {
                     tracing::error!(%error, "stopping the shard for good");
+                    // Hand over what was read before the actor stops (its scheduled work will not run).
+                    self.drain_pending(ctx);
                     self.teardown(None, ctx);
                     let code = self.close_code.take();
                     self.emit(ShardEvent::Disconnected {
@@ -478,9 +483,12 @@ impl ShardActor {
         }
     }
 
+    /// Queues `dispatch` for its handlers. The hand-over happens once the frames of the current read
+    /// are handled, not per event: a handler on another thread is then woken once per burst rather
+    /// than once per event, which is most of the cost of delivering a small event.
     fn deliver(&mut self, dispatch: Dispatch, ctx: &mut Context<Self>) {
-        if self.blocked || !self.pending.is_empty() {
-            self.pending.push_back((dispatch, 0));
+        self.pending.push_back((dispatch, 0));
+        if self.blocked {
             if let SlowHandlers::Backpressure { max_pending } = self.shared.slow_handlers {
                 if self.pending.len() >= max_pending && !self.reading.is_paused() {
                     tracing::warn!(
@@ -491,14 +499,34 @@ impl ShardActor {
                     self.state.set_reading_paused(true);
                 }
             }
+            // The handler that blocks hands over the rest when it takes its event.
             return;
         }
-        self.offer(dispatch, 0, ctx);
+        let flush_at = match self.shared.slow_handlers {
+            SlowHandlers::Backpressure { max_pending } => max_pending.min(FLUSH_AT),
+            SlowHandlers::Drop => FLUSH_AT,
+        };
+        if self.pending.len() >= flush_at {
+            self.drain_pending(ctx);
+        } else if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            // Runs in the same poll of the actor, after the stream's batch of frames.
+            ctx.spawn(fut::ready(()).map(|(), act: &mut Self, ctx| {
+                act.flush_scheduled = false;
+                act.drain_pending(ctx);
+            }));
+        }
     }
 
     /// Offers `dispatch` to its handlers from the `from`-th on; on a full mailbox, waits for that
     /// handler to take it before anything else is delivered.
     fn offer(&mut self, dispatch: Dispatch, from: usize, ctx: &mut Context<Self>) {
+        if from == 0 {
+            // Recorded as the event is handed over, not when it is queued: a shard restarted from
+            // the store resumes after the last event that left this queue, so what is still queued
+            // here when the actor dies is replayed rather than lost.
+            self.shared.sessions.set_seq(self.id, dispatch.seq());
+        }
         let drop_when_full = self.shared.slow_handlers == SlowHandlers::Drop;
         let Some(full) =
             self.shared
@@ -753,6 +781,7 @@ impl Handler<Shutdown> for ShardActor {
         self.deliberate_stop = true;
         let code = self.state.shutdown(resumable);
         self.drain(ctx);
+        self.drain_pending(ctx);
         if let Some(handle) = self.reconnect_timer.take() {
             ctx.cancel_future(handle);
         }

@@ -41,6 +41,7 @@ pub fn split(framed: Framed<BoxedSocket, Codec>) -> (Reader, Writer) {
         codec: parts.codec.clone(),
         buf,
         eof: false,
+        busy: false,
     };
     let writer = Writer {
         io: write,
@@ -57,6 +58,8 @@ pub struct Reader {
     codec: Codec,
     buf: BytesMut,
     eof: bool,
+    /// The last read filled the scratch buffer (a burst is under way).
+    busy: bool,
 }
 
 impl Stream for Reader {
@@ -68,7 +71,7 @@ impl Stream for Reader {
             if !this.buf.is_empty() {
                 match this.codec.decode(&mut this.buf) {
                     Ok(Some(frame)) => {
-                        if this.buf.is_empty() {
+                        if this.buf.is_empty() && !this.busy {
                             // The frame holds its own bytes; nothing is kept for the next one.
                             this.buf = BytesMut::new();
                         }
@@ -81,23 +84,37 @@ impl Stream for Reader {
             if this.eof {
                 return Poll::Ready(None);
             }
-            let read = SCRATCH_BUF.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                let mut rb = ReadBuf::new(&mut scratch[..]);
-                match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        let filled = rb.filled();
-                        this.buf.extend_from_slice(filled);
-                        Poll::Ready(Ok(filled.len()))
+            let read = if this.busy {
+                // The last read filled the scratch buffer: more is waiting, so read straight into
+                // the connection's buffer instead of copying every byte twice.
+                this.buf.reserve(SCRATCH);
+                tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.buf)
+            } else {
+                SCRATCH_BUF.with(|scratch| {
+                    let mut scratch = scratch.borrow_mut();
+                    let mut rb = ReadBuf::new(&mut scratch[..]);
+                    match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
+                        Poll::Ready(Ok(())) => {
+                            let filled = rb.filled();
+                            this.buf.extend_from_slice(filled);
+                            Poll::Ready(Ok(filled.len()))
+                        }
+                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                        Poll::Pending => Poll::Pending,
                     }
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                    Poll::Pending => Poll::Pending,
-                }
-            });
+                })
+            };
             match read {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    this.busy = false;
+                    if this.buf.is_empty() {
+                        // Caught up: an idle connection holds no buffer.
+                        this.buf = BytesMut::new();
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Ok(0)) => this.eof = true,
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(n)) => this.busy = n >= SCRATCH,
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(ProtocolError::Io(e)))),
             }
         }

@@ -219,7 +219,8 @@ impl ShardState {
         if self.phase == Phase::Stopped {
             return;
         }
-        let data = env.data(frame);
+        // `d` is found only for the opcodes that read it: finding where a dispatch's `d` ends means
+        // scanning all of it, which is the handler's cost to pay, and only if it asks.
         match OpCode::from_u8(env.op) {
             Some(OpCode::Dispatch) => self.on_dispatch(frame, env),
             Some(OpCode::Heartbeat) => {
@@ -231,7 +232,7 @@ impl ShardState {
                     self.heartbeat.latency = Some(now.saturating_duration_since(sent));
                 }
             }
-            Some(OpCode::Hello) => self.on_hello(data, jitter),
+            Some(OpCode::Hello) => self.on_hello(env.data(frame), jitter),
             Some(OpCode::Reconnect) => {
                 // §3.9: op 7 → reconnect and resume.
                 tracing::info!(shard.id = self.shard, "gateway asked to reconnect (op 7)");
@@ -239,7 +240,7 @@ impl ShardState {
             }
             Some(OpCode::InvalidSession) => {
                 // §3.8: d = true → resume; false → the session is gone.
-                let resumable = data == b"true";
+                let resumable = env.data(frame) == b"true";
                 tracing::warn!(shard.id = self.shard, resumable, "invalid session (op 9)");
                 if !resumable {
                     self.forget_session();
