@@ -61,7 +61,7 @@ impl Compression {
     }
 }
 
-/// Size limits on received messages.
+/// Size limits on received messages, the command queue, and how many handshakes run at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// The largest websocket message accepted, assembled from its frames (default 64 MiB). A larger
@@ -71,6 +71,11 @@ pub struct Limits {
     pub max_decompressed_size: usize,
     /// Commands kept for a shard while it is not connected (default 64); more is an error.
     pub command_queue: usize,
+    /// Websocket handshakes (connect and upgrade) in flight at once across all shards (default 32).
+    /// A handshake holds ~16 KiB of buffers for a moment; thousands at once would leave the
+    /// allocator holding that much per shard for good. Identify pacing keeps start-up slower than
+    /// this anyway.
+    pub concurrent_handshakes: usize,
 }
 
 impl Default for Limits {
@@ -79,6 +84,7 @@ impl Default for Limits {
             max_message_size: 64 << 20,
             max_decompressed_size: 64 << 20,
             command_queue: 64,
+            concurrent_handshakes: 32,
         }
     }
 }
@@ -457,6 +463,12 @@ impl ConfigBuilder {
                     format!("{value} is under 4096 bytes"),
                 ));
             }
+        }
+        if limits.concurrent_handshakes == 0 {
+            return Err(ConfigError::InvalidLimit(
+                "concurrent_handshakes",
+                "0 would never connect".to_owned(),
+            ));
         }
         let t = config.timeouts;
         for (what, d) in [

@@ -493,6 +493,9 @@ impl Gateway {
             sessions: config.sessions.clone(),
             queue,
             events: config.events.clone(),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.concurrent_handshakes,
+            )),
         });
         let arbiter_count = config.arbiters.min(plan.ids.len()).max(1);
         let arbiters: Vec<Arbiter> = (0..arbiter_count).map(|_| Arbiter::new()).collect();

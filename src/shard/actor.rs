@@ -24,6 +24,7 @@ use crate::queue::IdentifyQueue;
 use crate::router::{Dispatch, Router};
 use crate::session::SessionStore;
 use crate::shard::backoff::ReconnectBackoff;
+use crate::shard::heartbeat_grid;
 use crate::shard::inflate::Inflater;
 use crate::shard::limiter::CommandLimiter;
 use crate::shard::messages::{GetStatus, SendCommand, ShardNotice, ShardStatus, Shutdown};
@@ -48,6 +49,8 @@ pub(crate) struct ShardShared {
     pub sessions: Arc<dyn SessionStore>,
     pub queue: Arc<dyn IdentifyQueue>,
     pub events: Vec<Recipient<ShardEvent>>,
+    /// Permits for handshakes in flight (`Limits::concurrent_handshakes`).
+    pub handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 thread_local! {
@@ -195,7 +198,11 @@ impl ShardActor {
         tracing::debug!(resume = self.state.will_resume(), url = %url, "connecting");
         let max_frame = self.shared.limits.max_message_size;
         let timeout = self.shared.timeouts.connect;
+        let handshakes = self.shared.handshakes.clone();
         let connecting = async move {
+            // Held until the upgrade is done (or failed): the timeout covers the handshake, not the
+            // wait for a turn.
+            let _turn = handshakes.acquire_owned().await;
             let request = CLIENT.with(|c| c.ws(url.as_str()).max_frame_size(max_frame));
             actix_rt::time::timeout(timeout, request.connect()).await
         };
@@ -514,6 +521,7 @@ impl ShardActor {
             ctx.spawn(fut::ready(()).map(|(), act: &mut Self, ctx| {
                 act.flush_scheduled = false;
                 act.drain_pending(ctx);
+                act.state.release_buffers();
             }));
         }
     }
@@ -561,6 +569,8 @@ impl ShardActor {
     fn drain_pending(&mut self, ctx: &mut Context<Self>) {
         while !self.blocked {
             let Some((dispatch, from)) = self.pending.pop_front() else {
+                // All handed over: an idle shard keeps no queue buffer.
+                self.pending = VecDeque::new();
                 break;
             };
             self.offer(dispatch, from, ctx);
@@ -608,20 +618,32 @@ impl ShardActor {
         if let Some(old) = conn.heartbeat.take() {
             ctx.cancel_future(old);
         }
-        let handle = ctx.run_later(first, move |act, ctx| {
+        self.schedule_heartbeat(Instant::now() + first, interval, generation, ctx);
+    }
+
+    /// Arms the heartbeat due at `due` (sent at the start of its slot on the shared grid) and, when
+    /// it has fired, the one after it.
+    fn schedule_heartbeat(
+        &mut self,
+        due: Instant,
+        interval: Duration,
+        generation: u64,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = Instant::now();
+        let at = heartbeat_grid::aligned(due, interval).max(now);
+        let handle = ctx.run_later(at - now, move |act, ctx| {
             act.heartbeat_tick(generation, ctx);
-            if act.generation == generation {
-                let every = ctx.run_interval(interval, move |act, ctx| {
-                    act.heartbeat_tick(generation, ctx)
-                });
-                if let Some(conn) = &mut act.conn {
-                    conn.heartbeat = Some(every);
-                } else {
-                    ctx.cancel_future(every);
-                }
+            if act.generation == generation && act.conn.is_some() {
+                let next = heartbeat_grid::next_due(due, interval, Instant::now());
+                act.schedule_heartbeat(next, interval, generation, ctx);
             }
         });
-        conn.heartbeat = Some(handle);
+        if let Some(conn) = &mut self.conn {
+            conn.heartbeat = Some(handle);
+        } else {
+            ctx.cancel_future(handle);
+        }
     }
 
     fn heartbeat_tick(&mut self, generation: u64, ctx: &mut Context<Self>) {

@@ -166,6 +166,14 @@ impl ShardState {
         self.actions.pop_front()
     }
 
+    /// Frees the action queue's buffer once it is empty, so an idle shard keeps none (the driver
+    /// calls this after a batch of frames rather than per frame).
+    pub fn release_buffers(&mut self) {
+        if self.actions.is_empty() {
+            self.actions = VecDeque::new();
+        }
+    }
+
     /// Where the shard is.
     pub fn phase(&self) -> Phase {
         self.phase

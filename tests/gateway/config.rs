@@ -69,6 +69,13 @@ fn bad_configuration_is_a_typed_error_at_build_time() {
         })),
         ConfigError::InvalidLimit("max_message_size", _)
     ));
+    assert!(matches!(
+        err(Config::builder("t").limits(Limits {
+            concurrent_handshakes: 0,
+            ..Limits::default()
+        })),
+        ConfigError::InvalidLimit("concurrent_handshakes", _)
+    ));
     // Errors say what is wrong in words, and never carry the token.
     let text = Config::builder("").build().unwrap_err().to_string();
     assert_eq!(text, "the token is empty");

@@ -133,6 +133,41 @@ async fn a_tcp_peer_that_never_completes_the_handshake_times_out() {
 }
 
 #[actix_rt::test]
+async fn handshakes_in_flight_never_exceed_the_limit_and_each_turn_passes_on() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream); // accept, never answer: every handshake hangs until its timeout
+        }
+    });
+    let config = Config::builder(TOKEN)
+        .shards(ShardPlan::Count(6))
+        .gateway_url(format!("ws://127.0.0.1:{port}"))
+        .max_concurrency(6)
+        .compression(shardline::Compression::None)
+        .timeouts(quick_timeouts(400, 2000, 2000))
+        .limits(Limits {
+            concurrent_handshakes: 2,
+            ..Limits::default()
+        })
+        .build()
+        .unwrap();
+    let gateway = Gateway::start(config).await.unwrap();
+    let load = || accepted.load(std::sync::atomic::Ordering::SeqCst);
+    wait_until("the first two handshakes", || load() >= 2).await;
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(load(), 2, "four shards wait for a turn while two hang");
+    // The two time out and hand their turns on: every shard gets its attempt.
+    wait_until("all six attempts", || load() >= 6).await;
+    gateway.shutdown(false).await;
+}
+
+#[actix_rt::test]
 async fn a_plan_the_identify_budget_cannot_cover_is_refused_at_start() {
     let fake_config = FakeConfig {
         session_start_limit: SessionStartLimit {
