@@ -117,6 +117,50 @@ struct WsEvent {
     frame: Option<Result<Frame, actix_http::ws::ProtocolError>>,
 }
 
+/// Frames handled per poll before the loop yields to the shard's other work and to the other
+/// shards on its thread.
+const FRAMES_PER_POLL: usize = 256;
+
+/// Reads a connection's frames: everything already received is handled in one go, then the events
+/// it produced go to the handlers together. (actix's own stream driver handles 16 items per poll and
+/// leaves no point at which a batch is complete.)
+struct ReadLoop<S> {
+    frames: S,
+}
+
+impl<S: futures_util::Stream<Item = WsEvent> + Unpin> ActorFuture<ShardActor> for ReadLoop<S> {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        act: &mut ShardActor,
+        ctx: &mut Context<ShardActor>,
+        task: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        use std::task::Poll;
+        for _ in 0..FRAMES_PER_POLL {
+            match std::pin::Pin::new(&mut self.frames).poll_next(task) {
+                Poll::Ready(Some(event)) => act.on_ws_item(event, ctx),
+                Poll::Ready(None) => {
+                    act.hand_over(ctx);
+                    return Poll::Ready(());
+                }
+                Poll::Pending => {
+                    act.hand_over(ctx);
+                    return Poll::Pending;
+                }
+            }
+            if ctx.waiting() {
+                act.hand_over(ctx);
+                return Poll::Pending;
+            }
+        }
+        act.hand_over(ctx);
+        task.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
 /// The actor of one shard.
 pub struct ShardActor {
     id: u32,
@@ -137,8 +181,6 @@ pub struct ShardActor {
     pending: VecDeque<(Dispatch, usize)>,
     /// Waiting for a full handler to take the event at the front of `pending`.
     blocked: bool,
-    /// A hand-over of `pending` to the handlers is due once the frames read so far are handled.
-    flush_scheduled: bool,
     dropped: u64,
     reading: Rc<PauseGate>,
     /// The code of the gateway's close frame on the current connection, for the lifecycle event.
@@ -177,7 +219,6 @@ impl ShardActor {
             deliberate_stop: false,
             pending: VecDeque::new(),
             blocked: false,
-            flush_scheduled: false,
             dropped: 0,
             reading: Rc::new(PauseGate::default()),
             close_code: None,
@@ -232,18 +273,20 @@ impl ShardActor {
         ctx: &mut Context<Self>,
     ) {
         let (stream, sink) = crate::shard::framing::split(framed);
-        let reader = ctx.add_stream(Pausable::new(
-            stream
-                .map(move |frame| WsEvent {
-                    generation,
-                    frame: Some(frame),
-                })
-                .chain(futures_util::stream::once(std::future::ready(WsEvent {
-                    generation,
-                    frame: None,
-                }))),
-            self.reading.clone(),
-        ));
+        let reader = ctx.spawn(ReadLoop {
+            frames: Pausable::new(
+                stream
+                    .map(move |frame| WsEvent {
+                        generation,
+                        frame: Some(frame),
+                    })
+                    .chain(futures_util::stream::once(std::future::ready(WsEvent {
+                        generation,
+                        frame: None,
+                    }))),
+                self.reading.clone(),
+            ),
+        });
         let (limit, window) = self.shared.command_limit;
         self.conn = Some(Connection {
             sink: SinkWrite::new(sink, ctx),
@@ -490,9 +533,9 @@ impl ShardActor {
         }
     }
 
-    /// Queues `dispatch` for its handlers. The hand-over happens once the frames of the current read
-    /// are handled, not per event: a handler on another thread is then woken once per burst rather
-    /// than once per event, which is most of the cost of delivering a small event.
+    /// Queues `dispatch` for its handlers. The hand-over happens once the frames already received are
+    /// handled (see [`ReadLoop`]), not per event: a handler on another thread is then woken once per
+    /// burst rather than once per event, which is most of the cost of delivering a small event.
     fn deliver(&mut self, dispatch: Dispatch, ctx: &mut Context<Self>) {
         self.pending.push_back((dispatch, 0));
         if self.blocked {
@@ -515,15 +558,8 @@ impl ShardActor {
         };
         if self.pending.len() >= flush_at {
             self.drain_pending(ctx);
-        } else if !self.flush_scheduled {
-            self.flush_scheduled = true;
-            // Runs in the same poll of the actor, after the stream's batch of frames.
-            ctx.spawn(fut::ready(()).map(|(), act: &mut Self, ctx| {
-                act.flush_scheduled = false;
-                act.drain_pending(ctx);
-                act.state.release_buffers();
-            }));
         }
+        // Otherwise the read loop hands the batch over when it has read what is there.
     }
 
     /// Offers `dispatch` to its handlers from the `from`-th on; on a full mailbox, waits for that
@@ -732,8 +768,8 @@ impl Actor for ShardActor {
     }
 }
 
-impl StreamHandler<WsEvent> for ShardActor {
-    fn handle(&mut self, event: WsEvent, ctx: &mut Self::Context) {
+impl ShardActor {
+    fn on_ws_item(&mut self, event: WsEvent, ctx: &mut Context<Self>) {
         if event.generation != self.generation || self.conn.is_none() {
             return;
         }
@@ -748,8 +784,13 @@ impl StreamHandler<WsEvent> for ShardActor {
         self.on_ws_event(event.frame, ctx);
     }
 
-    // Each connection's stream ends with a `None` item; the actor itself lives on.
-    fn finished(&mut self, _ctx: &mut Self::Context) {}
+    /// Gives the handlers what the frames read so far produced.
+    fn hand_over(&mut self, ctx: &mut Context<Self>) {
+        if !self.pending.is_empty() && !self.blocked {
+            self.drain_pending(ctx);
+        }
+        self.state.release_buffers();
+    }
 }
 
 impl WriteHandler<actix_http::ws::ProtocolError> for ShardActor {
