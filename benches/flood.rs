@@ -1,5 +1,6 @@
 //! `flood`: end to end over loopback, from the fake gateway in a separate process to a counting
-//! handler actor — events/s, and p50/p99 latency from the fake's send to the handler's receive.
+//! handler actor (per-event `each`, and a `batch` handler) — events/s, and p50/p99 latency from the
+//! fake's send to the handler's receive.
 //!
 //! ```text
 //! cargo bench --features testkit,zstd --bench flood
@@ -42,11 +43,14 @@ fn main() {
     };
     let mut lines = Vec::new();
     println!(
-        "{:>6} {:>12} {:>22} {:>10} {:>10}",
-        "shards", "compression", "events/s (min-max)", "p50 ms", "p99 ms"
+        "{:>6} {:>12} {:>8} {:>22} {:>10} {:>10}",
+        "shards", "compression", "handler", "events/s (min-max)", "p50 ms", "p99 ms"
     );
     for shards in common::env_list("FLOOD_SHARDS", "1,16") {
-        for compression in common::env_list("FLOOD_COMPRESSION", default_compression) {
+        for (compression, mode) in common::env_list("FLOOD_COMPRESSION", default_compression)
+            .into_iter()
+            .flat_map(|c| [(c.clone(), "each"), (c, "batch")])
+        {
             let n: usize = shards.parse().expect("shard count");
             let per_shard = events / n;
             let mut rates = Vec::new();
@@ -61,6 +65,7 @@ fn main() {
                         &compression,
                         &per_shard.to_string(),
                         &fake.gateway_url(),
+                        mode,
                     ])
                     .output()
                     .expect("client runs");
@@ -88,8 +93,8 @@ fn main() {
             let (p50, _, _) = common::median(&mut p50s);
             let (p99, _, _) = common::median(&mut p99s);
             println!(
-                "{:>6} {:>12} {:>9.0} ({:.0}-{:.0}) {:>10.2} {:>10.2}",
-                shards, compression, rate, lo, hi, p50, p99
+                "{:>6} {:>12} {:>8} {:>9.0} ({:.0}-{:.0}) {:>10.2} {:>10.2}",
+                shards, compression, mode, rate, lo, hi, p50, p99
             );
         }
     }

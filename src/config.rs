@@ -11,7 +11,7 @@ use crate::event::ShardEvent;
 use crate::protocol::command::IdentifyProperties;
 use crate::protocol::{Intents, PresenceUpdate};
 use crate::queue::{IdentifyQueue, IDENTIFY_WINDOW};
-use crate::router::{Dispatch, Router};
+use crate::router::{Dispatch, DispatchBatch, Router};
 use crate::session::{MemorySessionStore, SessionStore};
 use crate::token::Token;
 
@@ -392,6 +392,42 @@ impl ConfigBuilder {
     /// Registers a handler for every event, including ones this crate does not know.
     pub fn handler_all(mut self, handler: Recipient<Dispatch>) -> Self {
         self.router.add_all(handler);
+        self
+    }
+
+    /// Registers a batch handler for one event name: it gets the events of each burst a shard reads
+    /// as one [`DispatchBatch`], in sequence order, instead of one message per event. Same delivery
+    /// guarantees and slow-handler policy as [`handler`](Self::handler); one mailbox message per
+    /// burst instead of per event, for handlers that take events by the thousand.
+    ///
+    /// ```
+    /// # actix_rt::System::new().block_on(async {
+    /// use actix::prelude::*;
+    /// use shardline::{Config, DispatchBatch};
+    /// struct Count(usize);
+    /// impl Actor for Count { type Context = Context<Self>; }
+    /// impl Handler<DispatchBatch> for Count {
+    ///     type Result = ();
+    ///     fn handle(&mut self, batch: DispatchBatch, _: &mut Context<Self>) {
+    ///         self.0 += batch.events().len();
+    ///     }
+    /// }
+    /// let counter = Count(0).start();
+    /// let config = Config::builder("token")
+    ///     .batch_handler("MESSAGE_CREATE", counter.recipient())
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = config;
+    /// # });
+    /// ```
+    pub fn batch_handler(mut self, event: &str, handler: Recipient<DispatchBatch>) -> Self {
+        self.router.add_batch(event, handler);
+        self
+    }
+
+    /// Registers a batch handler for every event (see [`batch_handler`](Self::batch_handler)).
+    pub fn batch_handler_all(mut self, handler: Recipient<DispatchBatch>) -> Self {
+        self.router.add_batch_all(handler);
         self
     }
 

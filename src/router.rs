@@ -160,15 +160,69 @@ impl fmt::Debug for Dispatch {
     }
 }
 
+/// Every event one shard read in one go that a batch handler wants, in sequence order.
+///
+/// A handler registered with [`ConfigBuilder::batch_handler`](crate::ConfigBuilder::batch_handler)
+/// gets one of these per burst instead of one [`Dispatch`] per event. The events are the same
+/// (shared, lazily parsed) dispatches; the difference is one mailbox message and one wakeup of the
+/// handler's thread per burst, which is most of what delivering a small event costs when events come
+/// by the thousand.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "()")]
+pub struct DispatchBatch {
+    shard: u32,
+    events: Vec<Dispatch>,
+}
+
+impl DispatchBatch {
+    /// A batch of `events` read by `shard`.
+    pub fn new(shard: u32, events: Vec<Dispatch>) -> Self {
+        Self { shard, events }
+    }
+
+    /// The id of the shard that received the events.
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    /// The events, in sequence order.
+    pub fn events(&self) -> &[Dispatch] {
+        &self.events
+    }
+
+    /// The events, owned.
+    pub fn into_events(self) -> Vec<Dispatch> {
+        self.events
+    }
+}
+
+/// The handlers of one event name (or of every event).
+#[derive(Clone, Default)]
+struct Route {
+    each: Box<[Recipient<Dispatch>]>,
+    /// Indices into [`Router::batch`].
+    batched: Box<[usize]>,
+}
+
+fn push_unique<T: PartialEq + Clone>(list: &mut Box<[T]>, item: T) {
+    if !list.contains(&item) {
+        let mut v = Vec::from(std::mem::take(list));
+        v.push(item);
+        *list = v.into();
+    }
+}
+
 /// The handlers registered for events, fixed when the runtime starts.
 ///
 /// An event reaches every handler registered for its name and every catch-all handler, each once (a
 /// handler registered both ways gets it once). Events no one registered for go to the catch-all
-/// handlers; with none, they are dropped right after the envelope is read.
+/// handlers; with none, they are dropped right after the envelope is read. Batch handlers follow the
+/// same rules and get the events of a burst in one [`DispatchBatch`].
 #[derive(Clone, Default)]
 pub struct Router {
-    by_event: HashMap<Box<str>, Box<[Recipient<Dispatch>]>>,
-    all: Box<[Recipient<Dispatch>]>,
+    by_event: HashMap<Box<str>, Route>,
+    all: Route,
+    batch: Vec<Recipient<DispatchBatch>>,
 }
 
 impl Router {
@@ -202,9 +256,13 @@ impl Router {
     }
 
     /// Sends `dispatch` to every handler of its event without waiting (a full mailbox still takes
-    /// it: this is `do_send`, for tests and tools; shards deliver with backpressure). Returns how
-    /// many handlers it went to.
+    /// it: this is `do_send`, for tests and tools; shards deliver with backpressure). Batch handlers
+    /// get it as a batch of one. Returns how many handlers it went to.
     pub fn route(&self, dispatch: Dispatch) -> usize {
+        let batched = self.batch_handlers(dispatch.event());
+        for &i in batched {
+            self.batch[i].do_send(DispatchBatch::new(dispatch.shard, vec![dispatch.clone()]));
+        }
         let handlers = self.handlers(dispatch.event());
         if let Some((last, rest)) = handlers.split_last() {
             for handler in rest {
@@ -212,58 +270,89 @@ impl Router {
             }
             last.do_send(dispatch);
         }
-        handlers.len()
+        handlers.len() + batched.len()
     }
 
     /// Adds a handler for one event name.
     pub(crate) fn add(&mut self, event: &str, handler: Recipient<Dispatch>) {
-        let mut list = self
-            .by_event
-            .remove(event)
-            .map(Vec::from)
-            .unwrap_or_default();
-        if !list.contains(&handler) {
-            list.push(handler);
-        }
-        self.by_event.insert(event.into(), list.into());
+        let route = self.by_event.entry(event.into()).or_default();
+        push_unique(&mut route.each, handler);
     }
 
     /// Adds a handler for every event.
     pub(crate) fn add_all(&mut self, handler: Recipient<Dispatch>) {
-        let mut all = Vec::from(std::mem::take(&mut self.all));
-        if !all.contains(&handler) {
-            all.push(handler);
+        push_unique(&mut self.all.each, handler);
+    }
+
+    fn batch_index(&mut self, handler: Recipient<DispatchBatch>) -> usize {
+        match self.batch.iter().position(|h| *h == handler) {
+            Some(i) => i,
+            None => {
+                self.batch.push(handler);
+                self.batch.len() - 1
+            }
         }
-        self.all = all.into();
+    }
+
+    /// Adds a batch handler for one event name.
+    pub(crate) fn add_batch(&mut self, event: &str, handler: Recipient<DispatchBatch>) {
+        let i = self.batch_index(handler);
+        let route = self.by_event.entry(event.into()).or_default();
+        push_unique(&mut route.batched, i);
+    }
+
+    /// Adds a batch handler for every event.
+    pub(crate) fn add_batch_all(&mut self, handler: Recipient<DispatchBatch>) {
+        let i = self.batch_index(handler);
+        push_unique(&mut self.all.batched, i);
     }
 
     /// Folds the catch-all handlers into every named list, so routing is one lookup.
     pub(crate) fn finish(mut self) -> Self {
-        for list in self.by_event.values_mut() {
-            let mut merged = Vec::from(std::mem::take(list));
-            for handler in self.all.iter() {
-                if !merged.contains(handler) {
-                    merged.push(handler.clone());
-                }
+        for route in self.by_event.values_mut() {
+            for handler in self.all.each.iter() {
+                push_unique(&mut route.each, handler.clone());
             }
-            *list = merged.into();
+            for &i in self.all.batched.iter() {
+                push_unique(&mut route.batched, i);
+            }
         }
         self
     }
 
+    fn route_of(&self, event: &str) -> &Route {
+        self.by_event.get(event).unwrap_or(&self.all)
+    }
+
     /// The handlers for `event`.
     pub fn handlers(&self, event: &str) -> &[Recipient<Dispatch>] {
-        self.by_event.get(event).unwrap_or(&self.all)
+        &self.route_of(event).each
+    }
+
+    /// The batch handlers for `event`, as indices for [`Router::batch_handler`].
+    pub fn batch_handlers(&self, event: &str) -> &[usize] {
+        &self.route_of(event).batched
+    }
+
+    /// The `i`-th batch handler.
+    pub fn batch_handler(&self, i: usize) -> Option<&Recipient<DispatchBatch>> {
+        self.batch.get(i)
+    }
+
+    /// How many batch handlers there are.
+    pub fn batch_handler_count(&self) -> usize {
+        self.batch.len()
     }
 
     /// Whether any handler wants `event`.
     pub fn wants(&self, event: &str) -> bool {
-        !self.handlers(event).is_empty()
+        let route = self.route_of(event);
+        !route.each.is_empty() || !route.batched.is_empty()
     }
 
     /// Whether no handler is registered at all.
     pub fn is_empty(&self) -> bool {
-        self.by_event.is_empty() && self.all.is_empty()
+        self.by_event.is_empty() && self.all.each.is_empty() && self.all.batched.is_empty()
     }
 
     /// Offers `dispatch` to the handlers of its event, from the `from`-th on, without waiting.
@@ -299,11 +388,16 @@ impl Router {
 
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut events: Vec<_> = self.by_event.iter().map(|(k, v)| (&**k, v.len())).collect();
+        let mut events: Vec<_> = self
+            .by_event
+            .iter()
+            .map(|(k, v)| (&**k, v.each.len(), v.batched.len()))
+            .collect();
         events.sort();
         f.debug_struct("Router")
             .field("by_event", &events)
-            .field("all", &self.all.len())
+            .field("all", &self.all.each.len())
+            .field("batch_all", &self.all.batched.len())
             .finish()
     }
 }

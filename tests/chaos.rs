@@ -13,6 +13,7 @@ mod harness;
 
 use std::time::Duration;
 
+use actix::Actor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use shardline::testkit::{ConnectionOutcome, FakeConfig};
@@ -35,7 +36,13 @@ async fn every_event_of_every_session_is_delivered_exactly_once_under_chaos() {
         identify_window: Duration::from_millis(50),
         ..fast_fake(SHARDS, SHARDS)
     };
-    let bot = Bot::start(fake_config, SHARDS, |c| c).await;
+    // Every event goes to a per-event handler (the harness's recorder) and to a batch handler.
+    let batched = Recorder::default();
+    let batch_handler = batched.clone().start();
+    let bot = Bot::start(fake_config, SHARDS, move |c| {
+        c.batch_handler_all(batch_handler.recipient())
+    })
+    .await;
     let fake = &bot.fake;
     let mut acks_off: Vec<(u32, usize)> = Vec::new();
     let mut faults = Vec::new();
@@ -86,6 +93,7 @@ async fn every_event_of_every_session_is_delivered_exactly_once_under_chaos() {
 
     // Settle: every shard ready, and every event of each live session delivered.
     let recorder = bot.recorder.clone();
+    let batch_recorder = batched.clone();
     let settled = fake
         .wait_for(
             Duration::from_secs(30),
@@ -94,63 +102,91 @@ async fn every_event_of_every_session_is_delivered_exactly_once_under_chaos() {
                 f.ready_shards().len() == SHARDS as usize
                     && (0..SHARDS).all(|s| {
                         let last = f.session(s).map(|x| x.seq).unwrap_or(0);
-                        recorder
-                            .events()
-                            .iter()
-                            .rev()
-                            .find(|e| e.shard == s)
-                            .map(|e| e.seq)
-                            == Some(last)
+                        [&recorder, &batch_recorder].iter().all(|r| {
+                            r.events()
+                                .iter()
+                                .rev()
+                                .find(|e| e.shard == s)
+                                .map(|e| e.seq)
+                                == Some(last)
+                        })
                     })
             },
         )
         .await;
     assert!(settled, "seed {seed}: shards did not settle");
 
-    let events = bot.recorder.events();
-    for shard in 0..SHARDS {
-        let seqs: Vec<u64> = events
-            .iter()
-            .filter(|e| e.shard == shard)
-            .map(|e| e.seq)
-            .collect();
-        // Split into sessions: each new session starts at READY, s = 1.
-        let mut sessions: Vec<Vec<u64>> = Vec::new();
-        for seq in seqs {
-            if seq == 1 {
-                sessions.push(Vec::new());
-            }
-            sessions
+    for (handler, events) in [
+        ("per-event", bot.recorder.events()),
+        ("batch", batched.events()),
+    ] {
+        for shard in 0..SHARDS {
+            let seqs: Vec<u64> = events
+                .iter()
+                .filter(|e| e.shard == shard)
+                .map(|e| e.seq)
+                .collect();
+            // Split into sessions: each new session starts at READY, s = 1.
+            let mut sessions: Vec<Vec<u64>> = Vec::new();
+            for seq in seqs {
+                if seq == 1 {
+                    sessions.push(Vec::new());
+                }
+                sessions
                 .last_mut()
-                .unwrap_or_else(|| panic!("seed {seed}: shard {shard} got seq {seq} before READY"))
+                .unwrap_or_else(|| panic!("seed {seed}: {handler} handler, shard {shard} got seq {seq} before READY"))
                 .push(seq);
-        }
-        for (i, session) in sessions.iter().enumerate() {
-            let expected: Vec<u64> = (1..=session.len() as u64).collect();
-            assert_eq!(
+            }
+            for (i, session) in sessions.iter().enumerate() {
+                let expected: Vec<u64> = (1..=session.len() as u64).collect();
+                assert_eq!(
                 session, &expected,
-                "seed {seed}: shard {shard}, session {i}: duplicated, reordered or missing events"
+                "seed {seed}: {handler} handler, shard {shard}, session {i}: duplicated, reordered or missing events"
+            );
+            }
+            // One READY per session: each session the handler saw is a distinct session the fake
+            // created. (A READY the fake queued on a connection the chaos then killed never
+            // reaches the client, so the fake may have created more.)
+            let created: Vec<String> = fake
+                .connections()
+                .iter()
+                .filter(|c| c.shard == Some(shard))
+                .filter_map(|c| match &c.outcome {
+                    ConnectionOutcome::Identified { session_id } => Some(session_id.clone()),
+                    _ => None,
+                })
+                .collect();
+            let seen: Vec<String> = events
+                .iter()
+                .filter(|e| e.shard == shard && e.event == "READY")
+                .map(|e| {
+                    serde_json::from_str::<serde_json::Value>(&e.data).unwrap()["session_id"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect();
+            assert_eq!(
+                seen.len(),
+                sessions.len(),
+                "seed {seed}: {handler} handler, shard {shard}: every session starts with READY"
+            );
+            for (i, id) in seen.iter().enumerate() {
+                assert!(
+                    created.contains(id) && !seen[..i].contains(id),
+                    "seed {seed}: {handler} handler, shard {shard}: READY of {id} unknown or twice"
+                );
+            }
+            let live = fake.session(shard).unwrap();
+            assert_eq!(seen.last(), Some(&live.id), "seed {seed}: {handler} handler, shard {shard}: the live session is the last one seen");
+            assert_eq!(
+                sessions.last().map(|s| s.len() as u64),
+                Some(live.seq),
+                "seed {seed}: {handler} handler, shard {shard}: the live session is complete"
             );
         }
-        let identified = fake
-            .connections()
-            .iter()
-            .filter(|c| {
-                c.shard == Some(shard) && matches!(c.outcome, ConnectionOutcome::Identified { .. })
-            })
-            .count();
-        assert_eq!(
-            sessions.len(),
-            identified,
-            "seed {seed}: shard {shard}: one READY per session"
-        );
-        let live = fake.session(shard).unwrap();
-        assert_eq!(
-            sessions.last().map(|s| s.len() as u64),
-            Some(live.seq),
-            "seed {seed}: shard {shard}: the live session is complete"
-        );
     }
+    let events = bot.recorder.events();
     let total: usize = events
         .iter()
         .filter(|e| e.event == "MESSAGE_CREATE")

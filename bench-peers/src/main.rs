@@ -5,11 +5,12 @@
 //! cargo run -p shardline-bench-peers --release                      # no transport compression
 //! cargo run -p shardline-bench-peers --release --features zlib      # zlib-stream
 //! cargo run -p shardline-bench-peers --release --features zstd      # zstd-stream
-//! PEERS_FLOOD_EVENTS=200000 PEERS_FLOOD_SHARDS=1,16 PEERS_SCALE_SHARDS=1000,5000 PEERS_IDLE_SECS=30 PEERS_REPEATS=3
+//! PEERS_FLOOD_EVENTS=200000 PEERS_FLOOD_SHARDS=1,16 PEERS_SCALE_SHARDS=1000,10000 PEERS_IDLE_SECS=60 PEERS_REPEATS=3
 //! ```
 //! twilight picks its compression when it is compiled, so one build compares one compression.
 //! `flood`: twilight's raw messages (`Stream::next`) and its typed events (`next_event`), against
-//! shardline delivering to a counting handler actor. `scale`: idle shards, memory per shard, idle CPU.
+//! shardline delivering to a counting handler actor, per event (`shardline`) and in batches
+//! (`shardline-batch`). `scale`: idle shards, memory per shard, idle CPU.
 
 #[path = "../../benches/common/mod.rs"]
 mod common;
@@ -50,6 +51,11 @@ fn main() {
         let rest = &args[i + 1..];
         return match (rest[0].as_str(), rest[1].as_str()) {
             ("shardline", "flood") => common::flood::client(&rest[2..]),
+            ("shardline-batch", "flood") => {
+                let mut args = rest[2..].to_vec();
+                args.push("batch".into());
+                common::flood::client(&args)
+            }
             ("shardline", "scale") => common::scale::client(&rest[2..]),
             ("twilight-raw", "flood") => twilight_flood(&rest[2..], false),
             ("twilight-typed", "flood") => twilight_flood(&rest[2..], true),
@@ -66,7 +72,12 @@ fn main() {
         let n: usize = shards.parse().expect("shards");
         let per_shard = (events / n).to_string();
         let mut medians = Vec::new();
-        for client in ["shardline", "twilight-raw", "twilight-typed"] {
+        for client in [
+            "shardline",
+            "shardline-batch",
+            "twilight-raw",
+            "twilight-typed",
+        ] {
             let (mut rates, mut p99s) = (Vec::new(), Vec::new());
             for _ in 0..repeats {
                 let fake = common::FakeProcess::start(&[
@@ -93,23 +104,31 @@ fn main() {
             }
             let (m, lo, hi) = common::median(&mut rates);
             let (p99, _, _) = common::median(&mut p99s);
-            println!("  {shards:>5} shards  {client:<15} {m:>9.0} ({lo:.0}-{hi:.0})  p99 {p99:.1}");
+            // twilight's typed stream filters the probes out, so it has no latency figure.
+            let p99 = if p99 > 0.0 {
+                format!("{p99:.1}")
+            } else {
+                "-".to_owned()
+            };
+            println!("  {shards:>5} shards  {client:<15} {m:>9.0} ({lo:.0}-{hi:.0})  p99 {p99}");
             medians.push(m);
         }
-        if medians[1] > 0.0 && medians[2] > 0.0 {
-            println!(
-                "  {shards:>5} shards  ratio shardline / twilight raw = {:.2}, / twilight typed = {:.2}",
-                medians[0] / medians[1],
-                medians[0] / medians[2]
-            );
+        if medians[2] > 0.0 && medians[3] > 0.0 {
+            for (i, name) in [(0, "shardline"), (1, "shardline-batch")] {
+                println!(
+                    "  {shards:>5} shards  ratio {name} / twilight raw = {:.2}, / twilight typed = {:.2}",
+                    medians[i] / medians[2],
+                    medians[i] / medians[3]
+                );
+            }
         }
     }
 
-    let idle = env_num("PEERS_IDLE_SECS", 30usize).to_string();
+    let idle = env_num("PEERS_IDLE_SECS", 60usize).to_string();
     println!(
         "scale, {COMPRESSION}: KiB per idle shard, time to all READY, idle CPU (% of one core)"
     );
-    for shards in common::env_list("PEERS_SCALE_SHARDS", "1000,5000") {
+    for shards in common::env_list("PEERS_SCALE_SHARDS", "1000,10000") {
         let mut kib = Vec::new();
         for client in ["shardline", "twilight"] {
             let fake = common::FakeProcess::start(&["scale".into(), shards.clone()]);

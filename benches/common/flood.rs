@@ -4,7 +4,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use shardline::testkit::{FakeConfig, FakeGateway, Flood};
-use shardline::{Compression, Config, Dispatch, Gateway, ShardPlan};
+use shardline::{Compression, Config, Dispatch, DispatchBatch, Gateway, ShardPlan};
 
 /// The corpus MESSAGE_CREATE (2.6 KB).
 pub const MESSAGE: &str = include_str!("../corpus/message_create.json");
@@ -52,9 +52,8 @@ impl Actor for Counter {
     }
 }
 
-impl Handler<Dispatch> for Counter {
-    type Result = ();
-    fn handle(&mut self, d: Dispatch, _: &mut Context<Self>) {
+impl Counter {
+    fn take(&mut self, d: &Dispatch) {
         match d.event() {
             "MESSAGE_CREATE" => {
                 let now = Instant::now();
@@ -84,7 +83,24 @@ impl Handler<Dispatch> for Counter {
     }
 }
 
-/// One run: `--client <shards> <compression> <events per shard> <gateway url>`.
+impl Handler<Dispatch> for Counter {
+    type Result = ();
+    fn handle(&mut self, d: Dispatch, _: &mut Context<Self>) {
+        self.take(&d);
+    }
+}
+
+impl Handler<DispatchBatch> for Counter {
+    type Result = ();
+    fn handle(&mut self, batch: DispatchBatch, _: &mut Context<Self>) {
+        for d in batch.events() {
+            self.take(d);
+        }
+    }
+}
+
+/// One run: `--client <shards> <compression> <events per shard> <gateway url> [each|batch]`: the
+/// counter is a per-event handler (`each`, the default) or a batch handler.
 pub fn client(args: &[String]) {
     let n: u32 = args[0].parse().expect("shards");
     let compression = match args[1].as_str() {
@@ -96,6 +112,7 @@ pub fn client(args: &[String]) {
     };
     let per_shard: usize = args[2].parse().expect("events");
     let url = args[3].clone();
+    let batch = args.get(4).is_some_and(|m| m == "batch");
     actix_rt::System::new().block_on(async move {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let counter = Counter {
@@ -106,16 +123,22 @@ pub fn client(args: &[String]) {
             done: Some(tx),
         }
         .start();
-        let config = Config::builder("fake-token")
+        let builder = Config::builder("fake-token")
             .shards(ShardPlan::Count(n))
             .gateway_url(url)
             .max_concurrency(n)
             .identify_window(Duration::from_millis(5))
-            .compression(compression)
-            .handler("MESSAGE_CREATE", counter.clone().recipient())
-            .handler("LATENCY_PROBE", counter.recipient())
-            .build()
-            .expect("config");
+            .compression(compression);
+        let builder = if batch {
+            builder
+                .batch_handler("MESSAGE_CREATE", counter.clone().recipient())
+                .batch_handler("LATENCY_PROBE", counter.recipient())
+        } else {
+            builder
+                .handler("MESSAGE_CREATE", counter.clone().recipient())
+                .handler("LATENCY_PROBE", counter.recipient())
+        };
+        let config = builder.build().expect("config");
         let gateway = Gateway::start(config).await.expect("starts");
         let (elapsed, mut latencies) = actix_rt::time::timeout(Duration::from_secs(300), rx)
             .await
@@ -130,7 +153,7 @@ pub fn client(args: &[String]) {
         let total = per_shard * n as usize;
         let result = serde_json::json!({
             "bench": "flood",
-            "library": "shardline",
+            "library": if batch { "shardline-batch" } else { "shardline" },
             "shards": n,
             "compression": args[1],
             "events": total,

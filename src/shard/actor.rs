@@ -21,7 +21,7 @@ use crate::error::FatalError;
 use crate::event::ShardEvent;
 use crate::protocol::{CommandError, Envelope};
 use crate::queue::IdentifyQueue;
-use crate::router::{Dispatch, Router};
+use crate::router::{Dispatch, DispatchBatch, Router};
 use crate::session::SessionStore;
 use crate::shard::backoff::ReconnectBackoff;
 use crate::shard::heartbeat_grid;
@@ -30,6 +30,7 @@ use crate::shard::limiter::CommandLimiter;
 use crate::shard::messages::{GetStatus, SendCommand, ShardNotice, ShardStatus, Shutdown};
 use crate::shard::pause::{Pausable, PauseGate};
 use crate::shard::state::{Action, IdentifyParams, Phase, SendKind, ShardState};
+use actix::dev::SendError;
 
 type WsSink = crate::shard::framing::Writer;
 
@@ -179,8 +180,10 @@ pub struct ShardActor {
     deliberate_stop: bool,
     /// Events waiting for handlers, with the index of the next handler to offer each to.
     pending: VecDeque<(Dispatch, usize)>,
-    /// Waiting for a full handler to take the event at the front of `pending`.
-    blocked: bool,
+    /// Hand-overs waiting for room in a full handler's mailbox; nothing else is offered meanwhile.
+    waiting: u32,
+    /// Per batch handler (by router index), the events of the current hand-over.
+    batches: Vec<Vec<Dispatch>>,
     dropped: u64,
     reading: Rc<PauseGate>,
     /// The code of the gateway's close frame on the current connection, for the lifecycle event.
@@ -218,7 +221,8 @@ impl ShardActor {
             fatal: None,
             deliberate_stop: false,
             pending: VecDeque::new(),
-            blocked: false,
+            waiting: 0,
+            batches: Vec::new(),
             dropped: 0,
             reading: Rc::new(PauseGate::default()),
             close_code: None,
@@ -538,7 +542,7 @@ impl ShardActor {
     /// burst rather than once per event, which is most of the cost of delivering a small event.
     fn deliver(&mut self, dispatch: Dispatch, ctx: &mut Context<Self>) {
         self.pending.push_back((dispatch, 0));
-        if self.blocked {
+        if self.waiting > 0 {
             if let SlowHandlers::Backpressure { max_pending } = self.shared.slow_handlers {
                 if self.pending.len() >= max_pending && !self.reading.is_paused() {
                     tracing::warn!(
@@ -562,14 +566,25 @@ impl ShardActor {
         // Otherwise the read loop hands the batch over when it has read what is there.
     }
 
-    /// Offers `dispatch` to its handlers from the `from`-th on; on a full mailbox, waits for that
-    /// handler to take it before anything else is delivered.
+    /// Offers `dispatch` to its handlers from the `from`-th on (and, the first time, adds it to its
+    /// batch handlers' batches); on a full mailbox, waits for that handler to take it before
+    /// anything else is offered.
     fn offer(&mut self, dispatch: Dispatch, from: usize, ctx: &mut Context<Self>) {
         if from == 0 {
             // Recorded as the event is handed over, not when it is queued: a shard restarted from
             // the store resumes after the last event that left this queue, so what is still queued
             // here when the actor dies is replayed rather than lost.
             self.shared.sessions.set_seq(self.id, dispatch.seq());
+            let batched = self.shared.router.batch_handlers(dispatch.event());
+            if !batched.is_empty() {
+                if self.batches.len() < self.shared.router.batch_handler_count() {
+                    self.batches
+                        .resize_with(self.shared.router.batch_handler_count(), Vec::new);
+                }
+                for &i in batched {
+                    self.batches[i].push(dispatch.clone());
+                }
+            }
         }
         let drop_when_full = self.shared.slow_handlers == SlowHandlers::Drop;
         let Some(full) =
@@ -588,7 +603,7 @@ impl ShardActor {
         else {
             return;
         };
-        self.blocked = true;
+        self.waiting += 1;
         // `send` waits for room in the mailbox, then for the handler to have handled it.
         let wait = handler.send(dispatch.clone());
         ctx.spawn(wait.into_actor(self).map(move |result, act, ctx| {
@@ -596,14 +611,55 @@ impl ShardActor {
                 act.dropped += 1;
                 tracing::warn!(parent: &act.span, seq = dispatch.seq(), "handler stopped before taking the event");
             }
-            act.blocked = false;
+            act.waiting -= 1;
             act.pending.push_front((dispatch, full + 1));
             act.drain_pending(ctx);
         }));
     }
 
+    /// Sends each batch handler the events gathered for it since the last hand-over.
+    fn send_batches(&mut self, ctx: &mut Context<Self>) {
+        for i in 0..self.batches.len() {
+            if self.batches[i].is_empty() {
+                continue;
+            }
+            let batch = DispatchBatch::new(self.id, std::mem::take(&mut self.batches[i]));
+            // The router's own recipient, not a clone: a full mailbox parks that sender, which is
+            // what makes later `try_send`s report it full (a fresh clone always gets one more in).
+            let shared = Arc::clone(&self.shared);
+            let Some(handler) = shared.router.batch_handler(i) else {
+                continue;
+            };
+            let (first, count) = (batch.events()[0].seq(), batch.events().len() as u64);
+            match handler.try_send(batch) {
+                Ok(()) => {}
+                Err(SendError::Full(batch)) if self.shared.slow_handlers != SlowHandlers::Drop => {
+                    self.waiting += 1;
+                    ctx.spawn(handler.send(batch).into_actor(self).map(
+                        move |result, act, ctx| {
+                            if result.is_err() {
+                                act.dropped += count;
+                                tracing::warn!(parent: &act.span, first_seq = first, count, "batch handler stopped before taking the events");
+                            }
+                            act.waiting -= 1;
+                            act.drain_pending(ctx);
+                        },
+                    ));
+                }
+                Err(SendError::Full(_)) => {
+                    self.dropped += count;
+                    tracing::warn!(parent: &self.span, first_seq = first, count, handler = i, dropped = self.dropped, "batch handler mailbox full: events dropped for this handler");
+                }
+                Err(SendError::Closed(_)) => {
+                    self.dropped += count;
+                    tracing::warn!(parent: &self.span, first_seq = first, count, handler = i, dropped = self.dropped, "batch handler has stopped: events not delivered to it");
+                }
+            }
+        }
+    }
+
     fn drain_pending(&mut self, ctx: &mut Context<Self>) {
-        while !self.blocked {
+        while self.waiting == 0 {
             let Some((dispatch, from)) = self.pending.pop_front() else {
                 // All handed over: an idle shard keeps no queue buffer.
                 self.pending = VecDeque::new();
@@ -611,6 +667,7 @@ impl ShardActor {
             };
             self.offer(dispatch, from, ctx);
         }
+        self.send_batches(ctx);
         if self.reading.is_paused() {
             let resume_at = match self.shared.slow_handlers {
                 SlowHandlers::Backpressure { max_pending } => max_pending / 2,
@@ -786,7 +843,7 @@ impl ShardActor {
 
     /// Gives the handlers what the frames read so far produced.
     fn hand_over(&mut self, ctx: &mut Context<Self>) {
-        if !self.pending.is_empty() && !self.blocked {
+        if !self.pending.is_empty() && self.waiting == 0 {
             self.drain_pending(ctx);
         }
         self.state.release_buffers();

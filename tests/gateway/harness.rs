@@ -7,8 +7,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use shardline::testkit::{FakeConfig, FakeGateway, RecordedFrame};
 use shardline::{
-    Backoff, Compression, Config, ConfigBuilder, Dispatch, Gateway, Intents, ShardEvent, ShardPlan,
-    Timeouts,
+    Backoff, Compression, Config, ConfigBuilder, Dispatch, DispatchBatch, Gateway, Intents,
+    ShardEvent, ShardPlan, Timeouts,
 };
 
 pub const TOKEN: &str = "fake-token";
@@ -23,10 +23,12 @@ pub struct Seen {
     pub data: String,
 }
 
-/// A handler actor that records every dispatch it receives.
+/// A handler actor that records every dispatch it receives (one at a time, or in batches).
 #[derive(Default, Clone)]
 pub struct Recorder {
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// The size of every batch received as a batch handler.
+    pub batch_sizes: Arc<Mutex<Vec<usize>>>,
 }
 
 impl Actor for Recorder {
@@ -41,6 +43,17 @@ impl Handler<Dispatch> for Recorder {
     type Result = ();
     fn handle(&mut self, d: Dispatch, _: &mut Context<Self>) {
         self.record(&d);
+    }
+}
+
+impl Handler<DispatchBatch> for Recorder {
+    type Result = ();
+    fn handle(&mut self, batch: DispatchBatch, _: &mut Context<Self>) {
+        for d in batch.events() {
+            assert_eq!(d.shard(), batch.shard(), "a batch holds one shard's events");
+            self.record(d);
+        }
+        self.batch_sizes.lock().unwrap().push(batch.events().len());
     }
 }
 

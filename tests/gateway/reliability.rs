@@ -392,6 +392,17 @@ impl Handler<shardline::Dispatch> for Slow {
     }
 }
 
+impl Handler<shardline::DispatchBatch> for Slow {
+    type Result = ();
+    fn handle(&mut self, batch: shardline::DispatchBatch, _: &mut Context<Self>) {
+        // A batch handler doing blocking work per batch.
+        std::thread::sleep(self.pause);
+        for d in batch.events() {
+            self.inner.record(d);
+        }
+    }
+}
+
 #[actix_rt::test]
 async fn a_slow_handler_slows_delivery_but_never_heartbeats_and_loses_nothing() {
     let slow = Recorder::default();
@@ -466,6 +477,82 @@ async fn the_drop_policy_counts_every_event_it_drops() {
     assert_eq!(
         delivered + dropped,
         300,
+        "delivered {delivered} + dropped {dropped}"
+    );
+    arbiter.stop();
+    bot.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_slow_batch_handler_holds_the_shard_back_without_losing_or_reordering() {
+    let slow = Recorder::default();
+    let arbiter = Arbiter::new();
+    let s = slow.clone();
+    let handler = Slow::start_in_arbiter(&arbiter.handle(), move |_| Slow {
+        inner: s,
+        pause: Duration::from_millis(15),
+    });
+    let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
+        c.batch_handler("MESSAGE_CREATE", handler.recipient())
+            .slow_handlers(SlowHandlers::Backpressure { max_pending: 64 })
+    })
+    .await;
+    let seqs = bot
+        .fake
+        .flood(0, "MESSAGE_CREATE", r#"{"content":"x"}"#, 3000)
+        .unwrap();
+    let mut most_pending = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while slow.count("MESSAGE_CREATE") < 3000 && Instant::now() < deadline {
+        most_pending = most_pending.max(bot.gateway.status().await[0].pending);
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    let got: Vec<u64> = slow
+        .seqs("MESSAGE_CREATE")
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(got, seqs.collect::<Vec<_>>(), "every event once, in order");
+    assert!(most_pending <= 64, "pending grew to {most_pending}");
+    assert!(most_pending > 0, "the handler really was behind");
+    assert_eq!(bot.gateway.status().await[0].dropped, 0);
+    assert_eq!(bot.fake.connections().len(), 1);
+    arbiter.stop();
+    bot.stop().await;
+}
+
+#[actix_rt::test]
+async fn the_drop_policy_counts_every_event_of_a_dropped_batch() {
+    let slow = Recorder::default();
+    let arbiter = Arbiter::new();
+    let s = slow.clone();
+    let handler = Slow::start_in_arbiter(&arbiter.handle(), move |_| Slow {
+        inner: s,
+        pause: Duration::from_millis(30),
+    });
+    let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
+        c.batch_handler("MESSAGE_CREATE", handler.recipient())
+            .slow_handlers(SlowHandlers::Drop)
+    })
+    .await;
+    bot.fake
+        .flood(0, "MESSAGE_CREATE", r#"{"content":"x"}"#, 3000)
+        .unwrap();
+    bot.until("all 3000 seen by the catch-all", |r| {
+        r.count("MESSAGE_CREATE") == 3000
+    })
+    .await;
+    // The handler's backlog (at most its 4-slot mailbox) drains.
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    let dropped = bot.gateway.status().await[0].dropped;
+    let delivered = slow.count("MESSAGE_CREATE") as u64;
+    assert!(
+        dropped > 0,
+        "a 4-slot mailbox at 30 ms per batch drops some"
+    );
+    assert_eq!(
+        delivered + dropped,
+        3000,
         "delivered {delivered} + dropped {dropped}"
     );
     arbiter.stop();
