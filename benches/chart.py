@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Draws benches/chart.svg from the bench output in target/bench-results/*.jsonl.
+"""Draws benches/chart.svg from the peer comparison's output, target/bench-results/peers-*.jsonl
+(shardline and twilight measured in the same run, against the same fake gateway).
 
-Left: flood events/s by shard count and compression (shardline, twilight raw, twilight typed).
-Right: memory per idle shard by shard count and compression (shardline, twilight).
+Left: flood events/s by shard count and compression (shardline per-event and batch handlers,
+twilight raw and typed). Right: memory per idle shard by shard count and compression.
 Standard library only: `python3 benches/chart.py`.
 """
 import glob
@@ -12,11 +13,11 @@ import sys
 from collections import defaultdict
 
 rows = []
-for path in glob.glob("target/bench-results/*.jsonl"):
+for path in sorted(glob.glob("target/bench-results/peers-*.jsonl")):
     with open(path) as f:
         rows += [json.loads(line) for line in f if line.strip()]
 if not rows:
-    sys.exit("no results in target/bench-results: run the benches first (see BENCHMARKS.md)")
+    sys.exit("no peers-*.jsonl in target/bench-results: run the peer comparison first (see BENCHMARKS.md)")
 
 flood = defaultdict(list)   # (shards, compression, library) -> [events/s]
 memory = defaultdict(list)  # (shards, compression, library) -> [KiB/shard]
@@ -27,8 +28,8 @@ for r in rows:
     elif r["bench"] == "scale":
         memory[key].append(r["kib_per_shard"])
 
-COLORS = {"shardline": "#2b6cb0", "twilight-raw": "#c05621", "twilight-typed": "#ed8936", "twilight": "#c05621"}
-W, H, PAD = 1100, 430, 60
+COLORS = {"shardline": "#2b6cb0", "shardline-batch": "#63b3ed", "twilight-raw": "#c05621", "twilight-typed": "#ed8936", "twilight": "#c05621"}
+W, H, PAD = 1400, 430, 60
 
 
 def panel(x0, title, unit, data, libraries, fmt):
@@ -73,7 +74,7 @@ def panel(x0, title, unit, data, libraries, fmt):
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif">',
        f'<rect width="{W}" height="{H}" fill="white"/>']
 svg += panel(PAD + 20, "flood: events/s (higher is better)", "events/s", flood,
-             ["shardline", "twilight-raw", "twilight-typed"], lambda v: f"{v / 1000:.0f}k")
+             ["shardline", "shardline-batch", "twilight-raw", "twilight-typed"], lambda v: f"{v / 1000:.0f}k")
 svg += panel(W / 2 + PAD, "memory per idle shard (lower is better)", "KiB per shard", memory,
              ["shardline", "twilight"], lambda v: f"{v:.1f}")
 svg.append("</svg>")

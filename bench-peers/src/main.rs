@@ -5,9 +5,10 @@
 //! cargo run -p shardline-bench-peers --release                      # no transport compression
 //! cargo run -p shardline-bench-peers --release --features zlib      # zlib-stream
 //! cargo run -p shardline-bench-peers --release --features zstd      # zstd-stream
-//! PEERS_FLOOD_EVENTS=200000 PEERS_FLOOD_SHARDS=1,16 PEERS_SCALE_SHARDS=1000,10000 PEERS_IDLE_SECS=60 PEERS_REPEATS=3
+//! PEERS_SECTIONS=prescan,flood,scale PEERS_FLOOD_EVENTS=200000 PEERS_FLOOD_SHARDS=1,16 PEERS_SCALE_SHARDS=1000,10000 PEERS_IDLE_SECS=60 PEERS_REPEATS=5
 //! ```
 //! twilight picks its compression when it is compiled, so one build compares one compression.
+//! `prescan`: reading op/s/t of each corpus frame, shardline's prescan against twilight's.
 //! `flood`: twilight's raw messages (`Stream::next`) and its typed events (`next_event`), against
 //! shardline delivering to a counting handler actor, per event (`shardline`) and in batches
 //! (`shardline-batch`). `scale`: idle shards, memory per shard, idle CPU.
@@ -63,23 +64,43 @@ fn main() {
             other => panic!("unknown client {other:?}"),
         };
     }
-    let repeats: usize = env_num("PEERS_REPEATS", 3);
+    let sections = common::env_list("PEERS_SECTIONS", "prescan,flood,scale");
+    if sections.iter().any(|s| s == "prescan") {
+        prescan();
+    }
+    let repeats: usize = env_num("PEERS_REPEATS", 5);
     let mut lines = Vec::new();
 
-    println!("flood, {COMPRESSION}: events/s, median of {repeats} (min-max); p99 latency in ms");
+    let flood_shards = if sections.iter().any(|s| s == "flood") {
+        common::env_list("PEERS_FLOOD_SHARDS", "1,16")
+    } else {
+        Vec::new()
+    };
+    let scale_shards = if sections.iter().any(|s| s == "scale") {
+        common::env_list("PEERS_SCALE_SHARDS", "1000,10000")
+    } else {
+        Vec::new()
+    };
+    if flood_shards.is_empty() && scale_shards.is_empty() {
+        return;
+    }
+    println!("flood, {COMPRESSION}: events/s, median of {repeats} interleaved runs (min-max); p99 latency in ms");
     let events: usize = env_num("PEERS_FLOOD_EVENTS", 200_000);
-    for shards in common::env_list("PEERS_FLOOD_SHARDS", "1,16") {
+    for shards in flood_shards {
         let n: usize = shards.parse().expect("shards");
         let per_shard = (events / n).to_string();
-        let mut medians = Vec::new();
-        for client in [
+        const CLIENTS: [&str; 4] = [
             "shardline",
             "shardline-batch",
             "twilight-raw",
             "twilight-typed",
-        ] {
-            let (mut rates, mut p99s) = (Vec::new(), Vec::new());
-            for _ in 0..repeats {
+        ];
+        // Repeats are interleaved (every client once, then again), so a drift in the machine's
+        // speed during the run lands on every client alike.
+        let mut rates = vec![Vec::new(); CLIENTS.len()];
+        let mut p99s = vec![Vec::new(); CLIENTS.len()];
+        for _ in 0..repeats {
+            for (i, client) in CLIENTS.iter().enumerate() {
                 let fake = common::FakeProcess::start(&[
                     "flood".into(),
                     shards.clone(),
@@ -93,17 +114,20 @@ fn main() {
                     &per_shard,
                     &fake.gateway_url(),
                 ]) {
-                    rates.push(v["events_per_sec"].as_f64().unwrap_or(0.0));
-                    p99s.push(v["p99_ms"].as_f64().unwrap_or(0.0));
+                    rates[i].push(v["events_per_sec"].as_f64().unwrap_or(0.0));
+                    p99s[i].push(v["p99_ms"].as_f64().unwrap_or(0.0));
                     lines.push(v.to_string());
                 }
             }
-            if rates.is_empty() {
+        }
+        let mut medians = Vec::new();
+        for (i, client) in CLIENTS.iter().enumerate() {
+            if rates[i].is_empty() {
                 medians.push(0.0);
                 continue;
             }
-            let (m, lo, hi) = common::median(&mut rates);
-            let (p99, _, _) = common::median(&mut p99s);
+            let (m, lo, hi) = common::median(&mut rates[i]);
+            let (p99, _, _) = common::median(&mut p99s[i]);
             // twilight's typed stream filters the probes out, so it has no latency figure.
             let p99 = if p99 > 0.0 {
                 format!("{p99:.1}")
@@ -128,7 +152,7 @@ fn main() {
     println!(
         "scale, {COMPRESSION}: KiB per idle shard, time to all READY, idle CPU (% of one core)"
     );
-    for shards in common::env_list("PEERS_SCALE_SHARDS", "1000,10000") {
+    for shards in scale_shards {
         let mut kib = Vec::new();
         for client in ["shardline", "twilight"] {
             let fake = common::FakeProcess::start(&["scale".into(), shards.clone()]);
@@ -165,6 +189,106 @@ fn main() {
     if let Ok(mut f) =
         std::fs::File::create(format!("target/bench-results/peers-{COMPRESSION}.jsonl"))
     {
+        for line in lines {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// The corpus frames, as in `benches/parse.rs`.
+const CORPUS: [(&str, &str); 5] = [
+    (
+        "message_create",
+        include_str!("../../benches/corpus/message_create.json"),
+    ),
+    (
+        "typing_start",
+        include_str!("../../benches/corpus/typing_start.json"),
+    ),
+    (
+        "presence_update",
+        include_str!("../../benches/corpus/presence_update.json"),
+    ),
+    (
+        "guild_create",
+        include_str!("../../benches/corpus/guild_create.json"),
+    ),
+    (
+        "heartbeat_ack",
+        include_str!("../../benches/corpus/heartbeat_ack.json"),
+    ),
+];
+
+/// Median nanoseconds per call of `f` over 15 samples of ~40 ms each.
+fn time_ns(mut f: impl FnMut()) -> f64 {
+    let mut iters = 1u64;
+    loop {
+        let t = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        if t.elapsed() > Duration::from_millis(40) {
+            break;
+        }
+        iters *= 2;
+    }
+    let mut samples: Vec<f64> = (0..15)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            t.elapsed().as_nanos() as f64 / iters as f64
+        })
+        .collect();
+    common::median(&mut samples).0
+}
+
+/// Reading the envelope (op, s, t) of each corpus frame: shardline's prescan against twilight's
+/// (`GatewayEventDeserializer::from_json`, what twilight runs on every frame before deciding whether
+/// the event is wanted).
+fn prescan() {
+    use std::hint::black_box;
+    use twilight_model::gateway::event::GatewayEventDeserializer;
+    println!(
+        "prescan: ns per frame, median of 15 (events/s); ratio = twilight time / shardline time"
+    );
+    let mut lines = Vec::new();
+    for (name, frame) in CORPUS {
+        let ours = shardline::protocol::Envelope::parse(frame.as_bytes()).expect("envelope");
+        let theirs = GatewayEventDeserializer::from_json(frame).expect("twilight envelope");
+        assert_eq!((ours.op, ours.seq), (theirs.op(), theirs.sequence()));
+        let shardline_ns = time_ns(|| {
+            let _ = black_box(
+                shardline::protocol::Envelope::parse(black_box(frame.as_bytes()))
+                    .map(|e| (e.op, e.seq, e.event)),
+            );
+        });
+        let twilight_ns = time_ns(|| {
+            let _ = black_box(
+                GatewayEventDeserializer::from_json(black_box(frame))
+                    .map(|d| (d.op(), d.sequence(), d.event_type().map(str::len))),
+            );
+        });
+        println!(
+            "  {name:<16} shardline {shardline_ns:>7.1} ns ({:>5.1} M/s)  twilight {twilight_ns:>7.1} ns ({:>5.1} M/s)  ratio {:.2}",
+            1e3 / shardline_ns,
+            1e3 / twilight_ns,
+            twilight_ns / shardline_ns
+        );
+        lines.push(
+            serde_json::json!({
+                "bench": "prescan",
+                "frame": name,
+                "bytes": frame.len(),
+                "shardline_ns": shardline_ns,
+                "twilight_ns": twilight_ns,
+            })
+            .to_string(),
+        );
+    }
+    let _ = std::fs::create_dir_all("target/bench-results");
+    if let Ok(mut f) = std::fs::File::create("target/bench-results/prescan.jsonl") {
         for line in lines {
             let _ = writeln!(f, "{line}");
         }

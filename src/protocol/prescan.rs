@@ -26,7 +26,7 @@ pub struct Head {
     pub end: usize,
 }
 
-#[inline]
+#[inline(always)]
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
         i += 1;
@@ -35,25 +35,53 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 }
 
 /// A string without escapes starting at `b[i] == '"'`: its contents' range and the index after it.
-#[inline]
+///
+/// One pass over the bytes: the strings of a frame's head are a few bytes long (keys, event names),
+/// where a plain loop beats a vectorised search plus separate checks.
+#[inline(always)]
 fn plain_string(b: &[u8], i: usize) -> Option<(Range<usize>, usize)> {
     if b.get(i) != Some(&b'"') {
         return None;
     }
     let start = i + 1;
-    let len = memchr::memchr2(b'"', b'\\', &b[start..])?;
-    let end = start + len;
-    if b[end] != b'"' {
+    let mut j = start;
+    let mut ascii = true;
+    // Eight bytes at a time while none of them is a quote, a backslash, a control character or
+    // non-ASCII: event names are a dozen or more letters and underscores.
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    while let Some(chunk) = b.get(j..j + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let special = zero_byte(w ^ (ONES * u64::from(b'"')))
+            | zero_byte(w ^ (ONES * u64::from(b'\\')))
+            | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+            | (w & HIGH);
+        if special != 0 {
+            break;
+        }
+        j += 8;
+    }
+    loop {
+        match *b.get(j)? {
+            b'"' => break,
+            // An escape is for the full parse; a raw control character is not JSON.
+            b'\\' | 0..=0x1f => return None,
+            0x80.. => ascii = false,
+            _ => {}
+        }
+        j += 1;
+    }
+    // Invalid UTF-8 is not JSON either; only non-ASCII bytes need the check.
+    if !ascii && std::str::from_utf8(&b[start..j]).is_err() {
         return None;
     }
-    // Control characters are not allowed raw in JSON strings, nor is invalid UTF-8.
-    if b[start..end].iter().any(|&c| c < 0x20) || std::str::from_utf8(&b[start..end]).is_err() {
-        return None;
-    }
-    Some((start..end, end + 1))
+    Some((start..j, j + 1))
 }
 
-#[inline]
+#[inline(always)]
 fn integer(b: &[u8], mut i: usize) -> Option<(u64, usize)> {
     let start = i;
     let mut n: u64 = 0;
@@ -71,7 +99,7 @@ fn integer(b: &[u8], mut i: usize) -> Option<(u64, usize)> {
     Some((n, i))
 }
 
-#[inline]
+#[inline(always)]
 fn null(b: &[u8], i: usize) -> Option<usize> {
     b[i..].starts_with(b"null").then_some(i + 4)
 }
@@ -99,16 +127,40 @@ pub fn prescan(frame: &[u8]) -> Option<Head> {
         if i >= close {
             break;
         }
-        let (key, next) = plain_string(b, i)?;
-        i = skip_ws(b, next);
-        if b.get(i) != Some(&b':') {
-            return None;
-        }
-        i = skip_ws(b, i + 1);
+        // Discord writes the four keys compactly (`"op":`); those are matched whole, anything else
+        // (whitespace, other keys) the general way.
+        let key: &[u8] = match (b.get(i..i + 4), b.get(i..i + 5)) {
+            (_, Some(b"\"op\":")) => {
+                i += 5;
+                b"op"
+            }
+            (Some(b"\"s\":"), _) => {
+                i += 4;
+                b"s"
+            }
+            (Some(b"\"t\":"), _) => {
+                i += 4;
+                b"t"
+            }
+            (Some(b"\"d\":"), _) => {
+                i += 4;
+                b"d"
+            }
+            _ => {
+                let (key, next) = plain_string(b, i)?;
+                i = skip_ws(b, next);
+                if b.get(i) != Some(&b':') {
+                    return None;
+                }
+                i += 1;
+                &b[key]
+            }
+        };
+        i = skip_ws(b, i);
         if i >= close {
             return None;
         }
-        let bit = match &b[key] {
+        let bit = match key {
             b"op" => {
                 let (n, next) = integer(b, i)?;
                 op = Some(u8::try_from(n).ok()?);
