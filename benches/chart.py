@@ -61,7 +61,7 @@ def panel(x0, title, unit, data, libraries, fmt):
                 lo, hi = min(values) * scale, max(values) * scale
                 cx = bx + bar_w * 0.45
                 out.append(f'<line x1="{cx:.1f}" y1="{base - lo:.1f}" x2="{cx:.1f}" y2="{base - hi:.1f}" stroke="#222"/>')
-            out.append(f'<text x="{bx + bar_w * 0.45:.1f}" y="{base - h - 4:.1f}" font-size="9" text-anchor="middle">{fmt(v)}</text>')
+            out.append(f'<text x="{bx + bar_w * 0.45:.1f}" y="{base - h - 4:.1f}" font-size="8" text-anchor="middle">{fmt(v)}</text>')
         out.append(f'<text x="{gx + group_w / 2:.1f}" y="{base + 16}" font-size="11" text-anchor="middle">{shards} shard{"s" if shards != 1 else ""}</text>')
         out.append(f'<text x="{gx + group_w / 2:.1f}" y="{base + 30}" font-size="10" fill="#555" text-anchor="middle">{compression}</text>')
     for li, lib in enumerate(libraries):

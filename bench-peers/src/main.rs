@@ -219,29 +219,40 @@ const CORPUS: [(&str, &str); 5] = [
     ),
 ];
 
-/// Median nanoseconds per call of `f` over 15 samples of ~40 ms each.
-fn time_ns(mut f: impl FnMut()) -> f64 {
+/// Calls per sample so that one sample of `f` takes about 20 ms.
+fn calibrate(mut f: impl FnMut()) -> u64 {
     let mut iters = 1u64;
     loop {
         let t = Instant::now();
         for _ in 0..iters {
             f();
         }
-        if t.elapsed() > Duration::from_millis(40) {
-            break;
+        if t.elapsed() > Duration::from_millis(20) {
+            return iters;
         }
         iters *= 2;
     }
-    let mut samples: Vec<f64> = (0..15)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..iters {
-                f();
-            }
-            t.elapsed().as_nanos() as f64 / iters as f64
-        })
-        .collect();
-    common::median(&mut samples).0
+}
+
+/// Nanoseconds per call of `f`, one sample.
+fn sample(iters: u64, mut f: impl FnMut()) -> f64 {
+    let t = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    t.elapsed().as_nanos() as f64 / iters as f64
+}
+
+/// Median nanoseconds per call of `a` and of `b` over 21 samples each, taken in turns (a, b, a, b…)
+/// after a warm-up, so that the machine's drift lands on both alike.
+fn time_pair_ns(mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
+    let (ia, ib) = (calibrate(&mut a), calibrate(&mut b));
+    let (mut sa, mut sb) = (Vec::new(), Vec::new());
+    for _ in 0..21 {
+        sa.push(sample(ia, &mut a));
+        sb.push(sample(ib, &mut b));
+    }
+    (common::median(&mut sa).0, common::median(&mut sb).0)
 }
 
 /// Reading the envelope (op, s, t) of each corpus frame: shardline's prescan against twilight's
@@ -251,25 +262,27 @@ fn prescan() {
     use std::hint::black_box;
     use twilight_model::gateway::event::GatewayEventDeserializer;
     println!(
-        "prescan: ns per frame, median of 15 (events/s); ratio = twilight time / shardline time"
+        "prescan: ns per frame, median of 21 samples taken in turns (events/s); ratio = twilight time / shardline time"
     );
     let mut lines = Vec::new();
     for (name, frame) in CORPUS {
         let ours = shardline::protocol::Envelope::parse(frame.as_bytes()).expect("envelope");
         let theirs = GatewayEventDeserializer::from_json(frame).expect("twilight envelope");
         assert_eq!((ours.op, ours.seq), (theirs.op(), theirs.sequence()));
-        let shardline_ns = time_ns(|| {
-            let _ = black_box(
-                shardline::protocol::Envelope::parse(black_box(frame.as_bytes()))
-                    .map(|e| (e.op, e.seq, e.event)),
-            );
-        });
-        let twilight_ns = time_ns(|| {
-            let _ = black_box(
-                GatewayEventDeserializer::from_json(black_box(frame))
-                    .map(|d| (d.op(), d.sequence(), d.event_type().map(str::len))),
-            );
-        });
+        let (shardline_ns, twilight_ns) = time_pair_ns(
+            || {
+                let _ = black_box(
+                    shardline::protocol::Envelope::parse(black_box(frame.as_bytes()))
+                        .map(|e| (e.op, e.seq, e.event)),
+                );
+            },
+            || {
+                let _ = black_box(
+                    GatewayEventDeserializer::from_json(black_box(frame))
+                        .map(|d| (d.op(), d.sequence(), d.event_type().map(str::len))),
+                );
+            },
+        );
         println!(
             "  {name:<16} shardline {shardline_ns:>7.1} ns ({:>5.1} M/s)  twilight {twilight_ns:>7.1} ns ({:>5.1} M/s)  ratio {:.2}",
             1e3 / shardline_ns,

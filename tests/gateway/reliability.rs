@@ -403,107 +403,55 @@ impl Handler<shardline::DispatchBatch> for Slow {
     }
 }
 
-#[actix_rt::test]
-async fn a_slow_handler_slows_delivery_but_never_heartbeats_and_loses_nothing() {
+/// How the slow handler is registered.
+#[derive(Clone, Copy)]
+enum Registered {
+    PerEvent,
+    Batch,
+}
+
+/// A bot whose only MESSAGE_CREATE handler is a `Slow` one, `pause` per message, on its own thread.
+async fn bot_with_slow_handler(
+    registered: Registered,
+    pause: Duration,
+    policy: SlowHandlers,
+) -> (Bot, Recorder, Arbiter) {
     let slow = Recorder::default();
     let arbiter = Arbiter::new();
     let s = slow.clone();
-    let handler = Slow::start_in_arbiter(&arbiter.handle(), move |_| Slow {
-        inner: s,
-        pause: Duration::from_millis(3),
-    });
+    let handler = Slow::start_in_arbiter(&arbiter.handle(), move |_| Slow { inner: s, pause });
     let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
-        c.handler("MESSAGE_CREATE", handler.recipient())
-            .slow_handlers(SlowHandlers::Backpressure { max_pending: 16 })
+        match registered {
+            Registered::PerEvent => c.handler("MESSAGE_CREATE", handler.recipient()),
+            Registered::Batch => c.batch_handler("MESSAGE_CREATE", handler.recipient()),
+        }
+        .slow_handlers(policy)
     })
+    .await;
+    (bot, slow, arbiter)
+}
+
+/// Backpressure: a burst of `count` reaches the slow handler once each, in order; the shard holds at
+/// most `max_pending` meanwhile and keeps its connection (heartbeats never wait for handlers).
+async fn backpressure_loses_nothing(
+    registered: Registered,
+    pause: Duration,
+    count: usize,
+    max_pending: usize,
+) {
+    let (bot, slow, arbiter) = bot_with_slow_handler(
+        registered,
+        pause,
+        SlowHandlers::Backpressure { max_pending },
+    )
     .await;
     let seqs = bot
         .fake
-        .flood(0, "MESSAGE_CREATE", r#"{"content":"x"}"#, 400)
+        .flood(0, "MESSAGE_CREATE", r#"{"content":"x"}"#, count)
         .unwrap();
     let mut most_pending = 0;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while slow.count("MESSAGE_CREATE") < 400 && Instant::now() < deadline {
-        most_pending = most_pending.max(bot.gateway.status().await[0].pending);
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
-    let got: Vec<u64> = slow
-        .seqs("MESSAGE_CREATE")
-        .into_iter()
-        .map(|(_, s)| s)
-        .collect();
-    assert_eq!(got, seqs.collect::<Vec<_>>(), "every event once, in order");
-    assert!(most_pending <= 16, "pending grew to {most_pending}");
-    assert!(most_pending > 0, "the handler really was behind");
-    let conns = bot.fake.connections();
-    assert_eq!(
-        conns.len(),
-        1,
-        "heartbeats kept the connection alive through ~1.2 s of backlog"
-    );
-    assert_eq!(bot.gateway.status().await[0].dropped, 0);
-    arbiter.stop();
-    bot.stop().await;
-}
-
-#[actix_rt::test]
-async fn the_drop_policy_counts_every_event_it_drops() {
-    let slow = Recorder::default();
-    let arbiter = Arbiter::new();
-    let s = slow.clone();
-    let handler = Slow::start_in_arbiter(&arbiter.handle(), move |_| Slow {
-        inner: s,
-        pause: Duration::from_millis(2),
-    });
-    let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
-        c.handler("MESSAGE_CREATE", handler.recipient())
-            .slow_handlers(SlowHandlers::Drop)
-    })
-    .await;
-    bot.fake
-        .flood(0, "MESSAGE_CREATE", r#"{"content":"x"}"#, 300)
-        .unwrap();
-    bot.until("all 300 seen by the catch-all", |r| {
-        r.count("MESSAGE_CREATE") == 300
-    })
-    .await;
-    actix_rt::time::sleep(Duration::from_millis(1500)).await;
-    let dropped = bot.gateway.status().await[0].dropped;
-    let delivered = slow.count("MESSAGE_CREATE") as u64;
-    assert!(
-        dropped > 0,
-        "a 4-slot mailbox at 2 ms per event drops some of a 300-event burst"
-    );
-    assert_eq!(
-        delivered + dropped,
-        300,
-        "delivered {delivered} + dropped {dropped}"
-    );
-    arbiter.stop();
-    bot.stop().await;
-}
-
-#[actix_rt::test]
-async fn a_slow_batch_handler_holds_the_shard_back_without_losing_or_reordering() {
-    let slow = Recorder::default();
-    let arbiter = Arbiter::new();
-    let s = slow.clone();
-    let handler = Slow::start_in_arbiter(&arbiter.handle(), move |_| Slow {
-        inner: s,
-        pause: Duration::from_millis(15),
-    });
-    let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
-        c.batch_handler("MESSAGE_CREATE", handler.recipient())
-            .slow_handlers(SlowHandlers::Backpressure { max_pending: 64 })
-    })
-    .await;
-    let seqs = bot
-        .fake
-        .flood(0, "MESSAGE_CREATE", r#"{"content":"x"}"#, 3000)
-        .unwrap();
-    let mut most_pending = 0;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while slow.count("MESSAGE_CREATE") < 3000 && Instant::now() < deadline {
+    while slow.count("MESSAGE_CREATE") < count && Instant::now() < deadline {
         most_pending = most_pending.max(bot.gateway.status().await[0].pending);
         actix_rt::time::sleep(Duration::from_millis(5)).await;
     }
@@ -513,48 +461,68 @@ async fn a_slow_batch_handler_holds_the_shard_back_without_losing_or_reordering(
         .map(|(_, s)| s)
         .collect();
     assert_eq!(got, seqs.collect::<Vec<_>>(), "every event once, in order");
-    assert!(most_pending <= 64, "pending grew to {most_pending}");
+    assert!(
+        most_pending <= max_pending,
+        "pending grew to {most_pending}"
+    );
     assert!(most_pending > 0, "the handler really was behind");
+    assert_eq!(
+        bot.fake.connections().len(),
+        1,
+        "heartbeats kept the connection alive through the backlog"
+    );
     assert_eq!(bot.gateway.status().await[0].dropped, 0);
-    assert_eq!(bot.fake.connections().len(), 1);
+    arbiter.stop();
+    bot.stop().await;
+}
+
+/// Drop: of a burst of `count`, every event is either delivered or counted as dropped, and some are.
+async fn drop_counts_every_loss(registered: Registered, pause: Duration, count: usize) {
+    let (bot, slow, arbiter) = bot_with_slow_handler(registered, pause, SlowHandlers::Drop).await;
+    bot.fake
+        .flood(0, "MESSAGE_CREATE", r#"{"content":"x"}"#, count)
+        .unwrap();
+    bot.until("the whole burst seen by the catch-all", |r| {
+        r.count("MESSAGE_CREATE") == count
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut dropped, mut delivered) = (0, 0);
+    while Instant::now() < deadline {
+        // The handler's backlog (at most its 4-slot mailbox) drains.
+        dropped = bot.gateway.status().await[0].dropped;
+        delivered = slow.count("MESSAGE_CREATE") as u64;
+        if delivered + dropped == count as u64 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(dropped > 0, "a 4-slot mailbox behind a burst drops some");
+    assert_eq!(
+        delivered + dropped,
+        count as u64,
+        "delivered {delivered} + dropped {dropped}"
+    );
     arbiter.stop();
     bot.stop().await;
 }
 
 #[actix_rt::test]
+async fn a_slow_handler_slows_delivery_but_never_heartbeats_and_loses_nothing() {
+    backpressure_loses_nothing(Registered::PerEvent, Duration::from_millis(3), 400, 16).await;
+}
+
+#[actix_rt::test]
+async fn the_drop_policy_counts_every_event_it_drops() {
+    drop_counts_every_loss(Registered::PerEvent, Duration::from_millis(2), 300).await;
+}
+
+#[actix_rt::test]
+async fn a_slow_batch_handler_holds_the_shard_back_without_losing_or_reordering() {
+    backpressure_loses_nothing(Registered::Batch, Duration::from_millis(15), 3000, 64).await;
+}
+
+#[actix_rt::test]
 async fn the_drop_policy_counts_every_event_of_a_dropped_batch() {
-    let slow = Recorder::default();
-    let arbiter = Arbiter::new();
-    let s = slow.clone();
-    let handler = Slow::start_in_arbiter(&arbiter.handle(), move |_| Slow {
-        inner: s,
-        pause: Duration::from_millis(30),
-    });
-    let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
-        c.batch_handler("MESSAGE_CREATE", handler.recipient())
-            .slow_handlers(SlowHandlers::Drop)
-    })
-    .await;
-    bot.fake
-        .flood(0, "MESSAGE_CREATE", r#"{"content":"x"}"#, 3000)
-        .unwrap();
-    bot.until("all 3000 seen by the catch-all", |r| {
-        r.count("MESSAGE_CREATE") == 3000
-    })
-    .await;
-    // The handler's backlog (at most its 4-slot mailbox) drains.
-    actix_rt::time::sleep(Duration::from_millis(500)).await;
-    let dropped = bot.gateway.status().await[0].dropped;
-    let delivered = slow.count("MESSAGE_CREATE") as u64;
-    assert!(
-        dropped > 0,
-        "a 4-slot mailbox at 30 ms per batch drops some"
-    );
-    assert_eq!(
-        delivered + dropped,
-        3000,
-        "delivered {delivered} + dropped {dropped}"
-    );
-    arbiter.stop();
-    bot.stop().await;
+    drop_counts_every_loss(Registered::Batch, Duration::from_millis(30), 3000).await;
 }
