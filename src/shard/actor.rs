@@ -518,7 +518,7 @@ impl ShardActor {
                 }
                 Action::Fatal(error) => {
                     tracing::error!(%error, "stopping the shard for good");
-                    // Hand over what was read before the actor stops (its scheduled work will not run).
+                    // Hand over what was read: once the actor stops, the read loop never gets to.
                     self.drain_pending(ctx);
                     self.teardown(None, ctx);
                     let code = self.close_code.take();
