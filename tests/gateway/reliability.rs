@@ -150,7 +150,7 @@ async fn handshakes_in_flight_never_exceed_the_limit_and_each_turn_passes_on() {
         .gateway_url(format!("ws://127.0.0.1:{port}"))
         .max_concurrency(6)
         .compression(shardline::Compression::None)
-        .timeouts(quick_timeouts(400, 2000, 2000))
+        .timeouts(quick_timeouts(1000, 2000, 2000))
         .limits(Limits {
             concurrent_handshakes: 2,
             ..Limits::default()
