@@ -480,7 +480,17 @@ impl ShardActor {
                 }
                 Action::RequestIdentify => self.request_identify(ctx),
                 Action::Deliver(dispatch) => self.deliver(dispatch, ctx),
-                Action::StoreSession(Some(session)) => self.shared.sessions.save(self.id, session),
+                Action::StoreSession(Some(mut session)) => {
+                    // The stored sequence moves only as events are handed over. A session saved
+                    // again (on RESUMED) keeps it: replayed events may still be queued ahead of
+                    // RESUMED, and a restart must resume before them.
+                    if let Some(stored) = self.shared.sessions.load(self.id) {
+                        if stored.session_id == session.session_id {
+                            session.seq = stored.seq;
+                        }
+                    }
+                    self.shared.sessions.save(self.id, session)
+                }
                 Action::StoreSession(None) => self.shared.sessions.remove(self.id),
                 Action::Ready { resumed } => {
                     self.backoff.reset();

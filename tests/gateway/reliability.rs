@@ -526,3 +526,56 @@ async fn a_slow_batch_handler_holds_the_shard_back_without_losing_or_reordering(
 async fn the_drop_policy_counts_every_event_of_a_dropped_batch() {
     drop_counts_every_loss(Registered::Batch, Duration::from_millis(30), 3000).await;
 }
+
+#[actix_rt::test]
+async fn the_stored_sequence_never_runs_ahead_of_what_handlers_were_given() {
+    use shardline::SessionStore as _;
+    let store = std::sync::Arc::new(shardline::MemorySessionStore::new());
+    let slow = Recorder::default();
+    let arbiter = Arbiter::new();
+    let s = slow.clone();
+    let handler = Slow::start_in_arbiter(&arbiter.handle(), move |_| Slow {
+        inner: s,
+        pause: Duration::from_millis(20),
+    });
+    let st = store.clone();
+    let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
+        c.handler("MESSAGE_CREATE", handler.recipient())
+            .session_store(st)
+    })
+    .await;
+    let last = bot
+        .fake
+        .flood(0, "MESSAGE_CREATE", r#"{"content":"x"}"#, 60)
+        .unwrap()
+        .last()
+        .unwrap();
+    // Resume while most of the burst still waits in the shard for the slow handler: RESUMED
+    // arrives ahead of events the handler has not been given yet.
+    wait_until("the shard holding a backlog", || {
+        slow.count("MESSAGE_CREATE") >= 2
+    })
+    .await;
+    bot.fake.reconnect(0);
+    assert!(
+        bot.fake
+            .wait_for(WAIT, "resumed", |f| f.connections().len() == 2
+                && f.ready_shards().len() == 1)
+            .await
+    );
+    let behind = slow.count("MESSAGE_CREATE");
+    let stored = store.load(0).unwrap().seq;
+    assert!(behind < 60, "the handler is still behind ({behind} of 60)");
+    // READY is seq 1 and the burst 2..=61: the store may name at most what was handed over
+    // (the handler's count, plus its 4-slot mailbox and the one it is on).
+    assert!(
+        stored <= 1 + behind as u64 + 5,
+        "stored seq {stored} ran ahead of delivery ({behind} delivered)"
+    );
+    wait_until("all delivered", || slow.count("MESSAGE_CREATE") == 60).await;
+    // RESUMED (after the burst) is handed over last: the store ends at it.
+    actix_rt::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(store.load(0).unwrap().seq, last + 1);
+    arbiter.stop();
+    bot.stop().await;
+}
