@@ -205,6 +205,10 @@ impl ShardActor {
     ) -> Self {
         let session = shared.sessions.load(id);
         let state = ShardState::new(id, total, shared.params.clone(), session);
+        // One list per batch handler (unallocated until used): the router is fixed at start.
+        let batches = (0..shared.router.batch_handler_count())
+            .map(|_| Vec::new())
+            .collect();
         Self {
             id,
             total,
@@ -222,7 +226,7 @@ impl ShardActor {
             deliberate_stop: false,
             pending: VecDeque::new(),
             waiting: 0,
-            batches: Vec::new(),
+            batches,
             dropped: 0,
             reading: Rc::new(PauseGate::default()),
             close_code: None,
@@ -480,17 +484,7 @@ impl ShardActor {
                 }
                 Action::RequestIdentify => self.request_identify(ctx),
                 Action::Deliver(dispatch) => self.deliver(dispatch, ctx),
-                Action::StoreSession(Some(mut session)) => {
-                    // The stored sequence moves only as events are handed over. A session saved
-                    // again (on RESUMED) keeps it: replayed events may still be queued ahead of
-                    // RESUMED, and a restart must resume before them.
-                    if let Some(stored) = self.shared.sessions.load(self.id) {
-                        if stored.session_id == session.session_id {
-                            session.seq = stored.seq;
-                        }
-                    }
-                    self.shared.sessions.save(self.id, session)
-                }
+                Action::StoreSession(Some(session)) => self.shared.sessions.save(self.id, session),
                 Action::StoreSession(None) => self.shared.sessions.remove(self.id),
                 Action::Ready { resumed } => {
                     self.backoff.reset();
@@ -585,15 +579,8 @@ impl ShardActor {
             // the store resumes after the last event that left this queue, so what is still queued
             // here when the actor dies is replayed rather than lost.
             self.shared.sessions.set_seq(self.id, dispatch.seq());
-            let batched = self.shared.router.batch_handlers(dispatch.event());
-            if !batched.is_empty() {
-                if self.batches.len() < self.shared.router.batch_handler_count() {
-                    self.batches
-                        .resize_with(self.shared.router.batch_handler_count(), Vec::new);
-                }
-                for &i in batched {
-                    self.batches[i].push(dispatch.clone());
-                }
+            for &i in self.shared.router.batch_handlers(dispatch.event()) {
+                self.batches[i].push(dispatch.clone());
             }
         }
         let drop_when_full = self.shared.slow_handlers == SlowHandlers::Drop;
@@ -629,14 +616,17 @@ impl ShardActor {
 
     /// Sends each batch handler the events gathered for it since the last hand-over.
     fn send_batches(&mut self, ctx: &mut Context<Self>) {
+        if self.batches.iter().all(Vec::is_empty) {
+            return;
+        }
+        // The router's own recipients, not clones: a full mailbox parks that sender, which is what
+        // makes later `try_send`s report it full (a fresh clone always gets one more in).
+        let shared = Arc::clone(&self.shared);
         for i in 0..self.batches.len() {
             if self.batches[i].is_empty() {
                 continue;
             }
             let batch = DispatchBatch::new(self.id, std::mem::take(&mut self.batches[i]));
-            // The router's own recipient, not a clone: a full mailbox parks that sender, which is
-            // what makes later `try_send`s report it full (a fresh clone always gets one more in).
-            let shared = Arc::clone(&self.shared);
             let Some(handler) = shared.router.batch_handler(i) else {
                 continue;
             };

@@ -376,12 +376,10 @@ impl ShardState {
         match &*event {
             "READY" => self.on_ready(env.data(frame), seq),
             "RESUMED" if self.phase == Phase::Resuming => {
+                // Nothing to store: the session's id and URL are unchanged, and its stored
+                // sequence moves as events are handed over (replayed events may still be queued
+                // ahead of RESUMED; a restart must resume before them).
                 self.phase = Phase::Ready;
-                if let Some(session) = &self.session {
-                    let mut s = session.clone();
-                    s.seq = seq;
-                    self.actions.push_back(Action::StoreSession(Some(s)));
-                }
                 self.actions.push_back(Action::Ready { resumed: true });
             }
             _ => {}

@@ -298,8 +298,10 @@ fn exactly_once_across_a_resume() {
     }
     let actions = s.frame(r#"{"t":"RESUMED","s":8,"op":0,"d":{}}"#, 50);
     assert_eq!(got.iter().map(|d| d.0).collect::<Vec<_>>(), [6, 7]);
-    assert!(matches!(&actions[0], Action::StoreSession(Some(stored)) if stored.seq == 8));
-    assert!(matches!(actions[1], Action::Ready { resumed: true }));
+    // RESUMED changes nothing the store holds: its sequence moves only as events are handed over,
+    // so the replayed 6 and 7 (possibly still queued for handlers) are not skipped by a restart.
+    assert!(!actions.iter().any(|a| matches!(a, Action::StoreSession(_))));
+    assert!(matches!(actions[0], Action::Ready { resumed: true }));
     assert_eq!(delivered(&actions), [(8, "RESUMED".to_owned())]);
 }
 

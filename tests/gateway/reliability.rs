@@ -134,15 +134,34 @@ async fn a_tcp_peer_that_never_completes_the_handshake_times_out() {
 
 #[actix_rt::test]
 async fn handshakes_in_flight_never_exceed_the_limit_and_each_turn_passes_on() {
+    // A peer that accepts and never answers: every handshake hangs until the test hangs up on it
+    // (the connect timeout is far longer than the test), so turns pass on only when it does.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (hang_up_tx, hang_up_rx) = std::sync::mpsc::channel::<usize>();
     let count = accepted.clone();
     std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in listener.incoming().flatten() {
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            held.push(stream); // accept, never answer: every handshake hangs until its timeout
+        let mut held = std::collections::VecDeque::new();
+        let mut hang_up_all = false;
+        listener.set_nonblocking(true).unwrap();
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    held.push_back(stream);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+            while let Ok(n) = hang_up_rx.try_recv() {
+                hang_up_all |= n == usize::MAX;
+                for _ in 0..n.min(held.len()) {
+                    held.pop_front(); // dropped: that handshake fails at once
+                }
+            }
+            if hang_up_all {
+                held.clear();
+            }
         }
     });
     let config = Config::builder(TOKEN)
@@ -150,7 +169,7 @@ async fn handshakes_in_flight_never_exceed_the_limit_and_each_turn_passes_on() {
         .gateway_url(format!("ws://127.0.0.1:{port}"))
         .max_concurrency(6)
         .compression(shardline::Compression::None)
-        .timeouts(quick_timeouts(1000, 2000, 2000))
+        .timeouts(quick_timeouts(60_000, 2000, 2000))
         .limits(Limits {
             concurrent_handshakes: 2,
             ..Limits::default()
@@ -160,9 +179,16 @@ async fn handshakes_in_flight_never_exceed_the_limit_and_each_turn_passes_on() {
     let gateway = Gateway::start(config).await.unwrap();
     let load = || accepted.load(std::sync::atomic::Ordering::SeqCst);
     wait_until("the first two handshakes", || load() >= 2).await;
+    // Nothing ends the two hanging handshakes, so a third connection could only be a breach.
     actix_rt::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(load(), 2, "four shards wait for a turn while two hang");
-    // The two time out and hand their turns on: every shard gets its attempt.
+    // Ending one handshake passes exactly one turn on.
+    hang_up_tx.send(1).unwrap();
+    wait_until("a third handshake", || load() >= 3).await;
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(load(), 3, "one turn freed, one shard let through");
+    // Hanging up on everything from now on lets every shard have its attempt.
+    hang_up_tx.send(usize::MAX).unwrap();
     wait_until("all six attempts", || load() >= 6).await;
     gateway.shutdown(false).await;
 }
@@ -531,12 +557,13 @@ async fn the_drop_policy_counts_every_event_of_a_dropped_batch() {
 async fn the_stored_sequence_never_runs_ahead_of_what_handlers_were_given() {
     use shardline::SessionStore as _;
     let store = std::sync::Arc::new(shardline::MemorySessionStore::new());
-    let slow = Recorder::default();
+    let gated = Recorder::default();
+    let (open, gate) = std::sync::mpsc::channel::<()>();
     let arbiter = Arbiter::new();
-    let s = slow.clone();
-    let handler = Slow::start_in_arbiter(&arbiter.handle(), move |_| Slow {
-        inner: s,
-        pause: Duration::from_millis(20),
+    let g = gated.clone();
+    let handler = Gated::start_in_arbiter(&arbiter.handle(), move |_| Gated {
+        inner: g,
+        gate: Some(gate),
     });
     let st = store.clone();
     let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
@@ -544,18 +571,19 @@ async fn the_stored_sequence_never_runs_ahead_of_what_handlers_were_given() {
             .session_store(st)
     })
     .await;
+    // READY is seq 1, the burst 2..=61. The handler stops at the first message until the gate
+    // opens, so most of the burst waits in the shard.
     let last = bot
         .fake
         .flood(0, "MESSAGE_CREATE", r#"{"content":"x"}"#, 60)
         .unwrap()
         .last()
         .unwrap();
-    // Resume while most of the burst still waits in the shard for the slow handler: RESUMED
-    // arrives ahead of events the handler has not been given yet.
     wait_until("the shard holding a backlog", || {
-        slow.count("MESSAGE_CREATE") >= 2
+        bot.fake.session(0).is_some_and(|f| f.seq == last)
     })
     .await;
+    // RESUMED (seq 62) now arrives behind events no handler has been given yet.
     bot.fake.reconnect(0);
     assert!(
         bot.fake
@@ -563,19 +591,57 @@ async fn the_stored_sequence_never_runs_ahead_of_what_handlers_were_given() {
                 && f.ready_shards().len() == 1)
             .await
     );
-    let behind = slow.count("MESSAGE_CREATE");
+    // Until the shard has read RESUMED (its sequence reaches it).
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        let status = bot.gateway.status().await.remove(0);
+        if status.seq == Some(last + 1) || Instant::now() > deadline {
+            break status;
+        }
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(status.seq, Some(last + 1), "the shard read RESUMED");
+    let pending = status.pending as u64;
     let stored = store.load(0).unwrap().seq;
-    assert!(behind < 60, "the handler is still behind ({behind} of 60)");
-    // READY is seq 1 and the burst 2..=61: the store may name at most what was handed over
-    // (the handler's count, plus its 4-slot mailbox and the one it is on).
     assert!(
-        stored <= 1 + behind as u64 + 5,
-        "stored seq {stored} ran ahead of delivery ({behind} delivered)"
+        pending > 0,
+        "the shard holds events for the stopped handler"
     );
-    wait_until("all delivered", || slow.count("MESSAGE_CREATE") == 60).await;
-    // RESUMED (after the burst) is handed over last: the store ends at it.
-    actix_rt::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(store.load(0).unwrap().seq, last + 1);
+    // Handed over so far: everything up to RESUMED but what is still pending.
+    assert_eq!(
+        stored,
+        last + 1 - pending,
+        "the stored sequence names the last event handed over"
+    );
+    open.send(()).unwrap();
+    wait_until("all delivered", || gated.count("MESSAGE_CREATE") == 60).await;
+    wait_until("RESUMED handed over", || {
+        store.load(0).is_some_and(|s| s.seq == last + 1)
+    })
+    .await;
     arbiter.stop();
     bot.stop().await;
+}
+
+/// A handler that stops at its first message until the test opens its gate.
+struct Gated {
+    inner: Recorder,
+    gate: Option<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Actor for Gated {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(4);
+    }
+}
+
+impl Handler<shardline::Dispatch> for Gated {
+    type Result = ();
+    fn handle(&mut self, d: shardline::Dispatch, _: &mut Context<Self>) {
+        if let Some(gate) = self.gate.take() {
+            let _ = gate.recv();
+        }
+        self.inner.record(&d);
+    }
 }
