@@ -1,6 +1,7 @@
 use serde_json::{json, Value};
-use shardline::testkit::ConnectionOutcome;
+use shardline::testkit::{ConnectionOutcome, FakeConfig};
 use shardline::{Phase, ShardEvent};
+use std::time::Duration;
 
 use crate::harness::*;
 
@@ -227,7 +228,15 @@ async fn a_shard_that_dies_is_restarted_and_resumes_without_losing_the_event() {
         armed: std::sync::atomic::AtomicBool::new(true),
     });
     let s = store.clone();
-    let bot = Bot::start(fast_fake(1, 1), 1, move |c| c.session_store(s)).await;
+    // The panic (and its backtrace, if RUST_BACKTRACE is set) holds the shard's thread with the
+    // dead connection still open; on a loaded machine that outlasts a 250 ms heartbeat timeout, the
+    // fake ends the session with 4009, and there is nothing left to resume. This test is about the
+    // restart, so the fake waits longer for heartbeats.
+    let fake = FakeConfig {
+        heartbeat_timeout: Duration::from_secs(5),
+        ..fast_fake(1, 1)
+    };
+    let bot = Bot::start(fake, 1, move |c| c.session_store(s)).await;
     for n in 0..3 {
         bot.fake
             .dispatch(0, "MESSAGE_CREATE", json!({ "n": n }))
