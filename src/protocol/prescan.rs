@@ -46,6 +46,24 @@ fn plain_string(b: &[u8], i: usize) -> Option<(Range<usize>, usize)> {
     let start = i + 1;
     let mut j = start;
     let mut ascii = true;
+    // Eight bytes at a time while none of them is a quote, a backslash, a control character or
+    // non-ASCII: event names are a dozen or more letters and underscores.
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    while let Some(chunk) = b.get(j..j + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let special = zero_byte(w ^ (ONES * u64::from(b'"')))
+            | zero_byte(w ^ (ONES * u64::from(b'\\')))
+            | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+            | (w & HIGH);
+        if special != 0 {
+            break;
+        }
+        j += 8;
+    }
     loop {
         match *b.get(j)? {
             b'"' => break,
