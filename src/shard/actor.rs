@@ -280,7 +280,8 @@ impl ShardActor {
         generation: u64,
         ctx: &mut Context<Self>,
     ) {
-        let (stream, sink) = crate::shard::framing::split(framed);
+        let (stream, sink) =
+            crate::shard::framing::split(framed, self.shared.limits.max_message_size);
         let reader = ctx.spawn(ReadLoop {
             frames: Pausable::new(
                 stream

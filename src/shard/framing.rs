@@ -2,12 +2,11 @@
 //! whose two fixed 8 KiB buffers per connection would be most of an idle shard's memory
 //! (ARCHITECTURE.md, "Things that bite").
 //!
-//! Reading goes through one scratch buffer per thread; bytes are copied into a per-connection buffer
-//! only while a frame is incomplete or being decoded, and that buffer is freed once it is empty. A
-//! sent message is encoded into a buffer that lives until it is written. An idle shard holds no
-//! buffer at all.
+//! Reading goes straight into a read buffer from the thread's [`read_pool`]; a frame is a slice of
+//! it, handed on without a copy. A connection with nothing left to decode gives its buffer back,
+//! and that buffer is reused once the frames read into it are gone. A sent message is encoded into
+//! a buffer that lives until it is written. An idle shard holds no buffer at all.
 
-use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,17 +16,16 @@ use actix_http::ws::{Codec, Frame, Message, ProtocolError};
 use awc::BoxedSocket;
 use bytes::{Buf, BytesMut};
 use futures_util::{Sink, Stream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWrite, ReadHalf, WriteHalf};
 
-/// Bytes read per call; the scratch buffer is this big, once per thread.
-const SCRATCH: usize = 64 << 10;
+use crate::shard::read_pool;
 
-thread_local! {
-    static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
-}
+/// Below this much free room a buffer is swapped for another before reading: reads stay large.
+const MIN_ROOM: usize = read_pool::BUFFER / 4;
 
-/// Splits an upgraded connection into its reading and writing halves.
-pub fn split(framed: Framed<BoxedSocket, Codec>) -> (Reader, Writer) {
+/// Splits an upgraded connection into its reading and writing halves; the reader refuses frames
+/// over `max_frame` bytes (the limit the codec was built with).
+pub fn split(framed: Framed<BoxedSocket, Codec>, max_frame: usize) -> (Reader, Writer) {
     let parts = framed.into_parts();
     let (read, write) = tokio::io::split(parts.io);
     // Bytes awc read past the upgrade response (often Hello) are the start of the stream.
@@ -40,8 +38,9 @@ pub fn split(framed: Framed<BoxedSocket, Codec>) -> (Reader, Writer) {
         io: read,
         codec: parts.codec.clone(),
         buf,
+        pooled: false,
+        max_frame,
         eof: false,
-        busy: false,
     };
     let writer = Writer {
         io: write,
@@ -57,9 +56,11 @@ pub struct Reader {
     io: ReadHalf<BoxedSocket>,
     codec: Codec,
     buf: BytesMut,
+    /// `buf` came from the read pool (and is no bigger than a read buffer): it goes back there.
+    pooled: bool,
+    /// Frames over this many bytes are refused (by the codec, which knows the same limit).
+    max_frame: usize,
     eof: bool,
-    /// The last read filled the scratch buffer (a burst is under way).
-    busy: bool,
 }
 
 impl Stream for Reader {
@@ -68,15 +69,27 @@ impl Stream for Reader {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            if !this.buf.is_empty() {
+            // The frame under way, once its header is in.
+            let header = frame_header(&this.buf);
+            if header.is_some_and(|(_, payload)| payload > this.max_frame) {
+                // Refused from its header: nothing of it is buffered (actix's decoder would read
+                // all of it first), and the connection is done.
+                this.buf = BytesMut::new();
+                this.eof = true;
+                return Poll::Ready(Some(Err(ProtocolError::Overflow)));
+            }
+            let frame = header.map(|(head, payload)| head.saturating_add(payload));
+            // actix's decoder, handed part of a frame, makes room for the rest itself, moving the
+            // part to memory of its own choosing: fine for a frame larger than a read buffer, but
+            // a small one waits here until it is whole, in a buffer of ours.
+            let decode = frame.is_some_and(|n| n <= this.buf.len() || n > read_pool::BUFFER);
+            if decode {
+                if frame.is_some_and(|n| n > read_pool::BUFFER) {
+                    // The decoder may grow the buffer: too big to keep afterwards.
+                    this.pooled = false;
+                }
                 match this.codec.decode(&mut this.buf) {
-                    Ok(Some(frame)) => {
-                        if this.buf.is_empty() && !this.busy {
-                            // The frame holds its own bytes; nothing is kept for the next one.
-                            this.buf = BytesMut::new();
-                        }
-                        return Poll::Ready(Some(Ok(frame)));
-                    }
+                    Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
                     Ok(None) => {}
                     Err(e) => return Poll::Ready(Some(Err(e))),
                 }
@@ -84,41 +97,51 @@ impl Stream for Reader {
             if this.eof {
                 return Poll::Ready(None);
             }
-            let read = if this.busy {
-                // The last read filled the scratch buffer: more is waiting, so read straight into
-                // the connection's buffer instead of copying every byte twice.
-                this.buf.reserve(SCRATCH);
-                tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.buf)
-            } else {
-                SCRATCH_BUF.with(|scratch| {
-                    let mut scratch = scratch.borrow_mut();
-                    let mut rb = ReadBuf::new(&mut scratch[..]);
-                    match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
-                        Poll::Ready(Ok(())) => {
-                            let filled = rb.filled();
-                            this.buf.extend_from_slice(filled);
-                            Poll::Ready(Ok(filled.len()))
-                        }
-                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                        Poll::Pending => Poll::Pending,
-                    }
-                })
-            };
-            match read {
+            let large = frame.is_some_and(|n| n > read_pool::BUFFER);
+            let whole_fits = frame.is_none_or(|n| n <= this.buf.capacity());
+            if !large && (this.buf.capacity() - this.buf.len() < MIN_ROOM || !whole_fits) {
+                // Frames read earlier may still share this buffer's memory: continue in another
+                // one, carrying over the start of a frame not yet whole (less than a read buffer).
+                let mut fresh = read_pool::take();
+                fresh.extend_from_slice(&this.buf);
+                let used = std::mem::replace(&mut this.buf, fresh);
+                if std::mem::replace(&mut this.pooled, true) {
+                    read_pool::give_back(used);
+                }
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.buf) {
                 Poll::Pending => {
-                    this.busy = false;
                     if this.buf.is_empty() {
                         // Caught up: an idle connection holds no buffer.
-                        this.buf = BytesMut::new();
+                        let used = std::mem::take(&mut this.buf);
+                        if std::mem::replace(&mut this.pooled, false) {
+                            read_pool::give_back(used);
+                        }
                     }
                     return Poll::Pending;
                 }
                 Poll::Ready(Ok(0)) => this.eof = true,
-                Poll::Ready(Ok(n)) => this.busy = n >= SCRATCH,
+                Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(ProtocolError::Io(e)))),
             }
         }
     }
+}
+
+/// The header and payload lengths of the websocket frame at the start of `b` (RFC 6455 §5.2), once
+/// enough of its header is there to tell.
+fn frame_header(b: &[u8]) -> Option<(usize, usize)> {
+    let second = *b.get(1)?;
+    let mask = if second & 0x80 != 0 { 4 } else { 0 };
+    let (header, payload) = match second & 0x7F {
+        126 => (4, usize::from(u16::from_be_bytes([*b.get(2)?, *b.get(3)?]))),
+        127 => {
+            let len = u64::from_be_bytes(b.get(2..10)?.try_into().ok()?);
+            (10, usize::try_from(len).unwrap_or(usize::MAX))
+        }
+        n => (2, usize::from(n)),
+    };
+    Some((header + mask, payload))
 }
 
 /// The writing half: a sink of websocket messages.
@@ -176,5 +199,116 @@ impl Sink<Message> for Writer {
         Pin::new(&mut self.io)
             .poll_shutdown(cx)
             .map_err(ProtocolError::Io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+
+    /// Frames as the gateway sends them (unmasked), encoded back to back.
+    fn server_frames(messages: Vec<Message>) -> Vec<u8> {
+        let mut codec = Codec::new();
+        let mut out = BytesMut::new();
+        for m in messages {
+            codec.encode(m, &mut out).unwrap();
+        }
+        out.to_vec()
+    }
+
+    fn reader_over(io: tokio::io::DuplexStream, max_size: usize) -> Reader {
+        let framed = Framed::new(
+            Box::new(io) as BoxedSocket,
+            Codec::new().client_mode().max_size(max_size),
+        );
+        split(framed, max_size).0
+    }
+
+    #[test]
+    fn frame_header_reads_every_header_form() {
+        assert_eq!(frame_header(&[0x81]), None, "one byte says nothing yet");
+        assert_eq!(frame_header(&[0x81, 5]), Some((2, 5)));
+        assert_eq!(
+            frame_header(&[0x81, 0x85]),
+            Some((6, 5)),
+            "a mask adds four bytes"
+        );
+        assert_eq!(frame_header(&[0x81, 126, 0x0a]), None);
+        assert_eq!(frame_header(&[0x81, 126, 0x0a, 0x28]), Some((4, 2600)));
+        assert_eq!(frame_header(&[0x82, 127, 0, 0, 0, 0, 0, 0x50]), None);
+        assert_eq!(
+            frame_header(&[0x82, 127, 0, 0, 0, 0, 0, 0x50, 0, 0]),
+            Some((10, 0x50 << 16))
+        );
+    }
+
+    #[actix_rt::test]
+    async fn frames_split_anywhere_arrive_whole_and_in_order() {
+        let small = "m".repeat(2600);
+        let large = "g".repeat(3 * read_pool::BUFFER + 17);
+        let wire = server_frames(vec![
+            Message::Text(small.clone().into()),
+            Message::Text(large.clone().into()),
+            Message::Ping(Bytes::from_static(b"p")),
+            Message::Text(small.clone().into()),
+        ]);
+        // Cut points inside the first frame's header, its payload, the large frame's header and
+        // payload, and between frames.
+        for cut in [
+            1,
+            3,
+            5,
+            1000,
+            2604,
+            2605,
+            2607,
+            2700,
+            70_000,
+            wire.len() - 3,
+        ] {
+            let (client, mut server) = tokio::io::duplex(256 << 10);
+            let mut reader = reader_over(client, 1 << 20);
+            let (a, b) = wire.split_at(cut);
+            let (a, b) = (a.to_vec(), b.to_vec());
+            let writer = actix_rt::spawn(async move {
+                server.write_all(&a).await.unwrap();
+                tokio::task::yield_now().await;
+                server.write_all(&b).await.unwrap();
+                server
+            });
+            let mut got = Vec::new();
+            for _ in 0..4 {
+                got.push(reader.next().await.unwrap().unwrap());
+            }
+            drop(writer.await.unwrap());
+            assert!(reader.next().await.is_none(), "cut {cut}: end of stream");
+            assert_eq!(
+                got,
+                [
+                    Frame::Text(Bytes::from(small.clone())),
+                    Frame::Text(Bytes::from(large.clone())),
+                    Frame::Ping(Bytes::from_static(b"p")),
+                    Frame::Text(Bytes::from(small.clone())),
+                ],
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[actix_rt::test]
+    async fn an_oversized_frame_is_refused_from_its_header() {
+        let (client, mut server) = tokio::io::duplex(64 << 10);
+        let mut reader = reader_over(client, 1000);
+        let wire = server_frames(vec![Message::Text("x".repeat(5000).into())]);
+        // Only the header is sent: the refusal cannot wait for the payload.
+        server.write_all(&wire[..4]).await.unwrap();
+        assert!(matches!(
+            reader.next().await,
+            Some(Err(ProtocolError::Overflow))
+        ));
+        assert!(reader.next().await.is_none(), "and the stream ends there");
     }
 }

@@ -12,6 +12,7 @@ pub mod inflate;
 pub mod limiter;
 pub mod messages;
 pub mod pause;
+pub mod read_pool;
 #[cfg(feature = "zstd")]
 pub mod zstd_stream;
 pub use actor::ShardActor;
