@@ -6,6 +6,7 @@
 pub mod config;
 pub mod error;
 pub mod event;
+mod fast_hash;
 pub mod protocol;
 pub mod queue;
 pub mod rest;

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::fast_hash::FastHash;
 use crate::protocol::DataSpan;
 
 /// One dispatch event (op 0), as handler actors receive it.
@@ -220,7 +221,7 @@ fn push_unique<T: PartialEq + Clone>(list: &mut Box<[T]>, item: T) {
 /// same rules and get the events of a burst in one [`DispatchBatch`].
 #[derive(Clone, Default)]
 pub struct Router {
-    by_event: HashMap<Box<str>, Route>,
+    by_event: HashMap<Box<str>, Route, FastHash>,
     all: Route,
     batch: Vec<Recipient<DispatchBatch>>,
 }

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use crate::fast_hash::FastHash;
+
 /// What a shard needs to resume its session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionInfo {
@@ -43,7 +45,7 @@ pub trait SessionStore: Send + Sync + 'static {
 /// ```
 #[derive(Debug, Default, Clone)]
 pub struct MemorySessionStore {
-    sessions: Arc<DashMap<u32, SessionInfo>>,
+    sessions: Arc<DashMap<u32, SessionInfo, FastHash>>,
 }
 
 impl MemorySessionStore {
