@@ -199,10 +199,52 @@ impl DispatchBatch {
 
 /// The handlers of one event name (or of every event).
 #[derive(Clone, Default)]
-struct Route {
+pub(crate) struct Route {
     each: Box<[Recipient<Dispatch>]>,
     /// Indices into [`Router::batch`].
     batched: Box<[usize]>,
+}
+
+impl Route {
+    /// The per-event handlers.
+    pub(crate) fn handlers(&self) -> &[Recipient<Dispatch>] {
+        &self.each
+    }
+
+    /// The batch handlers, as indices for [`Router::batch_handler`].
+    pub(crate) fn batched(&self) -> &[usize] {
+        &self.batched
+    }
+
+    /// Offers `dispatch` to the handlers of its event, from the `from`-th on, without waiting.
+    ///
+    /// Returns the index of the first handler whose mailbox is full, unless `drop_when_full`, in which
+    /// case that handler misses the event and `dropped` counts it. A handler that has stopped misses
+    /// it too, counted the same way.
+    pub(crate) fn offer(
+        &self,
+        dispatch: &Dispatch,
+        from: usize,
+        drop_when_full: bool,
+        dropped: &mut u64,
+    ) -> Option<usize> {
+        let handlers = &self.each;
+        for (i, handler) in handlers.iter().enumerate().skip(from) {
+            match handler.try_send(dispatch.clone()) {
+                Ok(()) => {}
+                Err(actix::dev::SendError::Full(_)) if !drop_when_full => return Some(i),
+                Err(actix::dev::SendError::Full(_)) => {
+                    *dropped += 1;
+                    tracing::warn!(shard.id = dispatch.shard, seq = dispatch.seq, event = %dispatch.event(), handler = i, dropped = *dropped, "handler mailbox full: event dropped for this handler");
+                }
+                Err(actix::dev::SendError::Closed(_)) => {
+                    *dropped += 1;
+                    tracing::warn!(shard.id = dispatch.shard, seq = dispatch.seq, event = %dispatch.event(), handler = i, dropped = *dropped, "handler has stopped: event not delivered to it");
+                }
+            }
+        }
+        None
+    }
 }
 
 fn push_unique<T: PartialEq + Clone>(list: &mut Box<[T]>, item: T) {
@@ -321,7 +363,8 @@ impl Router {
         self
     }
 
-    fn route_of(&self, event: &str) -> &Route {
+    /// Every handler of `event`, per-event and batch, from one lookup.
+    pub(crate) fn route_of(&self, event: &str) -> &Route {
         self.by_event.get(event).unwrap_or(&self.all)
     }
 
@@ -354,36 +397,6 @@ impl Router {
     /// Whether no handler is registered at all.
     pub fn is_empty(&self) -> bool {
         self.by_event.is_empty() && self.all.each.is_empty() && self.all.batched.is_empty()
-    }
-
-    /// Offers `dispatch` to the handlers of its event, from the `from`-th on, without waiting.
-    ///
-    /// Returns the index of the first handler whose mailbox is full, unless `drop_when_full`, in which
-    /// case that handler misses the event and `dropped` counts it. A handler that has stopped misses
-    /// it too, counted the same way.
-    pub(crate) fn offer(
-        &self,
-        dispatch: &Dispatch,
-        from: usize,
-        drop_when_full: bool,
-        dropped: &mut u64,
-    ) -> Option<usize> {
-        let handlers = self.handlers(dispatch.event());
-        for (i, handler) in handlers.iter().enumerate().skip(from) {
-            match handler.try_send(dispatch.clone()) {
-                Ok(()) => {}
-                Err(actix::dev::SendError::Full(_)) if !drop_when_full => return Some(i),
-                Err(actix::dev::SendError::Full(_)) => {
-                    *dropped += 1;
-                    tracing::warn!(shard.id = dispatch.shard, seq = dispatch.seq, event = %dispatch.event(), handler = i, dropped = *dropped, "handler mailbox full: event dropped for this handler");
-                }
-                Err(actix::dev::SendError::Closed(_)) => {
-                    *dropped += 1;
-                    tracing::warn!(shard.id = dispatch.shard, seq = dispatch.seq, event = %dispatch.event(), handler = i, dropped = *dropped, "handler has stopped: event not delivered to it");
-                }
-            }
-        }
-        None
     }
 }
 

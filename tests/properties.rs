@@ -171,7 +171,7 @@ proptest! {
         for frame in frames {
             let frame = Bytes::from(frame);
             if let Ok(env) = Envelope::parse(&frame) {
-                state.on_frame(&frame, &env, now, 0.5);
+                state.on_frame(&frame, &env, || now, 0.5);
                 state.on_identify_permit();
                 state.on_heartbeat_due(now);
             }

@@ -466,7 +466,7 @@ impl ShardActor {
                 } else {
                     0.0
                 };
-                self.state.on_frame(&frame, &env, Instant::now(), jitter);
+                self.state.on_frame(&frame, &env, Instant::now, jitter);
             }
             Err(e) => {
                 let start = String::from_utf8_lossy(&frame[..frame.len().min(64)]).into_owned();
@@ -575,30 +575,22 @@ impl ShardActor {
     /// batch handlers' batches); on a full mailbox, waits for that handler to take it before
     /// anything else is offered.
     fn offer(&mut self, dispatch: Dispatch, from: usize, ctx: &mut Context<Self>) {
+        // One lookup of the event's handlers per offer.
+        let route = self.shared.router.route_of(dispatch.event());
         if from == 0 {
             // Recorded as the event is handed over, not when it is queued: a shard restarted from
             // the store resumes after the last event that left this queue, so what is still queued
             // here when the actor dies is replayed rather than lost.
             self.shared.sessions.set_seq(self.id, dispatch.seq());
-            for &i in self.shared.router.batch_handlers(dispatch.event()) {
+            for &i in route.batched() {
                 self.batches[i].push(dispatch.clone());
             }
         }
         let drop_when_full = self.shared.slow_handlers == SlowHandlers::Drop;
-        let Some(full) =
-            self.shared
-                .router
-                .offer(&dispatch, from, drop_when_full, &mut self.dropped)
-        else {
+        let Some(full) = route.offer(&dispatch, from, drop_when_full, &mut self.dropped) else {
             return;
         };
-        let Some(handler) = self
-            .shared
-            .router
-            .handlers(dispatch.event())
-            .get(full)
-            .cloned()
-        else {
+        let Some(handler) = route.handlers().get(full).cloned() else {
             return;
         };
         self.waiting += 1;

@@ -222,8 +222,15 @@ impl ShardState {
     }
 
     /// A frame arrived. `frame` holds the bytes `env` was parsed from; `jitter` in [0, 1) places the
-    /// first heartbeat after Hello.
-    pub fn on_frame(&mut self, frame: &Bytes, env: &Envelope, now: Instant, jitter: f64) {
+    /// first heartbeat after Hello. `now` is called only by the frames that need the time (a
+    /// heartbeat request, an ACK): a dispatch does not pay for reading the clock.
+    pub fn on_frame(
+        &mut self,
+        frame: &Bytes,
+        env: &Envelope,
+        now: impl FnOnce() -> Instant,
+        jitter: f64,
+    ) {
         if self.phase == Phase::Stopped {
             return;
         }
@@ -233,11 +240,11 @@ impl ShardState {
             Some(OpCode::Dispatch) => self.on_dispatch(frame, env),
             Some(OpCode::Heartbeat) => {
                 // §3.3: a server op 1 is answered at once.
-                self.send_heartbeat(now);
+                self.send_heartbeat(now());
             }
             Some(OpCode::HeartbeatAck) => {
                 if let Some(sent) = self.heartbeat.awaiting_ack_since.take() {
-                    self.heartbeat.latency = Some(now.saturating_duration_since(sent));
+                    self.heartbeat.latency = Some(now().saturating_duration_since(sent));
                 }
             }
             Some(OpCode::Hello) => self.on_hello(env.data(frame), jitter),

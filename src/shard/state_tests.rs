@@ -49,7 +49,7 @@ impl Shard {
         let frame = Bytes::from(json.to_owned());
         let env = Envelope::parse(&frame).expect("an envelope");
         let now = self.at(ms);
-        self.state.on_frame(&frame, &env, now, 0.25);
+        self.state.on_frame(&frame, &env, || now, 0.25);
         self.drain()
     }
 
