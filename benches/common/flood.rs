@@ -56,12 +56,14 @@ impl Counter {
     fn take(&mut self, d: &Dispatch) {
         match d.event() {
             "MESSAGE_CREATE" => {
-                let now = Instant::now();
-                self.first.get_or_insert(now);
+                // The clock is read at the first and the last event only, as the twilight
+                // counter in the peer bench does.
+                self.first.get_or_insert_with(Instant::now);
                 self.count += 1;
                 if self.count == self.expected {
                     if let (Some(done), Some(first)) = (self.done.take(), self.first) {
-                        let _ = done.send((now - first, std::mem::take(&mut self.latencies_ns)));
+                        let elapsed = first.elapsed();
+                        let _ = done.send((elapsed, std::mem::take(&mut self.latencies_ns)));
                     }
                 }
             }
