@@ -7,7 +7,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use shardline::testkit::{FakeConfig, FakeGateway, RecordedFrame};
 use shardline::{
-    Backoff, Compression, Config, ConfigBuilder, Dispatch, DispatchBatch, Gateway, Intents,
+    Backoff, Compression, Config, ConfigBuilder, Dispatch, DispatchBatch, Gateway, Intents, Phase,
     ShardEvent, ShardPlan, Timeouts,
 };
 
@@ -195,6 +195,20 @@ impl Bot {
             "not every shard became ready: {:?}",
             bot.fake.ready_shards()
         );
+        // The fake having sent READY is not the shard having read it: a test that acts at once
+        // (a shutdown that keeps sessions, say) must find the session stored.
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let status = bot.gateway.status().await;
+            if status.len() == shards as usize && status.iter().all(|s| s.phase == Phase::Ready) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "shards did not take in READY: {status:?}"
+            );
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
         bot
     }
 
