@@ -63,6 +63,17 @@ pub struct Reader {
     eof: bool,
 }
 
+impl Reader {
+    /// Reads into `next` from now on; the buffer it replaces goes back to the pool if it came from
+    /// there.
+    fn replace_buf(&mut self, next: BytesMut, pooled: bool) {
+        let used = std::mem::replace(&mut self.buf, next);
+        if std::mem::replace(&mut self.pooled, pooled) {
+            read_pool::give_back(used);
+        }
+    }
+}
+
 impl Stream for Reader {
     type Item = Result<Frame, ProtocolError>;
 
@@ -74,7 +85,7 @@ impl Stream for Reader {
             if header.is_some_and(|(_, payload)| payload > this.max_frame) {
                 // Refused from its header: nothing of it is buffered (actix's decoder would read
                 // all of it first), and the connection is done.
-                this.buf = BytesMut::new();
+                this.replace_buf(BytesMut::new(), false);
                 this.eof = true;
                 return Poll::Ready(Some(Err(ProtocolError::Overflow)));
             }
@@ -82,9 +93,9 @@ impl Stream for Reader {
             // actix's decoder, handed part of a frame, makes room for the rest itself, moving the
             // part to memory of its own choosing: fine for a frame larger than a read buffer, but
             // a small one waits here until it is whole, in a buffer of ours.
-            let decode = frame.is_some_and(|n| n <= this.buf.len() || n > read_pool::BUFFER);
-            if decode {
-                if frame.is_some_and(|n| n > read_pool::BUFFER) {
+            let large = frame.is_some_and(|n| n > read_pool::BUFFER);
+            if large || frame.is_some_and(|n| n <= this.buf.len()) {
+                if large {
                     // The decoder may grow the buffer: too big to keep afterwards.
                     this.pooled = false;
                 }
@@ -97,26 +108,19 @@ impl Stream for Reader {
             if this.eof {
                 return Poll::Ready(None);
             }
-            let large = frame.is_some_and(|n| n > read_pool::BUFFER);
             let whole_fits = frame.is_none_or(|n| n <= this.buf.capacity());
             if !large && (this.buf.capacity() - this.buf.len() < MIN_ROOM || !whole_fits) {
                 // Frames read earlier may still share this buffer's memory: continue in another
                 // one, carrying over the start of a frame not yet whole (less than a read buffer).
                 let mut fresh = read_pool::take();
                 fresh.extend_from_slice(&this.buf);
-                let used = std::mem::replace(&mut this.buf, fresh);
-                if std::mem::replace(&mut this.pooled, true) {
-                    read_pool::give_back(used);
-                }
+                this.replace_buf(fresh, true);
             }
             match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.buf) {
                 Poll::Pending => {
                     if this.buf.is_empty() {
                         // Caught up: an idle connection holds no buffer.
-                        let used = std::mem::take(&mut this.buf);
-                        if std::mem::replace(&mut this.pooled, false) {
-                            read_pool::give_back(used);
-                        }
+                        this.replace_buf(BytesMut::new(), false);
                     }
                     return Poll::Pending;
                 }

@@ -8,7 +8,7 @@ use actix::prelude::*;
 use shardline::testkit::{FakeConfig, FakeGateway, RecordedFrame};
 use shardline::{
     Backoff, Compression, Config, ConfigBuilder, Dispatch, DispatchBatch, Gateway, Intents, Phase,
-    ShardEvent, ShardPlan, Timeouts,
+    ShardEvent, ShardPlan, ShardStatus, Timeouts,
 };
 
 pub const TOKEN: &str = "fake-token";
@@ -197,18 +197,10 @@ impl Bot {
         );
         // The fake having sent READY is not the shard having read it: a test that acts at once
         // (a shutdown that keeps sessions, say) must find the session stored.
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            let status = bot.gateway.status().await;
-            if status.len() == shards as usize && status.iter().all(|s| s.phase == Phase::Ready) {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "shards did not take in READY: {status:?}"
-            );
-            actix_rt::time::sleep(Duration::from_millis(5)).await;
-        }
+        status_until(&bot.gateway, "every shard took in READY", |status| {
+            status.len() == shards as usize && status.iter().all(|s| s.phase == Phase::Ready)
+        })
+        .await;
         bot
     }
 
@@ -230,6 +222,27 @@ pub async fn wait_until(what: &str, f: impl Fn() -> bool) {
         assert!(
             std::time::Instant::now() < deadline,
             "timed out waiting for: {what}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Polls the shards' status every 5 ms for up to [`WAIT`] until `f` holds of it, and returns that
+/// status; panics naming `what` (with the last status) if it never holds.
+pub async fn status_until(
+    gateway: &Gateway,
+    what: &str,
+    f: impl Fn(&[ShardStatus]) -> bool,
+) -> Vec<ShardStatus> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let status = gateway.status().await;
+        if f(&status) {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what} ({status:?})"
         );
         actix_rt::time::sleep(Duration::from_millis(5)).await;
     }

@@ -395,11 +395,12 @@ async fn a_burst_of_commands_stays_under_the_rate_limit() {
     bot.stop().await;
 }
 
-/// A handler that takes its time with every event and has a small mailbox.
-#[derive(Clone)]
+/// A handler that takes its time with every event and has a small mailbox; with a `gate`, it
+/// also stops at its first message until the test opens the gate.
 struct Slow {
     inner: Recorder,
     pause: Duration,
+    gate: Option<std::sync::mpsc::Receiver<()>>,
 }
 
 impl Actor for Slow {
@@ -412,6 +413,9 @@ impl Actor for Slow {
 impl Handler<shardline::Dispatch> for Slow {
     type Result = ();
     fn handle(&mut self, d: shardline::Dispatch, _: &mut Context<Self>) {
+        if let Some(gate) = self.gate.take() {
+            let _ = gate.recv();
+        }
         // A handler doing blocking work: its thread is busy, its mailbox fills.
         std::thread::sleep(self.pause);
         self.inner.record(&d);
@@ -445,7 +449,11 @@ async fn bot_with_slow_handler(
     let slow = Recorder::default();
     let arbiter = Arbiter::new();
     let s = slow.clone();
-    let handler = Slow::start_in_arbiter(&arbiter.handle(), move |_| Slow { inner: s, pause });
+    let handler = Slow::start_in_arbiter(&arbiter.handle(), move |_| Slow {
+        inner: s,
+        pause,
+        gate: None,
+    });
     let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
         match registered {
             Registered::PerEvent => c.handler("MESSAGE_CREATE", handler.recipient()),
@@ -561,8 +569,9 @@ async fn the_stored_sequence_never_runs_ahead_of_what_handlers_were_given() {
     let (open, gate) = std::sync::mpsc::channel::<()>();
     let arbiter = Arbiter::new();
     let g = gated.clone();
-    let handler = Gated::start_in_arbiter(&arbiter.handle(), move |_| Gated {
+    let handler = Slow::start_in_arbiter(&arbiter.handle(), move |_| Slow {
         inner: g,
+        pause: Duration::ZERO,
         gate: Some(gate),
     });
     let st = store.clone();
@@ -592,14 +601,11 @@ async fn the_stored_sequence_never_runs_ahead_of_what_handlers_were_given() {
             .await
     );
     // Until the shard has read RESUMED (its sequence reaches it).
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        let status = bot.gateway.status().await.remove(0);
-        if status.seq == Some(last + 1) || Instant::now() > deadline {
-            break status;
-        }
-        actix_rt::time::sleep(Duration::from_millis(5)).await;
-    };
+    let status = status_until(&bot.gateway, "the shard read RESUMED", |s| {
+        s[0].seq == Some(last + 1)
+    })
+    .await
+    .remove(0);
     assert_eq!(status.seq, Some(last + 1), "the shard read RESUMED");
     let pending = status.pending as u64;
     let stored = store.load(0).unwrap().seq;
@@ -621,27 +627,4 @@ async fn the_stored_sequence_never_runs_ahead_of_what_handlers_were_given() {
     .await;
     arbiter.stop();
     bot.stop().await;
-}
-
-/// A handler that stops at its first message until the test opens its gate.
-struct Gated {
-    inner: Recorder,
-    gate: Option<std::sync::mpsc::Receiver<()>>,
-}
-
-impl Actor for Gated {
-    type Context = Context<Self>;
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(4);
-    }
-}
-
-impl Handler<shardline::Dispatch> for Gated {
-    type Result = ();
-    fn handle(&mut self, d: shardline::Dispatch, _: &mut Context<Self>) {
-        if let Some(gate) = self.gate.take() {
-            let _ = gate.recv();
-        }
-        self.inner.record(&d);
-    }
 }
