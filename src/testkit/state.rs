@@ -175,10 +175,13 @@ impl State {
         let capacity = self.config.replay_capacity;
         let session = self.sessions.get_mut(session_id).filter(|s| s.resumable)?;
         session.seq += 1;
-        let frame = ByteString::from(format!(
-            r#"{{"t":"{event}","s":{},"op":0,"d":{d}}}"#,
-            session.seq
-        ));
+        // Built by hand rather than with `format!`: a flood builds a million of these.
+        let seq = session.seq.to_string();
+        let mut text = String::with_capacity(event.len() + seq.len() + d.len() + 24);
+        for part in [r#"{"t":""#, event, r#"","s":"#, &seq, r#","op":0,"d":"#, d, "}"] {
+            text.push_str(part);
+        }
+        let frame = ByteString::from(text);
         session.log.push_back((session.seq, frame.clone()));
         if session.log.len() > capacity {
             session.log.pop_front();
