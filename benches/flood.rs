@@ -1,6 +1,6 @@
 //! `flood`: end to end over loopback, from the fake gateway in a separate process to a counting
-//! handler actor (per-event `each`, and a `batch` handler) — events/s, and p50/p99 latency from the
-//! fake's send to the handler's receive.
+//! handler actor (per-event `each`, a `batch` handler, and a per-event handler per shard `thread`):
+//! events/s, and p50/p99 latency from the fake's send to the handler's receive.
 //!
 //! ```text
 //! cargo bench --features testkit,zstd --bench flood
@@ -49,7 +49,7 @@ fn main() {
     for shards in common::env_list("FLOOD_SHARDS", "1,16") {
         for (compression, mode) in common::env_list("FLOOD_COMPRESSION", default_compression)
             .into_iter()
-            .flat_map(|c| [(c.clone(), "each"), (c, "batch")])
+            .flat_map(|c| [(c.clone(), "each"), (c.clone(), "batch"), (c, "thread")])
         {
             let n: usize = shards.parse().expect("shard count");
             let per_shard = events / n;

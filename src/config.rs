@@ -11,7 +11,7 @@ use crate::event::ShardEvent;
 use crate::protocol::command::IdentifyProperties;
 use crate::protocol::{Intents, PresenceUpdate};
 use crate::queue::{IdentifyQueue, IDENTIFY_WINDOW};
-use crate::router::{Dispatch, DispatchBatch, Router};
+use crate::router::{Dispatch, DispatchBatch, Router, ThreadHandlers};
 use crate::session::{MemorySessionStore, SessionStore};
 use crate::token::Token;
 
@@ -428,6 +428,52 @@ impl ConfigBuilder {
     /// Registers a batch handler for every event (see [`batch_handler`](Self::batch_handler)).
     pub fn batch_handler_all(mut self, handler: Recipient<DispatchBatch>) -> Self {
         self.router.add_batch_all(handler);
+        self
+    }
+
+    /// Registers handlers per shard thread: `setup` runs once on every arbiter thread that runs
+    /// shards, before its first shard starts there, and the handlers it registers get the events of
+    /// that thread's shards only (on top of the handlers registered for every shard).
+    ///
+    /// An actor the setup starts runs on the shard thread itself, so handing it an event is a local
+    /// mailbox push: no other thread is woken, which is most of what delivering a small event to a
+    /// handler on another thread costs. It suits handlers whose work splits by shard (counters,
+    /// per-guild state, command dispatch); a handler that must see every shard's events in one place
+    /// is registered with [`handler`](Self::handler). Handlers live as long as their thread: a shard
+    /// restarted on it finds the same ones. Delivery guarantees and the slow-handler policy are the
+    /// same; a slow per-thread handler holds up the shards of its own thread only.
+    ///
+    /// ```
+    /// # actix_rt::System::new().block_on(async {
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use actix::prelude::*;
+    /// use shardline::{Config, Dispatch};
+    /// // One counter per thread; the total is the sum.
+    /// struct Count(Arc<AtomicUsize>);
+    /// impl Actor for Count { type Context = Context<Self>; }
+    /// impl Handler<Dispatch> for Count {
+    ///     type Result = ();
+    ///     fn handle(&mut self, _: Dispatch, _: &mut Context<Self>) {
+    ///         self.0.fetch_add(1, Ordering::Relaxed);
+    ///     }
+    /// }
+    /// let total = Arc::new(AtomicUsize::new(0));
+    /// let config = Config::builder("token")
+    ///     .handlers_per_thread(move |thread| {
+    ///         let counter = Count(total.clone()).start();
+    ///         thread.handler("MESSAGE_CREATE", counter.recipient());
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = config;
+    /// # });
+    /// ```
+    pub fn handlers_per_thread(
+        mut self,
+        setup: impl Fn(&mut ThreadHandlers) + Send + Sync + 'static,
+    ) -> Self {
+        self.router.add_per_thread(Arc::new(setup));
         self
     }
 

@@ -25,7 +25,7 @@ pub use config::{
 pub use error::{ConfigError, FatalError, RestError, StartError};
 pub use event::ShardEvent;
 pub use protocol::{CloseCode, Command, CommandError, Intents, PresenceUpdate, Status};
-pub use router::{Dispatch, DispatchBatch, Router};
+pub use router::{Dispatch, DispatchBatch, Router, ThreadHandlers};
 pub use session::{MemorySessionStore, SessionInfo, SessionStore};
 pub use shard::{Phase, ShardStatus};
 pub use supervisor::{Gateway, Supervisor};

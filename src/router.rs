@@ -1,9 +1,11 @@
 //! Which handler actors get which events, and the [`Dispatch`] message they receive.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use actix::{Message, Recipient};
 use bytes::Bytes;
@@ -255,6 +257,52 @@ fn push_unique<T: PartialEq + Clone>(list: &mut Box<[T]>, item: T) {
     }
 }
 
+/// Registers the handlers of one arbiter thread (see
+/// [`ConfigBuilder::handlers_per_thread`](crate::ConfigBuilder::handlers_per_thread)).
+pub(crate) type ThreadSetup = Arc<dyn Fn(&mut ThreadHandlers) + Send + Sync>;
+
+/// The handlers of the shards of one arbiter thread, as a
+/// [`handlers_per_thread`](crate::ConfigBuilder::handlers_per_thread) setup registers them.
+///
+/// The setup runs on that thread, so an actor it starts (`Actor::start`) runs there too, beside the
+/// shards it hears from. The rules are [`Router`]'s: these handlers get the events of this thread's
+/// shards on top of the handlers registered for every shard.
+pub struct ThreadHandlers {
+    router: Router,
+}
+
+impl ThreadHandlers {
+    /// Registers a handler for one event name on this thread's shards.
+    pub fn handler(&mut self, event: &str, handler: Recipient<Dispatch>) -> &mut Self {
+        self.router.add(event, handler);
+        self
+    }
+
+    /// Registers a handler for every event on this thread's shards.
+    pub fn handler_all(&mut self, handler: Recipient<Dispatch>) -> &mut Self {
+        self.router.add_all(handler);
+        self
+    }
+
+    /// Registers a batch handler for one event name on this thread's shards.
+    pub fn batch_handler(&mut self, event: &str, handler: Recipient<DispatchBatch>) -> &mut Self {
+        self.router.add_batch(event, handler);
+        self
+    }
+
+    /// Registers a batch handler for every event on this thread's shards.
+    pub fn batch_handler_all(&mut self, handler: Recipient<DispatchBatch>) -> &mut Self {
+        self.router.add_batch_all(handler);
+        self
+    }
+}
+
+thread_local! {
+    // Per router (by id), the router with this thread's own handlers: kept for the thread's life,
+    // so a shard restarted here finds the handlers (and their state) its predecessor used.
+    static THREAD_ROUTERS: RefCell<Vec<(u64, Arc<Router>)>> = const { RefCell::new(Vec::new()) };
+}
+
 /// The handlers registered for events, fixed when the runtime starts.
 ///
 /// An event reaches every handler registered for its name and every catch-all handler, each once (a
@@ -266,6 +314,10 @@ pub struct Router {
     by_event: HashMap<Box<str>, Route, FastHash>,
     all: Route,
     batch: Vec<Recipient<DispatchBatch>>,
+    /// Setups of per-thread handlers, run on each shard thread by [`Router::for_this_thread`].
+    per_thread: Vec<ThreadSetup>,
+    /// Tells this router's per-thread copies apart from another's on the same thread.
+    id: u64,
 }
 
 impl Router {
@@ -350,8 +402,50 @@ impl Router {
         push_unique(&mut self.all.batched, i);
     }
 
+    /// Adds a setup of per-thread handlers.
+    pub(crate) fn add_per_thread(&mut self, setup: ThreadSetup) {
+        self.per_thread.push(setup);
+    }
+
+    /// The router for the shards of the current thread: this one, or, if per-thread handlers are
+    /// registered, a copy with the handlers the setups register here (made the first time a shard of
+    /// this router starts on the thread, and kept for the thread's life).
+    pub(crate) fn for_this_thread(self: &Arc<Self>) -> Arc<Router> {
+        if self.per_thread.is_empty() {
+            return Arc::clone(self);
+        }
+        let known = THREAD_ROUTERS.with_borrow(|routers| {
+            routers
+                .iter()
+                .find(|(id, _)| *id == self.id)
+                .map(|(_, router)| Arc::clone(router))
+        });
+        if let Some(router) = known {
+            return router;
+        }
+        let mut handlers = ThreadHandlers {
+            router: Router {
+                per_thread: Vec::new(),
+                ..(**self).clone()
+            },
+        };
+        // No borrow of the thread's list is held here: a setup may start actors, which may do anything.
+        for setup in &self.per_thread {
+            setup(&mut handlers);
+        }
+        // Folding again is safe (each handler is added once) and brings the catch-all handlers,
+        // shared or this thread's, into the names only this thread's handlers added.
+        let router = Arc::new(handlers.router.finish());
+        THREAD_ROUTERS.with_borrow_mut(|routers| routers.push((self.id, Arc::clone(&router))));
+        router
+    }
+
     /// Folds the catch-all handlers into every named list, so routing is one lookup.
     pub(crate) fn finish(mut self) -> Self {
+        if !self.per_thread.is_empty() && self.id == 0 {
+            static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+            self.id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        }
         for route in self.by_event.values_mut() {
             for handler in self.all.each.iter() {
                 push_unique(&mut route.each, handler.clone());
@@ -396,7 +490,10 @@ impl Router {
 
     /// Whether no handler is registered at all.
     pub fn is_empty(&self) -> bool {
-        self.by_event.is_empty() && self.all.each.is_empty() && self.all.batched.is_empty()
+        self.by_event.is_empty()
+            && self.all.each.is_empty()
+            && self.all.batched.is_empty()
+            && self.per_thread.is_empty()
     }
 }
 
@@ -412,6 +509,59 @@ impl fmt::Debug for Router {
             .field("by_event", &events)
             .field("all", &self.all.each.len())
             .field("batch_all", &self.all.batched.len())
+            .field("per_thread_setups", &self.per_thread.len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use actix::{Actor, Context, Handler};
+
+    use super::*;
+
+    struct Sink;
+    impl Actor for Sink {
+        type Context = Context<Self>;
+    }
+    impl Handler<Dispatch> for Sink {
+        type Result = ();
+        fn handle(&mut self, _: Dispatch, _: &mut Context<Self>) {}
+    }
+
+    #[test]
+    fn per_thread_handlers_are_made_once_per_thread_and_folded_with_the_shared_ones() {
+        let setups = Arc::new(AtomicUsize::new(0));
+        let router = actix_rt::System::new().block_on(async {
+            let mut router = Router::default();
+            router.add_all(Sink.start().recipient());
+            router.add("GUILD_CREATE", Sink.start().recipient());
+            let s = setups.clone();
+            router.add_per_thread(Arc::new(move |thread: &mut ThreadHandlers| {
+                s.fetch_add(1, Ordering::Relaxed);
+                thread.handler("MESSAGE_CREATE", Sink.start().recipient());
+            }));
+            Arc::new(router.finish())
+        });
+        // The shared router knows nothing of the per-thread handlers.
+        assert_eq!(router.handlers("MESSAGE_CREATE").len(), 1);
+        let on_this = |router: &Arc<Router>| {
+            actix_rt::System::new().block_on(async {
+                let here = router.for_this_thread();
+                assert!(Arc::ptr_eq(&here, &router.for_this_thread()), "made once");
+                // Its own handler plus the shared catch-all; other names keep the shared ones.
+                assert_eq!(here.handlers("MESSAGE_CREATE").len(), 2);
+                assert_eq!(here.handlers("GUILD_CREATE").len(), 2);
+                assert_eq!(here.handlers("TYPING_START").len(), 1);
+                here
+            })
+        };
+        let here = on_this(&router);
+        let r = router.clone();
+        let there = std::thread::spawn(move || on_this(&r)).join().unwrap();
+        assert!(!Arc::ptr_eq(&here, &there), "each thread has its own");
+        assert_eq!(setups.load(Ordering::Relaxed), 2);
     }
 }

@@ -57,6 +57,11 @@ fn main() {
                 args.push("batch".into());
                 common::flood::client(&args)
             }
+            ("shardline-thread", "flood") => {
+                let mut args = rest[2..].to_vec();
+                args.push("thread".into());
+                common::flood::client(&args)
+            }
             ("shardline", "scale") => common::scale::client(&rest[2..]),
             ("twilight-raw", "flood") => twilight_flood(&rest[2..], false),
             ("twilight-typed", "flood") => twilight_flood(&rest[2..], true),

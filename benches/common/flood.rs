@@ -1,5 +1,7 @@
 //! The flood bench's fake gateway and shardline client roles (shared with the peer comparison).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
@@ -36,14 +38,21 @@ pub fn serve(args: &[String]) {
     });
 }
 
-/// Counts messages and collects probe latencies.
-pub struct Counter {
+/// Where the run's result goes: time from the first to the last event, and probe latencies.
+type Done = tokio::sync::oneshot::Sender<(Duration, Vec<u64>)>;
+
+/// What every counter of a run adds to: with handlers per thread there is one counter per shard
+/// thread, as there is one count per shard task in the twilight client.
+pub struct Tally {
     expected: usize,
-    count: usize,
-    first: Option<Instant>,
-    latencies_ns: Vec<u64>,
-    done: Option<tokio::sync::oneshot::Sender<(Duration, Vec<u64>)>>,
+    count: AtomicUsize,
+    first: OnceLock<Instant>,
+    latencies_ns: Mutex<Vec<u64>>,
+    done: Mutex<Option<Done>>,
 }
+
+/// Counts messages and collects probe latencies.
+pub struct Counter(Arc<Tally>);
 
 impl Actor for Counter {
     type Context = Context<Self>;
@@ -54,16 +63,19 @@ impl Actor for Counter {
 
 impl Counter {
     fn take(&mut self, d: &Dispatch) {
+        let tally = &*self.0;
         match d.event() {
             "MESSAGE_CREATE" => {
                 // The clock is read at the first and the last event only, as the twilight
                 // counter in the peer bench does.
-                self.first.get_or_insert_with(Instant::now);
-                self.count += 1;
-                if self.count == self.expected {
-                    if let (Some(done), Some(first)) = (self.done.take(), self.first) {
+                tally.first.get_or_init(Instant::now);
+                if tally.count.fetch_add(1, Ordering::Relaxed) + 1 == tally.expected {
+                    let done = tally.done.lock().expect("tally").take();
+                    if let (Some(done), Some(first)) = (done, tally.first.get()) {
                         let elapsed = first.elapsed();
-                        let _ = done.send((elapsed, std::mem::take(&mut self.latencies_ns)));
+                        let latencies =
+                            std::mem::take(&mut *tally.latencies_ns.lock().expect("tally"));
+                        let _ = done.send((elapsed, latencies));
                     }
                 }
             }
@@ -77,7 +89,8 @@ impl Counter {
                         .duration_since(UNIX_EPOCH)
                         .unwrap_or_default()
                         .as_nanos() as u64;
-                    self.latencies_ns.push(now.saturating_sub(p.sent_ns));
+                    let latency = now.saturating_sub(p.sent_ns);
+                    tally.latencies_ns.lock().expect("tally").push(latency);
                 }
             }
             _ => {}
@@ -101,8 +114,9 @@ impl Handler<DispatchBatch> for Counter {
     }
 }
 
-/// One run: `--client <shards> <compression> <events per shard> <gateway url> [each|batch]`: the
-/// counter is a per-event handler (`each`, the default) or a batch handler.
+/// One run: `--client <shards> <compression> <events per shard> <gateway url> [each|batch|thread]`:
+/// the counter is a per-event handler (`each`, the default), a batch handler, or a per-event handler
+/// per shard thread (`thread`: one counter beside the shards of each arbiter).
 pub fn client(args: &[String]) {
     let n: u32 = args[0].parse().expect("shards");
     let compression = match args[1].as_str() {
@@ -114,31 +128,41 @@ pub fn client(args: &[String]) {
     };
     let per_shard: usize = args[2].parse().expect("events");
     let url = args[3].clone();
-    let batch = args.get(4).is_some_and(|m| m == "batch");
+    let mode = args.get(4).map_or("each", String::as_str).to_owned();
     actix_rt::System::new().block_on(async move {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let counter = Counter {
+        let tally = Arc::new(Tally {
             expected: per_shard * n as usize,
-            count: 0,
-            first: None,
-            latencies_ns: Vec::new(),
-            done: Some(tx),
-        }
-        .start();
+            count: AtomicUsize::new(0),
+            first: OnceLock::new(),
+            latencies_ns: Mutex::new(Vec::new()),
+            done: Mutex::new(Some(tx)),
+        });
         let builder = Config::builder("fake-token")
             .shards(ShardPlan::Count(n))
             .gateway_url(url)
             .max_concurrency(n)
             .identify_window(Duration::from_millis(5))
             .compression(compression);
-        let builder = if batch {
-            builder
-                .batch_handler("MESSAGE_CREATE", counter.clone().recipient())
-                .batch_handler("LATENCY_PROBE", counter.recipient())
-        } else {
-            builder
-                .handler("MESSAGE_CREATE", counter.clone().recipient())
-                .handler("LATENCY_PROBE", counter.recipient())
+        let builder = match mode.as_str() {
+            "batch" => {
+                let counter = Counter(tally).start();
+                builder
+                    .batch_handler("MESSAGE_CREATE", counter.clone().recipient())
+                    .batch_handler("LATENCY_PROBE", counter.recipient())
+            }
+            "thread" => builder.handlers_per_thread(move |thread| {
+                let counter = Counter(tally.clone()).start();
+                thread
+                    .handler("MESSAGE_CREATE", counter.clone().recipient())
+                    .handler("LATENCY_PROBE", counter.recipient());
+            }),
+            _ => {
+                let counter = Counter(tally).start();
+                builder
+                    .handler("MESSAGE_CREATE", counter.clone().recipient())
+                    .handler("LATENCY_PROBE", counter.recipient())
+            }
         };
         let config = builder.build().expect("config");
         let gateway = Gateway::start(config).await.expect("starts");
@@ -155,7 +179,11 @@ pub fn client(args: &[String]) {
         let total = per_shard * n as usize;
         let result = serde_json::json!({
             "bench": "flood",
-            "library": if batch { "shardline-batch" } else { "shardline" },
+            "library": match mode.as_str() {
+                "batch" => "shardline-batch",
+                "thread" => "shardline-thread",
+                _ => "shardline",
+            },
             "shards": n,
             "compression": args[1],
             "events": total,

@@ -182,6 +182,8 @@ pub struct ShardActor {
     pending: VecDeque<(Dispatch, usize)>,
     /// Hand-overs waiting for room in a full handler's mailbox; nothing else is offered meanwhile.
     waiting: u32,
+    /// The handlers of this shard's thread: the shared ones plus its thread's own.
+    router: Arc<Router>,
     /// Per batch handler (by router index), the events of the current hand-over.
     batches: Vec<Vec<Dispatch>>,
     dropped: u64,
@@ -206,7 +208,8 @@ impl ShardActor {
         let session = shared.sessions.load(id);
         let state = ShardState::new(id, total, shared.params.clone(), session);
         // One list per batch handler (unallocated until used): the router is fixed at start.
-        let batches = (0..shared.router.batch_handler_count())
+        let router = shared.router.for_this_thread();
+        let batches = (0..router.batch_handler_count())
             .map(|_| Vec::new())
             .collect();
         Self {
@@ -226,6 +229,7 @@ impl ShardActor {
             deliberate_stop: false,
             pending: VecDeque::new(),
             waiting: 0,
+            router,
             batches,
             dropped: 0,
             reading: Rc::new(PauseGate::default()),
@@ -576,7 +580,7 @@ impl ShardActor {
     /// anything else is offered.
     fn offer(&mut self, dispatch: Dispatch, from: usize, ctx: &mut Context<Self>) {
         // One lookup of the event's handlers per offer.
-        let route = self.shared.router.route_of(dispatch.event());
+        let route = self.router.route_of(dispatch.event());
         if from == 0 {
             // Recorded as the event is handed over, not when it is queued: a shard restarted from
             // the store resumes after the last event that left this queue, so what is still queued
@@ -614,13 +618,13 @@ impl ShardActor {
         }
         // The router's own recipients, not clones: a full mailbox parks that sender, which is what
         // makes later `try_send`s report it full (a fresh clone always gets one more in).
-        let shared = Arc::clone(&self.shared);
+        let router = Arc::clone(&self.router);
         for i in 0..self.batches.len() {
             if self.batches[i].is_empty() {
                 continue;
             }
             let batch = DispatchBatch::new(self.id, std::mem::take(&mut self.batches[i]));
-            let Some(handler) = shared.router.batch_handler(i) else {
+            let Some(handler) = router.batch_handler(i) else {
                 continue;
             };
             let (first, count) = (batch.events()[0].seq(), batch.events().len() as u64);

@@ -178,7 +178,15 @@ impl State {
         // Built by hand rather than with `format!`: a flood builds a million of these.
         let seq = session.seq.to_string();
         let mut text = String::with_capacity(event.len() + seq.len() + d.len() + 24);
-        for part in [r#"{"t":""#, event, r#"","s":"#, &seq, r#","op":0,"d":"#, d, "}"] {
+        for part in [
+            r#"{"t":""#,
+            event,
+            r#"","s":"#,
+            &seq,
+            r#","op":0,"d":"#,
+            d,
+            "}",
+        ] {
             text.push_str(part);
         }
         let frame = ByteString::from(text);
