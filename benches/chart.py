@@ -2,8 +2,8 @@
 """Draws benches/chart.svg from the peer comparison's output, target/bench-results/peers-*.jsonl
 (shardline and twilight measured in the same run, against the same fake gateway).
 
-Left: flood events/s by shard count and compression (shardline per-event and batch handlers,
-twilight raw and typed). Right: memory per idle shard by shard count and compression.
+Left: flood events/s by shard count and compression (shardline per-event, batch and per-thread
+handlers, twilight raw and typed). Right: memory per idle shard by shard count and compression.
 Standard library only: `python3 benches/chart.py`.
 """
 import glob
@@ -28,15 +28,16 @@ for r in rows:
     elif r["bench"] == "scale":
         memory[key].append(r["kib_per_shard"])
 
-COLORS = {"shardline": "#2b6cb0", "shardline-batch": "#63b3ed", "twilight-raw": "#c05621", "twilight-typed": "#ed8936", "twilight": "#c05621"}
-W, H, PAD = 1400, 430, 60
+COLORS = {"shardline": "#2b6cb0", "shardline-batch": "#63b3ed", "shardline-thread": "#1a365d", "twilight-raw": "#c05621", "twilight-typed": "#ed8936", "twilight": "#c05621"}
+W, H, PAD = 1600, 430, 60
+# The flood panel has five bars a group, the memory panel two: it gets the larger share.
+SPLIT = W * 0.6
 
 
-def panel(x0, title, unit, data, libraries, fmt):
+def panel(x0, width, title, unit, data, libraries, fmt):
     groups = sorted({(k[0], k[1]) for k in data}, key=lambda g: (g[1], g[0]))
     if not groups:
         return []
-    width = (W / 2) - PAD - 20
     top = max(statistics.median(v) for v in data.values()) * 1.15
     group_w = width / len(groups)
     bar_w = group_w / (len(libraries) + 1)
@@ -65,7 +66,7 @@ def panel(x0, title, unit, data, libraries, fmt):
         out.append(f'<text x="{gx + group_w / 2:.1f}" y="{base + 16}" font-size="11" text-anchor="middle">{shards} shard{"s" if shards != 1 else ""}</text>')
         out.append(f'<text x="{gx + group_w / 2:.1f}" y="{base + 30}" font-size="10" fill="#555" text-anchor="middle">{compression}</text>')
     for li, lib in enumerate(libraries):
-        lx = x0 + li * 150
+        lx = x0 + li * 124
         out.append(f'<rect x="{lx}" y="{H - 35}" width="12" height="12" fill="{COLORS[lib]}"/>')
         out.append(f'<text x="{lx + 18}" y="{H - 25}" font-size="12">{lib}</text>')
     return out
@@ -73,9 +74,9 @@ def panel(x0, title, unit, data, libraries, fmt):
 
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif">',
        f'<rect width="{W}" height="{H}" fill="white"/>']
-svg += panel(PAD + 20, "flood: events/s (higher is better)", "events/s", flood,
-             ["shardline", "shardline-batch", "twilight-raw", "twilight-typed"], lambda v: f"{v / 1000:.0f}k")
-svg += panel(W / 2 + PAD, "memory per idle shard (lower is better)", "KiB per shard", memory,
+svg += panel(PAD + 20, SPLIT - PAD - 20, "flood: events/s (higher is better)", "events/s", flood,
+             ["shardline", "shardline-batch", "shardline-thread", "twilight-raw", "twilight-typed"], lambda v: f"{v / 1000:.0f}k")
+svg += panel(SPLIT + PAD, W - SPLIT - PAD - 20, "memory per idle shard (lower is better)", "KiB per shard", memory,
              ["shardline", "twilight"], lambda v: f"{v:.1f}")
 svg.append("</svg>")
 with open("benches/chart.svg", "w") as f:

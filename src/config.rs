@@ -441,7 +441,9 @@ impl ConfigBuilder {
     /// per-guild state, command dispatch); a handler that must see every shard's events in one place
     /// is registered with [`handler`](Self::handler). Handlers live as long as their thread: a shard
     /// restarted on it finds the same ones. Delivery guarantees and the slow-handler policy are the
-    /// same; a slow per-thread handler holds up the shards of its own thread only.
+    /// same. Such a handler shares its thread with the shards: one that blocks it (long computation,
+    /// blocking I/O) holds up the reads and heartbeats of every shard there, so heavy work belongs
+    /// in an actor of its own.
     ///
     /// ```
     /// # actix_rt::System::new().block_on(async {

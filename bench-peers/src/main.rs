@@ -10,8 +10,9 @@
 //! twilight picks its compression when it is compiled, so one build compares one compression.
 //! `prescan`: reading op/s/t of each corpus frame, shardline's prescan against twilight's.
 //! `flood`: twilight's raw messages (`Stream::next`) and its typed events (`next_event`), against
-//! shardline delivering to a counting handler actor, per event (`shardline`) and in batches
-//! (`shardline-batch`). `scale`: idle shards, memory per shard, idle CPU.
+//! shardline delivering to a counting handler actor, per event (`shardline`), in batches
+//! (`shardline-batch`) and per event to a counter on each shard thread (`shardline-thread`).
+//! `scale`: idle shards, memory per shard, idle CPU.
 
 #[path = "../../benches/common/mod.rs"]
 mod common;
@@ -94,12 +95,15 @@ fn main() {
     for shards in flood_shards {
         let n: usize = shards.parse().expect("shards");
         let per_shard = (events / n).to_string();
-        const CLIENTS: [&str; 4] = [
+        const CLIENTS: [&str; 5] = [
             "shardline",
             "shardline-batch",
+            "shardline-thread",
             "twilight-raw",
             "twilight-typed",
         ];
+        const RAW: usize = 3;
+        const TYPED: usize = 4;
         // Repeats are interleaved (every client once, then again), so a drift in the machine's
         // speed during the run lands on every client alike.
         let mut rates = vec![Vec::new(); CLIENTS.len()];
@@ -142,12 +146,12 @@ fn main() {
             println!("  {shards:>5} shards  {client:<15} {m:>9.0} ({lo:.0}-{hi:.0})  p99 {p99}");
             medians.push(m);
         }
-        if medians[2] > 0.0 && medians[3] > 0.0 {
-            for (i, name) in [(0, "shardline"), (1, "shardline-batch")] {
+        if medians[RAW] > 0.0 && medians[TYPED] > 0.0 {
+            for (i, name) in CLIENTS[..RAW].iter().enumerate() {
                 println!(
                     "  {shards:>5} shards  ratio {name} / twilight raw = {:.2}, / twilight typed = {:.2}",
-                    medians[i] / medians[2],
-                    medians[i] / medians[3]
+                    medians[i] / medians[RAW],
+                    medians[i] / medians[TYPED]
                 );
             }
         }
