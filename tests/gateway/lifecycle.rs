@@ -236,7 +236,17 @@ async fn a_shard_that_dies_is_restarted_and_resumes_without_losing_the_event() {
         heartbeat_timeout: Duration::from_secs(5),
         ..fast_fake(1, 1)
     };
-    let bot = Bot::start(fake, 1, move |c| c.session_store(s)).await;
+    // A per-thread handler too: the restarted shard runs on the same thread and must find it.
+    let local = Recorder::default();
+    let setups = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (l, n) = (local.clone(), setups.clone());
+    let bot = Bot::start(fake, 1, move |c| {
+        c.session_store(s).handlers_per_thread(move |thread| {
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            thread.handler("MESSAGE_CREATE", actix::Actor::start(l.clone()).recipient());
+        })
+    })
+    .await;
     for n in 0..3 {
         bot.fake
             .dispatch(0, "MESSAGE_CREATE", json!({ "n": n }))
@@ -250,6 +260,16 @@ async fn a_shard_that_dies_is_restarted_and_resumes_without_losing_the_event() {
         bot.recorder.seqs("MESSAGE_CREATE"),
         [(0, 2), (0, 3), (0, 4)],
         "each once, in order"
+    );
+    wait_until("the per-thread handler has all three", || {
+        local.count("MESSAGE_CREATE") == 3
+    })
+    .await;
+    assert_eq!(local.seqs("MESSAGE_CREATE"), [(0, 2), (0, 3), (0, 4)]);
+    assert_eq!(
+        setups.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the restarted shard found its thread's handlers"
     );
     let conns = bot.fake.connections();
     assert_eq!(
