@@ -308,7 +308,9 @@ thread_local! {
 /// An event reaches every handler registered for its name and every catch-all handler, each once (a
 /// handler registered both ways gets it once). Events no one registered for go to the catch-all
 /// handlers; with none, they are dropped right after the envelope is read. Batch handlers follow the
-/// same rules and get the events of a burst in one [`DispatchBatch`].
+/// same rules and get the events of a burst in one [`DispatchBatch`]. Handlers registered per shard
+/// thread are not in these lists (each shard thread routes with a copy that adds its own), so
+/// [`route`](Self::route) and the lookups here see only the handlers shared by every shard.
 #[derive(Clone, Default)]
 pub struct Router {
     by_event: HashMap<Box<str>, Route, FastHash>,
