@@ -4,9 +4,11 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix_ws::{CloseCode, CloseReason, Item, Message, MessageStream, Session};
+use actix_http::ws::{CloseCode, CloseReason, Item, Message};
+
+use super::wire::{Incoming, Outgoing};
 use bytestring::ByteString;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -34,8 +36,8 @@ enum Flow {
 pub(crate) struct Connection {
     pub id: u64,
     pub shared: Arc<Mutex<State>>,
-    pub session: Session,
-    pub stream: MessageStream,
+    pub out: Outgoing,
+    pub stream: Incoming,
     pub commands: UnboundedReceiver<Command>,
     pub compressor: Option<Compressor>,
     /// Set when the query was refused: close with it right after the upgrade.
@@ -48,7 +50,7 @@ struct Conn {
     flood: Option<super::Flood>,
     id: u64,
     shared: Arc<Mutex<State>>,
-    session: Session,
+    out: Outgoing,
     compressor: Option<Compressor>,
     fragment: Option<usize>,
     shard: Option<u32>,
@@ -81,7 +83,7 @@ impl Connection {
         let Connection {
             id,
             shared,
-            session,
+            out,
             mut stream,
             mut commands,
             compressor,
@@ -109,7 +111,7 @@ impl Connection {
             flood,
             id,
             shared: shared.clone(),
-            session,
+            out,
             compressor,
             fragment,
             shard: None,
@@ -146,7 +148,7 @@ impl Connection {
 impl Conn {
     async fn serve(
         &mut self,
-        stream: &mut MessageStream,
+        stream: &mut Incoming,
         commands: &mut UnboundedReceiver<Command>,
     ) -> Flow {
         loop {
@@ -173,12 +175,11 @@ impl Conn {
                     Some(Ok(Message::Close(reason))) => {
                         let code = reason.map(|r| u16::from(r.code));
                         self.client_closed(code);
-                        let session = self.session.clone();
-                        let _ = session.close(None).await;
+                        self.out.close(None).await;
                         return Flow::Drop;
                     }
                     Some(Ok(Message::Ping(payload))) => {
-                        let _ = self.session.pong(&payload).await;
+                        let _ = self.out.send(Message::Pong(payload)).await;
                     }
                     Some(Ok(_)) => {}
                 },
@@ -190,19 +191,19 @@ impl Conn {
                         }
                     }
                     Some(Command::RawText(text)) => {
-                        let _ = self.session.text(text).await;
+                        let _ = self.out.send(Message::Text(text.into())).await;
                     }
                     Some(Command::RawCompressed(bytes)) => {
                         let message = match &mut self.compressor {
                             Some(c) => Message::Binary(c.compress(&bytes).into()),
                             None => Message::Binary(bytes),
                         };
-                        if self.session.send(message).await.is_err() {
+                        if !self.out.send(message).await {
                             return Flow::Drop;
                         }
                     }
                     Some(Command::RawBinary(bytes)) => {
-                        let _ = self.session.binary(bytes).await;
+                        let _ = self.out.send(Message::Binary(bytes)).await;
                     }
                     Some(Command::Close(code)) => return Flow::Close(code),
                 },
@@ -275,32 +276,31 @@ impl Conn {
             code: CloseCode::Other(code),
             description: None,
         };
-        let session = self.session.clone();
-        let _ = session.close(Some(reason)).await;
+        self.out.close(Some(reason)).await;
     }
 
     /// Sends frames in order, compressed and fragmented as configured. False once the client is gone.
     async fn send(&mut self, frames: Vec<ByteString>) -> bool {
+        if self.compressor.is_none() {
+            let bytes = frames.iter().map(|f| f.len()).sum();
+            self.out.reserve(bytes, frames.len());
+        }
         for text in frames {
-            let messages = match &mut self.compressor {
-                Some(c) => split(c.compress(text.as_bytes()).into(), false, self.fragment),
-                // The common case goes out as it is: through `split` the text would be checked
-                // for UTF-8 again, which was a twentieth of a flood's cost.
-                None if !fragments(text.len(), self.fragment) => {
-                    if self.session.feed(Message::Text(text)).await.is_err() {
-                        return false;
+            match &mut self.compressor {
+                Some(c) => {
+                    for message in split(c.compress(text.as_bytes()).into(), false, self.fragment) {
+                        self.out.message(message);
                     }
-                    continue;
                 }
-                None => split(text.into_bytes(), true, self.fragment),
-            };
-            for message in messages {
-                if self.session.feed(message).await.is_err() {
-                    return false;
+                None if !fragments(text.len(), self.fragment) => self.out.text(text.as_bytes()),
+                None => {
+                    for message in split(text.into_bytes(), true, self.fragment) {
+                        self.out.message(message);
+                    }
                 }
             }
         }
-        self.session.flush().await.is_ok()
+        self.out.flush().await
     }
 
     fn record(&mut self, raw: &[u8]) -> Option<Value> {

@@ -28,6 +28,7 @@ mod compress;
 mod connection;
 mod server;
 mod state;
+mod wire;
 
 use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, MutexGuard};

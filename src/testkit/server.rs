@@ -93,9 +93,8 @@ async fn websocket(
             c
         }
     };
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
-    // Large enough to see (and refuse) frames over the 4096-byte limit.
-    let stream = stream.max_frame_size(1 << 20);
+    // Frames up to 1 MiB are read, so that one over the 4096-byte limit is seen and refused.
+    let (response, out, stream) = super::wire::accept(&req, body, 1 << 20)?;
     let (tx, commands) = tokio::sync::mpsc::unbounded_channel();
     let shared: Arc<Mutex<State>> = shared.into_inner();
     let id = lock(&shared).open(req.path(), &query, compress, tx);
@@ -103,7 +102,7 @@ async fn websocket(
         Connection {
             id,
             shared,
-            session,
+            out,
             stream,
             commands,
             compressor,
