@@ -19,8 +19,10 @@ use bytestring::ByteString;
 use futures_util::Stream;
 use tokio::sync::mpsc;
 
-/// Chunks queued for the socket before a sender waits for the socket to take them.
-const QUEUED_CHUNKS: usize = 4;
+/// Chunks queued while another is being written: the fake builds the next batch while the socket
+/// takes the last one, and a frame's build time (a flood probe's "sent" time) is never more than two
+/// chunks ahead of the socket.
+const QUEUED_CHUNKS: usize = 1;
 
 /// The largest websocket header: opcode byte, length byte, 8-byte extended length.
 const MAX_HEADER: usize = 10;
