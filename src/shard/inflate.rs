@@ -35,10 +35,43 @@ impl std::fmt::Display for InflateError {
 
 impl std::error::Error for InflateError {}
 
-/// An output buffer for a message compressed to `input_len` bytes: gateway JSON compresses about
-/// 4-10×, so start at four times and grow.
-pub(crate) fn output_for(input_len: usize, max_output: usize) -> Vec<u8> {
-    Vec::with_capacity((input_len * 4).clamp(256, max_output))
+/// The scratch buffer a thread decompresses into, kept between messages up to this size.
+const SCRATCH_KEPT: usize = 64 << 10;
+
+thread_local! {
+    // A message is decompressed here and copied out at its exact size. Its compressed size says
+    // little about its decompressed size (a stream's window can shrink a repeated 2.6 KB event to a
+    // few dozen bytes), so writing it straight into a buffer sized from its input took several
+    // passes of the decompressor and as many reallocations per message.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `step` (one pass of a decompressor appending to the buffer; `true` once the message is
+/// whole) over this thread's scratch buffer, growing it up to `max_output`, and returns the
+/// message.
+pub(crate) fn decompress_message(
+    max_output: usize,
+    mut step: impl FnMut(&mut Vec<u8>) -> Result<bool, InflateError>,
+) -> Result<Bytes, InflateError> {
+    SCRATCH.with_borrow_mut(|out| {
+        out.clear();
+        out.reserve(SCRATCH_KEPT.min(max_output));
+        let message = loop {
+            if let Err(e) = make_room(out, max_output) {
+                break Err(e);
+            }
+            match step(out) {
+                Ok(true) => break Ok(Bytes::copy_from_slice(out)),
+                Ok(false) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        if out.capacity() > SCRATCH_KEPT {
+            // A large message (a big GUILD_CREATE) does not keep its memory with the thread.
+            *out = Vec::new();
+        }
+        message
+    })
 }
 
 /// Doubles a full output buffer, up to `max_output`; past it the message is a bomb (or the limit is
@@ -103,29 +136,26 @@ impl Inflater {
     }
 
     fn inflate(&mut self, mut input: &[u8]) -> Result<Bytes, InflateError> {
-        let mut out = output_for(input.len(), self.max_output);
-        loop {
-            make_room(&mut out, self.max_output)?;
-            let before_in = self.zlib.total_in();
-            let before_out = self.zlib.total_out();
-            let status = self
-                .zlib
-                .decompress_vec(input, &mut out, FlushDecompress::Sync)
+        let zlib = &mut self.zlib;
+        decompress_message(self.max_output, |out| {
+            let before_in = zlib.total_in();
+            let before_out = zlib.total_out();
+            let status = zlib
+                .decompress_vec(input, out, FlushDecompress::Sync)
                 .map_err(|e| InflateError::Corrupt(e.to_string()))?;
-            let consumed = (self.zlib.total_in() - before_in) as usize;
-            let produced = self.zlib.total_out() - before_out;
+            let consumed = (zlib.total_in() - before_in) as usize;
+            let produced = zlib.total_out() - before_out;
             input = &input[consumed..];
             let out_full = out.len() == out.capacity();
             match status {
-                Status::StreamEnd => break,
-                _ if input.is_empty() && !out_full => break,
+                Status::StreamEnd => Ok(true),
+                _ if input.is_empty() && !out_full => Ok(true),
                 Status::BufError if consumed == 0 && produced == 0 && !out_full => {
-                    return Err(InflateError::Corrupt("no progress".into()))
+                    Err(InflateError::Corrupt("no progress".into()))
                 }
-                _ => {}
+                _ => Ok(false),
             }
-        }
-        Ok(Bytes::from(out))
+        })
     }
 }
 

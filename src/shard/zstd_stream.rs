@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
 
-use super::inflate::{make_room, output_for, InflateError};
+use super::inflate::{decompress_message, InflateError};
 
 /// The decompression context of one zstd-stream connection.
 pub struct ZstdStream {
@@ -32,23 +32,17 @@ impl ZstdStream {
     /// the output stops.
     pub fn push(&mut self, data: &[u8]) -> Result<Bytes, InflateError> {
         let mut input = InBuffer::around(data);
-        let mut out = output_for(data.len(), self.max_output);
-        loop {
-            make_room(&mut out, self.max_output)?;
+        let decoder = &mut self.decoder;
+        decompress_message(self.max_output, |out| {
             let pos = out.len();
-            let mut output = OutBuffer::around_pos(&mut out, pos);
-            self.decoder
+            let mut output = OutBuffer::around_pos(out, pos);
+            decoder
                 .run(&mut input, &mut output)
                 .map_err(|e| InflateError::Corrupt(e.to_string()))?;
             let progressed = output.pos() > pos;
-            if input.pos() == data.len() && out.len() < out.capacity() {
-                break;
-            }
-            if !progressed && input.pos() == data.len() {
-                break;
-            }
-        }
-        Ok(Bytes::from(out))
+            let consumed = input.pos() == data.len();
+            Ok(consumed && (out.len() < out.capacity() || !progressed))
+        })
     }
 }
 
