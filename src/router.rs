@@ -356,11 +356,12 @@ impl Router {
     /// it: this is `do_send`, for tests and tools; shards deliver with backpressure). Batch handlers
     /// get it as a batch of one. Returns how many handlers it went to.
     pub fn route(&self, dispatch: Dispatch) -> usize {
-        let batched = self.batch_handlers(dispatch.event());
+        let route = self.route_of(dispatch.event());
+        let batched = route.batched();
         for &i in batched {
             self.batch[i].do_send(DispatchBatch::new(dispatch.shard, vec![dispatch.clone()]));
         }
-        let handlers = self.handlers(dispatch.event());
+        let handlers = route.handlers();
         if let Some((last, rest)) = handlers.split_last() {
             for handler in rest {
                 handler.do_send(dispatch.clone());

@@ -76,7 +76,7 @@ pub(crate) fn decompress_message(
 
 /// Doubles a full output buffer, up to `max_output`; past it the message is a bomb (or the limit is
 /// too low).
-pub(crate) fn make_room(out: &mut Vec<u8>, max_output: usize) -> Result<(), InflateError> {
+fn make_room(out: &mut Vec<u8>, max_output: usize) -> Result<(), InflateError> {
     if out.len() == out.capacity() {
         if out.len() >= max_output {
             return Err(InflateError::TooLarge(max_output));

@@ -286,15 +286,15 @@ impl Conn {
             self.out.reserve(bytes, frames.len());
         }
         for text in frames {
-            match &mut self.compressor {
-                Some(c) => {
-                    for message in split(c.compress(text.as_bytes()).into(), false, self.fragment) {
-                        self.out.message(message);
-                    }
-                }
-                None if !fragments(text.len(), self.fragment) => self.out.text(text.as_bytes()),
-                None => {
-                    for message in split(text.into_bytes(), true, self.fragment) {
+            let (payload, is_text) = match &mut self.compressor {
+                Some(c) => (bytes::Bytes::from(c.compress(text.as_bytes())), false),
+                None => (text.into_bytes(), true),
+            };
+            match self.fragment.filter(|&f| f > 0 && payload.len() > f) {
+                None if is_text => self.out.text(&payload),
+                None => self.out.message(Message::Binary(payload)),
+                Some(size) => {
+                    for message in continuation_frames(payload, is_text, size) {
                         self.out.message(message);
                     }
                 }
@@ -674,32 +674,20 @@ impl Conn {
     }
 }
 
-/// Whether a message of `len` bytes goes out in more than one frame.
-fn fragments(len: usize, fragment: Option<usize>) -> bool {
-    fragment.is_some_and(|f| f > 0 && len > f)
-}
-
-/// A whole message, or continuation frames of at most `fragment` bytes.
-fn split(payload: bytes::Bytes, text: bool, fragment: Option<usize>) -> Vec<Message> {
-    match fragment.filter(|&f| f > 0 && payload.len() > f) {
-        None if text => match ByteString::try_from(payload) {
-            Ok(s) => vec![Message::Text(s)],
-            Err(_) => Vec::new(),
-        },
-        None => vec![Message::Binary(payload)],
-        Some(size) => {
-            let count = payload.len().div_ceil(size);
-            (0..count)
-                .map(|i| {
-                    let chunk = payload.slice(i * size..((i + 1) * size).min(payload.len()));
-                    Message::Continuation(match i {
-                        0 if text => Item::FirstText(chunk),
-                        0 => Item::FirstBinary(chunk),
-                        _ if i + 1 == count => Item::Last(chunk),
-                        _ => Item::Continue(chunk),
-                    })
-                })
-                .collect()
-        }
-    }
+/// One message as continuation frames of at most `size` bytes each.
+fn continuation_frames(
+    payload: bytes::Bytes,
+    text: bool,
+    size: usize,
+) -> impl Iterator<Item = Message> {
+    let count = payload.len().div_ceil(size);
+    (0..count).map(move |i| {
+        let chunk = payload.slice(i * size..((i + 1) * size).min(payload.len()));
+        Message::Continuation(match i {
+            0 if text => Item::FirstText(chunk),
+            0 => Item::FirstBinary(chunk),
+            _ if i + 1 == count => Item::Last(chunk),
+            _ => Item::Continue(chunk),
+        })
+    })
 }
