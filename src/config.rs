@@ -17,7 +17,7 @@ use crate::token::Token;
 
 /// Discord's gateway, used when neither the config nor `GET /gateway/bot` says otherwise.
 pub const DEFAULT_GATEWAY_URL: &str = "wss://gateway.discord.gg";
-/// Discord's REST API base (PROTOCOL.md §1).
+/// Discord's REST API base (docs/protocol.md §1).
 pub const DEFAULT_API_BASE: &str = "https://discord.com/api/v10";
 
 /// Which shards this process runs.
@@ -36,7 +36,7 @@ pub enum ShardPlan {
     Recommended,
 }
 
-/// Transport compression (PROTOCOL.md §6).
+/// Transport compression (docs/protocol.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
     /// Plain text frames.
@@ -521,7 +521,7 @@ impl ConfigBuilder {
             }
             _ => {}
         }
-        // PROTOCOL.md §2: large_threshold is 50..=250.
+        // docs/protocol.md §2: large_threshold is 50..=250.
         if !(50..=250).contains(&self.large_threshold) {
             return Err(ConfigError::LargeThreshold(self.large_threshold));
         }

@@ -20,9 +20,9 @@ pub enum ConfigError {
         /// The total.
         total: u32,
     },
-    /// `large_threshold` is outside 50..=250 (PROTOCOL.md §2).
+    /// `large_threshold` is outside 50..=250 (docs/protocol.md §2).
     LargeThreshold(u16),
-    /// Intent bits that no documented intent uses (PROTOCOL.md §7).
+    /// Intent bits that no documented intent uses (docs/protocol.md §7).
     UnknownIntents(u64),
     /// `max_concurrency` is zero.
     ZeroMaxConcurrency,
@@ -60,7 +60,7 @@ impl std::error::Error for ConfigError {}
 /// Why a shard stopped for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FatalError {
-    /// The gateway closed with a code after which reconnecting cannot help (PROTOCOL.md §4).
+    /// The gateway closed with a code after which reconnecting cannot help (docs/protocol.md §4).
     Closed(CloseCode),
 }
 

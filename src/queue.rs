@@ -1,5 +1,5 @@
 //! Identify concurrency: one Identify per bucket (`shard_id % max_concurrency`) per window
-//! (PROTOCOL.md §5, "Identify concurrency").
+//! (docs/protocol.md §5, "Identify concurrency").
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,7 +42,7 @@ pub struct LocalIdentifyQueue {
     planned: Mutex<std::collections::HashMap<u32, Instant>>,
 }
 
-/// The daily session-start budget (PROTOCOL.md §5: exhausting it resets the bot's token).
+/// The daily session-start budget (docs/protocol.md §5: exhausting it resets the bot's token).
 #[derive(Debug, Clone, Copy)]
 struct Budget {
     total: u32,
@@ -70,7 +70,7 @@ impl LocalIdentifyQueue {
     }
 
     /// Reserves the first Identify of every shard in `ids`, in ascending order, so that start-up goes
-    /// in bucket order (0..mc-1 together, then mc..2mc-1, …; PROTOCOL.md §5) however the connections
+    /// in bucket order (0..mc-1 together, then mc..2mc-1, …; docs/protocol.md §5) however the connections
     /// race. A shard's first [`acquire`](IdentifyQueue::acquire) then waits for its planned slot.
     pub fn plan(&self, ids: &[u32]) {
         let now = Instant::now();

@@ -1,4 +1,4 @@
-//! The one REST call the runtime makes: `GET /gateway/bot` (PROTOCOL.md §1).
+//! The one REST call the runtime makes: `GET /gateway/bot` (docs/protocol.md §1).
 
 use std::time::Duration;
 

@@ -170,7 +170,7 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // Ascending ids are bucket order: 0..mc-1 first, then mc..2mc-1, … (PROTOCOL.md §5).
+        // Ascending ids are bucket order: 0..mc-1 first, then mc..2mc-1, … (docs/protocol.md §5).
         let ids: Vec<u32> = self.slots.keys().copied().collect();
         for id in ids {
             self.start_shard(id, ctx);

@@ -1,4 +1,4 @@
-//! The bot token, as a type that never shows itself (ARCHITECTURE.md, rules of the house).
+//! The bot token, as a type that never shows itself (docs/design.md, "The token").
 
 use std::fmt;
 use std::sync::Arc;

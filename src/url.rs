@@ -34,7 +34,7 @@ impl<'a> Url<'a> {
     }
 }
 
-/// The URL to open for `base` (a gateway or resume URL without query): PROTOCOL.md §1.
+/// The URL to open for `base` (a gateway or resume URL without query): docs/protocol.md §1.
 pub(crate) fn connect_url(base: &str, compress: Option<&str>) -> String {
     let base = base.split('?').next().unwrap_or(base);
     // `wss://host` needs a path before the query; `wss://host/resume` has one.
@@ -49,7 +49,7 @@ pub(crate) fn connect_url(base: &str, compress: Option<&str>) -> String {
 }
 
 /// Whether a `resume_gateway_url` from the network may be followed: same scheme as the gateway URL,
-/// and the gateway URL's host or a subdomain of an allowed domain (ARCHITECTURE.md: the token goes
+/// and the gateway URL's host or a subdomain of an allowed domain (docs/design.md, "Resume URLs": the token goes
 /// to whoever the client resumes with).
 pub(crate) fn resume_url_allowed(resume: &str, gateway: &str, allowed_domains: &[String]) -> bool {
     let (Some(resume), Some(gateway)) = (Url::parse(resume), Url::parse(gateway)) else {

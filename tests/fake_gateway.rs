@@ -1,4 +1,4 @@
-//! The fake gateway is as strict as PROTOCOL.md: a raw websocket client breaks each rule and gets
+//! The fake gateway is as strict as docs/protocol.md: a raw websocket client breaks each rule and gets
 //! Discord's answer.
 
 use std::time::Duration;

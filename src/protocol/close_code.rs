@@ -1,4 +1,4 @@
-//! Gateway close codes and what the client does after each (PROTOCOL.md §4).
+//! Gateway close codes and what the client does after each (docs/protocol.md §4).
 
 use std::fmt;
 
@@ -13,7 +13,7 @@ pub enum CloseAction {
     Fatal,
 }
 
-/// A close code the gateway sends, 4000–4014 (PROTOCOL.md §4).
+/// A close code the gateway sends, 4000–4014 (docs/protocol.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
 pub enum CloseCode {

@@ -1,11 +1,11 @@
-//! The frames a client sends (PROTOCOL.md §2), serialized to their exact JSON.
+//! The frames a client sends (docs/protocol.md §2), serialized to their exact JSON.
 
 use serde::Serialize;
 use serde_json::Value;
 
 use super::OpCode;
 
-/// The most bytes one sent frame may have (PROTOCOL.md §5: over → close 4002).
+/// The most bytes one sent frame may have (docs/protocol.md §5: over → close 4002).
 pub const MAX_SENT_FRAME: usize = 4096;
 
 /// A status for Presence Update.
@@ -173,7 +173,7 @@ pub fn heartbeat(seq: Option<u64>) -> String {
     frame(OpCode::Heartbeat, seq)
 }
 
-/// The `properties` of Identify (keys without `$`, PROTOCOL.md §2).
+/// The `properties` of Identify (keys without `$`, docs/protocol.md §2).
 #[derive(Debug, Clone, Serialize)]
 pub struct IdentifyProperties {
     /// Operating system.

@@ -1,5 +1,5 @@
 //! The lazy parse of a received frame: its envelope (`op`, `s`, `t`) and where `d` lies, without
-//! deserializing `d` (PROTOCOL.md §2).
+//! deserializing `d` (docs/protocol.md §2).
 
 use std::ops::Range;
 

@@ -1,4 +1,4 @@
-//! Gateway intents (PROTOCOL.md §7).
+//! Gateway intents (docs/protocol.md §7).
 
 use std::fmt;
 use std::ops::{BitOr, BitOrAssign};

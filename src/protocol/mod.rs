@@ -1,5 +1,5 @@
 //! The wire, and nothing else: opcodes, close codes, intents, the frames a client sends, and the lazy
-//! parse of a received frame. Pure functions and plain data (PROTOCOL.md).
+//! parse of a received frame. Pure functions and plain data (docs/protocol.md).
 
 pub mod close_code;
 pub mod command;
@@ -13,6 +13,6 @@ pub use envelope::{DataSpan, Envelope, EnvelopeError, EventName};
 pub use intents::Intents;
 pub use opcode::OpCode;
 
-/// The gateway API version this crate speaks (PROTOCOL.md §1).
+/// The gateway API version this crate speaks (docs/protocol.md §1).
 pub const API_VERSION: u8 = 10;
 pub mod prescan;

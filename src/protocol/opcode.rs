@@ -1,4 +1,4 @@
-//! Gateway opcodes (PROTOCOL.md §2).
+//! Gateway opcodes (docs/protocol.md §2).
 
 /// A gateway opcode: the `op` field of every frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,5 +1,5 @@
 //! The fast path of the envelope parse: read `op`, `s`, `t` and where `d` starts from the head of a
-//! frame, without touching `d` itself (PROTOCOL.md §2).
+//! frame, without touching `d` itself (docs/protocol.md §2).
 //!
 //! Discord sends `d` last (`{"t":…,"s":…,"op":…,"d":{…}}`), so the head is a few dozen bytes however
 //! large the event. Anything the fast path is not sure of — a key it cannot read before `d`, escapes in

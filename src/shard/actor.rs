@@ -64,7 +64,7 @@ thread_local! {
         .finish();
 }
 
-/// A connection's transport decompression (PROTOCOL.md §6): a fresh context per connection.
+/// A connection's transport decompression (docs/protocol.md §6): a fresh context per connection.
 enum Decompressor {
     None,
     Zlib(Inflater),

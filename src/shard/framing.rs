@@ -1,6 +1,6 @@
 //! The websocket framing of a shard's connection, owned here rather than left to awc's `Framed`,
 //! whose two fixed 8 KiB buffers per connection would be most of an idle shard's memory
-//! (ARCHITECTURE.md, "Things that bite").
+//! (docs/design.md, "What the libraries underneath do").
 //!
 //! Reading goes straight into a read buffer from the thread's [`read_pool`]; a frame is a slice of
 //! it, handed on without a copy. A connection with nothing left to decode gives its buffer back,

@@ -1,5 +1,5 @@
 //! zlib-stream transport decompression: one inflate context per connection, a message ends where the
-//! data ends in `00 00 FF FF` (PROTOCOL.md §6).
+//! data ends in `00 00 FF FF` (docs/protocol.md §6).
 
 use bytes::{Bytes, BytesMut};
 use flate2::{Decompress, FlushDecompress, Status};

@@ -1,5 +1,5 @@
 //! The per-connection command limiter: at most `limit` frames per `window`, with room reserved for
-//! heartbeats (PROTOCOL.md §5: 120 / 60 s, over → close 4008).
+//! heartbeats (docs/protocol.md §5: 120 / 60 s, over → close 4008).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! One shard's protocol as a sans-IO state machine: inputs in (a frame, a heartbeat tick, a close, an
 //! identify permit), actions out (send this, deliver that, reconnect, stop). Every rule of
-//! PROTOCOL.md §3–§4 lives here; there is no socket and no clock (callers pass `now`).
+//! docs/protocol.md §3–§4 lives here; there is no socket and no clock (callers pass `now`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use crate::router::{event_name, Dispatch};
 use crate::session::SessionInfo;
 use crate::token::Token;
 
-/// The close code used to leave a connection while keeping the session resumable (PROTOCOL.md §4:
+/// The close code used to leave a connection while keeping the session resumable (docs/protocol.md §4:
 /// 1000/1001 would invalidate it; 4000 is customary).
 pub const RESUME_CLOSE_CODE: u16 = 4000;
 /// The close code of a final shutdown: the session ends.
@@ -118,7 +118,7 @@ pub struct ShardState {
     params: Arc<IdentifyParams>,
     phase: Phase,
     session: Option<SessionInfo>,
-    /// Last non-null `s` received (PROTOCOL.md §3.5).
+    /// Last non-null `s` received (docs/protocol.md §3.5).
     seq: Option<u64>,
     heartbeat: Heartbeat,
     /// The shell has stopped reading the socket (handlers are behind): an ACK may be sitting unread,
@@ -199,7 +199,7 @@ impl ShardState {
         self.heartbeat.interval
     }
 
-    /// The base URL (no query) of the next connection: the resume URL when resuming (PROTOCOL.md §3.7).
+    /// The base URL (no query) of the next connection: the resume URL when resuming (docs/protocol.md §3.7).
     pub fn connect_base(&self) -> &str {
         self.session
             .as_ref()
@@ -212,7 +212,7 @@ impl ShardState {
         self.session.is_some()
     }
 
-    /// A new socket is open: the server speaks first (PROTOCOL.md §3.1).
+    /// A new socket is open: the server speaks first (docs/protocol.md §3.1).
     pub fn on_open(&mut self) {
         self.phase = Phase::AwaitingHello;
         self.heartbeat = Heartbeat {

@@ -1,5 +1,5 @@
 //! zstd-stream transport decompression: one decompression context per connection; each websocket
-//! message is one gateway message that does not end the zstd frame (PROTOCOL.md §6).
+//! message is one gateway message that does not end the zstd frame (docs/protocol.md §6).
 
 use bytes::Bytes;
 use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};

@@ -1,5 +1,5 @@
 //! The fake gateway's side of transport compression: one compressor per connection, flushed (not
-//! ended) after every message (PROTOCOL.md §6).
+//! ended) after every message (docs/protocol.md §6).
 
 use flate2::{Compress, Compression, FlushCompress};
 

@@ -1,4 +1,4 @@
-//! One websocket connection of the fake gateway: everything PROTOCOL.md says Discord checks and does.
+//! One websocket connection of the fake gateway: everything docs/protocol.md says Discord checks and does.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -265,7 +265,7 @@ impl Conn {
             if let Some(record) = state.conn_mut(self.id) {
                 record.server_close_code = Some(code);
             }
-            // Discord ends the session with these (PROTOCOL.md §4).
+            // Discord ends the session with these (docs/protocol.md §4).
             if matches!(code, 4004 | 4007 | 4009 | 4010 | 4011 | 4012 | 4013 | 4014) {
                 if let Some(id) = &self.session_id {
                     state.invalidate(id);

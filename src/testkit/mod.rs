@@ -1,4 +1,4 @@
-//! A fake Discord gateway (and `GET /gateway/bot`) as strict as PROTOCOL.md: the tests, benches and
+//! A fake Discord gateway (and `GET /gateway/bot`) as strict as docs/protocol.md: the tests, benches and
 //! examples run against it, and bots can use it in their own tests.
 //!
 //! It checks Identify (token, intents, shard, properties), enforces identify buckets (op 9 when

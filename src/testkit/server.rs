@@ -1,5 +1,5 @@
 //! The fake gateway's HTTP side: `GET /api/v10/gateway`, `GET /api/v10/gateway/bot` and the websocket
-//! at `/` and `/resume` (PROTOCOL.md §1).
+//! at `/` and `/resume` (docs/protocol.md §1).
 
 use std::sync::{Arc, Mutex};
 
