@@ -280,7 +280,8 @@ impl ConfigBuilder {
         self
     }
 
-    /// The intents as raw bits; unknown bits are an error at build time.
+    /// The intents as raw bits. Bits this version does not know are sent with a warning (Discord
+    /// adds intents); bits above 2^53 are an error at build time.
     pub fn intent_bits(mut self, bits: u64) -> Self {
         self.intent_bits = bits;
         self
@@ -503,9 +504,16 @@ impl ConfigBuilder {
         if config.token.is_empty() {
             return Err(ConfigError::EmptyToken);
         }
-        config.intents = Intents::from_bits(self.intent_bits).ok_or(
-            ConfigError::UnknownIntents(self.intent_bits & !Intents::ALL.bits()),
+        config.intents = Intents::from_bits_retain(self.intent_bits).ok_or(
+            ConfigError::IntentsOutOfRange(self.intent_bits & !Intents::MAX_BITS),
         )?;
+        if config.intents.unknown_bits() != 0 {
+            // Sent as they are: the gateway answers an invalid value with 4013, a fatal close code.
+            tracing::warn!(
+                unknown = config.intents.unknown_bits(),
+                "intent bits that this version of shardline does not know; sending them as given"
+            );
+        }
         match &config.plan {
             ShardPlan::Count(0) | ShardPlan::Range { total: 0, .. } => {
                 return Err(ConfigError::ZeroShards)

@@ -22,8 +22,8 @@ pub enum ConfigError {
     },
     /// `large_threshold` is outside 50..=250 (docs/protocol.md §2).
     LargeThreshold(u16),
-    /// Intent bits that no documented intent uses (docs/protocol.md §7).
-    UnknownIntents(u64),
+    /// Intent bits above 2^53, which no JSON integer of Discord's carries (docs/protocol.md §7).
+    IntentsOutOfRange(u64),
     /// `max_concurrency` is zero.
     ZeroMaxConcurrency,
     /// The number of arbiters is zero.
@@ -44,8 +44,8 @@ impl fmt::Display for ConfigError {
                 write!(f, "shard id {id} is not below the shard total {total}")
             }
             Self::LargeThreshold(n) => write!(f, "large_threshold {n} is outside 50..=250"),
-            Self::UnknownIntents(bits) => {
-                write!(f, "intent bits {bits:#x} are not documented intents")
+            Self::IntentsOutOfRange(bits) => {
+                write!(f, "intent bits {bits:#x} lie above 2^53, beyond any intent")
             }
             Self::ZeroMaxConcurrency => f.write_str("max_concurrency must be at least 1"),
             Self::ZeroArbiters => f.write_str("the number of arbiters must be at least 1"),

@@ -1,4 +1,5 @@
 //! shardline: a sharded Discord gateway runtime on actix.
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 // Nothing that comes from the network may panic the process: no unwrap/expect outside tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]

@@ -70,6 +70,10 @@ impl Intents {
         Self(0)
     }
 
+    /// The largest value Discord's JSON integers carry exactly (2^53 - 1): intent bits above it
+    /// cannot be meant, and are refused rather than sent.
+    pub const MAX_BITS: u64 = (1 << 53) - 1;
+
     /// The intents for `bits`, or `None` if a bit is set that no documented intent uses.
     pub const fn from_bits(bits: u64) -> Option<Self> {
         if bits & !Self::ALL.0 == 0 {
@@ -77,6 +81,22 @@ impl Intents {
         } else {
             None
         }
+    }
+
+    /// The intents for `bits`, documented or not, or `None` when a bit lies above
+    /// [`MAX_BITS`](Self::MAX_BITS). Discord adds intents from time to time (docs/protocol.md §7), so
+    /// a bit this version does not know may be one it has not heard of yet.
+    pub const fn from_bits_retain(bits: u64) -> Option<Self> {
+        if bits & !Self::MAX_BITS == 0 {
+            Some(Self(bits))
+        } else {
+            None
+        }
+    }
+
+    /// The bits that no intent documented in this version uses.
+    pub const fn unknown_bits(self) -> u64 {
+        self.0 & !Self::ALL.0
     }
 
     /// The bits as sent in Identify.

@@ -1,3 +1,4 @@
+use crate::harness::LogCapture;
 use shardline::{Config, ConfigError, Intents, Limits, ShardPlan};
 
 #[test]
@@ -39,12 +40,12 @@ fn bad_configuration_is_a_typed_error_at_build_time() {
         ConfigError::LargeThreshold(251)
     );
     assert_eq!(
-        err(Config::builder("t").intent_bits(1 << 17 | 1)),
-        ConfigError::UnknownIntents(1 << 17)
+        err(Config::builder("t").intent_bits(1 << 53 | 1)),
+        ConfigError::IntentsOutOfRange(1 << 53)
     );
     assert_eq!(
         err(Config::builder("t").intent_bits(u64::MAX)),
-        ConfigError::UnknownIntents(!Intents::ALL.bits())
+        ConfigError::IntentsOutOfRange(!Intents::MAX_BITS)
     );
     assert_eq!(
         err(Config::builder("t").max_concurrency(0)),
@@ -92,4 +93,29 @@ fn the_token_never_shows_in_debug_output() {
     let debug = format!("{config:?}");
     assert!(!debug.contains("super-secret-token"), "{debug}");
     assert!(debug.contains("<redacted>"));
+}
+
+/// Discord adds intents: a bit this version does not know is sent as given, with a warning that
+/// names it, while a bit beyond any JSON integer Discord uses is refused.
+#[test]
+fn unknown_intent_bits_are_sent_with_a_warning() {
+    let logs = LogCapture::default();
+    let config = tracing::subscriber::with_default(logs.subscriber(), || {
+        Config::builder("t")
+            .intent_bits(1 << 40 | Intents::GUILDS.bits())
+            .build()
+    })
+    .unwrap();
+    assert_eq!(config.intents().bits(), 1 << 40 | 1);
+    let text = logs.text();
+    assert_eq!(text.matches("does not know").count(), 1, "{text}");
+    assert!(text.contains(&format!("unknown={}", 1u64 << 40)), "{text}");
+
+    // Documented bits alone warn of nothing.
+    let quiet = LogCapture::default();
+    tracing::subscriber::with_default(quiet.subscriber(), || {
+        Config::builder("t").intent_bits(Intents::ALL.bits()).build()
+    })
+    .unwrap();
+    assert_eq!(quiet.text(), "");
 }
