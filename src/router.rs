@@ -373,6 +373,7 @@ impl Router {
 
     /// Adds a handler for one event name.
     pub(crate) fn add(&mut self, event: &str, handler: Recipient<Dispatch>) {
+        crate::protocol::events::warn_if_unknown(event);
         let route = self.by_event.entry(event.into()).or_default();
         push_unique(&mut route.each, handler);
     }
@@ -394,6 +395,7 @@ impl Router {
 
     /// Adds a batch handler for one event name.
     pub(crate) fn add_batch(&mut self, event: &str, handler: Recipient<DispatchBatch>) {
+        crate::protocol::events::warn_if_unknown(event);
         let i = self.batch_index(handler);
         let route = self.by_event.entry(event.into()).or_default();
         push_unique(&mut route.batched, i);

@@ -4,6 +4,7 @@
 pub mod close_code;
 pub mod command;
 pub mod envelope;
+pub mod events;
 pub mod intents;
 pub mod opcode;
 

@@ -114,8 +114,50 @@ fn unknown_intent_bits_are_sent_with_a_warning() {
     // Documented bits alone warn of nothing.
     let quiet = LogCapture::default();
     tracing::subscriber::with_default(quiet.subscriber(), || {
-        Config::builder("t").intent_bits(Intents::ALL.bits()).build()
+        Config::builder("t")
+            .intent_bits(Intents::ALL.bits())
+            .build()
     })
     .unwrap();
     assert_eq!(quiet.text(), "");
+}
+
+/// A handler registered under a name Discord does not document is most likely a typo: the builder
+/// says so, naming it, and still registers it (Discord adds events).
+#[actix_rt::test]
+async fn a_handler_for_an_unknown_event_name_is_warned_about() {
+    use actix::prelude::*;
+    struct Sink;
+    impl Actor for Sink {
+        type Context = Context<Self>;
+    }
+    impl Handler<shardline::Dispatch> for Sink {
+        type Result = ();
+        fn handle(&mut self, _: shardline::Dispatch, _: &mut Context<Self>) {}
+    }
+    impl Handler<shardline::DispatchBatch> for Sink {
+        type Result = ();
+        fn handle(&mut self, _: shardline::DispatchBatch, _: &mut Context<Self>) {}
+    }
+    let sink = Sink.start();
+    let logs = LogCapture::default();
+    let config = tracing::subscriber::with_default(logs.subscriber(), || {
+        Config::builder("t")
+            .handler("MESSAGE_CREATED", sink.clone().recipient())
+            .handler("MESSAGE_CREATE", sink.clone().recipient())
+            .batch_handler("GUILD_CRATE", sink.clone().recipient())
+            .build()
+    });
+    assert!(config.is_ok());
+    let text = logs.text();
+    assert_eq!(text.matches("does not document").count(), 2, "{text}");
+    assert!(
+        text.contains("event=\"MESSAGE_CREATED\"") || text.contains("event=MESSAGE_CREATED"),
+        "{text}"
+    );
+    assert!(text.contains("GUILD_CRATE"), "{text}");
+    assert!(
+        !text.contains("event=MESSAGE_CREATE ") && !text.contains("event=\"MESSAGE_CREATE\""),
+        "{text}"
+    );
 }
