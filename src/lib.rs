@@ -8,6 +8,8 @@ pub mod config;
 pub mod error;
 pub mod event;
 mod fast_hash;
+#[cfg(feature = "redis")]
+pub mod fleet;
 pub mod protocol;
 pub mod queue;
 pub mod rest;

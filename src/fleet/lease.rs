@@ -1,0 +1,289 @@
+//! Shard leases: a shard is run only by the process that holds its lease in Redis
+//! (docs/fleet.md "Ownership").
+//!
+//! A lease is a key `prefix:lease:<shard>` whose value is `owner:token` and whose TTL is the lease
+//! time. The token comes from a per-shard counter that only grows (the fencing token): whoever
+//! claims a shard after another gets a larger one, and every write made on the shard's behalf
+//! (its session) is checked against the lease's current value by Redis itself.
+//!
+//! The holder renews before the TTL runs out. It also keeps, on its own monotonic clock, the instant
+//! until which the lease is surely still its own: the time the last successful renewal was *sent*
+//! plus the lease time, less a margin for clock-rate drift. Past that instant it stops the shard
+//! without sending anything on it, whether Redis was unreachable or the process was paused
+//! (stopped by the OS, a debugger or a VM migration) and woke up late.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::Script;
+
+use crate::fleet::{FleetError, FleetRedis};
+
+/// Claims a free lease: answers the new fencing token, or 0 when the shard is held.
+/// KEYS: lease, fence counter. ARGV: owner, lease ms.
+const CLAIM: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
+return token
+"#;
+
+/// Renews a lease still held with this value: 1 when renewed, 0 when lost.
+/// KEYS: lease. ARGV: value, lease ms.
+const RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// Releases a lease still held with this value: 1 when released, 0 when it was not ours.
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#;
+
+/// The part of a lease time kept back from the holder's view of its validity: covers the rate
+/// difference between Redis's clock and this process's (both monotonic in practice, but a few
+/// percent apart at worst on a VM) and the time a stop takes to act.
+pub const SAFETY_FRACTION: u32 = 5;
+
+pub(crate) fn lease_key(redis: &FleetRedis, shard: u32) -> String {
+    redis.key(format_args!("lease:{shard}"))
+}
+
+fn fence_key(redis: &FleetRedis, shard: u32) -> String {
+    redis.key(format_args!("fence:{shard}"))
+}
+
+/// A lease this process holds on one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The shard.
+    pub shard: u32,
+    /// The fencing token: larger for every later holder of the shard.
+    pub token: u64,
+    /// The value of the lease key, `owner:token`.
+    pub value: String,
+}
+
+/// Whether a shard's lease is still this process's, readable from any thread without Redis: the
+/// instant (on this process's monotonic clock) until which it surely is.
+#[derive(Debug, Clone)]
+pub struct LeaseGuard {
+    /// Milliseconds since `origin` until which the lease holds; 0: not held.
+    valid_until_ms: Arc<AtomicU64>,
+    origin: Instant,
+}
+
+impl LeaseGuard {
+    /// A guard that holds until `valid_until`.
+    pub fn new(valid_until: Instant) -> Self {
+        let origin = Instant::now();
+        let guard = Self {
+            valid_until_ms: Arc::new(AtomicU64::new(0)),
+            origin,
+        };
+        guard.extend_to(valid_until);
+        guard
+    }
+
+    /// Whether the lease surely holds at `now`.
+    pub fn holds(&self, now: Instant) -> bool {
+        let until = self.valid_until_ms.load(Ordering::Acquire);
+        until > 0 && (now.saturating_duration_since(self.origin).as_millis() as u64) < until
+    }
+
+    /// How long from `now` the lease surely holds (zero when it does not).
+    pub fn remaining(&self, now: Instant) -> Duration {
+        let until = self.valid_until_ms.load(Ordering::Acquire);
+        let now_ms = now.saturating_duration_since(self.origin).as_millis() as u64;
+        Duration::from_millis(until.saturating_sub(now_ms))
+    }
+
+    /// Moves the end of validity to `until` (after a renewal).
+    pub fn extend_to(&self, until: Instant) {
+        let ms = until.saturating_duration_since(self.origin).as_millis() as u64;
+        self.valid_until_ms.store(ms.max(1), Ordering::Release);
+    }
+
+    /// Ends validity now (the lease was lost or released).
+    pub fn revoke(&self) {
+        self.valid_until_ms.store(0, Ordering::Release);
+    }
+}
+
+/// The leases of one owner (one process): claim, renew, release.
+#[derive(Debug, Clone)]
+pub struct Leases {
+    redis: FleetRedis,
+    owner: Arc<str>,
+    lease_time: Duration,
+}
+
+impl Leases {
+    /// Leases held by `owner` (unique per process), each valid for `lease_time` unless renewed.
+    ///
+    /// # Errors
+    /// [`FleetError::Config`] when `owner` is empty or holds a `:`, or the lease time is under 100 ms.
+    pub fn new(redis: FleetRedis, owner: &str, lease_time: Duration) -> Result<Self, FleetError> {
+        if owner.is_empty() || owner.contains(':') {
+            return Err(FleetError::Config(
+                "owner",
+                format!("{owner:?} must be non-empty and hold no ':'"),
+            ));
+        }
+        if lease_time < Duration::from_millis(100) {
+            return Err(FleetError::Config(
+                "lease time",
+                format!("{lease_time:?} is under 100 ms"),
+            ));
+        }
+        Ok(Self {
+            redis,
+            owner: owner.into(),
+            lease_time,
+        })
+    }
+
+    /// This owner's name.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The lease time.
+    pub fn lease_time(&self) -> Duration {
+        self.lease_time
+    }
+
+    /// How long after a renewal was sent the holder still counts on it.
+    pub fn trusted_for(&self) -> Duration {
+        self.lease_time - self.lease_time / SAFETY_FRACTION
+    }
+
+    /// Claims `shard` if no one holds it. Answers the lease, and the instant (this process's
+    /// clock) until which it surely holds.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn claim(&self, shard: u32) -> Result<Option<(Lease, Instant)>, FleetError> {
+        let sent = Instant::now();
+        let token: u64 = Script::new(CLAIM)
+            .key(lease_key(&self.redis, shard))
+            .key(fence_key(&self.redis, shard))
+            .arg(&*self.owner)
+            .arg(self.lease_time.as_millis() as u64)
+            .invoke_async(&mut self.redis.conn())
+            .await?;
+        Ok((token > 0).then(|| {
+            (
+                Lease {
+                    shard,
+                    token,
+                    value: format!("{}:{token}", self.owner),
+                },
+                sent + self.trusted_for(),
+            )
+        }))
+    }
+
+    /// Renews `lease`. Answers the instant until which it surely holds, or `None` when it was lost
+    /// (another process holds the shard now).
+    ///
+    /// # Errors
+    /// When Redis cannot be reached: the lease may or may not still hold.
+    pub async fn renew(&self, lease: &Lease) -> Result<Option<Instant>, FleetError> {
+        let sent = Instant::now();
+        let renewed: u8 = Script::new(RENEW)
+            .key(lease_key(&self.redis, lease.shard))
+            .arg(&lease.value)
+            .arg(self.lease_time.as_millis() as u64)
+            .invoke_async(&mut self.redis.conn())
+            .await?;
+        Ok((renewed == 1).then(|| sent + self.trusted_for()))
+    }
+
+    /// Renews many leases in one round trip; answers, per lease in order, as [`renew`](Self::renew).
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn renew_all(&self, leases: &[Lease]) -> Result<Vec<Option<Instant>>, FleetError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sent = Instant::now();
+        let script = Script::new(RENEW);
+        let mut pipe = redis::pipe();
+        // Loaded in the same round trip: a restarted Redis has forgotten every script.
+        pipe.load_script(&script).ignore();
+        for lease in leases {
+            let mut call = script.prepare_invoke();
+            call.key(lease_key(&self.redis, lease.shard))
+                .arg(&lease.value)
+                .arg(self.lease_time.as_millis() as u64);
+            pipe.invoke_script(&call);
+        }
+        let renewed: Vec<u8> = pipe.query_async(&mut self.redis.conn()).await?;
+        let until = sent + self.trusted_for();
+        Ok(renewed
+            .into_iter()
+            .map(|r| (r == 1).then_some(until))
+            .collect())
+    }
+
+    /// Releases `lease` (after its shard was closed), so another process can claim it at once.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached (the lease then ends with its TTL).
+    pub async fn release(&self, lease: &Lease) -> Result<bool, FleetError> {
+        let released: u8 = Script::new(RELEASE)
+            .key(lease_key(&self.redis, lease.shard))
+            .arg(&lease.value)
+            .invoke_async(&mut self.redis.conn())
+            .await?;
+        Ok(released == 1)
+    }
+
+    /// Who holds `shard` now (`owner:token`), if anyone.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn holder(&self, shard: u32) -> Result<Option<String>, FleetError> {
+        let value: Option<String> = redis::cmd("GET")
+            .arg(lease_key(&self.redis, shard))
+            .query_async(&mut self.redis.conn())
+            .await?;
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guard_holds_until_its_instant_and_not_after() {
+        let start = Instant::now();
+        let guard = LeaseGuard::new(start + Duration::from_secs(10));
+        assert!(guard.holds(start));
+        assert!(guard.holds(start + Duration::from_millis(9_990)));
+        assert!(!guard.holds(start + Duration::from_secs(10)));
+        assert!(!guard.holds(start + Duration::from_secs(3600)));
+        guard.extend_to(start + Duration::from_secs(20));
+        assert!(guard.holds(start + Duration::from_secs(15)));
+        guard.revoke();
+        assert!(!guard.holds(start));
+        assert_eq!(guard.remaining(start), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_guard_made_for_the_past_never_holds() {
+        let guard = LeaseGuard::new(Instant::now());
+        assert!(!guard.holds(Instant::now() + Duration::from_millis(1)));
+    }
+}
