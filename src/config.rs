@@ -184,6 +184,8 @@ pub struct Config {
     pub(crate) events: Vec<Recipient<ShardEvent>>,
     pub(crate) sessions: Arc<dyn SessionStore>,
     pub(crate) identify_queue: Option<Arc<dyn IdentifyQueue>>,
+    /// Shards start only when a fleet's lease keeper hands them over.
+    pub(crate) dynamic_shards: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -267,6 +269,7 @@ impl ConfigBuilder {
                 events: Vec::new(),
                 sessions: Arc::new(MemorySessionStore::new()),
                 identify_queue: None,
+                dynamic_shards: false,
             },
             intent_bits: 0,
             large_threshold: 50,

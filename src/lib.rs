@@ -10,6 +10,7 @@ pub mod event;
 mod fast_hash;
 #[cfg(feature = "redis")]
 pub mod fleet;
+pub mod ownership;
 pub mod protocol;
 pub mod queue;
 pub mod rest;

@@ -11,12 +11,13 @@ use futures_util::future::join_all;
 
 use crate::config::{Config, ShardPlan, DEFAULT_GATEWAY_URL};
 use crate::error::{FatalError, StartError};
+use crate::ownership::LeaseGuard;
 use crate::protocol::{Command, CommandError};
 use crate::queue::{IdentifyQueue, LocalIdentifyQueue, SESSION_START_PERIOD};
 use crate::rest::{self, GatewayBot};
 use crate::shard::actor::ShardShared;
 use crate::shard::backoff::ReconnectBackoff;
-use crate::shard::messages::{GetStatus, SendCommand, ShardNotice, ShardStatus, Shutdown};
+use crate::shard::messages::{Abandon, GetStatus, SendCommand, ShardNotice, ShardStatus, Shutdown};
 use crate::shard::state::IdentifyParams;
 use crate::shard::{Phase, ShardActor};
 
@@ -32,6 +33,13 @@ struct Slot {
     restarts: u32,
     backoff: ReconnectBackoff,
     restart_timer: Option<SpawnHandle>,
+    /// In a fleet, the shard's lease as this process holds it; `None` while not held (the shard
+    /// is not run here) or outside a fleet.
+    guard: Option<LeaseGuard>,
+    /// Whether the shard is run here: always outside a fleet, while its lease is held in one.
+    held: bool,
+    /// Told when the shard's actor has stopped (its connection is gone with it).
+    on_stopped: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// The supervisor of every shard this process runs. Start it with [`Gateway::start`].
@@ -43,6 +51,8 @@ pub struct Supervisor {
     shutting_down: bool,
     ever_ready: std::collections::HashSet<u32>,
     started_at: std::time::Instant,
+    /// Shards start only when a fleet's lease keeper hands them over ([`Acquire`]).
+    dynamic: bool,
 }
 
 /// What the runtime resolved at start: the plan, the gateway URL and the identify limits.
@@ -125,8 +135,9 @@ impl Supervisor {
         let shared = self.shared.clone();
         let total = self.total;
         let me = ctx.address().recipient();
+        let guard = slot.guard.clone();
         let addr = ShardActor::start_in_arbiter(&self.arbiters[slot.arbiter].handle(), move |_| {
-            ShardActor::new(id, total, shared, Some(me))
+            ShardActor::new(id, total, shared, Some(me), guard)
         });
         slot.addr = Some(addr);
     }
@@ -138,7 +149,7 @@ impl Supervisor {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        if slot.restart_timer.is_some() || slot.stopped || slot.fatal.is_some() {
+        if slot.restart_timer.is_some() || slot.stopped || slot.fatal.is_some() || !slot.held {
             return;
         }
         slot.addr = None;
@@ -172,8 +183,10 @@ impl Actor for Supervisor {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Ascending ids are bucket order: 0..mc-1 first, then mc..2mc-1, … (docs/protocol.md §5).
         let ids: Vec<u32> = self.slots.keys().copied().collect();
-        for id in ids {
-            self.start_shard(id, ctx);
+        if !self.dynamic {
+            for id in ids {
+                self.start_shard(id, ctx);
+            }
         }
         ctx.run_interval(LIVENESS_CHECK, |act, ctx| act.check_liveness(ctx));
     }
@@ -199,6 +212,9 @@ impl Handler<ShardNotice> for Supervisor {
                 let Some(slot) = self.slots.get_mut(&id) else {
                     return;
                 };
+                for waiter in slot.on_stopped.drain(..) {
+                    let _ = waiter.send(());
+                }
                 if let Some(fatal) = fatal {
                     tracing::error!(shard.id = id, error = %fatal, "shard stopped for good");
                     slot.fatal = Some(fatal);
@@ -280,6 +296,7 @@ impl Handler<GetStatuses> for Supervisor {
         let queries: Vec<_> = self
             .slots
             .iter()
+            .filter(|(_, slot)| slot.held || slot.fatal.is_some())
             .map(|(&id, slot)| {
                 let addr = slot.addr.clone();
                 let fallback = ShardStatus {
@@ -512,6 +529,9 @@ impl Gateway {
                     restarts: 0,
                     backoff: ReconnectBackoff::new(&config.backoff),
                     restart_timer: None,
+                    guard: None,
+                    held: !config.dynamic_shards,
+                    on_stopped: Vec::new(),
                 };
                 (id, slot)
             })
@@ -531,6 +551,7 @@ impl Gateway {
             shutting_down: false,
             ever_ready: Default::default(),
             started_at: std::time::Instant::now(),
+            dynamic: config.dynamic_shards,
         }
         .start();
         Ok(Self {
@@ -578,5 +599,101 @@ impl Gateway {
     /// Shuts every shard down and waits until their connections are closed.
     pub async fn shutdown(&self, resumable: bool) {
         let _ = self.supervisor.send(ShutdownAll { resumable }).await;
+    }
+}
+
+/// A fleet's lease keeper hands this process a shard: start it, guarded by its lease.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Acquire {
+    pub id: u32,
+    pub guard: LeaseGuard,
+}
+
+/// How a shard leaves this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Release {
+    /// Handed over: closed resumably (4000), its session flushed for the next owner.
+    HandOver,
+    /// The lease is gone: the connection is dropped without a frame.
+    Abandon,
+}
+
+/// Stops a shard this process no longer runs; answers once its actor has stopped.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub(crate) struct ReleaseShard {
+    pub id: u32,
+    pub how: Release,
+}
+
+impl Handler<Acquire> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, Acquire { id, guard }: Acquire, ctx: &mut Self::Context) {
+        if self.shutting_down {
+            return;
+        }
+        let Some(slot) = self.slots.get_mut(&id) else {
+            tracing::warn!(
+                shard.id = id,
+                "lease handed over for a shard outside the plan"
+            );
+            return;
+        };
+        if let Some(old) = slot.addr.take() {
+            // A stale actor of an earlier lease: it must not outlive the guard it was given.
+            old.do_send(Abandon);
+        }
+        if let Some(timer) = slot.restart_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        slot.guard = Some(guard);
+        slot.held = true;
+        slot.stopped = false;
+        slot.fatal = None;
+        slot.backoff.reset();
+        self.start_shard(id, ctx);
+    }
+}
+
+impl Handler<ReleaseShard> for Supervisor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(
+        &mut self,
+        ReleaseShard { id, how }: ReleaseShard,
+        ctx: &mut Self::Context,
+    ) -> Self::Result {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return Box::pin(async {});
+        };
+        slot.held = false;
+        if let Some(timer) = slot.restart_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        if let Some(guard) = slot.guard.take() {
+            if how == Release::Abandon {
+                guard.revoke();
+            }
+        }
+        let Some(addr) = slot.addr.take().filter(|a| a.connected()) else {
+            return Box::pin(async {});
+        };
+        // Answered once the actor has stopped, not merely when it took the message: the next
+        // owner must not connect while this connection is still being torn down.
+        let (stopped, on_stopped) = tokio::sync::oneshot::channel();
+        slot.on_stopped.push(stopped);
+        Box::pin(async move {
+            match how {
+                Release::HandOver => {
+                    let _ = addr.send(Shutdown { resumable: true }).await;
+                }
+                Release::Abandon => {
+                    let _ = addr.send(Abandon).await;
+                }
+            }
+            let _ = on_stopped.await;
+        })
     }
 }

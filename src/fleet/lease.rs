@@ -12,13 +12,13 @@
 //! without sending anything on it, whether Redis was unreachable or the process was paused
 //! (stopped by the OS, a debugger or a VM migration) and woke up late.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::Script;
 
 use crate::fleet::{FleetError, FleetRedis};
+pub use crate::ownership::LeaseGuard;
 
 /// Claims a free lease: answers the new fencing token, or 0 when the shard is held.
 /// KEYS: lease, fence counter. ARGV: owner, lease ms.
@@ -70,52 +70,6 @@ pub struct Lease {
     pub token: u64,
     /// The value of the lease key, `owner:token`.
     pub value: String,
-}
-
-/// Whether a shard's lease is still this process's, readable from any thread without Redis: the
-/// instant (on this process's monotonic clock) until which it surely is.
-#[derive(Debug, Clone)]
-pub struct LeaseGuard {
-    /// Milliseconds since `origin` until which the lease holds; 0: not held.
-    valid_until_ms: Arc<AtomicU64>,
-    origin: Instant,
-}
-
-impl LeaseGuard {
-    /// A guard that holds until `valid_until`.
-    pub fn new(valid_until: Instant) -> Self {
-        let origin = Instant::now();
-        let guard = Self {
-            valid_until_ms: Arc::new(AtomicU64::new(0)),
-            origin,
-        };
-        guard.extend_to(valid_until);
-        guard
-    }
-
-    /// Whether the lease surely holds at `now`.
-    pub fn holds(&self, now: Instant) -> bool {
-        let until = self.valid_until_ms.load(Ordering::Acquire);
-        until > 0 && (now.saturating_duration_since(self.origin).as_millis() as u64) < until
-    }
-
-    /// How long from `now` the lease surely holds (zero when it does not).
-    pub fn remaining(&self, now: Instant) -> Duration {
-        let until = self.valid_until_ms.load(Ordering::Acquire);
-        let now_ms = now.saturating_duration_since(self.origin).as_millis() as u64;
-        Duration::from_millis(until.saturating_sub(now_ms))
-    }
-
-    /// Moves the end of validity to `until` (after a renewal).
-    pub fn extend_to(&self, until: Instant) {
-        let ms = until.saturating_duration_since(self.origin).as_millis() as u64;
-        self.valid_until_ms.store(ms.max(1), Ordering::Release);
-    }
-
-    /// Ends validity now (the lease was lost or released).
-    pub fn revoke(&self) {
-        self.valid_until_ms.store(0, Ordering::Release);
-    }
 }
 
 /// The leases of one owner (one process): claim, renew, release.
@@ -259,31 +213,5 @@ impl Leases {
             .query_async(&mut self.redis.conn())
             .await?;
         Ok(value)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_guard_holds_until_its_instant_and_not_after() {
-        let start = Instant::now();
-        let guard = LeaseGuard::new(start + Duration::from_secs(10));
-        assert!(guard.holds(start));
-        assert!(guard.holds(start + Duration::from_millis(9_990)));
-        assert!(!guard.holds(start + Duration::from_secs(10)));
-        assert!(!guard.holds(start + Duration::from_secs(3600)));
-        guard.extend_to(start + Duration::from_secs(20));
-        assert!(guard.holds(start + Duration::from_secs(15)));
-        guard.revoke();
-        assert!(!guard.holds(start));
-        assert_eq!(guard.remaining(start), Duration::ZERO);
-    }
-
-    #[test]
-    fn a_guard_made_for_the_past_never_holds() {
-        let guard = LeaseGuard::new(Instant::now());
-        assert!(!guard.holds(Instant::now() + Duration::from_millis(1)));
     }
 }

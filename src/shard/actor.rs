@@ -19,6 +19,7 @@ use futures_util::stream::StreamExt;
 use crate::config::{Compression, Limits, SlowHandlers, Timeouts};
 use crate::error::FatalError;
 use crate::event::ShardEvent;
+use crate::ownership::LeaseGuard;
 use crate::protocol::{CommandError, Envelope};
 use crate::queue::IdentifyQueue;
 use crate::router::{Dispatch, DispatchBatch, Router};
@@ -27,7 +28,7 @@ use crate::shard::backoff::ReconnectBackoff;
 use crate::shard::heartbeat_grid;
 use crate::shard::inflate::Inflater;
 use crate::shard::limiter::CommandLimiter;
-use crate::shard::messages::{GetStatus, SendCommand, ShardNotice, ShardStatus, Shutdown};
+use crate::shard::messages::{Abandon, GetStatus, SendCommand, ShardNotice, ShardStatus, Shutdown};
 use crate::shard::pause::{Pausable, PauseGate};
 use crate::shard::state::{Action, IdentifyParams, Phase, SendKind, ShardState};
 use actix::dev::SendError;
@@ -192,6 +193,9 @@ pub struct ShardActor {
     close_code: Option<u16>,
     /// Set when the gateway has answered our close during a shutdown.
     peer_closed: Rc<std::cell::Cell<bool>>,
+    /// In a fleet, whether this process still holds the shard's lease: nothing is written to the
+    /// connection once it does not (docs/fleet.md "Ownership").
+    guard: Option<LeaseGuard>,
     span: tracing::Span,
 }
 
@@ -204,6 +208,7 @@ impl ShardActor {
         total: u32,
         shared: Arc<ShardShared>,
         supervisor: Option<Recipient<ShardNotice>>,
+        guard: Option<LeaseGuard>,
     ) -> Self {
         let session = shared.sessions.load(id);
         let state = ShardState::new(id, total, shared.params.clone(), session);
@@ -235,6 +240,7 @@ impl ShardActor {
             reading: Rc::new(PauseGate::default()),
             close_code: None,
             peer_closed: Rc::new(std::cell::Cell::new(false)),
+            guard,
             span: tracing::info_span!("shard", shard.id = id, shard.total = total),
         }
     }
@@ -395,6 +401,9 @@ impl ShardActor {
             Some(Ok(Frame::Binary(bytes))) => self.on_binary(bytes),
             Some(Ok(Frame::Continuation(item))) => self.on_continuation(item),
             Some(Ok(Frame::Ping(payload))) => {
+                if !self.may_write(ctx) {
+                    return;
+                }
                 if let Some(conn) = &mut self.conn {
                     let _ = conn.sink.write(WsMessage::Pong(payload));
                 }
@@ -682,6 +691,9 @@ impl ShardActor {
     }
 
     fn send(&mut self, text: String, kind: SendKind, ctx: &mut Context<Self>) {
+        if !self.may_write(ctx) {
+            return;
+        }
         let Some(conn) = &mut self.conn else { return };
         let now = Instant::now();
         let allowed = match kind {
@@ -758,7 +770,7 @@ impl ShardActor {
 
     /// Sends queued commands while the limiter allows; schedules itself for when it next will.
     fn flush_commands(&mut self, ctx: &mut Context<Self>) {
-        if self.state.phase() != Phase::Ready {
+        if self.state.phase() != Phase::Ready || !self.may_write(ctx) {
             return;
         }
         let Some(conn) = &mut self.conn else { return };
@@ -808,6 +820,10 @@ impl Actor for ShardActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let _span = self.span.clone().entered();
+        if !self.may_write(ctx) {
+            return;
+        }
+        self.watch_guard(ctx);
         self.connect(ctx);
     }
 
@@ -883,6 +899,65 @@ impl Handler<SendCommand> for ShardActor {
         self.queued.push_back(frame);
         self.flush_commands(ctx);
         Ok(())
+    }
+}
+
+impl ShardActor {
+    /// Whether this process may still write to the shard's connection; when it may not (the lease
+    /// is gone), the shard is abandoned on the spot.
+    fn may_write(&mut self, ctx: &mut Context<Self>) -> bool {
+        match &self.guard {
+            Some(guard) if !guard.holds(Instant::now()) => {
+                self.abandon(ctx);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Stops the shard when its lease runs out unrenewed, even if nothing was about to be written.
+    fn watch_guard(&mut self, ctx: &mut Context<Self>) {
+        let Some(guard) = &self.guard else { return };
+        let left = guard.remaining(Instant::now());
+        ctx.run_later(left + Duration::from_millis(1), |act, ctx| {
+            if act.may_write(ctx) {
+                act.watch_guard(ctx);
+            }
+        });
+    }
+
+    /// Drops the connection without a frame and stops: another process owns the shard now, and
+    /// anything sent (a heartbeat, a close code) could disturb its connection. The session stays
+    /// in the store for the new owner to resume.
+    fn abandon(&mut self, ctx: &mut Context<Self>) {
+        if self.deliberate_stop {
+            return;
+        }
+        let _span = self.span.clone().entered();
+        tracing::warn!("lease lost: dropping the connection without a frame and stopping");
+        self.deliberate_stop = true;
+        self.state.shutdown(true);
+        if let Some(handle) = self.reconnect_timer.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(conn) = self.conn.take() {
+            for handle in [conn.heartbeat, conn.deadline, Some(conn.reader)]
+                .into_iter()
+                .flatten()
+            {
+                ctx.cancel_future(handle);
+            }
+            ctx.cancel_future(conn.sink.handle());
+        }
+        ctx.stop();
+    }
+}
+
+impl Handler<Abandon> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Abandon, ctx: &mut Self::Context) {
+        self.abandon(ctx);
     }
 }
 

@@ -66,3 +66,9 @@ pub(crate) enum ShardNotice {
         deliberate: bool,
     },
 }
+
+/// The shard's lease moved to another process (or could not be renewed in time): stop at once,
+/// dropping the connection without sending anything on it, not even a close frame.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Abandon;
