@@ -213,3 +213,78 @@ pub(crate) fn ws_client(tls: &Tls) -> awc::Client {
 pub(crate) fn rest_client(tls: &Tls, timeout: Duration) -> awc::Client {
     client(tls, Some(timeout))
 }
+
+#[cfg(all(test, feature = "rustls", feature = "testkit"))]
+mod tests {
+    use super::*;
+
+    fn clients_on_this_thread() -> usize {
+        CLIENTS.with(|clients| clients.borrow().len())
+    }
+
+    #[test]
+    fn clients_never_touch_the_process_wide_crypto_provider() {
+        // rustls' `ClientConfig::builder()` (which awc's default-roots connector calls) installs
+        // the provider of its crate features as the process default, and panics where two are
+        // enabled: a default still unset after building clients shows neither path was taken.
+        actix_rt::System::new().block_on(async {
+            let tls = Tls::with_roots(&[]).unwrap();
+            let _ = ws_client(&tls);
+            let _ = rest_client(&tls, Duration::from_secs(1));
+        });
+        assert!(rustls::crypto::CryptoProvider::get_default().is_none());
+    }
+
+    #[test]
+    fn the_client_config_offers_http_1_1_only_and_trusts_webpki_and_added_roots() {
+        let default = Tls::default().client_config().unwrap();
+        assert_eq!(default.alpn_protocols, [b"http/1.1".to_vec()]);
+        assert!(Arc::ptr_eq(
+            &Tls::with_roots(&[]).unwrap().0,
+            &Tls::default().0
+        ));
+        let der = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .unwrap()
+            .cert
+            .der()
+            .to_vec();
+        let with_root = Tls::with_roots(&[RootCertificate::Der(der)]).unwrap();
+        assert_ne!(with_root.0.id, Tls::default().0.id);
+        assert_eq!(with_root.0.extra_roots.len(), 1);
+        assert!(with_root.client_config().is_ok());
+    }
+
+    #[test]
+    fn each_tls_setting_gets_its_own_client_and_gone_ones_are_dropped() {
+        let der = || {
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+                .unwrap()
+                .cert
+                .der()
+                .to_vec()
+        };
+        std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async {
+                let webpki = Tls::default();
+                let custom = Tls::with_roots(&[RootCertificate::Der(der())]).unwrap();
+                let _ = ws_client(&webpki);
+                let _ = ws_client(&webpki.clone());
+                assert_eq!(clients_on_this_thread(), 1);
+                let _ = ws_client(&custom);
+                assert_eq!(clients_on_this_thread(), 2);
+                drop(custom);
+                let other = Tls::with_roots(&[RootCertificate::Der(der())]).unwrap();
+                let _ = ws_client(&other);
+                // The dropped settings' client went; the live ones stay.
+                assert_eq!(clients_on_this_thread(), 2);
+                CLIENTS.with(|clients| {
+                    let clients = clients.borrow();
+                    assert!(clients.contains_key(&webpki.0.id));
+                    assert!(clients.contains_key(&other.0.id));
+                });
+            })
+        })
+        .join()
+        .unwrap();
+    }
+}

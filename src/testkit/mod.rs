@@ -323,9 +323,9 @@ impl FakeGateway {
     /// In TLS mode, how many TLS handshakes clients began (ClientHellos received), whether or not
     /// they completed: a client that refuses the certificate is counted too. Always 0 otherwise.
     pub fn tls_handshakes(&self) -> usize {
-        self.tls
-            .as_ref()
-            .map_or(0, |t| t.handshakes.load(std::sync::atomic::Ordering::SeqCst))
+        self.tls.as_ref().map_or(0, |t| {
+            t.handshakes.load(std::sync::atomic::Ordering::SeqCst)
+        })
     }
 
     /// Stops the server and drops every connection.
