@@ -59,11 +59,21 @@ impl Default for Tls {
     /// the same per-thread client.
     fn default() -> Self {
         static DEFAULT: OnceLock<Tls> = OnceLock::new();
-        DEFAULT.get_or_init(|| Self::new(Vec::new())).clone()
+        DEFAULT.get_or_init(Self::no_extra_roots).clone()
     }
 }
 
 impl Tls {
+    #[cfg(feature = "rustls")]
+    fn no_extra_roots() -> Self {
+        Self::new(Vec::new())
+    }
+
+    #[cfg(not(feature = "rustls"))]
+    fn no_extra_roots() -> Self {
+        Self::new()
+    }
+
     fn new(#[cfg(feature = "rustls")] extra_roots: Vec<CertificateDer<'static>>) -> Self {
         Self(Arc::new(TlsInner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
