@@ -186,6 +186,8 @@ pub struct Config {
     pub(crate) identify_queue: Option<Arc<dyn IdentifyQueue>>,
     /// Shards start only when a fleet's lease keeper hands them over.
     pub(crate) dynamic_shards: bool,
+    /// The TLS settings of the websockets and `GET /gateway/bot`.
+    pub(crate) tls: crate::shard::client::Tls,
 }
 
 impl std::fmt::Debug for Config {
@@ -241,6 +243,7 @@ pub struct ConfigBuilder {
     intent_bits: u64,
     large_threshold: u16,
     router: Router,
+    root_certificates: Vec<crate::shard::client::RootCertificate>,
 }
 
 impl ConfigBuilder {
@@ -270,10 +273,12 @@ impl ConfigBuilder {
                 sessions: Arc::new(MemorySessionStore::new()),
                 identify_queue: None,
                 dynamic_shards: false,
+                tls: crate::shard::client::Tls::default(),
             },
             intent_bits: 0,
             large_threshold: 50,
             router: Router::default(),
+            root_certificates: Vec::new(),
         }
     }
 
@@ -501,6 +506,33 @@ impl ConfigBuilder {
         self
     }
 
+    /// Trusts a root certificate (DER) for `wss://` and `https://`, on top of the webpki roots
+    /// (Mozilla's): for a corporate TLS proxy or a test server. Server certificates are always
+    /// verified; there is no way to turn that off. A certificate that does not parse is a
+    /// [`ConfigError::InvalidRootCertificate`] from [`build`](Self::build).
+    ///
+    /// Configs with different roots never share a connection pool, even in one process.
+    ///
+    /// ```
+    /// use shardline::{Config, ConfigError};
+    /// let err = Config::builder("t").add_root_certificate(b"not DER".to_vec()).build().unwrap_err();
+    /// assert!(matches!(err, ConfigError::InvalidRootCertificate { index: 0, .. }));
+    /// ```
+    pub fn add_root_certificate(mut self, der: Vec<u8>) -> Self {
+        self.root_certificates
+            .push(crate::shard::client::RootCertificate::Der(der));
+        self
+    }
+
+    /// [`add_root_certificate`](Self::add_root_certificate) for every certificate of a PEM bundle
+    /// (`-----BEGIN CERTIFICATE-----` blocks; other blocks are skipped). A bundle without a
+    /// certificate is an error from [`build`](Self::build).
+    pub fn add_root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certificates
+            .push(crate::shard::client::RootCertificate::Pem(pem.into()));
+        self
+    }
+
     /// Checks everything and returns the config.
     pub fn build(self) -> Result<Config, ConfigError> {
         let mut config = self.config;
@@ -598,6 +630,7 @@ impl ConfigBuilder {
         if config.identify_window.is_zero() {
             return Err(ConfigError::InvalidLimit("identify_window", "zero".into()));
         }
+        config.tls = crate::shard::client::Tls::with_roots(&self.root_certificates)?;
         config.router = Arc::new(self.router.finish());
         Ok(config)
     }

@@ -32,6 +32,15 @@ pub enum ConfigError {
     InvalidUrl(&'static str, String),
     /// A limit or timeout is zero or out of its range (which one, then why).
     InvalidLimit(&'static str, String),
+    /// A root certificate added to the config is not one (its index among those added, then why).
+    InvalidRootCertificate {
+        /// Which one, counted from 0 in the order they were added.
+        index: usize,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// rustls refused the TLS client configuration.
+    Tls(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -51,6 +60,13 @@ impl fmt::Display for ConfigError {
             Self::ZeroArbiters => f.write_str("the number of arbiters must be at least 1"),
             Self::InvalidUrl(what, why) => write!(f, "invalid {what}: {why}"),
             Self::InvalidLimit(what, why) => write!(f, "invalid {what}: {why}"),
+            Self::InvalidRootCertificate { index, reason } => {
+                write!(
+                    f,
+                    "root certificate #{index} is not a valid certificate: {reason}"
+                )
+            }
+            Self::Tls(why) => write!(f, "TLS client configuration: {why}"),
         }
     }
 }

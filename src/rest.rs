@@ -1,11 +1,9 @@
 //! The one REST call the runtime makes: `GET /gateway/bot` (docs/protocol.md §1).
 
-use std::time::Duration;
-
 use serde::Deserialize;
 
+use crate::config::Config;
 use crate::error::RestError;
-use crate::token::Token;
 
 /// The answer of `GET /gateway/bot`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -31,14 +29,12 @@ pub struct SessionStartLimit {
     pub max_concurrency: u32,
 }
 
-/// Calls `GET {api_base}/gateway/bot` with the bot's token.
-pub async fn gateway_bot(
-    api_base: &str,
-    token: &Token,
-    timeout: Duration,
-) -> Result<GatewayBot, RestError> {
-    let url = format!("{}/gateway/bot", api_base.trim_end_matches('/'));
-    let client = awc::Client::builder().timeout(timeout).finish();
+/// Calls `GET {api_base}/gateway/bot` with the config's token, over the config's TLS settings (the
+/// same roots as the shards), with its connect timeout for the whole request.
+pub async fn gateway_bot(config: &Config) -> Result<GatewayBot, RestError> {
+    let url = format!("{}/gateway/bot", config.api_base.trim_end_matches('/'));
+    let token = &config.token;
+    let client = crate::shard::client::rest_client(&config.tls, config.timeouts.connect);
     let mut response = client
         .get(url.as_str())
         .insert_header(("Authorization", format!("Bot {}", token.expose())))

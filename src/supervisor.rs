@@ -75,7 +75,7 @@ async fn resolve(config: &Config) -> Result<ResolvedPlan, StartError> {
         || config.gateway_url.is_none()
         || (config.max_concurrency.is_none() && config.identify_queue.is_none());
     let gateway_bot = if needs_rest {
-        Some(rest::gateway_bot(&config.api_base, &config.token, config.timeouts.connect).await?)
+        Some(rest::gateway_bot(config).await?)
     } else {
         None
     };
@@ -513,6 +513,7 @@ impl Gateway {
             handshakes: Arc::new(tokio::sync::Semaphore::new(
                 config.limits.concurrent_handshakes,
             )),
+            tls: config.tls.clone(),
         });
         let arbiter_count = config.arbiters.min(plan.ids.len()).max(1);
         let arbiters: Vec<Arbiter> = (0..arbiter_count).map(|_| Arbiter::new()).collect();

@@ -53,16 +53,8 @@ pub(crate) struct ShardShared {
     pub events: Vec<Recipient<ShardEvent>>,
     /// Permits for handshakes in flight (`Limits::concurrent_handshakes`).
     pub handshakes: Arc<tokio::sync::Semaphore>,
-}
-
-thread_local! {
-    // awc's client is not Send: one per arbiter thread. Its connector's default limit of 100
-    // connections would hold shard 101 back forever, since a websocket keeps its slot for life.
-    static CLIENT: awc::Client = awc::Client::builder()
-        .connector(awc::Connector::new().limit(0))
-        .max_http_version(awc::http::Version::HTTP_11)
-        .disable_timeout()
-        .finish();
+    /// The TLS settings of every connection (the thread's client for them).
+    pub tls: crate::shard::client::Tls,
 }
 
 /// A connection's transport decompression (docs/protocol.md §6): a fresh context per connection.
@@ -258,11 +250,14 @@ impl ShardActor {
         let max_frame = self.shared.limits.max_message_size;
         let timeout = self.shared.timeouts.connect;
         let handshakes = self.shared.handshakes.clone();
+        let tls = self.shared.tls.clone();
         let connecting = async move {
             // Held until the upgrade is done (or failed): the timeout covers the handshake, not the
             // wait for a turn.
             let _turn = handshakes.acquire_owned().await;
-            let request = CLIENT.with(|c| c.ws(url.as_str()).max_frame_size(max_frame));
+            let request = crate::shard::client::ws_client(&tls)
+                .ws(url.as_str())
+                .max_frame_size(max_frame);
             actix_rt::time::timeout(timeout, request.connect()).await
         };
         ctx.spawn(connecting.into_actor(self).map(move |result, act, ctx| {

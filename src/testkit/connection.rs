@@ -486,7 +486,7 @@ impl Conn {
         let resume_url = config
             .resume_url
             .clone()
-            .unwrap_or_else(|| format!("ws://127.0.0.1:{}/resume", state.port));
+            .unwrap_or_else(|| format!("{}/resume", state.ws_base()));
         let guild_ids: Vec<String> = (0..config.guilds_per_shard)
             .map(|n| {
                 (((u64::from(n) * u64::from(total) + u64::from(shard)) << 22)

@@ -28,6 +28,7 @@ mod compress;
 mod connection;
 mod server;
 mod state;
+mod tls;
 mod wire;
 
 use std::ops::RangeInclusive;
@@ -70,7 +71,8 @@ pub struct FakeConfig {
     pub guilds_per_shard: u32,
     /// Dispatches kept per session for replay (default 100 000); a resume from further back → op 9.
     pub replay_capacity: usize,
-    /// Overrides `resume_gateway_url` in READY (default `ws://127.0.0.1:PORT/resume`).
+    /// Overrides `resume_gateway_url` in READY (default `ws://127.0.0.1:PORT/resume`, or
+    /// `wss://localhost:PORT/resume` in TLS mode).
     pub resume_url: Option<String>,
     /// Sends every message longer than this as continuation frames of this size (default off).
     pub fragment_size: Option<usize>,
@@ -214,6 +216,7 @@ pub struct FakeGateway {
     state: Arc<Mutex<State>>,
     server: actix_web::dev::ServerHandle,
     port: u16,
+    tls: Option<Arc<tls::FakeTls>>,
 }
 
 impl FakeGateway {
@@ -224,7 +227,46 @@ impl FakeGateway {
 
     /// Starts on `port` of 127.0.0.1 (0: any free one).
     pub async fn start_on(config: FakeConfig, port: u16) -> std::io::Result<Self> {
-        let data = web::Data::new(Mutex::new(State::new(config)));
+        Self::start_with(config, port, None).await
+    }
+
+    /// Starts in TLS mode on a free port of 127.0.0.1: the websocket and `GET /gateway/bot` are
+    /// served over TLS only, at `wss://localhost:PORT` and `https://localhost:PORT/api/v10`, with a
+    /// certificate for `localhost` and `127.0.0.1` signed by a CA generated here. A client trusts
+    /// it with [`ca_certificate_der`](Self::ca_certificate_der).
+    ///
+    /// ```no_run
+    /// # actix_rt::System::new().block_on(async {
+    /// use shardline::testkit::{FakeConfig, FakeGateway};
+    /// use shardline::Config;
+    ///
+    /// let fake = FakeGateway::start_tls(FakeConfig::default()).await.unwrap();
+    /// let config = Config::builder("fake-token")
+    ///     .api_base(fake.api_base())
+    ///     .add_root_certificate(fake.ca_certificate_der().unwrap())
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = config;
+    /// # });
+    /// ```
+    pub async fn start_tls(config: FakeConfig) -> std::io::Result<Self> {
+        Self::start_tls_on(config, 0).await
+    }
+
+    /// [`start_tls`](Self::start_tls) on `port` (0: any free one).
+    pub async fn start_tls_on(config: FakeConfig, port: u16) -> std::io::Result<Self> {
+        let (fake_tls, server_config) = tls::generate()?;
+        Self::start_with(config, port, Some((fake_tls, server_config))).await
+    }
+
+    async fn start_with(
+        config: FakeConfig,
+        port: u16,
+        tls: Option<(tls::FakeTls, rustls::ServerConfig)>,
+    ) -> std::io::Result<Self> {
+        let mut state = State::new(config);
+        state.tls = tls.is_some();
+        let data = web::Data::new(Mutex::new(state));
         let state: Arc<Mutex<State>> = data.clone().into_inner();
         let app_data = data.clone();
         let server = HttpServer::new(move || {
@@ -234,18 +276,25 @@ impl FakeGateway {
         })
         .workers(1)
         .disable_signals()
-        .shutdown_timeout(0)
-        .bind(("127.0.0.1", port))?;
+        .shutdown_timeout(0);
+        let (server, tls) = match tls {
+            None => (server.bind(("127.0.0.1", port))?, None),
+            Some((fake_tls, server_config)) => (
+                server.bind_rustls_0_23(("127.0.0.1", port), server_config)?,
+                Some(Arc::new(fake_tls)),
+            ),
+        };
         let port = server.addrs().first().map(|a| a.port()).unwrap_or(port);
         lock(&state).port = port;
         let server = server.run();
         let handle = server.handle();
         actix_rt::spawn(server);
-        tracing::debug!(port, "fake gateway listening");
+        tracing::debug!(port, tls = tls.is_some(), "fake gateway listening");
         Ok(Self {
             state,
             server: handle,
             port,
+            tls,
         })
     }
 
@@ -254,14 +303,29 @@ impl FakeGateway {
         self.port
     }
 
-    /// The REST base: `http://127.0.0.1:PORT/api/v10`.
+    /// The REST base: `http://127.0.0.1:PORT/api/v10`, or `https://localhost:PORT/api/v10` in TLS
+    /// mode.
     pub fn api_base(&self) -> String {
-        format!("http://127.0.0.1:{}/api/v10", self.port)
+        format!("{}/api/v10", self.state().http_base())
     }
 
-    /// The gateway URL: `ws://127.0.0.1:PORT`.
+    /// The gateway URL: `ws://127.0.0.1:PORT`, or `wss://localhost:PORT` in TLS mode.
     pub fn gateway_url(&self) -> String {
-        format!("ws://127.0.0.1:{}", self.port)
+        self.state().ws_base()
+    }
+
+    /// In TLS mode, the DER of the CA that signed the fake's certificate: the root a client must
+    /// add to connect (`ConfigBuilder::add_root_certificate`).
+    pub fn ca_certificate_der(&self) -> Option<Vec<u8>> {
+        self.tls.as_ref().map(|t| t.ca_der.clone())
+    }
+
+    /// In TLS mode, how many TLS handshakes clients began (ClientHellos received), whether or not
+    /// they completed: a client that refuses the certificate is counted too. Always 0 otherwise.
+    pub fn tls_handshakes(&self) -> usize {
+        self.tls.as_ref().map_or(0, |t| {
+            t.handshakes.load(std::sync::atomic::Ordering::SeqCst)
+        })
     }
 
     /// Stops the server and drops every connection.

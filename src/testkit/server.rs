@@ -26,8 +26,8 @@ pub(crate) fn routes(config: &mut web::ServiceConfig) {
 }
 
 async fn gateway(shared: Shared) -> HttpResponse {
-    let port = lock(&shared).port;
-    HttpResponse::Ok().json(json!({ "url": format!("ws://127.0.0.1:{port}") }))
+    let url = lock(&shared).ws_base();
+    HttpResponse::Ok().json(json!({ "url": url }))
 }
 
 async fn gateway_bot(req: HttpRequest, shared: Shared) -> HttpResponse {
@@ -49,7 +49,7 @@ async fn gateway_bot(req: HttpRequest, shared: Shared) -> HttpResponse {
         .as_millis() as u64;
     let c = &state.config;
     HttpResponse::Ok().json(json!({
-        "url": format!("ws://127.0.0.1:{}", state.port),
+        "url": state.ws_base(),
         "shards": c.shards,
         "session_start_limit": {
             "total": c.session_start_limit.total,

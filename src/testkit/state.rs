@@ -40,6 +40,9 @@ pub(crate) struct Live {
 pub(crate) struct State {
     pub config: FakeConfig,
     pub port: u16,
+    /// Whether it serves TLS (`FakeGateway::start_tls`): its URLs are then `wss://`/`https://`
+    /// on `localhost`, the name its certificate is for.
+    pub tls: bool,
     next_conn: u64,
     pub conns: Vec<ConnectionRecord>,
     pub live: HashMap<u64, Live>,
@@ -58,6 +61,24 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// The gateway URL clients are given.
+    pub fn ws_base(&self) -> String {
+        if self.tls {
+            format!("wss://localhost:{}", self.port)
+        } else {
+            format!("ws://127.0.0.1:{}", self.port)
+        }
+    }
+
+    /// The HTTP origin of the REST routes.
+    pub fn http_base(&self) -> String {
+        if self.tls {
+            format!("https://localhost:{}", self.port)
+        } else {
+            format!("http://127.0.0.1:{}", self.port)
+        }
+    }
+
     pub fn new(config: FakeConfig) -> Self {
         Self {
             starts_remaining: config.session_start_limit.remaining,
@@ -65,6 +86,7 @@ impl State {
                 + std::time::Duration::from_millis(config.session_start_limit.reset_after),
             config,
             port: 0,
+            tls: false,
             next_conn: 1,
             conns: Vec::new(),
             live: HashMap::new(),

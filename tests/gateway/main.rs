@@ -12,4 +12,5 @@ mod lifecycle;
 mod reliability;
 mod resume;
 mod routing;
+mod tls;
 mod transport;

@@ -1,0 +1,76 @@
+//! A shard refused by certificate verification says why in its log: every `tracing` record from
+//! every thread is captured (its own test binary: the subscriber is process-wide).
+
+#[path = "gateway/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shardline::testkit::FakeGateway;
+use shardline::{Backoff, Gateway};
+
+use harness::*;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[actix_rt::test]
+async fn an_untrusted_certificate_is_logged_as_the_reason_the_connect_failed() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+
+    let fake_config = fast_fake(1, 1);
+    let fake = FakeGateway::start_tls(fake_config.clone()).await.unwrap();
+    let config = client(&fake, &fake_config, 1)
+        .backoff(Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(4),
+            multiplier: 2.0,
+            randomization: 0.0,
+        })
+        .build()
+        .unwrap();
+    let gateway = Gateway::start(config).await.unwrap();
+    wait_until("the failed connect logged", || {
+        capture.text().contains("connect failed")
+    })
+    .await;
+    let log = capture.text();
+    let line = log.lines().find(|l| l.contains("connect failed")).unwrap();
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains("invalid peer certificate: UnknownIssuer"),
+        "the record names the verification failure: {line}"
+    );
+    assert!(line.contains("shard.id=0"), "{line}");
+    // The next attempt is 1 s after the first.
+    assert!((1..=2).contains(&fake.tls_handshakes()));
+    assert!(fake.connections().is_empty());
+    assert!(!log.contains(TOKEN), "the token was never logged");
+    gateway.shutdown(false).await;
+    fake.stop().await;
+}
