@@ -107,6 +107,9 @@ pub enum StartError {
         /// Session starts left now.
         remaining: u32,
     },
+    /// The fleet's Redis cannot be reached, or the fleet options are unusable (feature `redis`).
+    #[cfg(feature = "redis")]
+    Fleet(crate::fleet::FleetError),
 }
 
 impl fmt::Display for StartError {
@@ -118,6 +121,8 @@ impl fmt::Display for StartError {
                 f,
                 "{needed} shards must identify but the session-start budget is {total} per day ({remaining} left)"
             ),
+            #[cfg(feature = "redis")]
+            Self::Fleet(e) => write!(f, "fleet: {e}"),
         }
     }
 }
@@ -128,6 +133,8 @@ impl std::error::Error for StartError {
             Self::Config(e) => Some(e),
             Self::Rest(e) => Some(e),
             Self::IdentifyBudget { .. } => None,
+            #[cfg(feature = "redis")]
+            Self::Fleet(e) => Some(e),
         }
     }
 }

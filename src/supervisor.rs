@@ -451,6 +451,9 @@ impl Handler<ShutdownAll> for Supervisor {
 pub struct Gateway {
     supervisor: Addr<Supervisor>,
     plan: Arc<ResolvedPlan>,
+    /// The fleet this process is part of, if any.
+    #[cfg(feature = "redis")]
+    pub(crate) fleet: Option<crate::fleet::FleetHandle>,
 }
 
 impl Gateway {
@@ -558,6 +561,8 @@ impl Gateway {
         Ok(Self {
             supervisor,
             plan: Arc::new(plan),
+            #[cfg(feature = "redis")]
+            fleet: None,
         })
     }
 
@@ -599,6 +604,12 @@ impl Gateway {
 
     /// Shuts every shard down and waits until their connections are closed.
     pub async fn shutdown(&self, resumable: bool) {
+        #[cfg(feature = "redis")]
+        if let Some(fleet) = &self.fleet {
+            // Hands every shard over (or ends it), releases the leases, then stops the supervisor.
+            fleet.leave(resumable).await;
+            return;
+        }
         let _ = self.supervisor.send(ShutdownAll { resumable }).await;
     }
 }

@@ -34,3 +34,9 @@ impl From<redis::RedisError> for FleetError {
         Self::Command(e.to_string())
     }
 }
+
+impl From<redis::ParsingError> for FleetError {
+    fn from(e: redis::ParsingError) -> Self {
+        Self::Command(format!("unexpected answer: {e}"))
+    }
+}

@@ -10,11 +10,15 @@
 
 mod error;
 pub mod identify;
+mod keeper;
 pub mod lease;
+mod options;
 pub mod sessions;
 
 pub use error::FleetError;
 pub use identify::RedisIdentifyQueue;
+pub use keeper::{fleet_view, FleetEvent, FleetShard, OwnershipChange};
+pub use options::{FleetOptions, Placement};
 pub use sessions::RedisSessionStore;
 
 use std::sync::Arc;
@@ -103,6 +107,169 @@ impl FleetRedis {
     /// A handle on the shared connection, for one command or pipeline.
     pub(crate) fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+}
+
+/// This process's place in a fleet, kept by a [`Gateway`](crate::Gateway) started with
+/// [`Gateway::start_fleet`](crate::Gateway::start_fleet).
+#[derive(Debug, Clone)]
+pub struct FleetHandle {
+    commands: tokio::sync::mpsc::Sender<keeper::KeeperCommand>,
+    owner: Arc<str>,
+    redis: FleetRedis,
+    total: u32,
+    sessions: RedisSessionStore,
+}
+
+impl FleetHandle {
+    /// This process's name in the fleet.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Every shard of the bot with its owner and last reported status, read from Redis.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn view(&self) -> Result<Vec<FleetShard>, FleetError> {
+        fleet_view(&self.redis, self.total).await
+    }
+
+    /// The shared session store this process writes.
+    pub fn sessions(&self) -> &RedisSessionStore {
+        &self.sessions
+    }
+
+    pub(crate) async fn leave(&self, resumable: bool) {
+        let (done, left) = tokio::sync::oneshot::channel();
+        if self
+            .commands
+            .send(keeper::KeeperCommand::Leave { resumable, done })
+            .await
+            .is_ok()
+        {
+            let _ = left.await;
+        }
+    }
+}
+
+impl crate::Gateway {
+    /// Joins a fleet of processes that run one bot together through Redis, and runs the shards
+    /// this process is given: a shared identify queue and session store, and a lease per shard
+    /// (docs/fleet.md). The config's shard plan gives the bot's shard total (`Count(n)`, or
+    /// `Recommended`); [`FleetOptions::placement`] says which of them this process runs.
+    /// [`shutdown(true)`](crate::Gateway::shutdown) hands every shard over resumably.
+    ///
+    /// `events` receives every change of ownership in this process.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use shardline::fleet::FleetOptions;
+    /// use shardline::{Config, Gateway, ShardPlan};
+    /// let config = Config::builder(std::env::var("DISCORD_TOKEN")?)
+    ///     .shards(ShardPlan::Recommended)
+    ///     .build()?;
+    /// let gateway = Gateway::start_fleet(config, FleetOptions::new("redis://127.0.0.1:6379"), Vec::new()).await?;
+    /// // ... until SIGTERM:
+    /// gateway.shutdown(true).await;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`StartError::Fleet`](crate::StartError::Fleet) when Redis cannot be reached or the fleet
+    /// options are unusable; otherwise as [`Gateway::start`](crate::Gateway::start).
+    pub async fn start_fleet(
+        mut config: crate::Config,
+        options: FleetOptions,
+        events: Vec<actix::Recipient<FleetEvent>>,
+    ) -> Result<Self, crate::StartError> {
+        use crate::config::ShardPlan;
+        use crate::StartError;
+        let redis = FleetRedis::connect(&options.redis_url, &options.prefix)
+            .await
+            .map_err(StartError::Fleet)?;
+        let needs_rest = config.plan == ShardPlan::Recommended
+            || config.gateway_url.is_none()
+            || config.max_concurrency.is_none();
+        let gateway_bot = if needs_rest {
+            Some(crate::rest::gateway_bot(&config).await?)
+        } else {
+            None
+        };
+        let (total, placement) = match (&config.plan, &options.placement) {
+            (ShardPlan::Count(n), placement) => (*n, placement.clone()),
+            (ShardPlan::Recommended, placement) => (
+                gateway_bot.as_ref().map_or(1, |g| g.shards.max(1)),
+                placement.clone(),
+            ),
+            // A range in the config pins this process to it.
+            (ShardPlan::Range { ids, total }, _) => (*total, Placement::Pinned(ids.clone())),
+        };
+        options.validate(total).map_err(StartError::Fleet)?;
+        let max_concurrency = config
+            .max_concurrency
+            .or_else(|| {
+                gateway_bot
+                    .as_ref()
+                    .map(|g| g.session_start_limit.max_concurrency)
+            })
+            .unwrap_or(1)
+            .max(1);
+        let queue = RedisIdentifyQueue::new(
+            redis.clone(),
+            max_concurrency,
+            config.identify_window,
+            &options.owner,
+        );
+        if let Some(bot) = &gateway_bot {
+            let limit = bot.session_start_limit;
+            queue
+                .set_budget(
+                    limit.remaining,
+                    Duration::from_millis(limit.reset_after.max(1)),
+                )
+                .await
+                .map_err(StartError::Fleet)?;
+        }
+        let sessions = RedisSessionStore::new(redis.clone(), options.sessions);
+        let leases = lease::Leases::new(redis.clone(), &options.owner, options.lease_time)
+            .map_err(StartError::Fleet)?;
+        config.gateway_url = config
+            .gateway_url
+            .take()
+            .or_else(|| gateway_bot.as_ref().map(|g| g.url.clone()));
+        config.max_concurrency = Some(max_concurrency);
+        config.plan = ShardPlan::Count(total);
+        config.identify_queue = Some(Arc::new(queue));
+        config.sessions = Arc::new(sessions.clone());
+        config.dynamic_shards = true;
+        let mut gateway = Self::start(config).await?;
+        let (commands, receiver) = tokio::sync::mpsc::channel(1);
+        let keeper = keeper::Keeper {
+            redis: redis.clone(),
+            leases,
+            store: sessions.clone(),
+            supervisor: gateway.supervisor().clone(),
+            placement,
+            total,
+            events,
+            held: Default::default(),
+            redis_ok: true,
+        };
+        actix_rt::spawn(keeper.run(receiver));
+        gateway.fleet = Some(FleetHandle {
+            commands,
+            owner: options.owner.as_str().into(),
+            redis,
+            total,
+            sessions,
+        });
+        Ok(gateway)
+    }
+
+    /// This process's place in its fleet, when started with [`start_fleet`](Self::start_fleet).
+    pub fn fleet(&self) -> Option<&FleetHandle> {
+        self.fleet.as_ref()
     }
 }
 

@@ -1,0 +1,284 @@
+//! One process of a fleet that runs one bot through Redis (feature `redis`): anyone, and any test
+//! harness, can run a fleet against any gateway with it.
+//!
+//! ```text
+//! DISCORD_TOKEN=... cargo run --example fleet --features redis -- gateway --redis URL --shards N
+//!     [--api-base URL] [--gateway-url URL] [--compress none|zlib-stream] [--lease-ms MS]
+//!     [--range A..B] [--owner NAME] [--prefix P] [--flush-ms MS] [--identify-window-ms MS]
+//!     [--max-concurrency N] [--stream EVENT,...]
+//! cargo run --example fleet --features redis -- worker --redis URL [--prefix P] [--consumer NAME]
+//! ```
+//! `gateway` joins the fleet and runs the shards it claims, printing one JSON line per shard change
+//! on stdout (`{"shard":3,"state":"claimed"|"ready"|"resumed"|"released"|"lost","owner":"..."}`)
+//! and every dispatch it receives as the `tail` example does (`{"shard","seq","t","d"}`).
+//! SIGTERM (or Ctrl-C) leaves resumably: every shard is closed with 4000, its session written to
+//! Redis and its lease released for another process to resume it. `kill -9` is a crash: the other
+//! processes take the shards over once the leases expire.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use actix::prelude::*;
+use shardline::fleet::{FleetEvent, FleetOptions, Placement};
+use shardline::{Compression, Config, Dispatch, Gateway, ShardEvent, ShardPlan};
+
+/// Writes JSON lines to stdout; one actor so that lines never interleave.
+struct Out {
+    out: std::io::LineWriter<std::io::Stdout>,
+    owner: String,
+}
+
+impl Actor for Out {
+    type Context = Context<Self>;
+}
+
+impl Out {
+    fn line(&mut self, parts: &[&[u8]]) {
+        let written = parts.iter().try_for_each(|p| self.out.write_all(p));
+        if written.is_err() {
+            System::current().stop_with_code(0);
+        }
+    }
+}
+
+impl Handler<Dispatch> for Out {
+    type Result = ();
+
+    fn handle(&mut self, d: Dispatch, _: &mut Context<Self>) {
+        let head = format!(
+            "{{\"shard\":{},\"seq\":{},\"t\":{},\"d\":",
+            d.shard(),
+            d.seq(),
+            serde_json::Value::from(d.event())
+        );
+        self.line(&[head.as_bytes(), d.data(), b"}\n"]);
+    }
+}
+
+impl Handler<ShardEvent> for Out {
+    type Result = ();
+
+    fn handle(&mut self, event: ShardEvent, _: &mut Context<Self>) {
+        let (shard, state) = match event {
+            ShardEvent::Ready { shard, .. } => (shard, "ready"),
+            ShardEvent::Resumed { shard } => (shard, "resumed"),
+            ShardEvent::Fatal { shard, error } => {
+                eprintln!("fleet: shard {shard} stopped: {error}");
+                System::current().stop_with_code(2);
+                return;
+            }
+            _ => return,
+        };
+        let line = serde_json::json!({"shard": shard, "state": state, "owner": self.owner});
+        self.line(&[line.to_string().as_bytes(), b"\n"]);
+    }
+}
+
+impl Handler<FleetEvent> for Out {
+    type Result = ();
+
+    fn handle(&mut self, event: FleetEvent, _: &mut Context<Self>) {
+        let line = serde_json::json!({
+            "shard": event.shard,
+            "state": event.change.as_str(),
+            "owner": event.owner,
+        });
+        self.line(&[line.to_string().as_bytes(), b"\n"]);
+    }
+}
+
+struct GatewayArgs {
+    redis: String,
+    shards: u32,
+    api_base: Option<String>,
+    gateway_url: Option<String>,
+    compress: Compression,
+    lease: Duration,
+    range: Option<std::ops::Range<u32>>,
+    owner: Option<String>,
+    prefix: String,
+    flush: Option<Duration>,
+    identify_window: Option<Duration>,
+    max_concurrency: Option<u32>,
+    stream: Vec<String>,
+}
+
+const USAGE: &str = "usage: fleet gateway --redis URL --shards N [--api-base URL] [--gateway-url URL] \
+[--compress none|zlib-stream] [--lease-ms MS] [--range A..B] [--owner NAME] [--prefix P] [--flush-ms MS] \
+[--identify-window-ms MS] [--max-concurrency N] [--stream EVENT,...]\n       fleet worker --redis URL [--prefix P] [--consumer NAME]";
+
+fn millis(flag: &str, v: String) -> Result<Duration, String> {
+    v.parse()
+        .map(Duration::from_millis)
+        .map_err(|e| format!("{flag}: {e}"))
+}
+
+fn parse_gateway(mut it: impl Iterator<Item = String>) -> Result<GatewayArgs, String> {
+    let mut redis = None;
+    let mut shards = None;
+    let mut args = GatewayArgs {
+        redis: String::new(),
+        shards: 0,
+        api_base: None,
+        gateway_url: None,
+        compress: Compression::ZlibStream,
+        lease: Duration::from_secs(10),
+        range: None,
+        owner: None,
+        prefix: "shardline".into(),
+        flush: None,
+        identify_window: None,
+        max_concurrency: None,
+        stream: Vec::new(),
+    };
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--redis" => redis = Some(value()?),
+            "--shards" => shards = Some(value()?.parse().map_err(|e| format!("--shards: {e}"))?),
+            "--api-base" => args.api_base = Some(value()?),
+            "--gateway-url" => args.gateway_url = Some(value()?),
+            "--compress" => {
+                args.compress = match value()?.as_str() {
+                    "none" => Compression::None,
+                    "zlib-stream" => Compression::ZlibStream,
+                    other => return Err(format!("--compress: unknown value {other:?}")),
+                }
+            }
+            "--lease-ms" => args.lease = millis(&flag, value()?)?,
+            "--range" => {
+                let v = value()?;
+                let (a, b) = v
+                    .split_once("..")
+                    .ok_or(format!("--range: {v:?} is not A..B"))?;
+                let a = a.parse().map_err(|e| format!("--range: {e}"))?;
+                let b = b.parse().map_err(|e| format!("--range: {e}"))?;
+                args.range = Some(a..b);
+            }
+            "--owner" => args.owner = Some(value()?),
+            "--prefix" => args.prefix = value()?,
+            "--flush-ms" => args.flush = Some(millis(&flag, value()?)?),
+            "--identify-window-ms" => args.identify_window = Some(millis(&flag, value()?)?),
+            "--max-concurrency" => {
+                args.max_concurrency = Some(
+                    value()?
+                        .parse()
+                        .map_err(|e| format!("--max-concurrency: {e}"))?,
+                )
+            }
+            "--stream" => {
+                args.stream = value()?
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            }
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    args.redis = redis.ok_or(format!("--redis is required\n{USAGE}"))?;
+    args.shards = shards.ok_or(format!("--shards is required\n{USAGE}"))?;
+    Ok(args)
+}
+
+async fn run_gateway(args: GatewayArgs, token: String) -> Result<(), Box<dyn std::error::Error>> {
+    let mut options = FleetOptions::new(args.redis)
+        .prefix(args.prefix)
+        .lease_time(args.lease);
+    if let Some(owner) = args.owner {
+        options = options.owner(owner);
+    }
+    if let Some(range) = args.range {
+        options = options.placement(Placement::Pinned(range));
+    }
+    if let Some(flush) = args.flush {
+        let sessions = options.sessions.flush_every(flush);
+        options = options.sessions(sessions);
+    }
+    let out = Out {
+        out: std::io::LineWriter::new(std::io::stdout()),
+        owner: options.owner.clone(),
+    }
+    .start();
+    let mut builder = Config::builder(token)
+        // GUILDS | GUILD_MESSAGES | DIRECT_MESSAGES
+        .intent_bits(1 | 1 << 9 | 1 << 12)
+        .compression(args.compress)
+        .shards(ShardPlan::Count(args.shards))
+        .events(out.clone().recipient());
+    if args.stream.is_empty() {
+        builder = builder.handler_all(out.clone().recipient());
+    } else {
+        return Err("--stream needs the event stream (not in this build)".into());
+    }
+    if let Some(url) = args.api_base {
+        builder = builder.api_base(url);
+    }
+    if let Some(url) = args.gateway_url {
+        builder = builder.gateway_url(url);
+    }
+    if let Some(window) = args.identify_window {
+        builder = builder.identify_window(window);
+    }
+    if let Some(mc) = args.max_concurrency {
+        builder = builder.max_concurrency(mc);
+    }
+    let gateway = Gateway::start_fleet(builder.build()?, options, vec![out.recipient()]).await?;
+    actix_rt::spawn(async move {
+        let mut term =
+            actix_rt::signal::unix::signal(actix_rt::signal::unix::SignalKind::terminate())
+                .expect("a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = actix_rt::signal::ctrl_c() => {}
+        }
+        gateway.shutdown(true).await;
+        System::current().stop();
+    });
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut it = std::env::args().skip(1);
+    let command = it.next().unwrap_or_default();
+    let system = System::new();
+    let started = match command.as_str() {
+        "gateway" => {
+            let args = match parse_gateway(it) {
+                Ok(args) => args,
+                Err(e) => {
+                    eprintln!("fleet: {e}");
+                    return ExitCode::from(64);
+                }
+            };
+            let Ok(token) = std::env::var("DISCORD_TOKEN") else {
+                eprintln!("fleet: set DISCORD_TOKEN");
+                return ExitCode::from(64);
+            };
+            system.block_on(run_gateway(args, token))
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(64);
+        }
+    };
+    if let Err(e) = started {
+        eprintln!("fleet: {e}");
+        return ExitCode::from(1);
+    }
+    match system.run_with_code() {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
+        Err(e) => {
+            eprintln!("fleet: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
