@@ -105,6 +105,8 @@ struct Connection {
     heartbeat: Option<SpawnHandle>,
     /// The Hello or READY/RESUMED timeout, whichever is armed.
     deadline: Option<SpawnHandle>,
+    /// The identify permit being waited for: cancelled with the connection, which withdraws it.
+    identify: Option<SpawnHandle>,
     decompressor: Decompressor,
     /// A message arriving in continuation frames: whether it is text, and its bytes so far.
     partial: Option<(bool, BytesMut)>,
@@ -306,6 +308,7 @@ impl ShardActor {
             reader,
             heartbeat: None,
             deadline: None,
+            identify: None,
             decompressor: Decompressor::new(
                 self.shared.compression,
                 self.shared.limits.max_decompressed_size,
@@ -357,7 +360,10 @@ impl ShardActor {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        for handle in [conn.heartbeat, conn.deadline].into_iter().flatten() {
+        for handle in [conn.heartbeat, conn.deadline, conn.identify]
+            .into_iter()
+            .flatten()
+        {
             ctx.cancel_future(handle);
         }
         match code {
@@ -747,13 +753,28 @@ impl ShardActor {
 
     fn request_identify(&mut self, ctx: &mut Context<Self>) {
         let generation = self.generation;
-        let permit = self.shared.queue.acquire(self.id, self.total);
-        ctx.spawn(permit.into_actor(self).map(move |(), act, ctx| {
+        let request = self.shared.queue.acquire(self.id, self.total);
+        let handle = ctx.spawn(request.into_actor(self).map(move |permit, act, ctx| {
+            if let Some(conn) = &mut act.conn {
+                conn.identify = None;
+            }
             if act.generation == generation && act.state.on_identify_permit() {
                 let _span = act.span.clone().entered();
                 act.drain(ctx);
+                permit.used();
             }
+            // Otherwise the permit drops unused and its session start goes back to the queue.
         }));
+        match &mut self.conn {
+            Some(conn) => {
+                if let Some(old) = conn.identify.replace(handle) {
+                    ctx.cancel_future(old);
+                }
+            }
+            None => {
+                ctx.cancel_future(handle);
+            }
+        }
     }
 
     /// Sends queued commands while the limiter allows; schedules itself for when it next will.
@@ -905,9 +926,13 @@ impl Handler<Shutdown> for ShardActor {
         tracing::info!(code, resumable, "shutting down");
         self.peer_closed.set(self.conn.is_none());
         if let Some(conn) = &mut self.conn {
-            for handle in [conn.heartbeat.take(), conn.deadline.take()]
-                .into_iter()
-                .flatten()
+            for handle in [
+                conn.heartbeat.take(),
+                conn.deadline.take(),
+                conn.identify.take(),
+            ]
+            .into_iter()
+            .flatten()
             {
                 ctx.cancel_future(handle);
             }

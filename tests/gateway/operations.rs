@@ -1,0 +1,118 @@
+//! Operations: identify permits that die with their connection, resume hosts that fail, shutdown,
+//! supervisor restarts, start-up warnings.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shardline::queue::{IdentifyQueue, LocalIdentifyQueue, PermitRequest, SESSION_START_PERIOD};
+use shardline::testkit::ConnectionOutcome;
+use shardline::Phase;
+
+use crate::harness::*;
+
+/// What became of the permit requests a queue saw.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Requests {
+    made: u32,
+    granted: u32,
+    /// Dropped before their grant.
+    withdrawn: u32,
+}
+
+/// Counts what becomes of each request to the queue it wraps.
+struct Counting {
+    inner: Arc<LocalIdentifyQueue>,
+    requests: Arc<Mutex<Requests>>,
+}
+
+/// Counts a request as withdrawn if it is dropped before its grant.
+struct Pending(Option<Arc<Mutex<Requests>>>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(requests) = self.0.take() {
+            requests.lock().unwrap().withdrawn += 1;
+        }
+    }
+}
+
+impl IdentifyQueue for Counting {
+    fn acquire(&self, shard: u32, total: u32) -> PermitRequest {
+        self.requests.lock().unwrap().made += 1;
+        let request = self.inner.acquire(shard, total);
+        let mut pending = Pending(Some(self.requests.clone()));
+        Box::pin(async move {
+            let permit = request.await;
+            if let Some(requests) = pending.0.take() {
+                requests.lock().unwrap().granted += 1;
+            }
+            permit
+        })
+    }
+}
+
+#[actix_rt::test]
+async fn a_permit_waited_for_by_a_dead_connection_is_withdrawn_and_not_charged() {
+    let fake_config = fast_fake(1, 1);
+    let fake = shardline::testkit::FakeGateway::start(fake_config.clone())
+        .await
+        .unwrap();
+    // The bucket is busy: a permit was just taken, so the shard's request waits out the window.
+    let queue = Arc::new(
+        LocalIdentifyQueue::new(1, Duration::from_millis(500)).with_budget(
+            100,
+            100,
+            Duration::from_secs(3600),
+            SESSION_START_PERIOD,
+        ),
+    );
+    queue.acquire(0, 1).await.used();
+    assert_eq!(queue.remaining(), Some(99));
+    let requests = Arc::new(Mutex::new(Requests::default()));
+    let counting = Counting {
+        inner: queue.clone(),
+        requests: requests.clone(),
+    };
+    let config = client(&fake, &fake_config, 1)
+        .identify_queue(Arc::new(counting))
+        .build()
+        .unwrap();
+    let gateway = shardline::Gateway::start(config).await.unwrap();
+    status_until(&gateway, "waiting for a permit", |s| {
+        s.first()
+            .is_some_and(|s| s.phase == Phase::AwaitingIdentify)
+    })
+    .await;
+    assert_eq!(fake.drop_all(), 1, "the waiting connection is dropped");
+    assert!(
+        fake.wait_for(WAIT, "ready", |f| f.ready_shards() == [0])
+            .await
+    );
+    status_until(&gateway, "ready", |s| s[0].phase == Phase::Ready).await;
+
+    let conns = fake.connections();
+    assert_eq!(conns.len(), 2, "{conns:?}");
+    assert_eq!(conns[0].outcome, ConnectionOutcome::None);
+    assert!(matches!(
+        conns[1].outcome,
+        ConnectionOutcome::Identified { .. }
+    ));
+    assert_eq!(sent(&fake, 0, 2).len(), 1, "exactly one Identify");
+    assert_eq!(sent_any(&fake, 2).len(), 1);
+    assert_eq!(
+        *requests.lock().unwrap(),
+        Requests {
+            made: 2,
+            granted: 1,
+            withdrawn: 1
+        },
+        "the dead connection's request was withdrawn, not granted"
+    );
+    assert_eq!(
+        queue.remaining(),
+        Some(98),
+        "the session start is charged once, for the Identify that went out"
+    );
+    gateway.shutdown(false).await;
+    fake.stop().await;
+}
