@@ -176,6 +176,9 @@ pub struct ShardActor {
     backoff: ReconnectBackoff,
     reconnect_timer: Option<SpawnHandle>,
     connections: u32,
+    /// Connects in a row that failed (refused, timed out): past a few, a resume goes through the
+    /// gateway URL rather than a resume host that may be gone.
+    failed_connects: u32,
     queued: VecDeque<String>,
     flush_timer: Option<SpawnHandle>,
     fatal: Option<FatalError>,
@@ -225,6 +228,7 @@ impl ShardActor {
             generation: 0,
             reconnect_timer: None,
             connections: 0,
+            failed_connects: 0,
             queued: VecDeque::new(),
             flush_timer: None,
             fatal: None,
@@ -247,7 +251,7 @@ impl ShardActor {
         self.connections += 1;
         let generation = self.generation;
         let url = crate::url::connect_url(
-            self.state.connect_base(),
+            self.state.connect_base_after(self.failed_connects),
             self.shared.compression.query_value(),
         );
         tracing::debug!(resume = self.state.will_resume(), url = %url, "connecting");
@@ -267,17 +271,35 @@ impl ShardActor {
                 return;
             }
             match result {
-                Ok(Ok((_response, framed))) => act.attach(framed, generation, ctx),
+                Ok(Ok((_response, framed))) => {
+                    act.failed_connects = 0;
+                    act.attach(framed, generation, ctx);
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "connect failed");
-                    act.schedule_reconnect(ctx);
+                    act.connect_failed(ctx);
                 }
                 Err(_) => {
                     tracing::warn!(?timeout, "connect timed out");
-                    act.schedule_reconnect(ctx);
+                    act.connect_failed(ctx);
                 }
             }
         }));
+    }
+
+    fn connect_failed(&mut self, ctx: &mut Context<Self>) {
+        let base = self
+            .state
+            .connect_base_after(self.failed_connects)
+            .to_owned();
+        self.failed_connects = self.failed_connects.saturating_add(1);
+        if self.state.connect_base_after(self.failed_connects) != base {
+            tracing::warn!(
+                attempts = self.failed_connects,
+                "resume host keeps failing; resuming through the gateway URL"
+            );
+        }
+        self.schedule_reconnect(ctx);
     }
 
     fn attach(

@@ -116,3 +116,45 @@ async fn a_permit_waited_for_by_a_dead_connection_is_withdrawn_and_not_charged()
     gateway.shutdown(false).await;
     fake.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_resume_host_that_keeps_failing_is_given_up_for_the_gateway_url() {
+    // A port nothing listens on, on the gateway's own (so allowed) host: every connect is refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let fake_config = shardline::testkit::FakeConfig {
+        resume_url: Some(format!("ws://127.0.0.1:{dead_port}/resume")),
+        ..fast_fake(1, 1)
+    };
+    let bot = Bot::start(fake_config, 1, |c| c).await;
+    assert!(bot.fake.drop_connection(0));
+    assert!(
+        bot.fake
+            .wait_for(WAIT, "resumed", |f| f.connections().len() == 2
+                && f.ready_shards() == [0])
+            .await
+    );
+    let status = status_until(&bot.gateway, "ready again", |s| s[0].phase == Phase::Ready).await;
+    let conns = bot.fake.connections();
+    assert_eq!(conns[1].path, "/", "resumed on the gateway URL");
+    let session = bot.fake.session(0).unwrap();
+    assert!(
+        matches!(&conns[1].outcome, ConnectionOutcome::Resumed { session_id, .. } if *session_id == session.id),
+        "{:?}",
+        conns[1].outcome
+    );
+    assert_eq!(sent(&bot.fake, 0, 6).len(), 1, "one Resume");
+    assert_eq!(sent(&bot.fake, 0, 2).len(), 1, "no second Identify");
+    assert_eq!(
+        status[0].reconnects,
+        1 + shardline::shard::state::RESUME_HOST_ATTEMPTS,
+        "the resume host was tried {} times",
+        shardline::shard::state::RESUME_HOST_ATTEMPTS
+    );
+    assert!(bot
+        .lifecycle
+        .events()
+        .contains(&shardline::ShardEvent::Resumed { shard: 0 }));
+    bot.stop().await;
+}
