@@ -32,6 +32,13 @@ pub enum ConfigError {
     InvalidUrl(&'static str, String),
     /// A limit or timeout is zero or out of its range (which one, then why).
     InvalidLimit(&'static str, String),
+    /// An entry of `allowed_resume_domains` is not a bare host name such as `discord.gg`.
+    InvalidResumeDomain {
+        /// The entry.
+        domain: String,
+        /// Why it is refused.
+        why: &'static str,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -51,6 +58,12 @@ impl fmt::Display for ConfigError {
             Self::ZeroArbiters => f.write_str("the number of arbiters must be at least 1"),
             Self::InvalidUrl(what, why) => write!(f, "invalid {what}: {why}"),
             Self::InvalidLimit(what, why) => write!(f, "invalid {what}: {why}"),
+            Self::InvalidResumeDomain { domain, why } => {
+                write!(
+                    f,
+                    "allowed_resume_domains entry {domain:?} is refused: {why}"
+                )
+            }
         }
     }
 }

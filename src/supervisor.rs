@@ -479,7 +479,7 @@ impl Gateway {
             large_threshold: config.large_threshold,
             presence: config.presence.clone(),
             gateway_url: plan.gateway_url.clone(),
-            allowed_resume_domains: config.allowed_resume_domains.clone(),
+            allowed_resume_domains: config.resume_domains_for(&plan.gateway_url),
         };
         let shared = Arc::new(ShardShared {
             params: Arc::new(params),
