@@ -41,6 +41,8 @@ pub struct Supervisor {
     slots: BTreeMap<u32, Slot>,
     arbiters: Vec<Arbiter>,
     shutting_down: bool,
+    /// Set to `true` once a shutdown has closed every shard: a later `ShutdownAll` waits for it.
+    shut_down: Option<tokio::sync::watch::Receiver<bool>>,
     ever_ready: std::collections::HashSet<u32>,
     started_at: std::time::Instant,
 }
@@ -371,6 +373,9 @@ impl Handler<SendToAll> for Supervisor {
 
 /// Shuts every shard down, then the supervisor and its arbiters. `resumable: true` keeps every
 /// session resumable (close 4000, sessions stay in the store); `false` ends them (close 1000).
+///
+/// Only the first one acts: one sent while a shutdown is under way waits for that shutdown to end
+/// (its `resumable` is ignored).
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub struct ShutdownAll {
@@ -382,6 +387,20 @@ impl Handler<ShutdownAll> for Supervisor {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, msg: ShutdownAll, ctx: &mut Self::Context) -> Self::Result {
+        if let Some(done) = &self.shut_down {
+            tracing::debug!(
+                resumable = msg.resumable,
+                "shutdown already under way: waiting for it"
+            );
+            let mut done = done.clone();
+            // An error means the first shutdown's future is gone, i.e. the supervisor stopped.
+            let wait = async move {
+                let _ = done.wait_for(|done| *done).await;
+            };
+            return Box::pin(wait.into_actor(self));
+        }
+        let (finished, done) = tokio::sync::watch::channel(false);
+        self.shut_down = Some(done);
         self.shutting_down = true;
         let mut closing = Vec::new();
         for slot in self.slots.values_mut() {
@@ -399,11 +418,10 @@ impl Handler<ShutdownAll> for Supervisor {
             }
             slot.stopped = true;
         }
-        Box::pin(
-            join_all(closing)
-                .into_actor(self)
-                .map(|_, _, ctx| ctx.stop()),
-        )
+        Box::pin(join_all(closing).into_actor(self).map(move |_, _, ctx| {
+            let _ = finished.send(true);
+            ctx.stop();
+        }))
     }
 }
 
@@ -529,6 +547,7 @@ impl Gateway {
             slots,
             arbiters,
             shutting_down: false,
+            shut_down: None,
             ever_ready: Default::default(),
             started_at: std::time::Instant::now(),
         }
@@ -575,7 +594,9 @@ impl Gateway {
             .unwrap_or_default()
     }
 
-    /// Shuts every shard down and waits until their connections are closed.
+    /// Shuts every shard down and waits until their connections are closed. A call while a
+    /// shutdown is under way (from any clone of this handle) waits for that one to end; the first
+    /// call's `resumable` is what the shards close with.
     pub async fn shutdown(&self, resumable: bool) {
         let _ = self.supervisor.send(ShutdownAll { resumable }).await;
     }

@@ -195,8 +195,8 @@ pub struct ShardActor {
     reading: Rc<PauseGate>,
     /// The code of the gateway's close frame on the current connection, for the lifecycle event.
     close_code: Option<u16>,
-    /// Set when the gateway has answered our close during a shutdown.
-    peer_closed: Rc<std::cell::Cell<bool>>,
+    /// During a shutdown: told when the gateway has answered our close (or the socket ended).
+    close_answered: Option<tokio::sync::oneshot::Sender<()>>,
     span: tracing::Span,
 }
 
@@ -240,7 +240,7 @@ impl ShardActor {
             dropped: 0,
             reading: Rc::new(PauseGate::default()),
             close_code: None,
-            peer_closed: Rc::new(std::cell::Cell::new(false)),
+            close_answered: None,
             span: tracing::info_span!("shard", shard.id = id, shard.total = total),
         }
     }
@@ -873,7 +873,9 @@ impl ShardActor {
         if self.state.phase() == Phase::Stopped {
             // Shutting down: only the end of the close handshake matters now.
             if matches!(event.frame, None | Some(Ok(Frame::Close(_))) | Some(Err(_))) {
-                self.peer_closed.set(true);
+                if let Some(answered) = self.close_answered.take() {
+                    let _ = answered.send(());
+                }
             }
             return;
         }
@@ -946,7 +948,12 @@ impl Handler<Shutdown> for ShardActor {
             ctx.cancel_future(handle);
         }
         tracing::info!(code, resumable, "shutting down");
-        self.peer_closed.set(self.conn.is_none());
+        let (answered, close_answered) = tokio::sync::oneshot::channel();
+        if self.conn.is_some() {
+            self.close_answered = Some(answered);
+        } else {
+            let _ = answered.send(());
+        }
         if let Some(conn) = &mut self.conn {
             for handle in [
                 conn.heartbeat.take(),
@@ -965,12 +972,8 @@ impl Handler<Shutdown> for ShardActor {
             let _ = conn.sink.write(WsMessage::Close(Some(reason)));
         }
         // Stop once the gateway has answered the close (or after the grace period, if it never does).
-        let peer_closed = self.peer_closed.clone();
         let answered = async move {
-            let deadline = Instant::now() + CLOSE_GRACE;
-            while !peer_closed.get() && Instant::now() < deadline {
-                actix_rt::time::sleep(Duration::from_millis(5)).await;
-            }
+            let _ = actix_rt::time::timeout(CLOSE_GRACE, close_answered).await;
         };
         Box::pin(answered.into_actor(self).map(|(), act, ctx| {
             act.conn = None;

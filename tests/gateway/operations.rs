@@ -158,3 +158,46 @@ async fn a_resume_host_that_keeps_failing_is_given_up_for_the_gateway_url() {
         .contains(&shardline::ShardEvent::Resumed { shard: 0 }));
     bot.stop().await;
 }
+
+/// Two shutdowns at once: the second must not return (or stop the supervisor) before the first has
+/// closed every shard.
+async fn concurrent_shutdowns_close_every_shard_once(resumable: bool, code: u16) {
+    let bot = Bot::start(fast_fake(3, 3), 3, |c| c).await;
+    let (first, second) = (bot.gateway.clone(), bot.gateway.clone());
+    let fake = bot.fake.clone();
+    // `join` polls the first before the second: the first shutdown is the one under way.
+    let ((), when_second_returned) = futures_util::future::join(first.shutdown(resumable), async {
+        second.shutdown(!resumable).await;
+        fake.connections()
+    })
+    .await;
+    assert_eq!(when_second_returned.len(), 3, "no shard reconnected");
+    for conn in &when_second_returned {
+        assert_eq!(
+            conn.client_close_code,
+            Some(code),
+            "closed with {code} before the second shutdown returned: {conn:?}"
+        );
+    }
+    assert!(bot.gateway.status().await.is_empty(), "no shard left");
+    assert!(
+        bot.fake
+            .wait_for(WAIT, "every connection ended", |f| f
+                .connections()
+                .iter()
+                .all(|c| c.closed_at.is_some()))
+            .await
+    );
+    assert_eq!(bot.fake.connections().len(), 3);
+    bot.fake.stop().await;
+}
+
+#[actix_rt::test]
+async fn two_concurrent_resumable_shutdowns_both_wait_for_every_close_4000() {
+    concurrent_shutdowns_close_every_shard_once(true, 4000).await;
+}
+
+#[actix_rt::test]
+async fn two_concurrent_final_shutdowns_both_wait_for_every_close_1000() {
+    concurrent_shutdowns_close_every_shard_once(false, 1000).await;
+}
