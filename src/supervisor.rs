@@ -110,6 +110,32 @@ fn identifying(ids: &[u32], config: &Config) -> Vec<u32> {
         .collect()
 }
 
+impl Slot {
+    fn new(arbiter: usize, backoff: &crate::config::Backoff) -> Self {
+        Self {
+            addr: None,
+            arbiter,
+            fatal: None,
+            stopped: false,
+            restarts: 0,
+            backoff: ReconnectBackoff::new(backoff),
+            restart_timer: None,
+        }
+    }
+
+    /// Counts a restart and returns the delay before it: growing while the shard keeps dying.
+    fn next_restart(&mut self) -> Duration {
+        self.restarts += 1;
+        self.backoff.next_delay()
+    }
+
+    /// The shard is READY or RESUMED: it works again, so its next restart is a first one, not the
+    /// next step of a crash loop that has ended.
+    fn on_ready(&mut self) {
+        self.backoff.reset();
+    }
+}
+
 impl Supervisor {
     fn start_shard(&mut self, id: u32, ctx: &mut Context<Self>) {
         let Some(slot) = self.slots.get_mut(&id) else {
@@ -144,8 +170,7 @@ impl Supervisor {
             return;
         }
         slot.addr = None;
-        slot.restarts += 1;
-        let delay = slot.backoff.next_delay();
+        let delay = slot.next_restart();
         tracing::warn!(
             shard.id = id,
             ?delay,
@@ -244,6 +269,9 @@ impl Supervisor {
     }
 
     fn on_ready(&mut self, id: u32) {
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.on_ready();
+        }
         if !self.ever_ready.insert(id) {
             return;
         }
@@ -521,18 +549,7 @@ impl Gateway {
             .ids
             .iter()
             .enumerate()
-            .map(|(i, &id)| {
-                let slot = Slot {
-                    addr: None,
-                    arbiter: i % arbiter_count,
-                    fatal: None,
-                    stopped: false,
-                    restarts: 0,
-                    backoff: ReconnectBackoff::new(&config.backoff),
-                    restart_timer: None,
-                };
-                (id, slot)
-            })
+            .map(|(i, &id)| (id, Slot::new(i % arbiter_count, &config.backoff)))
             .collect();
         tracing::info!(
             shards = plan.ids.len(),
@@ -599,5 +616,27 @@ impl Gateway {
     /// call's `resumable` is what the shards close with.
     pub async fn shutdown(&self, resumable: bool) {
         let _ = self.supervisor.send(ShutdownAll { resumable }).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_restart_delay_grows_while_a_shard_keeps_dying_and_starts_over_once_it_is_ready() {
+        let backoff = crate::config::Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            multiplier: 2.0,
+            randomization: 0.0,
+        };
+        let mut slot = Slot::new(0, &backoff);
+        let ms = |d: Duration| d.as_millis();
+        assert_eq!(ms(slot.next_restart()), 100);
+        assert_eq!(ms(slot.next_restart()), 200);
+        slot.on_ready();
+        assert_eq!(ms(slot.next_restart()), 100);
+        assert_eq!(slot.restarts, 3);
     }
 }

@@ -201,3 +201,123 @@ async fn two_concurrent_resumable_shutdowns_both_wait_for_every_close_4000() {
 async fn two_concurrent_final_shutdowns_both_wait_for_every_close_1000() {
     concurrent_shutdowns_close_every_shard_once(false, 1000).await;
 }
+
+/// Log lines written on this thread while it is installed (`tracing::subscriber::set_default`).
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    /// Captures what this thread logs (the supervisor and `Gateway::start` run on the test's own
+    /// thread) until the guard is dropped.
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn lines(&self, containing: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(containing))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// A session store that panics, inside the shard, the first time it is asked to record each of
+/// `seqs`.
+struct PanicsAt {
+    inner: shardline::MemorySessionStore,
+    seqs: Mutex<Vec<u64>>,
+}
+
+impl shardline::SessionStore for PanicsAt {
+    fn load(&self, shard: u32) -> Option<shardline::SessionInfo> {
+        self.inner.load(shard)
+    }
+    fn save(&self, shard: u32, session: shardline::SessionInfo) {
+        self.inner.save(shard, session)
+    }
+    fn set_seq(&self, shard: u32, seq: u64) {
+        let armed = {
+            let mut seqs = self.seqs.lock().unwrap();
+            let at = seqs.iter().position(|&s| s == seq);
+            at.map(|i| seqs.remove(i)).is_some()
+        };
+        if armed {
+            panic!("store failure injected by the test at seq {seq}");
+        }
+        self.inner.set_seq(shard, seq)
+    }
+    fn remove(&self, shard: u32) {
+        self.inner.remove(shard)
+    }
+}
+
+#[actix_rt::test]
+async fn the_restart_delay_starts_over_once_a_restarted_shard_is_ready() {
+    let capture = Capture::default();
+    let _guard = capture.install();
+    let store = Arc::new(PanicsAt {
+        inner: shardline::MemorySessionStore::new(),
+        seqs: Mutex::new(vec![2, 4]),
+    });
+    // See lifecycle.rs: a panicking shard's thread may outlast a short heartbeat timeout.
+    let fake_config = shardline::testkit::FakeConfig {
+        heartbeat_timeout: Duration::from_secs(5),
+        ..fast_fake(1, 1)
+    };
+    let s = store.clone();
+    let bot = Bot::start(fake_config, 1, move |c| {
+        // No jitter: the restart delays are exact, 20 ms then 40 ms if they kept growing.
+        c.session_store(s).backoff(shardline::Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_secs(1),
+            multiplier: 2.0,
+            randomization: 0.0,
+        })
+    })
+    .await;
+    for (n, connections) in [(0, 2), (1, 3)] {
+        bot.fake
+            .dispatch(0, "MESSAGE_CREATE", serde_json::json!({ "n": n }))
+            .unwrap();
+        assert!(
+            bot.fake
+                .wait_for(WAIT, "restarted and resumed", |f| f.connections().len()
+                    == connections
+                    && f.ready_shards() == [0])
+                .await
+        );
+        status_until(&bot.gateway, "ready again", |s| s[0].phase == Phase::Ready).await;
+    }
+    let restarts = capture.lines("shard stopped unexpectedly; restarting");
+    assert_eq!(restarts.len(), 2, "{restarts:#?}");
+    for line in &restarts {
+        assert!(
+            line.contains("delay=20ms"),
+            "each restart after a READY waits the first delay: {restarts:#?}"
+        );
+    }
+    assert!(restarts[1].contains("restarts=2"), "{restarts:#?}");
+    assert!(matches!(
+        bot.fake.connections()[2].outcome,
+        ConnectionOutcome::Resumed { .. }
+    ));
+    assert_eq!(bot.recorder.count("MESSAGE_CREATE"), 2, "both delivered");
+    bot.stop().await;
+}
