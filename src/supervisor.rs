@@ -487,6 +487,21 @@ impl Gateway {
     /// the supervisor and every shard. Must run inside an actix system.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let plan = resolve(&config).await?;
+        if config.identify_queue.is_none() {
+            if let ShardPlan::Range { ids, total } = &config.plan {
+                // docs/protocol.md §5: the buckets are the bot's, not the process's.
+                tracing::warn!(
+                    ids = ?ids,
+                    total,
+                    "running part of the bot's shards with the in-process identify queue: its identify limit is not shared with the processes running the others, so together they can identify faster than Discord allows; give every process one shared IdentifyQueue"
+                );
+            }
+            if plan.gateway_bot.is_none() {
+                tracing::warn!(
+                    "max_concurrency and gateway_url are set, so GET /gateway/bot is not asked: the session-start budget is unknown and not kept (exhausting it resets the bot's token, docs/protocol.md §5)"
+                );
+            }
+        }
         let queue: Arc<dyn IdentifyQueue> = match (&config.identify_queue, &plan.gateway_bot) {
             (Some(queue), _) => queue.clone(),
             (None, Some(bot)) => {

@@ -321,3 +321,59 @@ async fn the_restart_delay_starts_over_once_a_restarted_shard_is_ready() {
     assert_eq!(bot.recorder.count("MESSAGE_CREATE"), 2, "both delivered");
     bot.stop().await;
 }
+
+const UNSHARED: &str = "identify limit is not shared";
+const NO_BUDGET: &str = "session-start budget is unknown";
+
+#[actix_rt::test]
+async fn start_warns_when_identify_limits_are_not_kept() {
+    let fake_config = fast_fake(4, 2);
+    let fake = shardline::testkit::FakeGateway::start(fake_config.clone())
+        .await
+        .unwrap();
+    let start = |config: shardline::ConfigBuilder| async {
+        let capture = Capture::default();
+        let guard = capture.install();
+        let gateway = shardline::Gateway::start(config.build().unwrap())
+            .await
+            .unwrap();
+        drop(guard);
+        gateway.shutdown(false).await;
+        (
+            capture.lines(UNSHARED).len(),
+            capture.lines(NO_BUDGET).len(),
+        )
+    };
+    let range = shardline::ShardPlan::Range {
+        ids: 2..4,
+        total: 4,
+    };
+
+    // One process of several, told its limits: both warnings, once each.
+    let explicit = client(&fake, &fake_config, 2).shards(range.clone());
+    assert_eq!(start(explicit).await, (1, 1));
+
+    // Limits from GET /gateway/bot: the budget is kept, but the range still shares nothing.
+    let asked = shardline::Config::builder(TOKEN)
+        .api_base(fake.api_base())
+        .identify_window(fake_config.identify_window)
+        .shards(range.clone());
+    assert_eq!(start(asked).await, (1, 0));
+
+    // All the shards, limits from GET /gateway/bot: nothing to warn of.
+    let whole = shardline::Config::builder(TOKEN)
+        .api_base(fake.api_base())
+        .identify_window(fake_config.identify_window)
+        .shards(shardline::ShardPlan::Count(4));
+    assert_eq!(start(whole).await, (0, 0));
+
+    // A queue of the bot's own: sharing and budget are its business.
+    let own = client(&fake, &fake_config, 2)
+        .shards(range)
+        .identify_queue(Arc::new(LocalIdentifyQueue::new(
+            2,
+            fake_config.identify_window,
+        )));
+    assert_eq!(start(own).await, (0, 0));
+    fake.stop().await;
+}
