@@ -201,7 +201,7 @@ impl Core {
         // (a request still waiting on a busy actor must not hold its bucket up).
         let mut slot = None;
         let mut free_from = line.last_grant.map(|at| at + window);
-        for (&key, _) in &line.waiting {
+        for &key in line.waiting.keys() {
             let start = free_from.map_or(key.0, |free| free.max(key.0));
             if key == ticket.key {
                 slot = Some(start);
