@@ -96,9 +96,7 @@ pub trait IdentifyQueue: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct LocalIdentifyQueue {
     core: Arc<Mutex<Core>>,
-    /// Per bucket: woken when a waiter leaves the line without a grant, so the ones behind it can
-    /// move up (a grant needs no wake-up: it only pushes the others later).
-    moved_up: Arc<[Notify]>,
+    buckets: u32,
 }
 
 /// The queue's bookkeeping, apart from clocks and wake-ups: every decision takes `now`.
@@ -118,8 +116,26 @@ struct Line {
     /// When the last permit was granted: the window runs from the grant, not from the slot, so a
     /// holder that took its permit late pushes the next one back.
     last_grant: Option<Instant>,
-    /// Waiting requests by (earliest start, arrival), with their shard.
-    waiting: BTreeMap<(Instant, u64), u32>,
+    /// Waiting requests by (earliest start, arrival).
+    waiting: BTreeMap<(Instant, u64), Waiter>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    shard: u32,
+    /// Wakes the request to look at the line again.
+    wake: Arc<Notify>,
+}
+
+impl Line {
+    /// Wakes the first waiter, which is due a window after the last grant (or a cancelled request's
+    /// place). The ones behind it sleep to a later estimate and are woken in turn as they come
+    /// first: one wake-up per grant or withdrawal, however long the line.
+    fn wake_first(&self) {
+        if let Some(first) = self.waiting.values().next() {
+            first.wake.notify_one();
+        }
+    }
 }
 
 /// The daily session-start budget (docs/protocol.md §5: exhausting it resets the bot's token).
@@ -182,13 +198,16 @@ impl Core {
         shard as usize % self.buckets.len()
     }
 
-    /// Puts `shard` in its bucket's line, from its planned start if it has one.
-    fn enqueue(&mut self, shard: u32, now: Instant) -> Ticket {
+    /// Puts `shard` in its bucket's line, from its planned start if it has one; `wake` is notified
+    /// when the request should look at the line again before the time [`poll`](Self::poll) gave it.
+    fn enqueue(&mut self, shard: u32, now: Instant, wake: Arc<Notify>) -> Ticket {
         let bucket = self.bucket_of(shard);
         let not_before = self.planned.remove(&shard).map_or(now, |at| at.max(now));
         self.next_ticket += 1;
         let key = (not_before, self.next_ticket);
-        self.buckets[bucket].waiting.insert(key, shard);
+        self.buckets[bucket]
+            .waiting
+            .insert(key, Waiter { shard, wake });
         Ticket { bucket, key }
     }
 
@@ -238,15 +257,18 @@ impl Core {
         let line = &mut self.buckets[ticket.bucket];
         line.waiting.remove(&ticket.key);
         line.last_grant = Some(now);
+        line.wake_first();
         Turn::Granted(Grant { charged_until })
     }
 
     /// Withdraws a request that was not granted; returns whether it was still waiting.
     fn cancel(&mut self, ticket: Ticket) -> bool {
-        self.buckets[ticket.bucket]
-            .waiting
-            .remove(&ticket.key)
-            .is_some()
+        let line = &mut self.buckets[ticket.bucket];
+        let was_waiting = line.waiting.remove(&ticket.key).is_some();
+        if was_waiting {
+            line.wake_first();
+        }
+        was_waiting
     }
 
     /// A granted permit went unused: its session start is given back if its period still runs.
@@ -283,7 +305,7 @@ impl LocalIdentifyQueue {
         let buckets = max_concurrency.max(1) as usize;
         Self {
             core: Arc::new(Mutex::new(Core::new(buckets, window))),
-            moved_up: (0..buckets).map(|_| Notify::new()).collect(),
+            buckets: buckets as u32,
         }
     }
 
@@ -321,7 +343,7 @@ impl LocalIdentifyQueue {
 
     /// The number of buckets.
     pub fn max_concurrency(&self) -> u32 {
-        self.moved_up.len() as u32
+        self.buckets
     }
 }
 
@@ -348,34 +370,28 @@ impl Core {
 /// A request's place in its line, withdrawn if the request is dropped before its grant.
 struct Waiting {
     core: Arc<Mutex<Core>>,
-    moved_up: Arc<[Notify]>,
     ticket: Option<Ticket>,
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
-            if lock(&self.core).cancel(ticket) {
-                self.moved_up[ticket.bucket].notify_waiters();
-            }
+            lock(&self.core).cancel(ticket);
         }
     }
 }
 
 impl IdentifyQueue for LocalIdentifyQueue {
     fn acquire(&self, shard: u32, _total: u32) -> PermitRequest {
-        let ticket = lock(&self.core).enqueue(shard, Instant::now());
+        let wake = Arc::new(Notify::new());
+        let ticket = lock(&self.core).enqueue(shard, Instant::now(), wake.clone());
         let mut waiting = Waiting {
             core: self.core.clone(),
-            moved_up: self.moved_up.clone(),
             ticket: Some(ticket),
         };
         Box::pin(async move {
-            let moved_up = waiting.moved_up.clone();
             let mut warned = false;
             loop {
-                // Registered before the line is read, so a move-up in between is not missed.
-                let notified = moved_up[ticket.bucket].notified();
                 let now = Instant::now();
                 let turn = lock(&waiting.core).poll(ticket, now);
                 match turn {
@@ -389,9 +405,10 @@ impl IdentifyQueue for LocalIdentifyQueue {
                             warned = true;
                             tracing::warn!(shard.id = shard, wait = ?until.saturating_duration_since(now), "session-start budget used up: identify waits for the reset");
                         }
+                        // `notify_one` keeps a wake-up given before this wait starts.
                         tokio::select! {
                             () = actix_rt::time::sleep_until(until.into()) => {}
-                            () = notified => {}
+                            () = wake.notified() => {}
                         }
                     }
                 }
@@ -403,6 +420,7 @@ impl IdentifyQueue for LocalIdentifyQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
 
     const W: Duration = Duration::from_secs(5);
 
@@ -422,7 +440,9 @@ mod tests {
     fn buckets_are_independent_and_spaced_by_the_window() {
         let mut core = Core::new(2, W);
         let t0 = Instant::now();
-        let tickets: Vec<_> = (0..6).map(|shard| core.enqueue(shard, t0)).collect();
+        let tickets: Vec<_> = (0..6)
+            .map(|shard| core.enqueue(shard, t0, Arc::default()))
+            .collect();
         let waits: Vec<_> = tickets
             .iter()
             .map(|&t| poll_at(&mut core, t, t0, secs(0)))
@@ -442,7 +462,7 @@ mod tests {
         assert_eq!(poll_at(&mut core, tickets[2], t0, secs(5)), None);
         assert_eq!(poll_at(&mut core, tickets[4], t0, secs(9)), Some(secs(10)));
         // After a quiet period the bucket grants at once again.
-        let later = core.enqueue(4, t0 + secs(60));
+        let later = core.enqueue(4, t0 + secs(60), Arc::default());
         assert_eq!(poll_at(&mut core, later, t0, secs(60)), None);
     }
 
@@ -454,7 +474,7 @@ mod tests {
         // The later half of the plan asks first.
         let tickets: Vec<_> = [5, 4, 3, 2, 1, 0]
             .iter()
-            .map(|&shard| (shard, core.enqueue(shard, t0)))
+            .map(|&shard| (shard, core.enqueue(shard, t0, Arc::default())))
             .collect();
         for &(shard, ticket) in &tickets {
             let expected = if shard < 3 { None } else { Some(secs(5)) };
@@ -476,11 +496,17 @@ mod tests {
             period: secs(86_400),
         });
         let t0 = Instant::now();
-        let [a, b, c] = [0, 1, 2].map(|shard| core.enqueue(shard, t0));
+        let wakes: [Arc<Notify>; 3] = Default::default();
+        let [a, b, c] =
+            [0, 1, 2].map(|shard| core.enqueue(shard, t0, wakes[shard as usize].clone()));
+        let woken = |i: usize| wakes[i].notified().now_or_never().is_some();
         assert_eq!(poll_at(&mut core, a, t0, secs(0)), None);
+        assert!(woken(1), "the grant wakes the next in line");
         assert_eq!(poll_at(&mut core, b, t0, secs(0)), Some(secs(5)));
         assert_eq!(poll_at(&mut core, c, t0, secs(0)), Some(secs(10)));
+        assert!(!woken(2));
         assert!(core.cancel(b));
+        assert!(woken(2), "the withdrawal wakes the one that moves up");
         assert!(!core.cancel(b), "withdrawn once");
         // C moves up into B's place.
         assert_eq!(poll_at(&mut core, c, t0, secs(1)), Some(secs(5)));
@@ -498,7 +524,7 @@ mod tests {
             resets_at: t0 + secs(100),
             period: secs(1000),
         });
-        let a = core.enqueue(0, t0);
+        let a = core.enqueue(0, t0, Arc::default());
         let Turn::Granted(grant) = core.poll(a, t0) else {
             panic!("granted at once")
         };
@@ -506,7 +532,7 @@ mod tests {
         core.release(grant, t0 + secs(1));
         assert_eq!(core.remaining(t0 + secs(1)), Some(10));
         // The Identify might have gone out: the next one still waits the whole window.
-        let b = core.enqueue(1, t0 + secs(1));
+        let b = core.enqueue(1, t0 + secs(1), Arc::default());
         assert_eq!(poll_at(&mut core, b, t0, secs(1)), Some(secs(5)));
         let Turn::Granted(grant) = core.poll(b, t0 + secs(5)) else {
             panic!("granted after the window")
@@ -526,7 +552,9 @@ mod tests {
             resets_at: t0 + secs(100),
             period: secs(1000),
         });
-        let tickets: Vec<_> = (0..6).map(|shard| core.enqueue(shard, t0)).collect();
+        let tickets: Vec<_> = (0..6)
+            .map(|shard| core.enqueue(shard, t0, Arc::default()))
+            .collect();
         let waits: Vec<_> = tickets
             .iter()
             .map(|&t| core.poll(t, t0))
@@ -578,7 +606,11 @@ mod tests {
         let dropped = queue.acquire(1, 3);
         let next = queue.acquire(2, 3);
         let waiting = |q: &LocalIdentifyQueue| -> Vec<u32> {
-            lock(&q.core).buckets[0].waiting.values().copied().collect()
+            lock(&q.core).buckets[0]
+                .waiting
+                .values()
+                .map(|w| w.shard)
+                .collect()
         };
         assert_eq!(waiting(&queue), [1, 2]);
         drop(dropped);
