@@ -122,6 +122,7 @@ struct Line {
 
 #[derive(Debug)]
 struct Waiter {
+    #[allow(dead_code, reason = "shown by the queue's Debug: who is waiting")]
     shard: u32,
     /// Wakes the request to look at the line again.
     wake: Arc<Notify>,
