@@ -783,9 +783,11 @@ impl ShardActor {
             if act.generation == generation && act.state.on_identify_permit() {
                 let _span = act.span.clone().entered();
                 act.drain(ctx);
+                // The Identify is written: the gateway may have seen it even if the connection
+                // dies now, so its session start stays spent.
                 permit.used();
             }
-            // Otherwise the permit drops unused and its session start goes back to the queue.
+            // Otherwise nothing was sent: the permit drops unused and its session start goes back.
         }));
         match &mut self.conn {
             Some(conn) => {
