@@ -179,7 +179,8 @@ pub struct Config {
     pub(crate) identify_window: Duration,
     pub(crate) command_limit: (u32, Duration),
     pub(crate) arbiters: usize,
-    pub(crate) allowed_resume_domains: Vec<String>,
+    /// `None`: the default, which depends on the gateway URL (`url::resume_domains`).
+    pub(crate) allowed_resume_domains: Option<Vec<String>>,
     pub(crate) router: Arc<Router>,
     pub(crate) events: Vec<Recipient<ShardEvent>>,
     pub(crate) sessions: Arc<dyn SessionStore>,
@@ -233,6 +234,11 @@ impl Config {
     pub fn intents(&self) -> Intents {
         self.intents
     }
+
+    /// The domains a `resume_gateway_url` may point at when identifying on `gateway_url`.
+    pub(crate) fn resume_domains_for(&self, gateway_url: &str) -> Vec<String> {
+        crate::url::resume_domains(self.allowed_resume_domains.as_deref(), gateway_url)
+    }
 }
 
 /// Builds a [`Config`]; every check runs in [`ConfigBuilder::build`].
@@ -265,7 +271,7 @@ impl ConfigBuilder {
                 identify_window: IDENTIFY_WINDOW,
                 command_limit: (120, Duration::from_secs(60)),
                 arbiters: std::thread::available_parallelism().map_or(1, |n| n.get()),
-                allowed_resume_domains: vec!["discord.gg".to_owned()],
+                allowed_resume_domains: None,
                 router: Arc::new(Router::default()),
                 events: Vec::new(),
                 sessions: Arc::new(MemorySessionStore::new()),
@@ -376,10 +382,14 @@ impl ConfigBuilder {
         self
     }
 
-    /// Domains whose subdomains a `resume_gateway_url` may point at, besides the gateway URL's own
-    /// host (default: `discord.gg`).
+    /// Domains a `resume_gateway_url` may point at (each domain and its subdomains), besides the
+    /// gateway URL's own host. Each entry is a bare host name such as `discord.gg`: no scheme, port,
+    /// path or leading dot (checked by [`build`](Self::build)).
+    ///
+    /// Default: `discord.gg` when the gateway URL is Discord's; none when it is a host of the bot's
+    /// own (a proxy), so that resumes go through that host too. A list set here applies either way.
     pub fn allowed_resume_domains(mut self, domains: Vec<String>) -> Self {
-        self.config.allowed_resume_domains = domains;
+        self.config.allowed_resume_domains = Some(domains);
         self
     }
 
@@ -576,6 +586,14 @@ impl ConfigBuilder {
             check_url("gateway_url", url, &["ws", "wss"])?;
         }
         check_url("api_base", &config.api_base, &["http", "https"])?;
+        for domain in config.allowed_resume_domains.iter().flatten() {
+            crate::url::check_resume_domain(domain).map_err(|why| {
+                ConfigError::InvalidResumeDomain {
+                    domain: domain.clone(),
+                    why,
+                }
+            })?;
+        }
         let limits = config.limits;
         for (what, value) in [
             ("max_message_size", limits.max_message_size),
@@ -644,5 +662,65 @@ fn check_url(what: &'static str, url: &str, schemes: &[&str]) -> Result<(), Conf
             what,
             format!("{url:?} is not an absolute URL"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resume_allow_list_defaults_by_gateway_and_an_explicit_one_applies_everywhere() {
+        let default = Config::builder("t").build().unwrap();
+        assert_eq!(
+            default.resume_domains_for("wss://gateway.discord.gg"),
+            ["discord.gg"]
+        );
+        assert!(default
+            .resume_domains_for("wss://gateway-proxy.example")
+            .is_empty());
+        let proxied = Config::builder("t")
+            .gateway_url("wss://gateway-proxy.example")
+            .build()
+            .unwrap();
+        assert!(proxied
+            .resume_domains_for("wss://gateway-proxy.example")
+            .is_empty());
+        let explicit = Config::builder("t")
+            .gateway_url("wss://gateway-proxy.example")
+            .allowed_resume_domains(vec!["discord.gg".into()])
+            .build()
+            .unwrap();
+        assert_eq!(
+            explicit.resume_domains_for("wss://gateway-proxy.example"),
+            ["discord.gg"]
+        );
+    }
+
+    #[test]
+    fn a_resume_allow_list_entry_that_is_not_a_host_name_is_refused() {
+        for bad in [
+            "",
+            ".",
+            ".discord.gg",
+            "wss://discord.gg",
+            "discord.gg:443",
+            "discord.gg/x",
+            "a b",
+        ] {
+            let err = Config::builder("t")
+                .allowed_resume_domains(vec!["discord.gg".into(), bad.into()])
+                .build()
+                .unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::InvalidResumeDomain { domain, .. } if domain == bad),
+                "{bad:?}: {err:?}"
+            );
+            assert!(err.to_string().contains("allowed_resume_domains"), "{err}");
+        }
+        assert!(Config::builder("t")
+            .allowed_resume_domains(vec!["discord.gg".into(), "localhost".into()])
+            .build()
+            .is_ok());
     }
 }

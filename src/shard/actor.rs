@@ -97,6 +97,8 @@ struct Connection {
     heartbeat: Option<SpawnHandle>,
     /// The Hello or READY/RESUMED timeout, whichever is armed.
     deadline: Option<SpawnHandle>,
+    /// The identify permit being waited for: cancelled with the connection, which withdraws it.
+    identify: Option<SpawnHandle>,
     decompressor: Decompressor,
     /// A message arriving in continuation frames: whether it is text, and its bytes so far.
     partial: Option<(bool, BytesMut)>,
@@ -166,6 +168,9 @@ pub struct ShardActor {
     backoff: ReconnectBackoff,
     reconnect_timer: Option<SpawnHandle>,
     connections: u32,
+    /// Connects in a row that failed (refused, timed out): past a few, a resume goes through the
+    /// gateway URL rather than a resume host that may be gone.
+    failed_connects: u32,
     queued: VecDeque<String>,
     flush_timer: Option<SpawnHandle>,
     fatal: Option<FatalError>,
@@ -182,8 +187,8 @@ pub struct ShardActor {
     reading: Rc<PauseGate>,
     /// The code of the gateway's close frame on the current connection, for the lifecycle event.
     close_code: Option<u16>,
-    /// Set when the gateway has answered our close during a shutdown.
-    peer_closed: Rc<std::cell::Cell<bool>>,
+    /// During a shutdown: told when the gateway has answered our close (or the socket ended).
+    close_answered: Option<tokio::sync::oneshot::Sender<()>>,
     span: tracing::Span,
 }
 
@@ -215,6 +220,7 @@ impl ShardActor {
             generation: 0,
             reconnect_timer: None,
             connections: 0,
+            failed_connects: 0,
             queued: VecDeque::new(),
             flush_timer: None,
             fatal: None,
@@ -226,7 +232,7 @@ impl ShardActor {
             dropped: 0,
             reading: Rc::new(PauseGate::default()),
             close_code: None,
-            peer_closed: Rc::new(std::cell::Cell::new(false)),
+            close_answered: None,
             span: tracing::info_span!("shard", shard.id = id, shard.total = total),
         }
     }
@@ -237,7 +243,7 @@ impl ShardActor {
         self.connections += 1;
         let generation = self.generation;
         let url = crate::url::connect_url(
-            self.state.connect_base(),
+            self.state.connect_base_after(self.failed_connects),
             self.shared.compression.query_value(),
         );
         tracing::debug!(resume = self.state.will_resume(), url = %url, "connecting");
@@ -260,17 +266,35 @@ impl ShardActor {
                 return;
             }
             match result {
-                Ok(Ok((_response, framed))) => act.attach(framed, generation, ctx),
+                Ok(Ok((_response, framed))) => {
+                    act.failed_connects = 0;
+                    act.attach(framed, generation, ctx);
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "connect failed");
-                    act.schedule_reconnect(ctx);
+                    act.connect_failed(ctx);
                 }
                 Err(_) => {
                     tracing::warn!(?timeout, "connect timed out");
-                    act.schedule_reconnect(ctx);
+                    act.connect_failed(ctx);
                 }
             }
         }));
+    }
+
+    fn connect_failed(&mut self, ctx: &mut Context<Self>) {
+        let base = self
+            .state
+            .connect_base_after(self.failed_connects)
+            .to_owned();
+        self.failed_connects = self.failed_connects.saturating_add(1);
+        if self.state.connect_base_after(self.failed_connects) != base {
+            tracing::warn!(
+                attempts = self.failed_connects,
+                "resume host keeps failing; resuming through the gateway URL"
+            );
+        }
+        self.schedule_reconnect(ctx);
     }
 
     fn attach(
@@ -301,6 +325,7 @@ impl ShardActor {
             reader,
             heartbeat: None,
             deadline: None,
+            identify: None,
             decompressor: Decompressor::new(
                 self.shared.compression,
                 self.shared.limits.max_decompressed_size,
@@ -352,7 +377,10 @@ impl ShardActor {
         let Some(mut conn) = self.conn.take() else {
             return;
         };
-        for handle in [conn.heartbeat, conn.deadline].into_iter().flatten() {
+        for handle in [conn.heartbeat, conn.deadline, conn.identify]
+            .into_iter()
+            .flatten()
+        {
             ctx.cancel_future(handle);
         }
         match code {
@@ -742,13 +770,30 @@ impl ShardActor {
 
     fn request_identify(&mut self, ctx: &mut Context<Self>) {
         let generation = self.generation;
-        let permit = self.shared.queue.acquire(self.id, self.total);
-        ctx.spawn(permit.into_actor(self).map(move |(), act, ctx| {
+        let request = self.shared.queue.acquire(self.id, self.total);
+        let handle = ctx.spawn(request.into_actor(self).map(move |permit, act, ctx| {
+            if let Some(conn) = &mut act.conn {
+                conn.identify = None;
+            }
             if act.generation == generation && act.state.on_identify_permit() {
                 let _span = act.span.clone().entered();
                 act.drain(ctx);
+                // The Identify is written: the gateway may have seen it even if the connection
+                // dies now, so its session start stays spent.
+                permit.used();
             }
+            // Otherwise nothing was sent: the permit drops unused and its session start goes back.
         }));
+        match &mut self.conn {
+            Some(conn) => {
+                if let Some(old) = conn.identify.replace(handle) {
+                    ctx.cancel_future(old);
+                }
+            }
+            None => {
+                ctx.cancel_future(handle);
+            }
+        }
     }
 
     /// Sends queued commands while the limiter allows; schedules itself for when it next will.
@@ -825,7 +870,9 @@ impl ShardActor {
         if self.state.phase() == Phase::Stopped {
             // Shutting down: only the end of the close handshake matters now.
             if matches!(event.frame, None | Some(Ok(Frame::Close(_))) | Some(Err(_))) {
-                self.peer_closed.set(true);
+                if let Some(answered) = self.close_answered.take() {
+                    let _ = answered.send(());
+                }
             }
             return;
         }
@@ -898,11 +945,20 @@ impl Handler<Shutdown> for ShardActor {
             ctx.cancel_future(handle);
         }
         tracing::info!(code, resumable, "shutting down");
-        self.peer_closed.set(self.conn.is_none());
+        let (answered, close_answered) = tokio::sync::oneshot::channel();
+        if self.conn.is_some() {
+            self.close_answered = Some(answered);
+        } else {
+            let _ = answered.send(());
+        }
         if let Some(conn) = &mut self.conn {
-            for handle in [conn.heartbeat.take(), conn.deadline.take()]
-                .into_iter()
-                .flatten()
+            for handle in [
+                conn.heartbeat.take(),
+                conn.deadline.take(),
+                conn.identify.take(),
+            ]
+            .into_iter()
+            .flatten()
             {
                 ctx.cancel_future(handle);
             }
@@ -913,12 +969,8 @@ impl Handler<Shutdown> for ShardActor {
             let _ = conn.sink.write(WsMessage::Close(Some(reason)));
         }
         // Stop once the gateway has answered the close (or after the grace period, if it never does).
-        let peer_closed = self.peer_closed.clone();
         let answered = async move {
-            let deadline = Instant::now() + CLOSE_GRACE;
-            while !peer_closed.get() && Instant::now() < deadline {
-                actix_rt::time::sleep(Duration::from_millis(5)).await;
-            }
+            let _ = actix_rt::time::timeout(CLOSE_GRACE, close_answered).await;
         };
         Box::pin(answered.into_actor(self).map(|(), act, ctx| {
             act.conn = None;

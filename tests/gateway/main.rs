@@ -9,6 +9,7 @@ mod examples;
 mod heartbeat;
 mod identify;
 mod lifecycle;
+mod operations;
 mod reliability;
 mod resume;
 mod routing;
