@@ -21,16 +21,16 @@ use crate::error::FatalError;
 use crate::event::ShardEvent;
 use crate::protocol::{CommandError, Envelope};
 use crate::queue::IdentifyQueue;
-use crate::router::{Dispatch, DispatchBatch, Router};
+use crate::router::Router;
 use crate::session::SessionStore;
 use crate::shard::backoff::ReconnectBackoff;
+use crate::shard::delivery::{Deliver, Delivery};
 use crate::shard::heartbeat_grid;
 use crate::shard::inflate::Inflater;
 use crate::shard::limiter::CommandLimiter;
 use crate::shard::messages::{GetStatus, SendCommand, ShardNotice, ShardStatus, Shutdown};
-use crate::shard::pause::{Pausable, PauseGate};
+use crate::shard::pause::Pausable;
 use crate::shard::state::{Action, IdentifyParams, Phase, SendKind, ShardState};
-use actix::dev::SendError;
 
 type WsSink = crate::shard::framing::Writer;
 
@@ -178,25 +178,13 @@ pub struct ShardActor {
     flush_timer: Option<SpawnHandle>,
     fatal: Option<FatalError>,
     deliberate_stop: bool,
-    /// Events waiting for handlers, with the index of the next handler to offer each to.
-    pending: VecDeque<(Dispatch, usize)>,
-    /// Hand-overs waiting for room in a full handler's mailbox; nothing else is offered meanwhile.
-    waiting: u32,
-    /// The handlers of this shard's thread: the shared ones plus its thread's own.
-    router: Arc<Router>,
-    /// Per batch handler (by router index), the events of the current hand-over.
-    batches: Vec<Vec<Dispatch>>,
-    dropped: u64,
-    reading: Rc<PauseGate>,
+    delivery: Delivery,
     /// The code of the gateway's close frame on the current connection, for the lifecycle event.
     close_code: Option<u16>,
     /// Set when the gateway has answered our close during a shutdown.
     peer_closed: Rc<std::cell::Cell<bool>>,
     span: tracing::Span,
 }
-
-/// Events queued before they are handed over even though the read batch is not done.
-const FLUSH_AT: usize = 64;
 
 impl ShardActor {
     pub(crate) fn new(
@@ -207,11 +195,14 @@ impl ShardActor {
     ) -> Self {
         let session = shared.sessions.load(id);
         let state = ShardState::new(id, total, shared.params.clone(), session);
-        // One list per batch handler (unallocated until used): the router is fixed at start.
-        let router = shared.router.for_this_thread();
-        let batches = (0..router.batch_handler_count())
-            .map(|_| Vec::new())
-            .collect();
+        let span = tracing::info_span!("shard", shard.id = id, shard.total = total);
+        let delivery = Delivery::new(
+            id,
+            shared.slow_handlers,
+            shared.router.for_this_thread(),
+            Arc::clone(&shared.sessions),
+            span.clone(),
+        );
         Self {
             id,
             total,
@@ -227,15 +218,10 @@ impl ShardActor {
             flush_timer: None,
             fatal: None,
             deliberate_stop: false,
-            pending: VecDeque::new(),
-            waiting: 0,
-            router,
-            batches,
-            dropped: 0,
-            reading: Rc::new(PauseGate::default()),
+            delivery,
             close_code: None,
             peer_closed: Rc::new(std::cell::Cell::new(false)),
-            span: tracing::info_span!("shard", shard.id = id, shard.total = total),
+            span,
         }
     }
 
@@ -297,7 +283,7 @@ impl ShardActor {
                         generation,
                         frame: None,
                     }))),
-                self.reading.clone(),
+                self.delivery.gate(),
             ),
         });
         let (limit, window) = self.shared.command_limit;
@@ -377,6 +363,17 @@ impl ShardActor {
         ctx.run_later(CLOSE_GRACE, move |_, ctx| {
             ctx.cancel_future(reader);
             ctx.cancel_future(writer);
+        });
+    }
+
+    /// Ends the current connection (see [`teardown`](Self::teardown)) and reports it, with the
+    /// gateway's close code if it sent one.
+    fn disconnect(&mut self, close_with: Option<u16>, ctx: &mut Context<Self>) {
+        self.teardown(close_with, ctx);
+        let code = self.close_code.take();
+        self.emit(ShardEvent::Disconnected {
+            shard: self.id,
+            code,
         });
     }
 
@@ -488,7 +485,7 @@ impl ShardActor {
                     self.start_heartbeat(first, interval, ctx)
                 }
                 Action::RequestIdentify => self.request_identify(ctx),
-                Action::Deliver(dispatch) => self.deliver(dispatch, ctx),
+                Action::Deliver(dispatch) => self.delivery.deliver(dispatch, ctx),
                 Action::StoreSession(Some(session)) => self.shared.sessions.save(self.id, session),
                 Action::StoreSession(None) => self.shared.sessions.remove(self.id),
                 Action::Ready { resumed } => {
@@ -517,24 +514,14 @@ impl ShardActor {
                     self.flush_commands(ctx);
                 }
                 Action::Reconnect { close_code } => {
-                    self.teardown(close_code, ctx);
-                    let code = self.close_code.take();
-                    self.emit(ShardEvent::Disconnected {
-                        shard: self.id,
-                        code,
-                    });
+                    self.disconnect(close_code, ctx);
                     self.schedule_reconnect(ctx);
                 }
                 Action::Fatal(error) => {
                     tracing::error!(%error, "stopping the shard for good");
                     // Hand over what was read: once the actor stops, the read loop never gets to.
-                    self.drain_pending(ctx);
-                    self.teardown(None, ctx);
-                    let code = self.close_code.take();
-                    self.emit(ShardEvent::Disconnected {
-                        shard: self.id,
-                        code,
-                    });
+                    self.delivery.drain(ctx);
+                    self.disconnect(None, ctx);
                     self.emit(ShardEvent::Fatal {
                         shard: self.id,
                         error: error.clone(),
@@ -542,141 +529,6 @@ impl ShardActor {
                     self.fatal = Some(error);
                     ctx.stop();
                 }
-            }
-        }
-    }
-
-    /// Queues `dispatch` for its handlers. The hand-over happens once the frames already received are
-    /// handled (see [`ReadLoop`]), not per event: a handler on another thread is then woken once per
-    /// burst rather than once per event, which is most of the cost of delivering a small event.
-    fn deliver(&mut self, dispatch: Dispatch, ctx: &mut Context<Self>) {
-        self.pending.push_back((dispatch, 0));
-        if self.waiting > 0 {
-            if let SlowHandlers::Backpressure { max_pending } = self.shared.slow_handlers {
-                if self.pending.len() >= max_pending && !self.reading.is_paused() {
-                    tracing::warn!(
-                        max_pending,
-                        "handlers are behind: pausing reads until they catch up"
-                    );
-                    self.reading.set_paused(true);
-                    self.state.set_reading_paused(true);
-                }
-            }
-            // The handler that blocks hands over the rest when it takes its event.
-            return;
-        }
-        let flush_at = match self.shared.slow_handlers {
-            SlowHandlers::Backpressure { max_pending } => max_pending.min(FLUSH_AT),
-            SlowHandlers::Drop => FLUSH_AT,
-        };
-        if self.pending.len() >= flush_at {
-            self.drain_pending(ctx);
-        }
-        // Otherwise the read loop hands the batch over when it has read what is there.
-    }
-
-    /// Offers `dispatch` to its handlers from the `from`-th on (and, the first time, adds it to its
-    /// batch handlers' batches); on a full mailbox, waits for that handler to take it before
-    /// anything else is offered.
-    fn offer(&mut self, dispatch: Dispatch, from: usize, ctx: &mut Context<Self>) {
-        // One lookup of the event's handlers per offer.
-        let route = self.router.route_of(dispatch.event());
-        if from == 0 {
-            // Recorded as the event is handed over, not when it is queued: a shard restarted from
-            // the store resumes after the last event that left this queue, so what is still queued
-            // here when the actor dies is replayed rather than lost.
-            self.shared.sessions.set_seq(self.id, dispatch.seq());
-            for &i in route.batched() {
-                self.batches[i].push(dispatch.clone());
-            }
-        }
-        let drop_when_full = self.shared.slow_handlers == SlowHandlers::Drop;
-        let Some(full) = route.offer(&dispatch, from, drop_when_full, &mut self.dropped) else {
-            return;
-        };
-        let Some(handler) = route.handlers().get(full).cloned() else {
-            return;
-        };
-        self.waiting += 1;
-        // `send` waits for room in the mailbox, then for the handler to have handled it.
-        let wait = handler.send(dispatch.clone());
-        ctx.spawn(wait.into_actor(self).map(move |result, act, ctx| {
-            if result.is_err() {
-                act.dropped += 1;
-                tracing::warn!(parent: &act.span, seq = dispatch.seq(), "handler stopped before taking the event");
-            }
-            act.waiting -= 1;
-            act.pending.push_front((dispatch, full + 1));
-            act.drain_pending(ctx);
-        }));
-    }
-
-    /// Sends each batch handler the events gathered for it since the last hand-over.
-    fn send_batches(&mut self, ctx: &mut Context<Self>) {
-        if self.batches.iter().all(Vec::is_empty) {
-            return;
-        }
-        // The router's own recipients, not clones: a full mailbox parks that sender, which is what
-        // makes later `try_send`s report it full (a fresh clone always gets one more in).
-        let router = Arc::clone(&self.router);
-        for i in 0..self.batches.len() {
-            if self.batches[i].is_empty() {
-                continue;
-            }
-            let batch = DispatchBatch::new(self.id, std::mem::take(&mut self.batches[i]));
-            let Some(handler) = router.batch_handler(i) else {
-                continue;
-            };
-            let (first, count) = (batch.events()[0].seq(), batch.events().len() as u64);
-            match handler.try_send(batch) {
-                Ok(()) => {}
-                Err(SendError::Full(batch)) if self.shared.slow_handlers != SlowHandlers::Drop => {
-                    self.waiting += 1;
-                    ctx.spawn(handler.send(batch).into_actor(self).map(
-                        move |result, act, ctx| {
-                            if result.is_err() {
-                                act.dropped += count;
-                                tracing::warn!(parent: &act.span, first_seq = first, count, "batch handler stopped before taking the events");
-                            }
-                            act.waiting -= 1;
-                            act.drain_pending(ctx);
-                        },
-                    ));
-                }
-                Err(SendError::Full(_)) => {
-                    self.dropped += count;
-                    tracing::warn!(parent: &self.span, first_seq = first, count, handler = i, dropped = self.dropped, "batch handler mailbox full: events dropped for this handler");
-                }
-                Err(SendError::Closed(_)) => {
-                    self.dropped += count;
-                    tracing::warn!(parent: &self.span, first_seq = first, count, handler = i, dropped = self.dropped, "batch handler has stopped: events not delivered to it");
-                }
-            }
-        }
-    }
-
-    fn drain_pending(&mut self, ctx: &mut Context<Self>) {
-        while self.waiting == 0 {
-            let Some((dispatch, from)) = self.pending.pop_front() else {
-                // All handed over: an idle shard keeps no queue buffer.
-                self.pending = VecDeque::new();
-                break;
-            };
-            self.offer(dispatch, from, ctx);
-        }
-        self.send_batches(ctx);
-        if self.reading.is_paused() {
-            let resume_at = match self.shared.slow_handlers {
-                SlowHandlers::Backpressure { max_pending } => max_pending / 2,
-                SlowHandlers::Drop => usize::MAX,
-            };
-            if self.pending.len() <= resume_at {
-                tracing::info!(
-                    pending = self.pending.len(),
-                    "handlers caught up: reading again"
-                );
-                self.reading.set_paused(false);
-                self.state.set_reading_paused(false);
             }
         }
     }
@@ -741,6 +593,9 @@ impl ShardActor {
             return;
         }
         let _span = self.span.clone().entered();
+        // Zombie detection waits while reads are paused: an ACK may be sitting unread.
+        self.state
+            .set_reading_paused(self.delivery.reading_paused());
         self.state.on_heartbeat_due(Instant::now());
         self.drain(ctx);
     }
@@ -797,8 +652,8 @@ impl ShardActor {
             session_id: self.state.session().map(|s| s.session_id.clone()),
             reconnects: self.connections.saturating_sub(1),
             fatal: self.fatal.clone(),
-            pending: self.pending.len(),
-            dropped: self.dropped,
+            pending: self.delivery.pending(),
+            dropped: self.delivery.dropped(),
         }
     }
 }
@@ -824,11 +679,11 @@ impl Actor for ShardActor {
 
 impl ShardActor {
     fn on_ws_item(&mut self, event: WsEvent, ctx: &mut Context<Self>) {
-        if event.generation != self.generation || self.conn.is_none() {
+        if event.generation != self.generation {
             return;
         }
-        if self.state.phase() == Phase::Stopped {
-            // Shutting down: only the end of the close handshake matters now.
+        if self.conn.is_none() || self.state.phase() == Phase::Stopped {
+            // A connection being closed: only the end of its close handshake matters now.
             if matches!(event.frame, None | Some(Ok(Frame::Close(_))) | Some(Err(_))) {
                 self.peer_closed.set(true);
             }
@@ -840,10 +695,14 @@ impl ShardActor {
 
     /// Gives the handlers what the frames read so far produced.
     fn hand_over(&mut self, ctx: &mut Context<Self>) {
-        if !self.pending.is_empty() && self.waiting == 0 {
-            self.drain_pending(ctx);
-        }
+        self.delivery.hand_over(ctx);
         self.state.release_buffers();
+    }
+}
+
+impl Deliver for ShardActor {
+    fn delivery(&mut self) -> &mut Delivery {
+        &mut self.delivery
     }
 }
 
@@ -898,25 +757,13 @@ impl Handler<Shutdown> for ShardActor {
         self.deliberate_stop = true;
         let code = self.state.shutdown(resumable);
         self.drain(ctx);
-        self.drain_pending(ctx);
+        self.delivery.drain(ctx);
         if let Some(handle) = self.reconnect_timer.take() {
             ctx.cancel_future(handle);
         }
         tracing::info!(code, resumable, "shutting down");
         self.peer_closed.set(self.conn.is_none());
-        if let Some(conn) = &mut self.conn {
-            for handle in [conn.heartbeat.take(), conn.deadline.take()]
-                .into_iter()
-                .flatten()
-            {
-                ctx.cancel_future(handle);
-            }
-            let reason = CloseReason {
-                code: WsCloseCode::from(code),
-                description: None,
-            };
-            let _ = conn.sink.write(WsMessage::Close(Some(reason)));
-        }
+        self.teardown(Some(code), ctx);
         // Stop once the gateway has answered the close (or after the grace period, if it never does).
         let peer_closed = self.peer_closed.clone();
         let answered = async move {
@@ -925,9 +772,6 @@ impl Handler<Shutdown> for ShardActor {
                 actix_rt::time::sleep(Duration::from_millis(5)).await;
             }
         };
-        Box::pin(answered.into_actor(self).map(|(), act, ctx| {
-            act.conn = None;
-            ctx.stop();
-        }))
+        Box::pin(answered.into_actor(self).map(|(), _, ctx| ctx.stop()))
     }
 }
