@@ -299,6 +299,7 @@ impl ShardActor {
             partial: None,
             limiter: CommandLimiter::new(limit, window, None),
         });
+        self.delivery.connection_opened();
         self.state.on_open();
         self.arm_deadline(self.shared.timeouts.hello, Phase::AwaitingHello, ctx);
     }
@@ -486,8 +487,15 @@ impl ShardActor {
                 }
                 Action::RequestIdentify => self.request_identify(ctx),
                 Action::Deliver(dispatch) => self.delivery.deliver(dispatch, ctx),
-                Action::StoreSession(Some(session)) => self.shared.sessions.save(self.id, session),
-                Action::StoreSession(None) => self.shared.sessions.remove(self.id),
+                Action::StoreSession(Some(session)) => {
+                    // A new session (READY): what is still queued from the old one is not its.
+                    self.delivery.new_session();
+                    self.shared.sessions.save(self.id, session);
+                }
+                Action::StoreSession(None) => {
+                    self.delivery.new_session();
+                    self.shared.sessions.remove(self.id);
+                }
                 Action::Ready { resumed } => {
                     self.backoff.reset();
                     if let Some(deadline) = self.conn.as_mut().and_then(|c| c.deadline.take()) {
@@ -654,6 +662,8 @@ impl ShardActor {
             fatal: self.fatal.clone(),
             pending: self.delivery.pending(),
             dropped: self.delivery.dropped(),
+            reading_paused_since: self.delivery.behind_since(),
+            stalled_handlers: self.delivery.stalled_handlers(),
         }
     }
 }
@@ -703,6 +713,10 @@ impl ShardActor {
 impl Deliver for ShardActor {
     fn delivery(&mut self) -> &mut Delivery {
         &mut self.delivery
+    }
+
+    fn emit(&self, event: ShardEvent) {
+        ShardActor::emit(self, event);
     }
 }
 
