@@ -7,7 +7,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::io::{SinkWrite, WriteHandler};
 use actix::prelude::*;
 use actix_codec::Framed;
 use actix_http::ws::Item;
@@ -33,6 +32,104 @@ use crate::shard::pause::Pausable;
 use crate::shard::state::{Action, IdentifyParams, Phase, SendKind, ShardState};
 
 type WsSink = crate::shard::framing::Writer;
+
+/// What the actor has queued for a connection's writer.
+#[derive(Default)]
+struct Outbox {
+    /// Messages not yet handed to the sink; `true` marks a command (see [`ShardActor::queued`]).
+    queue: VecDeque<(WsMessage, bool)>,
+    /// Commands handed to the sink and not yet flushed to the socket.
+    unflushed: usize,
+    /// Close the sink once everything queued is written.
+    closing: bool,
+    /// The sink failed: nothing more is written on this connection.
+    failed: bool,
+    waker: Option<std::task::Waker>,
+}
+
+impl Outbox {
+    fn push(&mut self, message: WsMessage, command: bool) {
+        self.queue.push_back((message, command));
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Writes a connection's outbox to its socket. A command counts as sent only once the socket took
+/// all of it (its flush succeeded); a write error ends the connection, and the commands not yet
+/// flushed go out again on the next one.
+struct WriteLoop {
+    sink: WsSink,
+    outbox: Rc<std::cell::RefCell<Outbox>>,
+    generation: u64,
+}
+
+impl ActorFuture<ShardActor> for WriteLoop {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        act: &mut ShardActor,
+        ctx: &mut Context<ShardActor>,
+        task: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        use futures_util::Sink;
+        use std::task::Poll;
+        let this = &mut *self;
+        let outbox = Rc::clone(&this.outbox);
+        let mut sink = std::pin::Pin::new(&mut this.sink);
+        let failure = 'write: {
+            let mut out = outbox.borrow_mut();
+            while !out.queue.is_empty() {
+                match sink.as_mut().poll_ready(task) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => break 'write Some(e),
+                    Poll::Pending => break,
+                }
+                let Some((message, command)) = out.queue.pop_front() else {
+                    break;
+                };
+                out.unflushed += usize::from(command);
+                if let Err(e) = sink.as_mut().start_send(message) {
+                    break 'write Some(e);
+                }
+            }
+            let flushed = match sink.as_mut().poll_flush(task) {
+                Poll::Ready(Ok(())) => true,
+                Poll::Ready(Err(e)) => break 'write Some(e),
+                Poll::Pending => false,
+            };
+            if flushed {
+                let written = std::mem::take(&mut out.unflushed);
+                drop(out);
+                if written > 0 {
+                    act.commands_written(this.generation, written);
+                }
+                out = outbox.borrow_mut();
+                if out.closing && out.queue.is_empty() {
+                    return match sink.as_mut().poll_close(task) {
+                        Poll::Pending => {
+                            out.waker = Some(task.waker().clone());
+                            Poll::Pending
+                        }
+                        Poll::Ready(_) => Poll::Ready(()),
+                    };
+                }
+            }
+            out.waker = Some(task.waker().clone());
+            None
+        };
+        match failure {
+            None => Poll::Pending,
+            Some(error) => {
+                outbox.borrow_mut().failed = true;
+                act.write_failed(this.generation, error, ctx);
+                Poll::Ready(())
+            }
+        }
+    }
+}
 
 /// How long a closed connection may take to finish its close handshake before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -100,7 +197,8 @@ impl Decompressor {
 
 /// One websocket connection's IO state.
 struct Connection {
-    sink: SinkWrite<WsMessage, WsSink>,
+    outbox: Rc<std::cell::RefCell<Outbox>>,
+    writer: SpawnHandle,
     reader: SpawnHandle,
     heartbeat: Option<SpawnHandle>,
     /// The Hello or READY/RESUMED timeout, whichever is armed.
@@ -174,7 +272,10 @@ pub struct ShardActor {
     backoff: ReconnectBackoff,
     reconnect_timer: Option<SpawnHandle>,
     connections: u32,
+    /// Commands accepted and not yet sent, oldest first. The first `in_flight` of them are in the
+    /// current connection's outbox; a command leaves this queue only once its flush succeeded.
     queued: VecDeque<String>,
+    in_flight: usize,
     flush_timer: Option<SpawnHandle>,
     fatal: Option<FatalError>,
     deliberate_stop: bool,
@@ -215,6 +316,7 @@ impl ShardActor {
             reconnect_timer: None,
             connections: 0,
             queued: VecDeque::new(),
+            in_flight: 0,
             flush_timer: None,
             fatal: None,
             deliberate_stop: false,
@@ -286,9 +388,16 @@ impl ShardActor {
                 self.delivery.gate(),
             ),
         });
+        let outbox = Rc::new(std::cell::RefCell::new(Outbox::default()));
+        let writer = ctx.spawn(WriteLoop {
+            sink,
+            outbox: Rc::clone(&outbox),
+            generation,
+        });
         let (limit, window) = self.shared.command_limit;
         self.conn = Some(Connection {
-            sink: SinkWrite::new(sink, ctx),
+            outbox,
+            writer,
             reader,
             heartbeat: None,
             deadline: None,
@@ -341,26 +450,39 @@ impl ShardActor {
     /// (RFC 6455: the client waits for it before dropping the socket); its items no longer match the
     /// generation and are ignored. Whatever is left goes after [`CLOSE_GRACE`].
     fn teardown(&mut self, code: Option<u16>, ctx: &mut Context<Self>) {
-        let Some(mut conn) = self.conn.take() else {
+        let Some(conn) = self.conn.take() else {
             return;
         };
         for handle in [conn.heartbeat, conn.deadline].into_iter().flatten() {
             ctx.cancel_future(handle);
         }
-        match code {
+        let mut out = conn.outbox.borrow_mut();
+        // Commands not yet handed to the sink stay queued for the next connection.
+        out.queue.retain(|(_, command)| !command);
+        match code.filter(|_| !out.failed) {
             Some(code) => {
+                // Commands already in the sink go out ahead of the close: they count as sent.
+                let sent = std::mem::take(&mut out.unflushed);
+                self.queued.drain(..sent.min(self.queued.len()));
                 let reason = CloseReason {
                     code: WsCloseCode::from(code),
                     description: None,
                 };
-                let _ = conn.sink.write(WsMessage::Close(Some(reason)));
+                out.push(WsMessage::Close(Some(reason)), false);
             }
             None => {
+                // The socket is gone: what it did not take goes again on the next connection.
+                out.unflushed = 0;
                 ctx.cancel_future(conn.reader);
-                conn.sink.close();
+                out.closing = true;
+                if let Some(waker) = out.waker.take() {
+                    waker.wake();
+                }
             }
         }
-        let (reader, writer) = (conn.reader, conn.sink.handle());
+        drop(out);
+        self.in_flight = 0;
+        let (reader, writer) = (conn.reader, conn.writer);
         ctx.run_later(CLOSE_GRACE, move |_, ctx| {
             ctx.cancel_future(reader);
             ctx.cancel_future(writer);
@@ -394,7 +516,9 @@ impl ShardActor {
             Some(Ok(Frame::Continuation(item))) => self.on_continuation(item),
             Some(Ok(Frame::Ping(payload))) => {
                 if let Some(conn) = &mut self.conn {
-                    let _ = conn.sink.write(WsMessage::Pong(payload));
+                    conn.outbox
+                        .borrow_mut()
+                        .push(WsMessage::Pong(payload), false);
                 }
             }
             Some(Ok(Frame::Pong(_))) => {}
@@ -498,6 +622,7 @@ impl ShardActor {
                 }
                 Action::Ready { resumed } => {
                     self.backoff.reset();
+                    self.delivery.connection_ready(ctx);
                     if let Some(deadline) = self.conn.as_mut().and_then(|c| c.deadline.take()) {
                         ctx.cancel_future(deadline);
                     }
@@ -553,7 +678,9 @@ impl ShardActor {
             return;
         }
         tracing::trace!(?kind, bytes = text.len(), "sending");
-        let _ = conn.sink.write(WsMessage::Text(text.into()));
+        conn.outbox
+            .borrow_mut()
+            .push(WsMessage::Text(text.into()), false);
         if kind == SendKind::Handshake {
             let phase = self.state.phase();
             self.arm_deadline(self.shared.timeouts.ready, phase, ctx);
@@ -625,11 +752,13 @@ impl ShardActor {
             return;
         }
         let Some(conn) = &mut self.conn else { return };
-        while let Some(text) = self.queued.front() {
+        while let Some(text) = self.queued.get(self.in_flight) {
             match conn.limiter.try_command(Instant::now()) {
                 Ok(()) => {
-                    let _ = conn.sink.write(WsMessage::Text(text.as_str().into()));
-                    self.queued.pop_front();
+                    conn.outbox
+                        .borrow_mut()
+                        .push(WsMessage::Text(text.as_str().into()), true);
+                    self.in_flight += 1;
                 }
                 Err(wait) => {
                     if self.flush_timer.is_none() {
@@ -642,6 +771,34 @@ impl ShardActor {
                 }
             }
         }
+    }
+
+    /// The socket took the first `count` commands of the current connection's outbox.
+    fn commands_written(&mut self, generation: u64, count: usize) {
+        if generation != self.generation || self.conn.is_none() {
+            // Settled at teardown.
+            return;
+        }
+        let count = count.min(self.in_flight);
+        self.queued.drain(..count);
+        self.in_flight -= count;
+    }
+
+    /// The connection's writer failed: the connection is over, as if a read had failed; the
+    /// commands it did not take stay queued for the next one.
+    fn write_failed(
+        &mut self,
+        generation: u64,
+        error: actix_http::ws::ProtocolError,
+        ctx: &mut Context<Self>,
+    ) {
+        if generation != self.generation || self.conn.is_none() {
+            return;
+        }
+        let _span = self.span.clone().entered();
+        tracing::warn!(%error, unsent = self.in_flight, "websocket write failed; reconnecting");
+        self.state.on_connection_failed();
+        self.drain(ctx);
     }
 
     fn emit(&self, event: ShardEvent) {
@@ -718,16 +875,6 @@ impl Deliver for ShardActor {
     fn emit(&self, event: ShardEvent) {
         ShardActor::emit(self, event);
     }
-}
-
-impl WriteHandler<actix_http::ws::ProtocolError> for ShardActor {
-    fn error(&mut self, err: actix_http::ws::ProtocolError, _ctx: &mut Self::Context) -> Running {
-        tracing::debug!(parent: &self.span, error = %err, "websocket write failed");
-        Running::Stop
-    }
-
-    // A connection's writer ending is not the actor's end.
-    fn finished(&mut self, _ctx: &mut Self::Context) {}
 }
 
 impl Handler<GetStatus> for ShardActor {

@@ -149,6 +149,8 @@ pub(crate) struct Delivery {
     reading: Rc<PauseGate>,
     /// Since when the shard has held reads back for its handlers (across reconnects).
     behind_since: Option<Instant>,
+    /// The connection is in its handshake: reads are not paused until READY or RESUMED is read.
+    handshake: bool,
     stall_timer: Option<SpawnHandle>,
     /// Waits given up on when they held the shard back for `max_pause`: until such a handler takes
     /// what it was last given, it misses (and the shard counts) whatever finds its mailbox full,
@@ -184,6 +186,7 @@ impl Delivery {
             drops: DropLog::default(),
             reading: Rc::new(PauseGate::default()),
             behind_since: None,
+            handshake: false,
             stall_timer: None,
             stalled: Vec::new(),
             span,
@@ -230,11 +233,28 @@ impl Delivery {
         self.session = self.session.wrapping_add(1);
     }
 
-    /// A new connection is open: it reads its handshake even if handlers are still behind (the
-    /// first event it delivers pauses it again), else it would time out waiting for a Hello it
-    /// never reads. How long the shard has been behind still counts from the first pause.
+    /// A new connection is open: it reads its handshake even if handlers are still behind, up to
+    /// READY or RESUMED (a resume's replay comes before RESUMED, so the replay is read whole and
+    /// may take the queue past `max_pending`). Paused, it would wait for a Hello or a RESUMED it
+    /// never reads until its handshake timed out, over and over. How long the shard has been
+    /// behind still counts from the first pause, and `max_pause` still bounds it.
     pub(crate) fn connection_opened(&mut self) {
+        self.handshake = true;
         self.reading.set_paused(false);
+    }
+
+    /// READY or RESUMED was read: if handlers are still behind, reads pause again.
+    pub(crate) fn connection_ready<A: Deliver>(&mut self, ctx: &mut Context<A>) {
+        self.handshake = false;
+        if let SlowHandlers::Backpressure {
+            max_pending,
+            max_pause,
+        } = self.policy
+        {
+            if self.pending.len() >= max_pending && !self.waits.is_empty() {
+                self.pause(max_pending, max_pause, ctx);
+            }
+        }
     }
 
     /// Queues `dispatch` for its handlers. The hand-over happens once the frames already received are
@@ -253,7 +273,8 @@ impl Delivery {
                 max_pause,
             } = self.policy
             {
-                if self.pending.len() >= max_pending && !self.reading.is_paused() {
+                if self.pending.len() >= max_pending && !self.reading.is_paused() && !self.handshake
+                {
                     self.pause(max_pending, max_pause, ctx);
                 }
             }

@@ -263,3 +263,101 @@ async fn events_of_an_ended_session_never_move_the_new_sessions_stored_sequence(
     arbiter.stop();
     bot.stop().await;
 }
+
+/// A command naming `i` (a soundboard request for guild `i`).
+fn numbered(i: u64) -> shardline::Command {
+    shardline::Command::RequestSoundboardSounds(
+        shardline::protocol::command::RequestSoundboardSounds {
+            guild_ids: vec![i.to_string()],
+        },
+    )
+}
+
+#[actix_rt::test]
+async fn a_failed_write_ends_the_connection_and_the_command_goes_out_on_the_next_one_once() {
+    // Heartbeats every 30 s: only the write error can end the connection within the test.
+    let fake_config = shardline::testkit::FakeConfig {
+        heartbeat_interval: Duration::from_secs(30),
+        ..fast_fake(1, 1)
+    };
+    let (handler, _, open, arbiter) = hung();
+    let bot = Bot::start(fake_config, 1, move |c| {
+        c.handler("MESSAGE_CREATE", handler.recipient())
+            .slow_handlers(SlowHandlers::Backpressure {
+                max_pending: 4,
+                max_pause: Duration::from_secs(60),
+            })
+    })
+    .await;
+    // The shard stops reading for the hung handler, so it cannot see the gateway go away: only
+    // writing can tell it.
+    bot.fake
+        .flood(0, "MESSAGE_CREATE", r#"{"content":"x"}"#, 20)
+        .unwrap();
+    status_until(&bot.gateway, "reads paused", |s| {
+        s[0].reading_paused_since.is_some()
+    })
+    .await;
+    bot.fake.drop_connection(0);
+    assert!(
+        bot.fake
+            .wait_for(WAIT, "the gateway closed its end", |f| f.connections()[0]
+                .closed_at
+                .is_some())
+            .await
+    );
+    // Writes the kernel takes before the peer's reset arrives vanish with the connection (the
+    // gateway acknowledges no command); the first one after it fails. Send, one flush each, until
+    // the shard has left the connection: the last command sent is the one the socket refused.
+    let mut sent = 0;
+    let connected =
+        |s: &shardline::ShardStatus| s.reconnects == 0 && s.phase == shardline::Phase::Ready;
+    while connected(&bot.gateway.status().await[0]) {
+        assert!(sent < 500, "the shard never noticed the dead connection");
+        bot.gateway.send(0, numbered(sent)).await.unwrap();
+        sent += 1;
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        bot.fake
+            .wait_for(WAIT, "resumed", |f| f.connections().len() == 2
+                && f.ready_shards() == [0])
+            .await
+    );
+    let conns = bot.fake.connections();
+    assert!(
+        matches!(
+            conns[1].outcome,
+            shardline::testkit::ConnectionOutcome::Resumed { .. }
+        ),
+        "{:?}",
+        conns[1].outcome
+    );
+    let on = |conn: u64| -> Vec<u64> {
+        sent_any(&bot.fake, 31)
+            .into_iter()
+            .filter(|f| f.connection == conn)
+            .map(|f| {
+                f.json["d"]["guild_ids"][0]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    };
+    wait_until("every command after the failed write sent again", || {
+        on(conns[1].id).last() == Some(&(sent - 1))
+    })
+    .await;
+    assert_eq!(
+        on(conns[0].id),
+        Vec::<u64>::new(),
+        "the dead connection received nothing"
+    );
+    // The refused command went out on the new connection, once.
+    assert_eq!(on(conns[1].id), [sent - 1], "sent {sent}");
+    open.send(()).unwrap();
+    arbiter.stop();
+    bot.stop().await;
+}
