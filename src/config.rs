@@ -95,13 +95,28 @@ impl Default for Limits {
 /// timers, not behind the handlers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlowHandlers {
-    /// Never drop (the default). The event waits for room in that handler's mailbox; later events
-    /// wait in the shard, up to `max_pending`; past that the shard stops reading its socket until the
-    /// handlers catch up (Discord keeps the events; if it drops the connection meanwhile, a resume
-    /// replays them). Memory per shard stays bounded by `max_pending` events.
+    /// Wait for slow handlers (the default). The event waits for room in that handler's mailbox;
+    /// later events wait in the shard, up to `max_pending`; past that the shard stops reading its
+    /// socket until the handlers catch up (Discord keeps the events; if it drops the connection
+    /// meanwhile, a resume replays them). Memory per shard stays bounded by `max_pending` events.
+    ///
+    /// A shard stops reading for at most `max_pause` at a stretch. Past it, the handlers it waits
+    /// for are taken as stalled: the shard reads again and, until such a handler takes the event it
+    /// was last given, events that find its mailbox full are dropped for it (counted in
+    /// `ShardStatus::dropped`, reported once by `ShardEvent::HandlerStalled`); once it has taken
+    /// that event, the shard waits for it again. Without the bound, one hung handler would stop
+    /// every shard it hears from for as long as it hangs, with their zombie detection off.
     Backpressure {
         /// Events a shard holds while a handler is full, before it stops reading (default 1024).
         max_pending: usize,
+        /// How long a shard may stop reading for its handlers before it stops waiting for them
+        /// (default 30 s). While reads are paused, heartbeats go on but a missing ACK proves
+        /// nothing (it may be sitting unread), so zombie detection waits; 30 s is under one of
+        /// Discord's heartbeat intervals (41.25 s), so a connection that died meanwhile is noticed
+        /// within `max_pause` plus one interval, no later than zombie detection alone takes at
+        /// worst (two intervals). It is also far longer than a slow handler needs to work
+        /// through `max_pending` events: a handler that keeps the shard paused this long is stuck.
+        max_pause: Duration,
     },
     /// Drop the event for a handler whose mailbox is full, with a warning and a count per drop
     /// (`ShardStatus::dropped`). Never stalls the shard.
@@ -110,7 +125,10 @@ pub enum SlowHandlers {
 
 impl Default for SlowHandlers {
     fn default() -> Self {
-        Self::Backpressure { max_pending: 1024 }
+        Self::Backpressure {
+            max_pending: 1024,
+            max_pause: Duration::from_secs(30),
+        }
     }
 }
 
@@ -633,8 +651,17 @@ impl ConfigBuilder {
                 "needs 0 < initial <= max, multiplier >= 1, randomization in 0..=1".into(),
             ));
         }
-        if config.slow_handlers == (SlowHandlers::Backpressure { max_pending: 0 }) {
-            return Err(ConfigError::InvalidLimit("max_pending", "zero".into()));
+        if let SlowHandlers::Backpressure {
+            max_pending,
+            max_pause,
+        } = config.slow_handlers
+        {
+            if max_pending == 0 {
+                return Err(ConfigError::InvalidLimit("max_pending", "zero".into()));
+            }
+            if max_pause.is_zero() {
+                return Err(ConfigError::InvalidLimit("max_pause", "zero".into()));
+            }
         }
         if config.command_limit.0 < 2 || config.command_limit.1.is_zero() {
             return Err(ConfigError::InvalidLimit(

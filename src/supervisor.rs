@@ -327,6 +327,8 @@ impl Handler<GetStatuses> for Supervisor {
                     fatal: slot.fatal.clone(),
                     pending: 0,
                     dropped: 0,
+                    reading_paused_since: None,
+                    stalled_handlers: 0,
                 };
                 async move {
                     match addr {

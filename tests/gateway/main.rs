@@ -5,6 +5,7 @@ mod harness;
 mod close_codes;
 mod commands;
 mod config;
+mod delivery;
 mod examples;
 mod heartbeat;
 mod identify;
