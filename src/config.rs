@@ -95,13 +95,28 @@ impl Default for Limits {
 /// timers, not behind the handlers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlowHandlers {
-    /// Never drop (the default). The event waits for room in that handler's mailbox; later events
-    /// wait in the shard, up to `max_pending`; past that the shard stops reading its socket until the
-    /// handlers catch up (Discord keeps the events; if it drops the connection meanwhile, a resume
-    /// replays them). Memory per shard stays bounded by `max_pending` events.
+    /// Wait for slow handlers (the default). The event waits for room in that handler's mailbox;
+    /// later events wait in the shard, up to `max_pending`; past that the shard stops reading its
+    /// socket until the handlers catch up (Discord keeps the events; if it drops the connection
+    /// meanwhile, a resume replays them). Memory per shard stays bounded by `max_pending` events.
+    ///
+    /// A shard stops reading for at most `max_pause` at a stretch. Past it, the handlers it waits
+    /// for are taken as stalled: the shard reads again and, until such a handler takes the event it
+    /// was last given, events that find its mailbox full are dropped for it (counted in
+    /// `ShardStatus::dropped`, reported once by `ShardEvent::HandlerStalled`); once it has taken
+    /// that event, the shard waits for it again. Without the bound, one hung handler would stop
+    /// every shard it hears from for as long as it hangs, with their zombie detection off.
     Backpressure {
         /// Events a shard holds while a handler is full, before it stops reading (default 1024).
         max_pending: usize,
+        /// How long a shard may stop reading for its handlers before it stops waiting for them
+        /// (default 30 s). While reads are paused, heartbeats go on but a missing ACK proves
+        /// nothing (it may be sitting unread), so zombie detection waits; 30 s is under one of
+        /// Discord's heartbeat intervals (41.25 s), so a connection that died meanwhile is noticed
+        /// within `max_pause` plus one interval, no later than zombie detection alone takes at
+        /// worst (two intervals). It is also far longer than a slow handler needs to work
+        /// through `max_pending` events: a handler that keeps the shard paused this long is stuck.
+        max_pause: Duration,
     },
     /// Drop the event for a handler whose mailbox is full, with a warning and a count per drop
     /// (`ShardStatus::dropped`). Never stalls the shard.
@@ -110,7 +125,10 @@ pub enum SlowHandlers {
 
 impl Default for SlowHandlers {
     fn default() -> Self {
-        Self::Backpressure { max_pending: 1024 }
+        Self::Backpressure {
+            max_pending: 1024,
+            max_pause: Duration::from_secs(30),
+        }
     }
 }
 
@@ -179,7 +197,8 @@ pub struct Config {
     pub(crate) identify_window: Duration,
     pub(crate) command_limit: (u32, Duration),
     pub(crate) arbiters: usize,
-    pub(crate) allowed_resume_domains: Vec<String>,
+    /// `None`: the default, which depends on the gateway URL (`url::resume_domains`).
+    pub(crate) allowed_resume_domains: Option<Vec<String>>,
     pub(crate) router: Arc<Router>,
     pub(crate) events: Vec<Recipient<ShardEvent>>,
     pub(crate) sessions: Arc<dyn SessionStore>,
@@ -235,6 +254,11 @@ impl Config {
     pub fn intents(&self) -> Intents {
         self.intents
     }
+
+    /// The domains a `resume_gateway_url` may point at when identifying on `gateway_url`.
+    pub(crate) fn resume_domains_for(&self, gateway_url: &str) -> Vec<String> {
+        crate::url::resume_domains(self.allowed_resume_domains.as_deref(), gateway_url)
+    }
 }
 
 /// Builds a [`Config`]; every check runs in [`ConfigBuilder::build`].
@@ -267,7 +291,7 @@ impl ConfigBuilder {
                 identify_window: IDENTIFY_WINDOW,
                 command_limit: (120, Duration::from_secs(60)),
                 arbiters: std::thread::available_parallelism().map_or(1, |n| n.get()),
-                allowed_resume_domains: vec!["discord.gg".to_owned()],
+                allowed_resume_domains: None,
                 router: Arc::new(Router::default()),
                 events: Vec::new(),
                 sessions: Arc::new(MemorySessionStore::new()),
@@ -379,10 +403,14 @@ impl ConfigBuilder {
         self
     }
 
-    /// Domains whose subdomains a `resume_gateway_url` may point at, besides the gateway URL's own
-    /// host (default: `discord.gg`).
+    /// Domains a `resume_gateway_url` may point at (each domain and its subdomains), besides the
+    /// gateway URL's own host. Each entry is a bare host name such as `discord.gg`: no scheme, port,
+    /// path or leading dot (checked by [`build`](Self::build)).
+    ///
+    /// Default: `discord.gg` when the gateway URL is Discord's; none when it is a host of the bot's
+    /// own (a proxy), so that resumes go through that host too. A list set here applies either way.
     pub fn allowed_resume_domains(mut self, domains: Vec<String>) -> Self {
-        self.config.allowed_resume_domains = domains;
+        self.config.allowed_resume_domains = Some(domains);
         self
     }
 
@@ -579,6 +607,14 @@ impl ConfigBuilder {
             check_url("gateway_url", url, &["ws", "wss"])?;
         }
         check_url("api_base", &config.api_base, &["http", "https"])?;
+        for domain in config.allowed_resume_domains.iter().flatten() {
+            crate::url::check_resume_domain(domain).map_err(|why| {
+                ConfigError::InvalidResumeDomain {
+                    domain: domain.clone(),
+                    why,
+                }
+            })?;
+        }
         let limits = config.limits;
         for (what, value) in [
             ("max_message_size", limits.max_message_size),
@@ -618,8 +654,17 @@ impl ConfigBuilder {
                 "needs 0 < initial <= max, multiplier >= 1, randomization in 0..=1".into(),
             ));
         }
-        if config.slow_handlers == (SlowHandlers::Backpressure { max_pending: 0 }) {
-            return Err(ConfigError::InvalidLimit("max_pending", "zero".into()));
+        if let SlowHandlers::Backpressure {
+            max_pending,
+            max_pause,
+        } = config.slow_handlers
+        {
+            if max_pending == 0 {
+                return Err(ConfigError::InvalidLimit("max_pending", "zero".into()));
+            }
+            if max_pause.is_zero() {
+                return Err(ConfigError::InvalidLimit("max_pause", "zero".into()));
+            }
         }
         if config.command_limit.0 < 2 || config.command_limit.1.is_zero() {
             return Err(ConfigError::InvalidLimit(
@@ -647,5 +692,65 @@ fn check_url(what: &'static str, url: &str, schemes: &[&str]) -> Result<(), Conf
             what,
             format!("{url:?} is not an absolute URL"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resume_allow_list_defaults_by_gateway_and_an_explicit_one_applies_everywhere() {
+        let default = Config::builder("t").build().unwrap();
+        assert_eq!(
+            default.resume_domains_for("wss://gateway.discord.gg"),
+            ["discord.gg"]
+        );
+        assert!(default
+            .resume_domains_for("wss://gateway-proxy.example")
+            .is_empty());
+        let proxied = Config::builder("t")
+            .gateway_url("wss://gateway-proxy.example")
+            .build()
+            .unwrap();
+        assert!(proxied
+            .resume_domains_for("wss://gateway-proxy.example")
+            .is_empty());
+        let explicit = Config::builder("t")
+            .gateway_url("wss://gateway-proxy.example")
+            .allowed_resume_domains(vec!["discord.gg".into()])
+            .build()
+            .unwrap();
+        assert_eq!(
+            explicit.resume_domains_for("wss://gateway-proxy.example"),
+            ["discord.gg"]
+        );
+    }
+
+    #[test]
+    fn a_resume_allow_list_entry_that_is_not_a_host_name_is_refused() {
+        for bad in [
+            "",
+            ".",
+            ".discord.gg",
+            "wss://discord.gg",
+            "discord.gg:443",
+            "discord.gg/x",
+            "a b",
+        ] {
+            let err = Config::builder("t")
+                .allowed_resume_domains(vec!["discord.gg".into(), bad.into()])
+                .build()
+                .unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::InvalidResumeDomain { domain, .. } if domain == bad),
+                "{bad:?}: {err:?}"
+            );
+            assert!(err.to_string().contains("allowed_resume_domains"), "{err}");
+        }
+        assert!(Config::builder("t")
+            .allowed_resume_domains(vec!["discord.gg".into(), "localhost".into()])
+            .build()
+            .is_ok());
     }
 }

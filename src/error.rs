@@ -41,6 +41,13 @@ pub enum ConfigError {
     },
     /// rustls refused the TLS client configuration.
     Tls(String),
+    /// An entry of `allowed_resume_domains` is not a bare host name such as `discord.gg`.
+    InvalidResumeDomain {
+        /// The entry.
+        domain: String,
+        /// Why it is refused.
+        why: &'static str,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -67,6 +74,12 @@ impl fmt::Display for ConfigError {
                 )
             }
             Self::Tls(why) => write!(f, "TLS client configuration: {why}"),
+            Self::InvalidResumeDomain { domain, why } => {
+                write!(
+                    f,
+                    "allowed_resume_domains entry {domain:?} is refused: {why}"
+                )
+            }
         }
     }
 }

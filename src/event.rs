@@ -1,6 +1,8 @@
 //! Shard lifecycle events, sent to the recipients registered with
 //! [`ConfigBuilder::events`](crate::ConfigBuilder::events).
 
+use std::time::Duration;
+
 use actix::Message;
 
 use crate::error::FatalError;
@@ -28,6 +30,18 @@ pub enum ShardEvent {
         shard: u32,
         /// The gateway's close code, if it closed the connection with one.
         code: Option<u16>,
+    },
+    /// Handlers held the shard's reads back for `SlowHandlers::Backpressure::max_pause`: the shard
+    /// reads again and drops events for the handlers it was waiting for whenever their mailbox is
+    /// full, until each takes the event it was last given (see
+    /// [`SlowHandlers`](crate::SlowHandlers)).
+    HandlerStalled {
+        /// The shard.
+        shard: u32,
+        /// Events the shard held when it stopped waiting.
+        pending: usize,
+        /// How long it had held its reads back.
+        paused_for: Duration,
     },
     /// The shard stopped for good.
     Fatal {

@@ -217,36 +217,6 @@ impl Route {
     pub(crate) fn batched(&self) -> &[usize] {
         &self.batched
     }
-
-    /// Offers `dispatch` to the handlers of its event, from the `from`-th on, without waiting.
-    ///
-    /// Returns the index of the first handler whose mailbox is full, unless `drop_when_full`, in which
-    /// case that handler misses the event and `dropped` counts it. A handler that has stopped misses
-    /// it too, counted the same way.
-    pub(crate) fn offer(
-        &self,
-        dispatch: &Dispatch,
-        from: usize,
-        drop_when_full: bool,
-        dropped: &mut u64,
-    ) -> Option<usize> {
-        let handlers = &self.each;
-        for (i, handler) in handlers.iter().enumerate().skip(from) {
-            match handler.try_send(dispatch.clone()) {
-                Ok(()) => {}
-                Err(actix::dev::SendError::Full(_)) if !drop_when_full => return Some(i),
-                Err(actix::dev::SendError::Full(_)) => {
-                    *dropped += 1;
-                    tracing::warn!(shard.id = dispatch.shard, seq = dispatch.seq, event = %dispatch.event(), handler = i, dropped = *dropped, "handler mailbox full: event dropped for this handler");
-                }
-                Err(actix::dev::SendError::Closed(_)) => {
-                    *dropped += 1;
-                    tracing::warn!(shard.id = dispatch.shard, seq = dispatch.seq, event = %dispatch.event(), handler = i, dropped = *dropped, "handler has stopped: event not delivered to it");
-                }
-            }
-        }
-        None
-    }
 }
 
 fn push_unique<T: PartialEq + Clone>(list: &mut Box<[T]>, item: T) {

@@ -49,6 +49,8 @@ pub struct Supervisor {
     slots: BTreeMap<u32, Slot>,
     arbiters: Vec<Arbiter>,
     shutting_down: bool,
+    /// Set to `true` once a shutdown has closed every shard: a later `ShutdownAll` waits for it.
+    shut_down: Option<tokio::sync::watch::Receiver<bool>>,
     ever_ready: std::collections::HashSet<u32>,
     started_at: std::time::Instant,
     /// Shards start only when a fleet's lease keeper hands them over ([`Acquire`]).
@@ -118,6 +120,35 @@ fn identifying(ids: &[u32], config: &Config) -> Vec<u32> {
         .collect()
 }
 
+impl Slot {
+    fn new(arbiter: usize, backoff: &crate::config::Backoff) -> Self {
+        Self {
+            addr: None,
+            arbiter,
+            fatal: None,
+            stopped: false,
+            restarts: 0,
+            backoff: ReconnectBackoff::new(backoff),
+            restart_timer: None,
+            guard: None,
+            held: true,
+            on_stopped: Vec::new(),
+        }
+    }
+
+    /// Counts a restart and returns the delay before it: growing while the shard keeps dying.
+    fn next_restart(&mut self) -> Duration {
+        self.restarts += 1;
+        self.backoff.next_delay()
+    }
+
+    /// The shard is READY or RESUMED: it works again, so its next restart is a first one, not the
+    /// next step of a crash loop that has ended.
+    fn on_ready(&mut self) {
+        self.backoff.reset();
+    }
+}
+
 impl Supervisor {
     fn start_shard(&mut self, id: u32, ctx: &mut Context<Self>) {
         let Some(slot) = self.slots.get_mut(&id) else {
@@ -153,8 +184,7 @@ impl Supervisor {
             return;
         }
         slot.addr = None;
-        slot.restarts += 1;
-        let delay = slot.backoff.next_delay();
+        let delay = slot.next_restart();
         tracing::warn!(
             shard.id = id,
             ?delay,
@@ -258,6 +288,9 @@ impl Supervisor {
     }
 
     fn on_ready(&mut self, id: u32) {
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.on_ready();
+        }
         if !self.ever_ready.insert(id) {
             return;
         }
@@ -314,6 +347,8 @@ impl Handler<GetStatuses> for Supervisor {
                     fatal: slot.fatal.clone(),
                     pending: 0,
                     dropped: 0,
+                    reading_paused_since: None,
+                    stalled_handlers: 0,
                 };
                 async move {
                     match addr {
@@ -388,6 +423,9 @@ impl Handler<SendToAll> for Supervisor {
 
 /// Shuts every shard down, then the supervisor and its arbiters. `resumable: true` keeps every
 /// session resumable (close 4000, sessions stay in the store); `false` ends them (close 1000).
+///
+/// Only the first one acts: one sent while a shutdown is under way waits for that shutdown to end
+/// (its `resumable` is ignored).
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub struct ShutdownAll {
@@ -399,6 +437,20 @@ impl Handler<ShutdownAll> for Supervisor {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, msg: ShutdownAll, ctx: &mut Self::Context) -> Self::Result {
+        if let Some(done) = &self.shut_down {
+            tracing::debug!(
+                resumable = msg.resumable,
+                "shutdown already under way: waiting for it"
+            );
+            let mut done = done.clone();
+            // An error means the first shutdown's future is gone, i.e. the supervisor stopped.
+            let wait = async move {
+                let _ = done.wait_for(|done| *done).await;
+            };
+            return Box::pin(wait.into_actor(self));
+        }
+        let (finished, done) = tokio::sync::watch::channel(false);
+        self.shut_down = Some(done);
         self.shutting_down = true;
         let mut closing = Vec::new();
         for slot in self.slots.values_mut() {
@@ -416,11 +468,10 @@ impl Handler<ShutdownAll> for Supervisor {
             }
             slot.stopped = true;
         }
-        Box::pin(
-            join_all(closing)
-                .into_actor(self)
-                .map(|_, _, ctx| ctx.stop()),
-        )
+        Box::pin(join_all(closing).into_actor(self).map(move |_, _, ctx| {
+            let _ = finished.send(true);
+            ctx.stop();
+        }))
     }
 }
 
@@ -461,6 +512,21 @@ impl Gateway {
     /// the supervisor and every shard. Must run inside an actix system.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let plan = resolve(&config).await?;
+        if config.identify_queue.is_none() {
+            if let ShardPlan::Range { ids, total } = &config.plan {
+                // docs/protocol.md §5: the buckets are the bot's, not the process's.
+                tracing::warn!(
+                    ids = ?ids,
+                    total,
+                    "running part of the bot's shards with the in-process identify queue: its identify limit is not shared with the processes running the others, so together they can identify faster than Discord allows; give every process one shared IdentifyQueue"
+                );
+            }
+            if plan.gateway_bot.is_none() {
+                tracing::warn!(
+                    "max_concurrency and gateway_url are set, so GET /gateway/bot is not asked: the session-start budget is unknown and not kept (exhausting it resets the bot's token, docs/protocol.md §5)"
+                );
+            }
+        }
         let queue: Arc<dyn IdentifyQueue> = match (&config.identify_queue, &plan.gateway_bot) {
             (Some(queue), _) => queue.clone(),
             (None, Some(bot)) => {
@@ -499,7 +565,7 @@ impl Gateway {
             large_threshold: config.large_threshold,
             presence: config.presence.clone(),
             gateway_url: plan.gateway_url.clone(),
-            allowed_resume_domains: config.allowed_resume_domains.clone(),
+            allowed_resume_domains: config.resume_domains_for(&plan.gateway_url),
         };
         let shared = Arc::new(ShardShared {
             params: Arc::new(params),
@@ -525,18 +591,8 @@ impl Gateway {
             .iter()
             .enumerate()
             .map(|(i, &id)| {
-                let slot = Slot {
-                    addr: None,
-                    arbiter: i % arbiter_count,
-                    fatal: None,
-                    stopped: false,
-                    restarts: 0,
-                    backoff: ReconnectBackoff::new(&config.backoff),
-                    restart_timer: None,
-                    guard: None,
-                    held: !config.dynamic_shards,
-                    on_stopped: Vec::new(),
-                };
+                let mut slot = Slot::new(i % arbiter_count, &config.backoff);
+                slot.held = !config.dynamic_shards;
                 (id, slot)
             })
             .collect();
@@ -553,6 +609,7 @@ impl Gateway {
             slots,
             arbiters,
             shutting_down: false,
+            shut_down: None,
             ever_ready: Default::default(),
             started_at: std::time::Instant::now(),
             dynamic: config.dynamic_shards,
@@ -602,7 +659,9 @@ impl Gateway {
             .unwrap_or_default()
     }
 
-    /// Shuts every shard down and waits until their connections are closed.
+    /// Shuts every shard down and waits until their connections are closed. A call while a
+    /// shutdown is under way (from any clone of this handle) waits for that one to end; the first
+    /// call's `resumable` is what the shards close with.
     pub async fn shutdown(&self, resumable: bool) {
         #[cfg(feature = "redis")]
         if let Some(fleet) = &self.fleet {
@@ -707,5 +766,27 @@ impl Handler<ReleaseShard> for Supervisor {
             }
             let _ = on_stopped.await;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_restart_delay_grows_while_a_shard_keeps_dying_and_starts_over_once_it_is_ready() {
+        let backoff = crate::config::Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            multiplier: 2.0,
+            randomization: 0.0,
+        };
+        let mut slot = Slot::new(0, &backoff);
+        let ms = |d: Duration| d.as_millis();
+        assert_eq!(ms(slot.next_restart()), 100);
+        assert_eq!(ms(slot.next_restart()), 200);
+        slot.on_ready();
+        assert_eq!(ms(slot.next_restart()), 100);
+        assert_eq!(slot.restarts, 3);
     }
 }

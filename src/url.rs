@@ -63,12 +63,79 @@ pub(crate) fn resume_url_allowed(resume: &str, gateway: &str, allowed_domains: &
         return true;
     }
     allowed_domains.iter().any(|domain| {
-        let domain = domain.trim_start_matches('.').to_ascii_lowercase();
-        host == domain
-            || host
-                .strip_suffix(&domain)
-                .is_some_and(|prefix| prefix.ends_with('.'))
+        let domain = domain.to_ascii_lowercase();
+        // An empty entry would allow every host ending in a dot; `build()` refuses one anyway.
+        !domain.is_empty()
+            && (host == domain
+                || host
+                    .strip_suffix(&domain)
+                    .is_some_and(|prefix| prefix.ends_with('.')))
     })
+}
+
+/// Discord's own domain: the gateway URL `GET /gateway/bot` answers and every `resume_gateway_url`
+/// Discord sends are on it.
+pub(crate) const DISCORD_DOMAIN: &str = "discord.gg";
+
+/// The domains a `resume_gateway_url` may point at for this gateway URL: the bot's own list if it
+/// set one; else `discord.gg` when the gateway is Discord's, and none when it is the bot's own host
+/// (a proxy): the resume URLs Discord sends would go around the proxy, so resumes go through it
+/// (docs/design.md, "Resume URLs").
+pub(crate) fn resume_domains(explicit: Option<&[String]>, gateway_url: &str) -> Vec<String> {
+    if let Some(domains) = explicit {
+        return domains.to_vec();
+    }
+    let discords = Url::parse(gateway_url).is_some_and(|u| {
+        let host = u.host.to_ascii_lowercase();
+        host == DISCORD_DOMAIN
+            || host
+                .strip_suffix(DISCORD_DOMAIN)
+                .is_some_and(|prefix| prefix.ends_with('.'))
+    });
+    if discords {
+        vec![DISCORD_DOMAIN.to_owned()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Why `domain` cannot be an entry of the resume allow-list, if it cannot: an entry is a bare host
+/// name (`discord.gg`), which allows that host and its subdomains.
+pub(crate) fn check_resume_domain(domain: &str) -> Result<(), &'static str> {
+    if domain.is_empty() {
+        return Err("it is empty");
+    }
+    if domain.contains("://") {
+        return Err("it has a scheme; give the bare host name, e.g. discord.gg");
+    }
+    if domain.chars().any(char::is_whitespace) {
+        return Err("it contains whitespace");
+    }
+    if domain.contains(['/', '?', '#']) {
+        return Err("it has a path or query; give the bare host name");
+    }
+    if domain.contains('@') {
+        return Err("it has user info; give the bare host name");
+    }
+    if domain.contains(':') {
+        return Err("it has a port (or is an IPv6 literal); give the bare host name");
+    }
+    if domain.starts_with('.') {
+        return Err("it starts with a dot; subdomains are always allowed, so give discord.gg, not .discord.gg");
+    }
+    if domain.ends_with('.') {
+        return Err("it ends with a dot");
+    }
+    if domain.contains("..") {
+        return Err("it has an empty label");
+    }
+    if !domain
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+    {
+        return Err("it has a character a host name cannot have");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -87,6 +154,80 @@ mod tests {
         for bad in ["gateway.discord.gg", "wss://", "://x", "wss:///path"] {
             assert_eq!(Url::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_default_allow_list_is_discord_only_for_discords_gateway() {
+        let discord = vec!["discord.gg".to_owned()];
+        for gateway in [
+            "wss://gateway.discord.gg",
+            "wss://GATEWAY.Discord.gg/?v=10",
+            "wss://discord.gg",
+        ] {
+            assert_eq!(resume_domains(None, gateway), discord, "{gateway}");
+        }
+        for proxy in [
+            "wss://gateway-proxy.example",
+            "ws://127.0.0.1:7878",
+            "wss://notdiscord.gg",
+            "wss://discord.gg.proxy.example",
+        ] {
+            assert!(resume_domains(None, proxy).is_empty(), "{proxy}");
+        }
+        // A list the bot set applies whatever the gateway.
+        let own = vec!["proxy.example".to_owned()];
+        assert_eq!(resume_domains(Some(&own), "wss://gateway.discord.gg"), own);
+        assert_eq!(resume_domains(Some(&own), "ws://127.0.0.1:7878"), own);
+        assert!(resume_domains(Some(&[]), "wss://gateway.discord.gg").is_empty());
+
+        // Behind a proxy, Discord's resume URL is not followed: the resume goes through the proxy.
+        let proxy = "wss://gateway-proxy.example";
+        assert!(!resume_url_allowed(
+            "wss://gateway-us-east1-b.discord.gg",
+            proxy,
+            &resume_domains(None, proxy)
+        ));
+        assert!(resume_url_allowed(
+            "wss://gateway-proxy.example/resume",
+            proxy,
+            &resume_domains(None, proxy)
+        ));
+    }
+
+    #[test]
+    fn allow_list_entries_are_bare_host_names() {
+        for good in [
+            "discord.gg",
+            "Discord.GG",
+            "localhost",
+            "127.0.0.1",
+            "my-proxy.example",
+        ] {
+            assert_eq!(check_resume_domain(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            ".discord.gg",
+            "discord.gg.",
+            "a..b",
+            "wss://discord.gg",
+            "discord.gg/resume",
+            "discord.gg:443",
+            "[::1]",
+            "discord gg",
+            " discord.gg",
+            "user@discord.gg",
+            "discörd.gg",
+        ] {
+            assert!(check_resume_domain(bad).is_err(), "{bad:?}");
+        }
+        // What an empty entry used to allow: any host ending in a dot.
+        assert!(!resume_url_allowed(
+            "wss://evil.example.",
+            "wss://gateway.discord.gg",
+            &[String::new()]
+        ));
     }
 
     #[test]

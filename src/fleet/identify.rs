@@ -12,7 +12,7 @@ use std::time::Duration;
 use redis::Script;
 
 use crate::fleet::FleetRedis;
-use crate::queue::{IdentifyQueue, Permit};
+use crate::queue::{IdentifyQueue, Permit, PermitRequest};
 
 /// Takes a bucket's permit if its window has passed and the budget allows; answers
 /// `{1, 0}` when taken, else `{0, milliseconds to wait}`.
@@ -145,7 +145,9 @@ impl RedisIdentifyQueue {
 }
 
 impl IdentifyQueue for RedisIdentifyQueue {
-    fn acquire(&self, shard: u32, _total: u32) -> Permit {
+    /// Polls the bucket until Redis grants its permit. Dropping the request before then withdraws
+    /// it: nothing was reserved. A granted permit dropped unused gives its budget unit back.
+    fn acquire(&self, shard: u32, _total: u32) -> PermitRequest {
         let this = self.clone();
         Box::pin(async move {
             let bucket = this.bucket_key(shard);
@@ -163,7 +165,20 @@ impl IdentifyQueue for RedisIdentifyQueue {
                     .invoke_async(&mut this.inner.redis.conn())
                     .await;
                 let wait = match answer {
-                    Ok((1, _)) => return,
+                    Ok((1, _)) => {
+                        let queue = this.clone();
+                        return Permit::new(move || {
+                            // A drop cannot wait for Redis: the refund goes to a task, if a
+                            // runtime is there to run it.
+                            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                                runtime.spawn(async move {
+                                    if let Err(e) = queue.refund().await {
+                                        tracing::warn!(error = %e, "identify queue: could not give an unused permit's budget unit back");
+                                    }
+                                });
+                            }
+                        });
+                    }
                     Ok((_, wait_ms)) => {
                         failures = 0;
                         Duration::from_millis(wait_ms.max(1) as u64).min(MAX_POLL)

@@ -7,7 +7,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::io::{SinkWrite, WriteHandler};
 use actix::prelude::*;
 use actix_codec::Framed;
 use actix_http::ws::Item;
@@ -22,18 +21,116 @@ use crate::event::ShardEvent;
 use crate::ownership::LeaseGuard;
 use crate::protocol::{CommandError, Envelope};
 use crate::queue::IdentifyQueue;
-use crate::router::{Dispatch, DispatchBatch, Router};
+use crate::router::Router;
 use crate::session::SessionStore;
 use crate::shard::backoff::ReconnectBackoff;
+use crate::shard::delivery::{Deliver, Delivery};
 use crate::shard::heartbeat_grid;
 use crate::shard::inflate::Inflater;
 use crate::shard::limiter::CommandLimiter;
 use crate::shard::messages::{Abandon, GetStatus, SendCommand, ShardNotice, ShardStatus, Shutdown};
-use crate::shard::pause::{Pausable, PauseGate};
+use crate::shard::pause::Pausable;
 use crate::shard::state::{Action, IdentifyParams, Phase, SendKind, ShardState};
-use actix::dev::SendError;
 
 type WsSink = crate::shard::framing::Writer;
+
+/// What the actor has queued for a connection's writer.
+#[derive(Default)]
+struct Outbox {
+    /// Messages not yet handed to the sink; `true` marks a command (see [`ShardActor::queued`]).
+    queue: VecDeque<(WsMessage, bool)>,
+    /// Commands handed to the sink and not yet flushed to the socket.
+    unflushed: usize,
+    /// Close the sink once everything queued is written.
+    closing: bool,
+    /// The sink failed: nothing more is written on this connection.
+    failed: bool,
+    waker: Option<std::task::Waker>,
+}
+
+impl Outbox {
+    fn push(&mut self, message: WsMessage, command: bool) {
+        self.queue.push_back((message, command));
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Writes a connection's outbox to its socket. A command counts as sent only once the socket took
+/// all of it (its flush succeeded); a write error ends the connection, and the commands not yet
+/// flushed go out again on the next one.
+struct WriteLoop {
+    sink: WsSink,
+    outbox: Rc<std::cell::RefCell<Outbox>>,
+    generation: u64,
+}
+
+impl ActorFuture<ShardActor> for WriteLoop {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        act: &mut ShardActor,
+        ctx: &mut Context<ShardActor>,
+        task: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        use futures_util::Sink;
+        use std::task::Poll;
+        let this = &mut *self;
+        let outbox = Rc::clone(&this.outbox);
+        let mut sink = std::pin::Pin::new(&mut this.sink);
+        let failure = 'write: {
+            let mut out = outbox.borrow_mut();
+            while !out.queue.is_empty() {
+                match sink.as_mut().poll_ready(task) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => break 'write Some(e),
+                    Poll::Pending => break,
+                }
+                let Some((message, command)) = out.queue.pop_front() else {
+                    break;
+                };
+                out.unflushed += usize::from(command);
+                if let Err(e) = sink.as_mut().start_send(message) {
+                    break 'write Some(e);
+                }
+            }
+            let flushed = match sink.as_mut().poll_flush(task) {
+                Poll::Ready(Ok(())) => true,
+                Poll::Ready(Err(e)) => break 'write Some(e),
+                Poll::Pending => false,
+            };
+            if flushed {
+                let written = std::mem::take(&mut out.unflushed);
+                drop(out);
+                if written > 0 {
+                    act.commands_written(this.generation, written);
+                }
+                out = outbox.borrow_mut();
+                if out.closing && out.queue.is_empty() {
+                    return match sink.as_mut().poll_close(task) {
+                        Poll::Pending => {
+                            out.waker = Some(task.waker().clone());
+                            Poll::Pending
+                        }
+                        Poll::Ready(_) => Poll::Ready(()),
+                    };
+                }
+            }
+            out.waker = Some(task.waker().clone());
+            None
+        };
+        match failure {
+            None => Poll::Pending,
+            Some(error) => {
+                outbox.borrow_mut().failed = true;
+                act.write_failed(this.generation, error, ctx);
+                Poll::Ready(())
+            }
+        }
+    }
+}
 
 /// How long a closed connection may take to finish its close handshake before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -93,11 +190,14 @@ impl Decompressor {
 
 /// One websocket connection's IO state.
 struct Connection {
-    sink: SinkWrite<WsMessage, WsSink>,
+    outbox: Rc<std::cell::RefCell<Outbox>>,
+    writer: SpawnHandle,
     reader: SpawnHandle,
     heartbeat: Option<SpawnHandle>,
     /// The Hello or READY/RESUMED timeout, whichever is armed.
     deadline: Option<SpawnHandle>,
+    /// The identify permit being waited for: cancelled with the connection, which withdraws it.
+    identify: Option<SpawnHandle>,
     decompressor: Decompressor,
     /// A message arriving in continuation frames: whether it is text, and its bytes so far.
     partial: Option<(bool, BytesMut)>,
@@ -167,32 +267,26 @@ pub struct ShardActor {
     backoff: ReconnectBackoff,
     reconnect_timer: Option<SpawnHandle>,
     connections: u32,
+    /// Connects in a row that failed (refused, timed out): past a few, a resume goes through the
+    /// gateway URL rather than a resume host that may be gone.
+    failed_connects: u32,
+    /// Commands accepted and not yet sent, oldest first. The first `in_flight` of them are in the
+    /// current connection's outbox; a command leaves this queue only once its flush succeeded.
     queued: VecDeque<String>,
+    in_flight: usize,
     flush_timer: Option<SpawnHandle>,
     fatal: Option<FatalError>,
     deliberate_stop: bool,
-    /// Events waiting for handlers, with the index of the next handler to offer each to.
-    pending: VecDeque<(Dispatch, usize)>,
-    /// Hand-overs waiting for room in a full handler's mailbox; nothing else is offered meanwhile.
-    waiting: u32,
-    /// The handlers of this shard's thread: the shared ones plus its thread's own.
-    router: Arc<Router>,
-    /// Per batch handler (by router index), the events of the current hand-over.
-    batches: Vec<Vec<Dispatch>>,
-    dropped: u64,
-    reading: Rc<PauseGate>,
+    delivery: Delivery,
     /// The code of the gateway's close frame on the current connection, for the lifecycle event.
     close_code: Option<u16>,
-    /// Set when the gateway has answered our close during a shutdown.
-    peer_closed: Rc<std::cell::Cell<bool>>,
+    /// During a shutdown: told when the gateway has answered our close (or the socket ended).
+    close_answered: Option<tokio::sync::oneshot::Sender<()>>,
     /// In a fleet, whether this process still holds the shard's lease: nothing is written to the
     /// connection once it does not (docs/fleet.md "Ownership").
     guard: Option<LeaseGuard>,
     span: tracing::Span,
 }
-
-/// Events queued before they are handed over even though the read batch is not done.
-const FLUSH_AT: usize = 64;
 
 impl ShardActor {
     pub(crate) fn new(
@@ -204,11 +298,14 @@ impl ShardActor {
     ) -> Self {
         let session = shared.sessions.load(id);
         let state = ShardState::new(id, total, shared.params.clone(), session);
-        // One list per batch handler (unallocated until used): the router is fixed at start.
-        let router = shared.router.for_this_thread();
-        let batches = (0..router.batch_handler_count())
-            .map(|_| Vec::new())
-            .collect();
+        let span = tracing::info_span!("shard", shard.id = id, shard.total = total);
+        let delivery = Delivery::new(
+            id,
+            shared.slow_handlers,
+            shared.router.for_this_thread(),
+            Arc::clone(&shared.sessions),
+            span.clone(),
+        );
         Self {
             id,
             total,
@@ -220,20 +317,17 @@ impl ShardActor {
             generation: 0,
             reconnect_timer: None,
             connections: 0,
+            failed_connects: 0,
             queued: VecDeque::new(),
+            in_flight: 0,
             flush_timer: None,
             fatal: None,
             deliberate_stop: false,
-            pending: VecDeque::new(),
-            waiting: 0,
-            router,
-            batches,
-            dropped: 0,
-            reading: Rc::new(PauseGate::default()),
+            delivery,
             close_code: None,
-            peer_closed: Rc::new(std::cell::Cell::new(false)),
+            close_answered: None,
             guard,
-            span: tracing::info_span!("shard", shard.id = id, shard.total = total),
+            span,
         }
     }
 
@@ -243,7 +337,7 @@ impl ShardActor {
         self.connections += 1;
         let generation = self.generation;
         let url = crate::url::connect_url(
-            self.state.connect_base(),
+            self.state.connect_base_after(self.failed_connects),
             self.shared.compression.query_value(),
         );
         tracing::debug!(resume = self.state.will_resume(), url = %url, "connecting");
@@ -266,17 +360,35 @@ impl ShardActor {
                 return;
             }
             match result {
-                Ok(Ok((_response, framed))) => act.attach(framed, generation, ctx),
+                Ok(Ok((_response, framed))) => {
+                    act.failed_connects = 0;
+                    act.attach(framed, generation, ctx);
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "connect failed");
-                    act.schedule_reconnect(ctx);
+                    act.connect_failed(ctx);
                 }
                 Err(_) => {
                     tracing::warn!(?timeout, "connect timed out");
-                    act.schedule_reconnect(ctx);
+                    act.connect_failed(ctx);
                 }
             }
         }));
+    }
+
+    fn connect_failed(&mut self, ctx: &mut Context<Self>) {
+        let base = self
+            .state
+            .connect_base_after(self.failed_connects)
+            .to_owned();
+        self.failed_connects = self.failed_connects.saturating_add(1);
+        if self.state.connect_base_after(self.failed_connects) != base {
+            tracing::warn!(
+                attempts = self.failed_connects,
+                "resume host keeps failing; resuming through the gateway URL"
+            );
+        }
+        self.schedule_reconnect(ctx);
     }
 
     fn attach(
@@ -298,15 +410,23 @@ impl ShardActor {
                         generation,
                         frame: None,
                     }))),
-                self.reading.clone(),
+                self.delivery.gate(),
             ),
+        });
+        let outbox = Rc::new(std::cell::RefCell::new(Outbox::default()));
+        let writer = ctx.spawn(WriteLoop {
+            sink,
+            outbox: Rc::clone(&outbox),
+            generation,
         });
         let (limit, window) = self.shared.command_limit;
         self.conn = Some(Connection {
-            sink: SinkWrite::new(sink, ctx),
+            outbox,
+            writer,
             reader,
             heartbeat: None,
             deadline: None,
+            identify: None,
             decompressor: Decompressor::new(
                 self.shared.compression,
                 self.shared.limits.max_decompressed_size,
@@ -314,6 +434,7 @@ impl ShardActor {
             partial: None,
             limiter: CommandLimiter::new(limit, window, None),
         });
+        self.delivery.connection_opened();
         self.state.on_open();
         self.arm_deadline(self.shared.timeouts.hello, Phase::AwaitingHello, ctx);
     }
@@ -355,29 +476,56 @@ impl ShardActor {
     /// (RFC 6455: the client waits for it before dropping the socket); its items no longer match the
     /// generation and are ignored. Whatever is left goes after [`CLOSE_GRACE`].
     fn teardown(&mut self, code: Option<u16>, ctx: &mut Context<Self>) {
-        let Some(mut conn) = self.conn.take() else {
+        let Some(conn) = self.conn.take() else {
             return;
         };
-        for handle in [conn.heartbeat, conn.deadline].into_iter().flatten() {
+        for handle in [conn.heartbeat, conn.deadline, conn.identify]
+            .into_iter()
+            .flatten()
+        {
             ctx.cancel_future(handle);
         }
-        match code {
+        let mut out = conn.outbox.borrow_mut();
+        // Commands not yet handed to the sink stay queued for the next connection.
+        out.queue.retain(|(_, command)| !command);
+        match code.filter(|_| !out.failed) {
             Some(code) => {
+                // Commands already in the sink go out ahead of the close: they count as sent.
+                let sent = std::mem::take(&mut out.unflushed);
+                self.queued.drain(..sent.min(self.queued.len()));
                 let reason = CloseReason {
                     code: WsCloseCode::from(code),
                     description: None,
                 };
-                let _ = conn.sink.write(WsMessage::Close(Some(reason)));
+                out.push(WsMessage::Close(Some(reason)), false);
             }
             None => {
+                // The socket is gone: what it did not take goes again on the next connection.
+                out.unflushed = 0;
                 ctx.cancel_future(conn.reader);
-                conn.sink.close();
+                out.closing = true;
+                if let Some(waker) = out.waker.take() {
+                    waker.wake();
+                }
             }
         }
-        let (reader, writer) = (conn.reader, conn.sink.handle());
+        drop(out);
+        self.in_flight = 0;
+        let (reader, writer) = (conn.reader, conn.writer);
         ctx.run_later(CLOSE_GRACE, move |_, ctx| {
             ctx.cancel_future(reader);
             ctx.cancel_future(writer);
+        });
+    }
+
+    /// Ends the current connection (see [`teardown`](Self::teardown)) and reports it, with the
+    /// gateway's close code if it sent one.
+    fn disconnect(&mut self, close_with: Option<u16>, ctx: &mut Context<Self>) {
+        self.teardown(close_with, ctx);
+        let code = self.close_code.take();
+        self.emit(ShardEvent::Disconnected {
+            shard: self.id,
+            code,
         });
     }
 
@@ -400,7 +548,9 @@ impl ShardActor {
                     return;
                 }
                 if let Some(conn) = &mut self.conn {
-                    let _ = conn.sink.write(WsMessage::Pong(payload));
+                    conn.outbox
+                        .borrow_mut()
+                        .push(WsMessage::Pong(payload), false);
                 }
             }
             Some(Ok(Frame::Pong(_))) => {}
@@ -492,11 +642,19 @@ impl ShardActor {
                     self.start_heartbeat(first, interval, ctx)
                 }
                 Action::RequestIdentify => self.request_identify(ctx),
-                Action::Deliver(dispatch) => self.deliver(dispatch, ctx),
-                Action::StoreSession(Some(session)) => self.shared.sessions.save(self.id, session),
-                Action::StoreSession(None) => self.shared.sessions.remove(self.id),
+                Action::Deliver(dispatch) => self.delivery.deliver(dispatch, ctx),
+                Action::StoreSession(Some(session)) => {
+                    // A new session (READY): what is still queued from the old one is not its.
+                    self.delivery.new_session();
+                    self.shared.sessions.save(self.id, session);
+                }
+                Action::StoreSession(None) => {
+                    self.delivery.new_session();
+                    self.shared.sessions.remove(self.id);
+                }
                 Action::Ready { resumed } => {
                     self.backoff.reset();
+                    self.delivery.connection_ready(ctx);
                     if let Some(deadline) = self.conn.as_mut().and_then(|c| c.deadline.take()) {
                         ctx.cancel_future(deadline);
                     }
@@ -521,24 +679,14 @@ impl ShardActor {
                     self.flush_commands(ctx);
                 }
                 Action::Reconnect { close_code } => {
-                    self.teardown(close_code, ctx);
-                    let code = self.close_code.take();
-                    self.emit(ShardEvent::Disconnected {
-                        shard: self.id,
-                        code,
-                    });
+                    self.disconnect(close_code, ctx);
                     self.schedule_reconnect(ctx);
                 }
                 Action::Fatal(error) => {
                     tracing::error!(%error, "stopping the shard for good");
                     // Hand over what was read: once the actor stops, the read loop never gets to.
-                    self.drain_pending(ctx);
-                    self.teardown(None, ctx);
-                    let code = self.close_code.take();
-                    self.emit(ShardEvent::Disconnected {
-                        shard: self.id,
-                        code,
-                    });
+                    self.delivery.drain(ctx);
+                    self.disconnect(None, ctx);
                     self.emit(ShardEvent::Fatal {
                         shard: self.id,
                         error: error.clone(),
@@ -546,141 +694,6 @@ impl ShardActor {
                     self.fatal = Some(error);
                     ctx.stop();
                 }
-            }
-        }
-    }
-
-    /// Queues `dispatch` for its handlers. The hand-over happens once the frames already received are
-    /// handled (see [`ReadLoop`]), not per event: a handler on another thread is then woken once per
-    /// burst rather than once per event, which is most of the cost of delivering a small event.
-    fn deliver(&mut self, dispatch: Dispatch, ctx: &mut Context<Self>) {
-        self.pending.push_back((dispatch, 0));
-        if self.waiting > 0 {
-            if let SlowHandlers::Backpressure { max_pending } = self.shared.slow_handlers {
-                if self.pending.len() >= max_pending && !self.reading.is_paused() {
-                    tracing::warn!(
-                        max_pending,
-                        "handlers are behind: pausing reads until they catch up"
-                    );
-                    self.reading.set_paused(true);
-                    self.state.set_reading_paused(true);
-                }
-            }
-            // The handler that blocks hands over the rest when it takes its event.
-            return;
-        }
-        let flush_at = match self.shared.slow_handlers {
-            SlowHandlers::Backpressure { max_pending } => max_pending.min(FLUSH_AT),
-            SlowHandlers::Drop => FLUSH_AT,
-        };
-        if self.pending.len() >= flush_at {
-            self.drain_pending(ctx);
-        }
-        // Otherwise the read loop hands the batch over when it has read what is there.
-    }
-
-    /// Offers `dispatch` to its handlers from the `from`-th on (and, the first time, adds it to its
-    /// batch handlers' batches); on a full mailbox, waits for that handler to take it before
-    /// anything else is offered.
-    fn offer(&mut self, dispatch: Dispatch, from: usize, ctx: &mut Context<Self>) {
-        // One lookup of the event's handlers per offer.
-        let route = self.router.route_of(dispatch.event());
-        if from == 0 {
-            // Recorded as the event is handed over, not when it is queued: a shard restarted from
-            // the store resumes after the last event that left this queue, so what is still queued
-            // here when the actor dies is replayed rather than lost.
-            self.shared.sessions.set_seq(self.id, dispatch.seq());
-            for &i in route.batched() {
-                self.batches[i].push(dispatch.clone());
-            }
-        }
-        let drop_when_full = self.shared.slow_handlers == SlowHandlers::Drop;
-        let Some(full) = route.offer(&dispatch, from, drop_when_full, &mut self.dropped) else {
-            return;
-        };
-        let Some(handler) = route.handlers().get(full).cloned() else {
-            return;
-        };
-        self.waiting += 1;
-        // `send` waits for room in the mailbox, then for the handler to have handled it.
-        let wait = handler.send(dispatch.clone());
-        ctx.spawn(wait.into_actor(self).map(move |result, act, ctx| {
-            if result.is_err() {
-                act.dropped += 1;
-                tracing::warn!(parent: &act.span, seq = dispatch.seq(), "handler stopped before taking the event");
-            }
-            act.waiting -= 1;
-            act.pending.push_front((dispatch, full + 1));
-            act.drain_pending(ctx);
-        }));
-    }
-
-    /// Sends each batch handler the events gathered for it since the last hand-over.
-    fn send_batches(&mut self, ctx: &mut Context<Self>) {
-        if self.batches.iter().all(Vec::is_empty) {
-            return;
-        }
-        // The router's own recipients, not clones: a full mailbox parks that sender, which is what
-        // makes later `try_send`s report it full (a fresh clone always gets one more in).
-        let router = Arc::clone(&self.router);
-        for i in 0..self.batches.len() {
-            if self.batches[i].is_empty() {
-                continue;
-            }
-            let batch = DispatchBatch::new(self.id, std::mem::take(&mut self.batches[i]));
-            let Some(handler) = router.batch_handler(i) else {
-                continue;
-            };
-            let (first, count) = (batch.events()[0].seq(), batch.events().len() as u64);
-            match handler.try_send(batch) {
-                Ok(()) => {}
-                Err(SendError::Full(batch)) if self.shared.slow_handlers != SlowHandlers::Drop => {
-                    self.waiting += 1;
-                    ctx.spawn(handler.send(batch).into_actor(self).map(
-                        move |result, act, ctx| {
-                            if result.is_err() {
-                                act.dropped += count;
-                                tracing::warn!(parent: &act.span, first_seq = first, count, "batch handler stopped before taking the events");
-                            }
-                            act.waiting -= 1;
-                            act.drain_pending(ctx);
-                        },
-                    ));
-                }
-                Err(SendError::Full(_)) => {
-                    self.dropped += count;
-                    tracing::warn!(parent: &self.span, first_seq = first, count, handler = i, dropped = self.dropped, "batch handler mailbox full: events dropped for this handler");
-                }
-                Err(SendError::Closed(_)) => {
-                    self.dropped += count;
-                    tracing::warn!(parent: &self.span, first_seq = first, count, handler = i, dropped = self.dropped, "batch handler has stopped: events not delivered to it");
-                }
-            }
-        }
-    }
-
-    fn drain_pending(&mut self, ctx: &mut Context<Self>) {
-        while self.waiting == 0 {
-            let Some((dispatch, from)) = self.pending.pop_front() else {
-                // All handed over: an idle shard keeps no queue buffer.
-                self.pending = VecDeque::new();
-                break;
-            };
-            self.offer(dispatch, from, ctx);
-        }
-        self.send_batches(ctx);
-        if self.reading.is_paused() {
-            let resume_at = match self.shared.slow_handlers {
-                SlowHandlers::Backpressure { max_pending } => max_pending / 2,
-                SlowHandlers::Drop => usize::MAX,
-            };
-            if self.pending.len() <= resume_at {
-                tracing::info!(
-                    pending = self.pending.len(),
-                    "handlers caught up: reading again"
-                );
-                self.reading.set_paused(false);
-                self.state.set_reading_paused(false);
             }
         }
     }
@@ -700,7 +713,9 @@ impl ShardActor {
             return;
         }
         tracing::trace!(?kind, bytes = text.len(), "sending");
-        let _ = conn.sink.write(WsMessage::Text(text.into()));
+        conn.outbox
+            .borrow_mut()
+            .push(WsMessage::Text(text.into()), false);
         if kind == SendKind::Handshake {
             let phase = self.state.phase();
             self.arm_deadline(self.shared.timeouts.ready, phase, ctx);
@@ -748,19 +763,39 @@ impl ShardActor {
             return;
         }
         let _span = self.span.clone().entered();
+        // Zombie detection waits while reads are paused: an ACK may be sitting unread.
+        self.state
+            .set_reading_paused(self.delivery.reading_paused());
         self.state.on_heartbeat_due(Instant::now());
         self.drain(ctx);
     }
 
     fn request_identify(&mut self, ctx: &mut Context<Self>) {
         let generation = self.generation;
-        let permit = self.shared.queue.acquire(self.id, self.total);
-        ctx.spawn(permit.into_actor(self).map(move |(), act, ctx| {
+        let request = self.shared.queue.acquire(self.id, self.total);
+        let handle = ctx.spawn(request.into_actor(self).map(move |permit, act, ctx| {
+            if let Some(conn) = &mut act.conn {
+                conn.identify = None;
+            }
             if act.generation == generation && act.state.on_identify_permit() {
                 let _span = act.span.clone().entered();
                 act.drain(ctx);
+                // The Identify is written: the gateway may have seen it even if the connection
+                // dies now, so its session start stays spent.
+                permit.used();
             }
+            // Otherwise nothing was sent: the permit drops unused and its session start goes back.
         }));
+        match &mut self.conn {
+            Some(conn) => {
+                if let Some(old) = conn.identify.replace(handle) {
+                    ctx.cancel_future(old);
+                }
+            }
+            None => {
+                ctx.cancel_future(handle);
+            }
+        }
     }
 
     /// Sends queued commands while the limiter allows; schedules itself for when it next will.
@@ -769,11 +804,13 @@ impl ShardActor {
             return;
         }
         let Some(conn) = &mut self.conn else { return };
-        while let Some(text) = self.queued.front() {
+        while let Some(text) = self.queued.get(self.in_flight) {
             match conn.limiter.try_command(Instant::now()) {
                 Ok(()) => {
-                    let _ = conn.sink.write(WsMessage::Text(text.as_str().into()));
-                    self.queued.pop_front();
+                    conn.outbox
+                        .borrow_mut()
+                        .push(WsMessage::Text(text.as_str().into()), true);
+                    self.in_flight += 1;
                 }
                 Err(wait) => {
                     if self.flush_timer.is_none() {
@@ -786,6 +823,34 @@ impl ShardActor {
                 }
             }
         }
+    }
+
+    /// The socket took the first `count` commands of the current connection's outbox.
+    fn commands_written(&mut self, generation: u64, count: usize) {
+        if generation != self.generation || self.conn.is_none() {
+            // Settled at teardown.
+            return;
+        }
+        let count = count.min(self.in_flight);
+        self.queued.drain(..count);
+        self.in_flight -= count;
+    }
+
+    /// The connection's writer failed: the connection is over, as if a read had failed; the
+    /// commands it did not take stay queued for the next one.
+    fn write_failed(
+        &mut self,
+        generation: u64,
+        error: actix_http::ws::ProtocolError,
+        ctx: &mut Context<Self>,
+    ) {
+        if generation != self.generation || self.conn.is_none() {
+            return;
+        }
+        let _span = self.span.clone().entered();
+        tracing::warn!(%error, unsent = self.in_flight, "websocket write failed; reconnecting");
+        self.state.on_connection_failed();
+        self.drain(ctx);
     }
 
     fn emit(&self, event: ShardEvent) {
@@ -804,8 +869,10 @@ impl ShardActor {
             session_id: self.state.session().map(|s| s.session_id.clone()),
             reconnects: self.connections.saturating_sub(1),
             fatal: self.fatal.clone(),
-            pending: self.pending.len(),
-            dropped: self.dropped,
+            pending: self.delivery.pending(),
+            dropped: self.delivery.dropped(),
+            reading_paused_since: self.delivery.behind_since(),
+            stalled_handlers: self.delivery.stalled_handlers(),
         }
     }
 }
@@ -835,13 +902,15 @@ impl Actor for ShardActor {
 
 impl ShardActor {
     fn on_ws_item(&mut self, event: WsEvent, ctx: &mut Context<Self>) {
-        if event.generation != self.generation || self.conn.is_none() {
+        if event.generation != self.generation {
             return;
         }
-        if self.state.phase() == Phase::Stopped {
-            // Shutting down: only the end of the close handshake matters now.
+        if self.conn.is_none() || self.state.phase() == Phase::Stopped {
+            // A connection being closed: only the end of its close handshake matters now.
             if matches!(event.frame, None | Some(Ok(Frame::Close(_))) | Some(Err(_))) {
-                self.peer_closed.set(true);
+                if let Some(answered) = self.close_answered.take() {
+                    let _ = answered.send(());
+                }
             }
             return;
         }
@@ -851,21 +920,19 @@ impl ShardActor {
 
     /// Gives the handlers what the frames read so far produced.
     fn hand_over(&mut self, ctx: &mut Context<Self>) {
-        if !self.pending.is_empty() && self.waiting == 0 {
-            self.drain_pending(ctx);
-        }
+        self.delivery.hand_over(ctx);
         self.state.release_buffers();
     }
 }
 
-impl WriteHandler<actix_http::ws::ProtocolError> for ShardActor {
-    fn error(&mut self, err: actix_http::ws::ProtocolError, _ctx: &mut Self::Context) -> Running {
-        tracing::debug!(parent: &self.span, error = %err, "websocket write failed");
-        Running::Stop
+impl Deliver for ShardActor {
+    fn delivery(&mut self) -> &mut Delivery {
+        &mut self.delivery
     }
 
-    // A connection's writer ending is not the actor's end.
-    fn finished(&mut self, _ctx: &mut Self::Context) {}
+    fn emit(&self, event: ShardEvent) {
+        ShardActor::emit(self, event);
+    }
 }
 
 impl Handler<GetStatus> for ShardActor {
@@ -936,13 +1003,16 @@ impl ShardActor {
             ctx.cancel_future(handle);
         }
         if let Some(conn) = self.conn.take() {
-            for handle in [conn.heartbeat, conn.deadline, Some(conn.reader)]
+            // The writer goes too, with whatever its outbox still held: dropping it closes the
+            // socket without a websocket frame.
+            let handles = [conn.heartbeat, conn.deadline, conn.identify];
+            for handle in handles
                 .into_iter()
                 .flatten()
+                .chain([conn.reader, conn.writer])
             {
                 ctx.cancel_future(handle);
             }
-            ctx.cancel_future(conn.sink.handle());
         }
         ctx.stop();
     }
@@ -968,36 +1038,22 @@ impl Handler<Shutdown> for ShardActor {
         self.deliberate_stop = true;
         let code = self.state.shutdown(resumable);
         self.drain(ctx);
-        self.drain_pending(ctx);
+        self.delivery.drain(ctx);
         if let Some(handle) = self.reconnect_timer.take() {
             ctx.cancel_future(handle);
         }
         tracing::info!(code, resumable, "shutting down");
-        self.peer_closed.set(self.conn.is_none());
-        if let Some(conn) = &mut self.conn {
-            for handle in [conn.heartbeat.take(), conn.deadline.take()]
-                .into_iter()
-                .flatten()
-            {
-                ctx.cancel_future(handle);
-            }
-            let reason = CloseReason {
-                code: WsCloseCode::from(code),
-                description: None,
-            };
-            let _ = conn.sink.write(WsMessage::Close(Some(reason)));
+        let (answered, close_answered) = tokio::sync::oneshot::channel();
+        if self.conn.is_some() {
+            self.close_answered = Some(answered);
+        } else {
+            let _ = answered.send(());
         }
+        self.teardown(Some(code), ctx);
         // Stop once the gateway has answered the close (or after the grace period, if it never does).
-        let peer_closed = self.peer_closed.clone();
         let answered = async move {
-            let deadline = Instant::now() + CLOSE_GRACE;
-            while !peer_closed.get() && Instant::now() < deadline {
-                actix_rt::time::sleep(Duration::from_millis(5)).await;
-            }
+            let _ = actix_rt::time::timeout(CLOSE_GRACE, close_answered).await;
         };
-        Box::pin(answered.into_actor(self).map(|(), act, ctx| {
-            act.conn = None;
-            ctx.stop();
-        }))
+        Box::pin(answered.into_actor(self).map(|(), _, ctx| ctx.stop()))
     }
 }

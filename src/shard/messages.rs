@@ -1,6 +1,6 @@
 //! The messages a shard actor answers, and its status report.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::Message;
 
@@ -29,8 +29,16 @@ pub struct ShardStatus {
     pub fatal: Option<FatalError>,
     /// Events received but still waiting for a handler with a full mailbox.
     pub pending: usize,
-    /// Deliveries dropped: to a stopped handler, or to a full one under `SlowHandlers::Drop`.
+    /// Deliveries dropped: to a stopped handler, to a full one under `SlowHandlers::Drop`, or to a
+    /// full one that stalled the shard (see [`SlowHandlers`](crate::SlowHandlers)). A batch handler
+    /// missing a batch counts one per event in it.
     pub dropped: u64,
+    /// Since when the shard has held its reads back because handlers are behind (`None` while it
+    /// reads). It stays set across a reconnect made meanwhile.
+    pub reading_paused_since: Option<Instant>,
+    /// Handlers that stalled the shard for `max_pause` and have not yet taken the event they were
+    /// last given: events that find their mailbox full are dropped for them meanwhile.
+    pub stalled_handlers: usize,
 }
 
 /// Asks a shard for its [`ShardStatus`].

@@ -7,6 +7,7 @@ pub use state::{Action, IdentifyParams, Phase, ShardState};
 pub mod actor;
 pub mod backoff;
 pub(crate) mod client;
+pub mod delivery;
 pub mod framing;
 pub mod heartbeat_grid;
 pub mod inflate;

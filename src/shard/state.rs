@@ -22,6 +22,12 @@ pub const RESUME_CLOSE_CODE: u16 = 4000;
 /// The close code of a final shutdown: the session ends.
 pub const FINAL_CLOSE_CODE: u16 = 1000;
 
+/// Connects in a row to a resume URL that may fail before the shard resumes through the gateway
+/// URL instead. A resume host can go away for good (a gateway node retired); one or two failures
+/// are more often a blip the same host gets over, and its session is freshest there. Three, with
+/// the backoff between them, is a few seconds of trying before the gateway URL is used.
+pub const RESUME_HOST_ATTEMPTS: u32 = 3;
+
 /// Where a shard is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -205,6 +211,17 @@ impl ShardState {
             .as_ref()
             .and_then(|s| s.resume_url.as_deref())
             .unwrap_or(&self.params.gateway_url)
+    }
+
+    /// The base URL of the next connection after `failed_connects` connects in a row that failed
+    /// (refused, timed out): the resume URL until it has failed [`RESUME_HOST_ATTEMPTS`] times, then
+    /// the gateway URL, where the session is resumed all the same (docs/design.md, "Resume URLs").
+    pub fn connect_base_after(&self, failed_connects: u32) -> &str {
+        if failed_connects >= RESUME_HOST_ATTEMPTS {
+            &self.params.gateway_url
+        } else {
+            self.connect_base()
+        }
     }
 
     /// Whether the next connection will resume.

@@ -466,3 +466,18 @@ fn the_token_shows_only_inside_identify_and_resume_frames() {
     assert!(!format!("{:?}", params()).contains(TOKEN));
     assert!(!format!("{actions:?}").contains(TOKEN));
 }
+
+#[test]
+fn a_failing_resume_host_is_given_up_for_the_gateway_url_after_a_few_connects() {
+    let mut s = Shard::new(None);
+    s.ready();
+    let resume_host = "wss://gateway-us-east1-b.discord.gg";
+    for failed in 0..RESUME_HOST_ATTEMPTS {
+        assert_eq!(s.state.connect_base_after(failed), resume_host);
+    }
+    assert_eq!(s.state.connect_base_after(RESUME_HOST_ATTEMPTS), GATEWAY);
+    assert!(
+        s.state.will_resume(),
+        "the session is resumed there all the same"
+    );
+}

@@ -55,7 +55,7 @@ async fn two_queues_share_buckets_and_one_budget() {
         let permit = queue.acquire(shard, 6);
         let grants = grants.clone();
         waits.push(async move {
-            permit.await;
+            permit.await.used();
             grants.lock().unwrap().push((shard, start.elapsed()));
         });
     }
@@ -88,7 +88,7 @@ async fn an_exhausted_budget_holds_permits_until_it_resets() {
         .set_budget(1, Duration::from_millis(400))
         .await
         .unwrap();
-    queue.acquire(0, 1).await;
+    queue.acquire(0, 1).await.used();
     assert_eq!(queue.remaining().await.unwrap(), Some(0));
     let mut second = queue.acquire(0, 1);
     // Not granted while the budget is spent...
@@ -97,7 +97,39 @@ async fn an_exhausted_budget_holds_permits_until_it_resets() {
     // ...and granted once its period has run out.
     tokio::time::timeout(Duration::from_secs(5), second)
         .await
-        .expect("the permit after the reset");
+        .expect("the permit after the reset")
+        .used();
+}
+
+/// A permit whose Identify never went out (its connection died first) gives its budget unit back,
+/// but not its bucket's window; a request dropped before its grant reserves nothing.
+#[actix_rt::test]
+async fn unused_permits_give_the_budget_back_and_withdrawn_requests_cost_nothing() {
+    let server = RedisServer::start();
+    let window = Duration::from_millis(300);
+    let queue = RedisIdentifyQueue::new(connect(&server).await, 1, window, "a");
+    queue.set_budget(5, Duration::from_secs(60)).await.unwrap();
+    let unused = queue.acquire(0, 1).await;
+    assert_eq!(queue.remaining().await.unwrap(), Some(4));
+    drop(unused);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while queue.remaining().await.unwrap() != Some(5) {
+        assert!(Instant::now() < deadline, "the unit never came back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The window is still taken: a request now waits, and dropping it takes nothing.
+    let waiting = queue.acquire(0, 1);
+    assert!(tokio::time::timeout(Duration::from_millis(100), waiting)
+        .await
+        .is_err());
+    assert_eq!(queue.remaining().await.unwrap(), Some(5));
+    let later = Instant::now();
+    queue.acquire(0, 1).await.used();
+    assert!(
+        later.elapsed() < window,
+        "the withdrawn request held the bucket"
+    );
+    assert_eq!(queue.remaining().await.unwrap(), Some(4));
 }
 
 #[actix_rt::test]

@@ -476,7 +476,10 @@ async fn backpressure_loses_nothing(
     let (bot, slow, arbiter) = bot_with_slow_handler(
         registered,
         pause,
-        SlowHandlers::Backpressure { max_pending },
+        SlowHandlers::Backpressure {
+            max_pending,
+            max_pause: Duration::from_secs(60),
+        },
     )
     .await;
     let seqs = bot

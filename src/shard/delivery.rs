@@ -1,0 +1,599 @@
+//! Handing a shard's events to its handler actors: the queue of events waiting for a handler with
+//! a full mailbox, the batches for batch handlers, the slow-handler policy and the decision to stop
+//! reading the socket while handlers are behind.
+//!
+//! The shard actor owns one [`Delivery`] and calls it; the waits it starts run on the actor's
+//! context and come back to it through [`Deliver`].
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::dev::SendError;
+use actix::prelude::*;
+
+use crate::config::SlowHandlers;
+use crate::event::ShardEvent;
+use crate::router::{Dispatch, DispatchBatch, Router};
+use crate::session::SessionStore;
+use crate::shard::pause::PauseGate;
+
+/// Events queued before they are handed over even though the read batch is not done.
+const FLUSH_AT: usize = 64;
+
+/// While drops go on, at most one warning per this long (besides the first drop's own line).
+const DROP_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// An actor that delivers its events through a [`Delivery`] it owns.
+pub(crate) trait Deliver: Actor<Context = Context<Self>> {
+    /// The actor's delivery state.
+    fn delivery(&mut self) -> &mut Delivery;
+    /// Reports a lifecycle event (a stalled handler).
+    fn emit(&self, event: ShardEvent);
+}
+
+/// An event waiting for handlers.
+struct Pending {
+    dispatch: Dispatch,
+    /// The index of the next per-event handler to offer it to.
+    from: u32,
+    /// The session it came from (see [`Delivery::new_session`]).
+    session: u32,
+}
+
+/// A hand-over waiting for room in a full mailbox.
+struct Wait {
+    id: u64,
+    handler: Handler,
+    /// Events in the hand-over.
+    count: u64,
+    /// For a per-event handler: the event, and the index of the handler after this one, to which it
+    /// goes once this one took it.
+    then: Option<(Dispatch, u32)>,
+}
+
+/// A handler waited for.
+#[derive(PartialEq)]
+enum Handler {
+    Each(Recipient<Dispatch>),
+    /// A batch handler, by router index.
+    Batch(usize),
+}
+
+impl Handler {
+    fn is_each(&self, handler: &Recipient<Dispatch>) -> bool {
+        matches!(self, Self::Each(h) if h == handler)
+    }
+
+    fn index_for_log(&self, then: Option<&(Dispatch, u32)>) -> usize {
+        match self {
+            Self::Each(_) => then.map_or(0, |(_, next)| *next as usize - 1),
+            Self::Batch(i) => *i,
+        }
+    }
+}
+
+/// Rate-limits drop warnings: under overload there is one drop per event, and a line per drop
+/// would be a log storm exactly when the process is busiest. The first drop is logged at once;
+/// after it, drops are summed and reported once per [`DROP_LOG_EVERY`] while they go on. The
+/// exact count is in the shard's status either way.
+#[derive(Debug, Default)]
+struct DropLog {
+    /// A summary is due: drops in the current window are summed, not logged one by one.
+    open: bool,
+    since: u64,
+}
+
+impl DropLog {
+    /// Counts a drop of `count`; true if it opens a window (log it now, summarize later).
+    fn note(&mut self, count: u64) -> bool {
+        if self.open {
+            self.since += count;
+            false
+        } else {
+            self.open = true;
+            true
+        }
+    }
+
+    /// The window ended: the drops to report, or `None` if there were none (the window closes,
+    /// and the next drop is logged at once again).
+    fn tick(&mut self) -> Option<u64> {
+        if self.since == 0 {
+            self.open = false;
+            None
+        } else {
+            Some(std::mem::take(&mut self.since))
+        }
+    }
+}
+
+/// Why an event missed a handler.
+#[derive(Debug, Clone, Copy)]
+enum Missed {
+    Full,
+    Stalled,
+    Stopped,
+}
+
+impl Missed {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "handler mailbox full",
+            Self::Stalled => "handler stalled",
+            Self::Stopped => "handler stopped",
+        }
+    }
+}
+
+/// One shard's delivery state.
+pub(crate) struct Delivery {
+    shard: u32,
+    policy: SlowHandlers,
+    sessions: Arc<dyn SessionStore>,
+    /// The session events are recorded against; events of an earlier one are delivered but do not
+    /// move the stored sequence.
+    session: u32,
+    /// The handlers of this shard's thread: the shared ones plus its thread's own.
+    router: Arc<Router>,
+    /// Events waiting for handlers.
+    pending: VecDeque<Pending>,
+    /// Hand-overs waiting for room in a full handler's mailbox; nothing else is offered meanwhile.
+    waits: Vec<Wait>,
+    next_wait: u64,
+    /// Per batch handler (by router index), the events of the current hand-over.
+    batches: Vec<Vec<Dispatch>>,
+    dropped: u64,
+    drops: DropLog,
+    reading: Rc<PauseGate>,
+    /// Since when the shard has held reads back for its handlers (across reconnects).
+    behind_since: Option<Instant>,
+    /// The connection is in its handshake: reads are not paused until READY or RESUMED is read.
+    handshake: bool,
+    stall_timer: Option<SpawnHandle>,
+    /// Waits given up on when they held the shard back for `max_pause`: until such a handler takes
+    /// what it was last given, it misses (and the shard counts) whatever finds its mailbox full,
+    /// instead of pausing the shard again.
+    stalled: Vec<Wait>,
+    span: tracing::Span,
+}
+
+impl Delivery {
+    /// Delivery for `shard` to the handlers of `router` (already this thread's), under `policy`.
+    pub(crate) fn new(
+        shard: u32,
+        policy: SlowHandlers,
+        router: Arc<Router>,
+        sessions: Arc<dyn SessionStore>,
+        span: tracing::Span,
+    ) -> Self {
+        // One list per batch handler (unallocated until used): the router is fixed at start.
+        let batches = (0..router.batch_handler_count())
+            .map(|_| Vec::new())
+            .collect();
+        Self {
+            shard,
+            policy,
+            sessions,
+            session: 0,
+            router,
+            pending: VecDeque::new(),
+            waits: Vec::new(),
+            next_wait: 0,
+            batches,
+            dropped: 0,
+            drops: DropLog::default(),
+            reading: Rc::new(PauseGate::default()),
+            behind_since: None,
+            handshake: false,
+            stall_timer: None,
+            stalled: Vec::new(),
+            span,
+        }
+    }
+
+    /// The gate the shard's socket reader waits behind while handlers are behind.
+    pub(crate) fn gate(&self) -> Rc<PauseGate> {
+        Rc::clone(&self.reading)
+    }
+
+    /// Whether reading is paused because handlers are behind.
+    pub(crate) fn reading_paused(&self) -> bool {
+        self.reading.is_paused()
+    }
+
+    /// Since when the shard has held reads back because handlers are behind.
+    pub(crate) fn behind_since(&self) -> Option<Instant> {
+        self.behind_since
+    }
+
+    /// Handlers currently missing events because they stalled the shard for `max_pause`.
+    pub(crate) fn stalled_handlers(&self) -> usize {
+        self.stalled.len()
+    }
+
+    fn is_stalled(&self, handler: &Handler) -> bool {
+        self.stalled.iter().any(|w| w.handler == *handler)
+    }
+
+    /// Events received but not yet handed to every handler.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Deliveries dropped so far.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// The session was replaced or forgotten: events still queued from before no longer move the
+    /// stored sequence (it would be the new session's).
+    pub(crate) fn new_session(&mut self) {
+        self.session = self.session.wrapping_add(1);
+    }
+
+    /// A new connection is open: it reads its handshake even if handlers are still behind, up to
+    /// READY or RESUMED (a resume's replay comes before RESUMED, so the replay is read whole and
+    /// may take the queue past `max_pending`). Paused, it would wait for a Hello or a RESUMED it
+    /// never reads until its handshake timed out, over and over. How long the shard has been
+    /// behind still counts from the first pause, and `max_pause` still bounds it.
+    pub(crate) fn connection_opened(&mut self) {
+        self.handshake = true;
+        self.reading.set_paused(false);
+    }
+
+    /// READY or RESUMED was read: if handlers are still behind, reads pause again.
+    pub(crate) fn connection_ready<A: Deliver>(&mut self, ctx: &mut Context<A>) {
+        self.handshake = false;
+        if let SlowHandlers::Backpressure {
+            max_pending,
+            max_pause,
+        } = self.policy
+        {
+            if self.pending.len() >= max_pending && !self.waits.is_empty() {
+                self.pause(max_pending, max_pause, ctx);
+            }
+        }
+    }
+
+    /// Queues `dispatch` for its handlers. The hand-over happens once the frames already received are
+    /// handled (the actor's read loop calls [`hand_over`](Self::hand_over)), not per event: a handler
+    /// on another thread is then woken once per burst rather than once per event, which is most of
+    /// the cost of delivering a small event.
+    pub(crate) fn deliver<A: Deliver>(&mut self, dispatch: Dispatch, ctx: &mut Context<A>) {
+        self.pending.push_back(Pending {
+            dispatch,
+            from: 0,
+            session: self.session,
+        });
+        if !self.waits.is_empty() {
+            if let SlowHandlers::Backpressure {
+                max_pending,
+                max_pause,
+            } = self.policy
+            {
+                if self.pending.len() >= max_pending && !self.reading.is_paused() && !self.handshake
+                {
+                    self.pause(max_pending, max_pause, ctx);
+                }
+            }
+            // The handler that blocks hands over the rest when it takes its event.
+            return;
+        }
+        let flush_at = match self.policy {
+            SlowHandlers::Backpressure { max_pending, .. } => max_pending.min(FLUSH_AT),
+            SlowHandlers::Drop => FLUSH_AT,
+        };
+        if self.pending.len() >= flush_at {
+            self.drain(ctx);
+        }
+        // Otherwise the read loop hands the batch over when it has read what is there.
+    }
+
+    /// Stops reading the socket; after `max_pause` of it, stops waiting for the handlers that hold
+    /// the shard back.
+    fn pause<A: Deliver>(&mut self, max_pending: usize, max_pause: Duration, ctx: &mut Context<A>) {
+        self.reading.set_paused(true);
+        if self.behind_since.is_none() {
+            tracing::warn!(
+                parent: &self.span,
+                max_pending,
+                ?max_pause,
+                "handlers are behind: pausing reads until they catch up"
+            );
+            self.behind_since = Some(Instant::now());
+            self.stall_timer = Some(ctx.run_later(max_pause, |act, ctx| {
+                let this = act.delivery();
+                this.stall_timer = None;
+                if let Some(event) = this.stall(ctx) {
+                    act.emit(event);
+                }
+            }));
+        }
+    }
+
+    /// `max_pause` is over and the shard is still held back: the handlers it waits for are marked
+    /// stalled (they miss what finds their mailbox full, counted as drops, until they take the
+    /// event they were last given) and the shard reads again. Waiting on would keep the shard deaf
+    /// for as long as a hung handler hangs, with its zombie detection off.
+    fn stall<A: Deliver>(&mut self, ctx: &mut Context<A>) -> Option<ShardEvent> {
+        let since = self.behind_since?;
+        if self.waits.is_empty() {
+            return None;
+        }
+        for mut wait in std::mem::take(&mut self.waits) {
+            if let Some((dispatch, next)) = wait.then.take() {
+                // It stays in the stalled handler's mailbox; the handlers after it get it now.
+                self.pending.push_front(Pending {
+                    dispatch,
+                    from: next,
+                    session: self.session,
+                });
+            }
+            self.stalled.push(wait);
+        }
+        let paused_for = since.elapsed();
+        let pending = self.pending.len();
+        tracing::warn!(
+            parent: &self.span,
+            pending,
+            ?paused_for,
+            stalled = self.stalled.len(),
+            "handlers held the shard back for max_pause: reading again, dropping what finds a stalled handler's mailbox full until it catches up"
+        );
+        self.drain(ctx);
+        Some(ShardEvent::HandlerStalled {
+            shard: self.shard,
+            pending,
+            paused_for,
+        })
+    }
+
+    /// Gives the handlers what the frames read so far produced, unless a full handler holds
+    /// everything back.
+    pub(crate) fn hand_over<A: Deliver>(&mut self, ctx: &mut Context<A>) {
+        if !self.pending.is_empty() && self.waits.is_empty() {
+            self.drain(ctx);
+        }
+    }
+
+    /// Counts `count` deliveries missed, logging at most one line per [`DROP_LOG_EVERY`].
+    fn missed<A: Deliver>(
+        &mut self,
+        count: u64,
+        why: Missed,
+        seq: u64,
+        handler: usize,
+        ctx: &mut Context<A>,
+    ) {
+        self.dropped += count;
+        if self.drops.note(count) {
+            tracing::warn!(
+                parent: &self.span,
+                seq,
+                count,
+                handler,
+                reason = why.as_str(),
+                dropped = self.dropped,
+                "events not delivered to a handler (further drops are summed up every second)"
+            );
+            ctx.run_later(DROP_LOG_EVERY, |act, ctx| act.delivery().drop_summary(ctx));
+        }
+    }
+
+    fn drop_summary<A: Deliver>(&mut self, ctx: &mut Context<A>) {
+        if let Some(count) = self.drops.tick() {
+            tracing::warn!(
+                parent: &self.span,
+                count,
+                dropped = self.dropped,
+                "events not delivered to handlers in the last second"
+            );
+            ctx.run_later(DROP_LOG_EVERY, |act, ctx| act.delivery().drop_summary(ctx));
+        }
+    }
+
+    /// Offers the event to its handlers from the `from`-th on (and, the first time, adds it to its
+    /// batch handlers' batches); on a full mailbox, waits for that handler to take it before
+    /// anything else is offered.
+    fn offer<A: Deliver>(&mut self, pending: Pending, ctx: &mut Context<A>) {
+        let Pending {
+            dispatch,
+            from,
+            session,
+        } = pending;
+        // One lookup of the event's handlers per offer.
+        let route = self.router.route_of(dispatch.event());
+        if from == 0 {
+            // Recorded as the event is handed over, not when it is queued: a shard restarted from
+            // the store resumes after the last event that left this queue, so what is still queued
+            // here when the actor dies is replayed rather than lost. An event of an earlier session
+            // is not recorded: the stored session is another one now.
+            if session == self.session {
+                self.sessions.set_seq(self.shard, dispatch.seq());
+            }
+            for &i in route.batched() {
+                self.batches[i].push(dispatch.clone());
+            }
+        }
+        let drop_when_full = self.policy == SlowHandlers::Drop;
+        let mut missed: Option<(u64, Missed, usize)> = None;
+        let mut full = None;
+        for (i, handler) in route.handlers().iter().enumerate().skip(from as usize) {
+            let why = match handler.try_send(dispatch.clone()) {
+                Ok(()) => continue,
+                Err(SendError::Full(_)) if drop_when_full => Missed::Full,
+                Err(SendError::Full(_)) => {
+                    // Looked at only when a mailbox is full: the common path pays nothing for it.
+                    if !self.stalled.is_empty()
+                        && self.stalled.iter().any(|w| w.handler.is_each(handler))
+                    {
+                        Missed::Stalled
+                    } else {
+                        full = Some((i, handler.clone()));
+                        break;
+                    }
+                }
+                Err(SendError::Closed(_)) => Missed::Stopped,
+            };
+            let (count, _, _) = missed.get_or_insert((0, why, i));
+            *count += 1;
+        }
+        if let Some((count, why, handler)) = missed {
+            self.missed(count, why, dispatch.seq(), handler, ctx);
+        }
+        let Some((index, handler)) = full else {
+            return;
+        };
+        let id = self.next_wait;
+        self.next_wait += 1;
+        // `send` waits for room in the mailbox, then for the handler to have handled it.
+        let wait = handler.send(dispatch.clone());
+        self.waits.push(Wait {
+            id,
+            handler: Handler::Each(handler),
+            count: 1,
+            then: Some((dispatch, index as u32 + 1)),
+        });
+        ctx.spawn(
+            actix::fut::wrap_future::<_, A>(wait)
+                .map(move |result, act, ctx| act.delivery().waited(id, result.is_ok(), ctx)),
+        );
+    }
+
+    /// A wait for a full mailbox ended: the handler took the hand-over (`taken`) or stopped.
+    fn waited<A: Deliver>(&mut self, id: u64, taken: bool, ctx: &mut Context<A>) {
+        if let Some(at) = self.waits.iter().position(|w| w.id == id) {
+            let mut wait = self.waits.swap_remove(at);
+            let then = wait.then.take();
+            if !taken {
+                let seq = then.as_ref().map_or(0, |(d, _)| d.seq());
+                let handler = wait.handler.index_for_log(then.as_ref());
+                self.missed(wait.count, Missed::Stopped, seq, handler, ctx);
+            }
+            if let Some((dispatch, next)) = then {
+                self.pending.push_front(Pending {
+                    dispatch,
+                    from: next,
+                    session: self.session,
+                });
+            }
+            self.drain(ctx);
+        } else if let Some(at) = self.stalled.iter().position(|w| w.id == id) {
+            // A handler given up on at a stall took what it was last given: it is back, and so is
+            // backpressure for it.
+            let wait = self.stalled.swap_remove(at);
+            if taken {
+                tracing::info!(
+                    parent: &self.span,
+                    stalled = self.stalled.len(),
+                    "a stalled handler caught up: waiting for it again when it is full"
+                );
+            } else {
+                self.missed(wait.count, Missed::Stopped, 0, 0, ctx);
+            }
+        }
+    }
+
+    /// Sends each batch handler the events gathered for it since the last hand-over.
+    fn send_batches<A: Deliver>(&mut self, ctx: &mut Context<A>) {
+        if self.batches.iter().all(Vec::is_empty) {
+            return;
+        }
+        // The router's own recipients, not clones: a full mailbox parks that sender, which is what
+        // makes later `try_send`s report it full (a fresh clone always gets one more in).
+        let router = Arc::clone(&self.router);
+        for i in 0..self.batches.len() {
+            if self.batches[i].is_empty() {
+                continue;
+            }
+            let batch = DispatchBatch::new(self.shard, std::mem::take(&mut self.batches[i]));
+            let Some(handler) = router.batch_handler(i) else {
+                continue;
+            };
+            let (first, count) = (batch.events()[0].seq(), batch.events().len() as u64);
+            match handler.try_send(batch) {
+                Ok(()) => {}
+                Err(SendError::Full(batch))
+                    if self.policy != SlowHandlers::Drop
+                        && !self.is_stalled(&Handler::Batch(i)) =>
+                {
+                    let id = self.next_wait;
+                    self.next_wait += 1;
+                    self.waits.push(Wait {
+                        id,
+                        handler: Handler::Batch(i),
+                        count,
+                        then: None,
+                    });
+                    ctx.spawn(actix::fut::wrap_future::<_, A>(handler.send(batch)).map(
+                        move |result, act, ctx| act.delivery().waited(id, result.is_ok(), ctx),
+                    ));
+                }
+                Err(SendError::Full(_)) => {
+                    let why = if self.policy == SlowHandlers::Drop {
+                        Missed::Full
+                    } else {
+                        Missed::Stalled
+                    };
+                    self.missed(count, why, first, i, ctx);
+                }
+                Err(SendError::Closed(_)) => self.missed(count, Missed::Stopped, first, i, ctx),
+            }
+        }
+    }
+
+    /// Hands over queued events until a full handler holds the rest back, sends the batches, and
+    /// reads again once the queue is down to half of `max_pending`.
+    pub(crate) fn drain<A: Deliver>(&mut self, ctx: &mut Context<A>) {
+        while self.waits.is_empty() {
+            let Some(pending) = self.pending.pop_front() else {
+                // All handed over: an idle shard keeps no queue buffer.
+                self.pending = VecDeque::new();
+                break;
+            };
+            self.offer(pending, ctx);
+        }
+        self.send_batches(ctx);
+        if self.behind_since.is_some() || self.reading.is_paused() {
+            let resume_at = match self.policy {
+                SlowHandlers::Backpressure { max_pending, .. } => max_pending / 2,
+                SlowHandlers::Drop => usize::MAX,
+            };
+            if self.pending.len() <= resume_at {
+                tracing::info!(
+                    parent: &self.span,
+                    pending = self.pending.len(),
+                    "handlers caught up: reading again"
+                );
+                self.reading.set_paused(false);
+                self.behind_since = None;
+                if let Some(timer) = self.stall_timer.take() {
+                    ctx.cancel_future(timer);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_drop_is_logged_at_once_then_drops_are_summed_per_window() {
+        let mut log = DropLog::default();
+        assert!(log.note(1), "the first drop opens a window and is logged");
+        assert!(!log.note(1));
+        assert!(!log.note(5), "a dropped batch counts its events");
+        assert_eq!(log.tick(), Some(6), "the window's summary");
+        assert!(!log.note(2), "drops go on: still summed");
+        assert_eq!(log.tick(), Some(2));
+        assert_eq!(log.tick(), None, "a quiet window closes");
+        assert!(
+            log.note(1),
+            "after a quiet window, a drop is logged at once again"
+        );
+    }
+}

@@ -1,0 +1,363 @@
+//! Delivery under handlers that hang: reads never stay paused past `max_pause`, and events of an
+//! ended session never move the new session's stored sequence.
+
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use shardline::{
+    Dispatch, MemorySessionStore, SessionInfo, SessionStore, ShardEvent, SlowHandlers,
+};
+
+use crate::harness::*;
+
+/// A handler with a 4-slot mailbox whose first `handle()` blocks its thread until the gate opens
+/// (a handler stuck on a lock or a dead dependency); afterwards it records what it gets.
+struct Hung {
+    seen: Recorder,
+    gate: Option<mpsc::Receiver<()>>,
+}
+
+impl Actor for Hung {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(4);
+    }
+}
+
+impl Handler<Dispatch> for Hung {
+    type Result = ();
+    fn handle(&mut self, d: Dispatch, _: &mut Context<Self>) {
+        if let Some(gate) = self.gate.take() {
+            let _ = gate.recv();
+        }
+        self.seen.record(&d);
+    }
+}
+
+/// A `Hung` handler on an arbiter of its own; send on the sender to let it go.
+fn hung() -> (Addr<Hung>, Recorder, mpsc::Sender<()>, Arbiter) {
+    let seen = Recorder::default();
+    let (open, gate) = mpsc::channel();
+    let arbiter = Arbiter::new();
+    let s = seen.clone();
+    let addr = Hung::start_in_arbiter(&arbiter.handle(), move |_| Hung {
+        seen: s,
+        gate: Some(gate),
+    });
+    (addr, seen, open, arbiter)
+}
+
+#[actix_rt::test]
+async fn a_hung_handler_holds_reads_back_for_max_pause_only_then_misses_events_until_it_recovers() {
+    let (handler, hung_seen, open, arbiter) = hung();
+    let max_pause = Duration::from_millis(300);
+    let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
+        c.handler("MESSAGE_CREATE", handler.recipient())
+            .slow_handlers(SlowHandlers::Backpressure {
+                max_pending: 16,
+                max_pause,
+            })
+    })
+    .await;
+    let seqs: Vec<u64> = bot
+        .fake
+        .flood(0, "MESSAGE_CREATE", r#"{"content":"x"}"#, 200)
+        .unwrap()
+        .collect();
+    let paused = status_until(&bot.gateway, "reads paused for the hung handler", |s| {
+        s[0].reading_paused_since.is_some()
+    })
+    .await;
+    assert_eq!(
+        paused[0].stalled_handlers, 0,
+        "not stalled before max_pause"
+    );
+    assert!(paused[0].pending >= 16, "{:?}", paused[0]);
+
+    // After max_pause the shard reads again: the catch-all recorder gets the whole burst, in order,
+    // while the hung handler still hangs.
+    bot.until("the whole burst reached the other handler", |r| {
+        r.count("MESSAGE_CREATE") == 200
+    })
+    .await;
+    let got: Vec<u64> = bot
+        .recorder
+        .seqs("MESSAGE_CREATE")
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(
+        got, seqs,
+        "every event once, in order, to the handler that keeps up"
+    );
+    let stalls: Vec<ShardEvent> = bot
+        .lifecycle
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, ShardEvent::HandlerStalled { .. }))
+        .collect();
+    assert_eq!(stalls.len(), 1, "{stalls:?}");
+    let ShardEvent::HandlerStalled {
+        shard,
+        pending,
+        paused_for,
+    } = stalls[0].clone()
+    else {
+        unreachable!()
+    };
+    assert_eq!(shard, 0);
+    assert!(
+        pending >= 16,
+        "the backlog it stopped waiting with: {pending}"
+    );
+    assert!(paused_for >= max_pause, "{paused_for:?}");
+    let status = status_until(&bot.gateway, "everything handed over", |s| {
+        s[0].pending == 0
+    })
+    .await
+    .remove(0);
+    assert_eq!(status.reading_paused_since, None, "reading again");
+    assert_eq!(status.stalled_handlers, 1);
+    // The hung handler holds what reached its mailbox (4, the one it blocks on, and the one the
+    // shard was waiting to hand it); every other event was dropped for it, and counted.
+    let dropped = status.dropped;
+    assert!(dropped > 100, "{status:?}");
+    assert_eq!(
+        hung_seen.count("MESSAGE_CREATE"),
+        0,
+        "still hung: it has returned from nothing"
+    );
+    assert_eq!(
+        bot.fake.connections().len(),
+        1,
+        "heartbeats kept the connection"
+    );
+
+    // It recovers: it works through its mailbox, and the shard waits for it again.
+    open.send(()).unwrap();
+    wait_until("the hung handler got what it held", || {
+        hung_seen.count("MESSAGE_CREATE") as u64 == 200 - dropped
+    })
+    .await;
+    status_until(&bot.gateway, "back to backpressure", |s| {
+        s[0].stalled_handlers == 0
+    })
+    .await;
+    let marker = bot
+        .fake
+        .dispatch(0, "MESSAGE_CREATE", serde_json::json!({"marker": true}))
+        .unwrap();
+    wait_until("the marker reached the recovered handler", || {
+        hung_seen.seqs("MESSAGE_CREATE").last() == Some(&(0, marker))
+    })
+    .await;
+    let hung_got: Vec<u64> = hung_seen
+        .seqs("MESSAGE_CREATE")
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert!(
+        hung_got.windows(2).all(|w| w[0] < w[1]),
+        "in order: {hung_got:?}"
+    );
+    assert_eq!(
+        bot.gateway.status().await[0].dropped,
+        dropped,
+        "nothing dropped once it recovered"
+    );
+    assert_eq!(
+        hung_got.len() as u64 + dropped,
+        201,
+        "each event delivered or counted"
+    );
+    arbiter.stop();
+    bot.stop().await;
+}
+
+/// A session store that records, for every `set_seq`, the session it moved.
+#[derive(Default)]
+struct RecordingStore {
+    inner: MemorySessionStore,
+    moved: Mutex<Vec<(Option<String>, u64)>>,
+}
+
+impl SessionStore for RecordingStore {
+    fn load(&self, shard: u32) -> Option<SessionInfo> {
+        self.inner.load(shard)
+    }
+    fn save(&self, shard: u32, session: SessionInfo) {
+        self.inner.save(shard, session);
+    }
+    fn set_seq(&self, shard: u32, seq: u64) {
+        let session = self.inner.load(shard).map(|s| s.session_id);
+        self.moved.lock().unwrap().push((session, seq));
+        self.inner.set_seq(shard, seq);
+    }
+    fn remove(&self, shard: u32) {
+        self.inner.remove(shard);
+    }
+}
+
+#[actix_rt::test]
+async fn events_of_an_ended_session_never_move_the_new_sessions_stored_sequence() {
+    let (handler, hung_seen, open, arbiter) = hung();
+    let store = Arc::new(RecordingStore::default());
+    let st = store.clone();
+    let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
+        c.handler("MESSAGE_CREATE", handler.recipient())
+            .session_store(st)
+    })
+    .await;
+    let old = bot.gateway.status().await[0].session_id.clone().unwrap();
+    // READY is seq 1, the burst 2..=61; the hung handler keeps most of it queued in the shard.
+    let last = bot
+        .fake
+        .flood(0, "MESSAGE_CREATE", r#"{"content":"x"}"#, 60)
+        .unwrap()
+        .last()
+        .unwrap();
+    status_until(
+        &bot.gateway,
+        "the burst read, held for the hung handler",
+        |s| s[0].seq == Some(last) && s[0].pending > 0,
+    )
+    .await;
+    // The session ends; the shard identifies a new one whose READY (seq 1) queues behind the old
+    // session's events.
+    bot.fake.invalid_session(0, false);
+    let status = status_until(&bot.gateway, "a new session", |s| {
+        s[0].session_id.as_ref().is_some_and(|id| *id != old) && s[0].seq == Some(1)
+    })
+    .await
+    .remove(0);
+    let new = status.session_id.clone().unwrap();
+    assert!(status.pending > 1, "old events still queued: {status:?}");
+    open.send(()).unwrap();
+    wait_until("every old event delivered", || {
+        hung_seen.count("MESSAGE_CREATE") == 60
+    })
+    .await;
+    wait_until("the new READY handed over", || {
+        store
+            .moved
+            .lock()
+            .unwrap()
+            .contains(&(Some(new.clone()), 1))
+    })
+    .await;
+    let moved_new: Vec<u64> = store
+        .moved
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(s, _)| s.as_deref() == Some(new.as_str()))
+        .map(|(_, seq)| *seq)
+        .collect();
+    assert_eq!(
+        moved_new,
+        [1],
+        "only the new session's own READY moved its sequence"
+    );
+    assert_eq!(store.load(0).map(|s| (s.session_id, s.seq)), Some((new, 1)));
+    arbiter.stop();
+    bot.stop().await;
+}
+
+/// A command naming `i` (a soundboard request for guild `i`).
+fn numbered(i: u64) -> shardline::Command {
+    shardline::Command::RequestSoundboardSounds(
+        shardline::protocol::command::RequestSoundboardSounds {
+            guild_ids: vec![i.to_string()],
+        },
+    )
+}
+
+#[actix_rt::test]
+async fn a_failed_write_ends_the_connection_and_the_command_goes_out_on_the_next_one_once() {
+    // Heartbeats every 30 s: only the write error can end the connection within the test.
+    let fake_config = shardline::testkit::FakeConfig {
+        heartbeat_interval: Duration::from_secs(30),
+        ..fast_fake(1, 1)
+    };
+    let (handler, _, open, arbiter) = hung();
+    let bot = Bot::start(fake_config, 1, move |c| {
+        c.handler("MESSAGE_CREATE", handler.recipient())
+            .slow_handlers(SlowHandlers::Backpressure {
+                max_pending: 4,
+                max_pause: Duration::from_secs(60),
+            })
+    })
+    .await;
+    // The shard stops reading for the hung handler, so it cannot see the gateway go away: only
+    // writing can tell it.
+    bot.fake
+        .flood(0, "MESSAGE_CREATE", r#"{"content":"x"}"#, 20)
+        .unwrap();
+    status_until(&bot.gateway, "reads paused", |s| {
+        s[0].reading_paused_since.is_some()
+    })
+    .await;
+    bot.fake.drop_connection(0);
+    assert!(
+        bot.fake
+            .wait_for(WAIT, "the gateway closed its end", |f| f.connections()[0]
+                .closed_at
+                .is_some())
+            .await
+    );
+    // Writes the kernel takes before the peer's reset arrives vanish with the connection (the
+    // gateway acknowledges no command); the first one after it fails. Send, one flush each, until
+    // the shard has left the connection: the last command sent is the one the socket refused.
+    let mut sent = 0;
+    let connected =
+        |s: &shardline::ShardStatus| s.reconnects == 0 && s.phase == shardline::Phase::Ready;
+    while connected(&bot.gateway.status().await[0]) {
+        assert!(sent < 500, "the shard never noticed the dead connection");
+        bot.gateway.send(0, numbered(sent)).await.unwrap();
+        sent += 1;
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        bot.fake
+            .wait_for(WAIT, "resumed", |f| f.connections().len() == 2
+                && f.ready_shards() == [0])
+            .await
+    );
+    let conns = bot.fake.connections();
+    assert!(
+        matches!(
+            conns[1].outcome,
+            shardline::testkit::ConnectionOutcome::Resumed { .. }
+        ),
+        "{:?}",
+        conns[1].outcome
+    );
+    let on = |conn: u64| -> Vec<u64> {
+        sent_any(&bot.fake, 31)
+            .into_iter()
+            .filter(|f| f.connection == conn)
+            .map(|f| {
+                f.json["d"]["guild_ids"][0]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    };
+    wait_until("every command after the failed write sent again", || {
+        on(conns[1].id).last() == Some(&(sent - 1))
+    })
+    .await;
+    assert_eq!(
+        on(conns[0].id),
+        Vec::<u64>::new(),
+        "the dead connection received nothing"
+    );
+    // The refused command went out on the new connection, once.
+    assert_eq!(on(conns[1].id), [sent - 1], "sent {sent}");
+    open.send(()).unwrap();
+    arbiter.stop();
+    bot.stop().await;
+}
