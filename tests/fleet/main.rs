@@ -1,5 +1,10 @@
 //! The fleet (feature `redis`) against a real `redis-server` and the fake gateway.
 
+// The gateway tests' harness: a bot against the fake gateway, and recording handlers.
+#[path = "../gateway/harness.rs"]
+#[allow(dead_code)]
+mod harness;
 mod redis_server;
 
 mod stores;
+mod stream;
