@@ -540,3 +540,70 @@ async fn an_entry_that_is_not_an_event_is_acknowledged_without_handling() {
     );
     assert_eq!(pending_total(&mut conn).await, 0);
 }
+
+/// Redis restarts empty (killed, nothing saved) while events flow: the publisher retries until it
+/// is back and writes every event handed over meanwhile once, in order; the consumer finds its
+/// group gone, creates it again and handles them all.
+#[actix_rt::test]
+async fn publisher_and_consumer_ride_out_a_redis_restart() {
+    let mut server = RedisServer::start();
+    let redis = connect(&server).await;
+    let publisher = StreamPublisher::builder(redis.clone())
+        .events(["MESSAGE_CREATE"])
+        .start();
+    let handler = WorkerHandler::default();
+    let consumer = StreamConsumer::builder(redis.clone(), GROUP, "w")
+        .handler_all(handler.clone().start().recipient())
+        .block(Duration::from_millis(50))
+        .start()
+        .unwrap();
+    let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
+        c.batch_handler_all(publisher.recipient())
+    })
+    .await;
+    let before = bot
+        .fake
+        .dispatch_raw(0, "MESSAGE_CREATE", r#"{"before":true}"#)
+        .unwrap();
+    wait_until("the first event handled", || handler.handled().len() == 1).await;
+    assert_eq!(handler.handled()[0].key.seq, before);
+
+    server.kill();
+    let seqs: Vec<u64> = (0..30)
+        .map(|i| {
+            bot.fake
+                .dispatch_raw(0, "MESSAGE_CREATE", &format!(r#"{{"i":{i}}}"#))
+                .unwrap()
+        })
+        .collect();
+    bot.until("all handed over", |r| r.count("MESSAGE_CREATE") == 31)
+        .await;
+    server.restart();
+
+    let mut conn = inspect(&server).await;
+    until_async("the events reach the new Redis", || {
+        let mut conn = conn.clone();
+        async move { stream_entries(&mut conn).await.len() == 30 }
+    })
+    .await;
+    let written: Vec<u64> = stream_entries(&mut conn)
+        .await
+        .iter()
+        .map(|e| key_of(e).seq)
+        .collect();
+    assert_eq!(written, seqs, "every event once, in order");
+    wait_until("the consumer handled them", || {
+        handler.handled().len() == 31
+    })
+    .await;
+    consumer.send(StopConsumer).await.unwrap();
+    let handled: Vec<u64> = handler
+        .handled()
+        .iter()
+        .skip(1)
+        .map(|h| h.key.seq)
+        .collect();
+    assert_eq!(handled, seqs);
+    assert_eq!(pending_total(&mut conn).await, 0);
+    bot.stop().await;
+}
