@@ -657,7 +657,7 @@ impl fmt::Debug for Router {
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
-    use actix::{Actor, Context, Handler};
+    use actix::{Actor, ActorContext, Context, Handler};
 
     use super::*;
 
@@ -668,6 +668,64 @@ mod tests {
     impl Handler<Dispatch> for Sink {
         type Result = ();
         fn handle(&mut self, _: Dispatch, _: &mut Context<Self>) {}
+    }
+
+    /// Records each batch it gets as (shard, seqs).
+    struct Batches(Arc<std::sync::Mutex<Vec<(u32, Vec<u64>)>>>);
+    impl Actor for Batches {
+        type Context = Context<Self>;
+    }
+    impl Handler<DispatchBatch> for Batches {
+        type Result = ();
+        fn handle(&mut self, batch: DispatchBatch, _: &mut Context<Self>) {
+            let seqs = batch.events().iter().map(Dispatch::seq).collect();
+            if let Ok(mut seen) = self.0.lock() {
+                seen.push((batch.shard(), seqs));
+            }
+        }
+    }
+
+    /// Stops as soon as it starts.
+    struct Gone;
+    impl Actor for Gone {
+        type Context = Context<Self>;
+        fn started(&mut self, ctx: &mut Context<Self>) {
+            ctx.stop();
+        }
+    }
+    impl Handler<Dispatch> for Gone {
+        type Result = ();
+        fn handle(&mut self, _: Dispatch, _: &mut Context<Self>) {}
+    }
+
+    #[test]
+    fn deliver_gives_batch_handlers_each_shards_run_and_reports_what_a_stopped_handler_missed() {
+        actix_rt::System::new().block_on(async {
+            let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let gone = Gone.start();
+            while gone.connected() {
+                actix_rt::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            let mut router = Router::default();
+            router.add_batch_all(Batches(seen.clone()).start().recipient());
+            router.add("MESSAGE_CREATE", gone.recipient());
+            let router = router.finish();
+            let event = |shard, seq, name: &'static str| {
+                Dispatch::from_data(shard, seq, name, Bytes::from_static(b"{}"))
+            };
+            let events = [
+                event(0, 1, "TYPING_START"),
+                event(0, 2, "MESSAGE_CREATE"),
+                event(1, 7, "TYPING_START"),
+                event(0, 3, "TYPING_START"),
+            ];
+            assert_eq!(router.deliver(&events).await, vec![1]);
+            // Handled by the time deliver returned, one batch per run of one shard's events.
+            assert_eq!(
+                *seen.lock().unwrap(),
+                vec![(0, vec![1, 2]), (1, vec![7]), (0, vec![3])]
+            );
+        });
     }
 
     #[test]
