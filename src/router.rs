@@ -670,8 +670,11 @@ mod tests {
         fn handle(&mut self, _: Dispatch, _: &mut Context<Self>) {}
     }
 
-    /// Records each batch it gets as (shard, seqs).
-    struct Batches(Arc<std::sync::Mutex<Vec<(u32, Vec<u64>)>>>);
+    /// Each batch a handler got, as (shard, seqs).
+    type Seen = Arc<std::sync::Mutex<Vec<(u32, Vec<u64>)>>>;
+
+    /// Records each batch it gets.
+    struct Batches(Seen);
     impl Actor for Batches {
         type Context = Context<Self>;
     }
@@ -701,7 +704,7 @@ mod tests {
     #[test]
     fn deliver_gives_batch_handlers_each_shards_run_and_reports_what_a_stopped_handler_missed() {
         actix_rt::System::new().block_on(async {
-            let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let seen = Seen::default();
             let gone = Gone.start();
             while gone.connected() {
                 actix_rt::time::sleep(std::time::Duration::from_millis(1)).await;
