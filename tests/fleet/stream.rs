@@ -14,9 +14,9 @@ use shardline::fleet::stream::{
     ConsumerStats, ConsumerStatsRequest, StopConsumer, StreamConsumer, StreamPublisher,
 };
 use shardline::fleet::{FleetRedis, RedisSessionStore};
-use shardline::{Dispatch, SessionInfo, SessionStore};
+use shardline::{Dispatch, Gateway, SessionInfo, SessionStore};
 
-use crate::harness::{fast_fake, wait_until, Bot, WAIT};
+use crate::harness::{client, fast_fake, sent, wait_until, Bot, WAIT};
 use crate::redis_server::RedisServer;
 
 const PREFIX: &str = "shardline:streamtest";
@@ -606,4 +606,78 @@ async fn publisher_and_consumer_ride_out_a_redis_restart() {
     assert_eq!(handled, seqs);
     assert_eq!(pending_total(&mut conn).await, 0);
     bot.stop().await;
+}
+
+/// A process that resumed a stored session sees no READY: its publisher labels the shard's events
+/// with the session from the store, and (gated) the stored sequence follows what it published.
+#[actix_rt::test]
+async fn events_of_a_resumed_session_carry_the_stored_session() {
+    let server = RedisServer::start();
+    let redis = connect(&server).await;
+    let first = RedisSessionStore::new(redis.clone(), SessionStoreOptions::default());
+    let fake_config = fast_fake(1, 1);
+    let s = first.clone();
+    let bot = Bot::start(fake_config.clone(), 1, move |c| {
+        c.session_store(Arc::new(s))
+    })
+    .await;
+    bot.gateway.shutdown(true).await;
+    first.flush().await.unwrap();
+    let session = bot.fake.session(0).unwrap().id;
+    // Sent while no process runs the shard: replayed on resume.
+    let seqs: Vec<u64> = (0..5)
+        .map(|i| {
+            bot.fake
+                .dispatch_raw(0, "MESSAGE_CREATE", &format!(r#"{{"i":{i}}}"#))
+                .unwrap()
+        })
+        .collect();
+
+    // Another process.
+    let store = RedisSessionStore::new(
+        redis.clone(),
+        SessionStoreOptions::default()
+            .flush_every(Duration::from_millis(20))
+            .gate_on_publish(true),
+    );
+    assert_eq!(store.load_from_redis(&[0]).await.unwrap(), 1);
+    let publisher = StreamPublisher::builder(redis.clone())
+        .events(["MESSAGE_CREATE"])
+        .session_store(store.clone())
+        .start();
+    let config = client(&bot.fake, &fake_config, 1)
+        .session_store(Arc::new(store.clone()))
+        .batch_handler_all(publisher.recipient())
+        .build()
+        .unwrap();
+    let gateway = Gateway::start(config).await.unwrap();
+    let mut conn = inspect(&server).await;
+    until_async("the replayed events are published", || {
+        let mut conn = conn.clone();
+        async move { stream_entries(&mut conn).await.len() == 5 }
+    })
+    .await;
+    let keys: Vec<Key> = stream_entries(&mut conn).await.iter().map(key_of).collect();
+    let expected: Vec<Key> = seqs
+        .iter()
+        .map(|&seq| Key {
+            shard: 0,
+            session: session.clone(),
+            seq,
+        })
+        .collect();
+    assert_eq!(keys, expected);
+    assert_eq!(
+        sent(&bot.fake, 0, 2).len(),
+        1,
+        "resumed, not identified again"
+    );
+    let last = *seqs.last().unwrap();
+    until_async("the stored sequence follows", || {
+        let store = store.clone();
+        async move { store.read_from_redis(0).await.unwrap().unwrap().seq >= last }
+    })
+    .await;
+    gateway.shutdown(false).await;
+    bot.fake.stop().await;
 }
