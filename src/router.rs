@@ -42,6 +42,9 @@ pub struct Dispatch {
     span: DataSpan,
     /// Where `d` lies in `frame`, worked out the first time `d` is read.
     data: OnceLock<Range<usize>>,
+    /// The gateway session the event belongs to, when it came through the event stream (the
+    /// gateway path leaves it `None`: a shard's handlers know their session from READY).
+    session: Option<Arc<str>>,
 }
 
 impl Dispatch {
@@ -60,7 +63,46 @@ impl Dispatch {
             frame,
             span,
             data: OnceLock::new(),
+            session: None,
         }
+    }
+
+    /// A dispatch made of its parts: `data` is the raw JSON of `d`, and the whole of
+    /// [`frame`](Self::frame) (there was no envelope around it). This is how events read back from
+    /// the fleet's event stream ([`crate::fleet::stream`], feature `redis`) are rebuilt for handlers;
+    /// it also suits tests.
+    ///
+    /// ```
+    /// use shardline::Dispatch;
+    /// let d = Dispatch::from_data(3, 41, "MESSAGE_CREATE", br#"{"id":"1"}"#.to_vec().into())
+    ///     .with_session("abc");
+    /// assert_eq!((d.shard(), d.seq(), d.event(), d.session()), (3, 41, "MESSAGE_CREATE", Some("abc")));
+    /// assert_eq!(d.data(), br#"{"id":"1"}"#);
+    /// ```
+    pub fn from_data(shard: u32, seq: u64, event: impl Into<ByteString>, data: Bytes) -> Self {
+        let len = data.len();
+        let span = if len == 0 {
+            DataSpan::Null
+        } else {
+            DataSpan::Exact(0, len)
+        };
+        let dispatch = Self::new(shard, seq, event.into(), data, span);
+        let _ = dispatch.data.set(if len == 0 { 0..0 } else { 0..len });
+        dispatch
+    }
+
+    /// The same dispatch, labelled with the gateway session it belongs to.
+    pub fn with_session(mut self, session: impl Into<Arc<str>>) -> Self {
+        self.session = Some(session.into());
+        self
+    }
+
+    /// The id of the gateway session the event belongs to, for events read from the fleet's event
+    /// stream: with [`shard`](Self::shard) and [`seq`](Self::seq) it names the event uniquely, so a
+    /// handler that must not act twice on one event can remember `(shard, session, seq)`.
+    /// `None` for events handed over by a shard of this process (which delivers each once).
+    pub fn session(&self) -> Option<&str> {
+        self.session.as_deref()
     }
 
     /// Reads a whole received dispatch frame; `None` if it is not a dispatch with `s` and `t`.
@@ -158,6 +200,7 @@ impl fmt::Debug for Dispatch {
             .field("shard", &self.shard)
             .field("seq", &self.seq)
             .field("event", &&*self.event)
+            .field("session", &self.session)
             .field("frame_bytes", &self.frame.len())
             .finish()
     }
@@ -341,6 +384,97 @@ impl Router {
         handlers.len() + batched.len()
     }
 
+    /// Hands `events` to their handlers as a shard would (same routing rules; batch handlers get
+    /// each shard's run of consecutive events as one [`DispatchBatch`]) and waits until every
+    /// handler has handled what it was sent. Each handler gets its events in the order given, one
+    /// at a time; different handlers run at once. Handlers registered per shard thread are not
+    /// included (they belong to the shard threads).
+    ///
+    /// Returns the indices (ascending) of the events that some handler did not handle because it
+    /// had stopped: for a caller that acknowledges events, the ones not to acknowledge.
+    ///
+    /// ```
+    /// # actix_rt::System::new().block_on(async {
+    /// use std::sync::{atomic::{AtomicUsize, Ordering}, Arc};
+    /// use actix::prelude::*;
+    /// use shardline::{Dispatch, Router};
+    /// struct Count(Arc<AtomicUsize>);
+    /// impl Actor for Count { type Context = Context<Self>; }
+    /// impl Handler<Dispatch> for Count {
+    ///     type Result = ();
+    ///     fn handle(&mut self, _: Dispatch, _: &mut Context<Self>) { self.0.fetch_add(1, Ordering::SeqCst); }
+    /// }
+    /// let handled = Arc::new(AtomicUsize::new(0));
+    /// let router = Router::new([("MESSAGE_CREATE", Count(handled.clone()).start().recipient())], []);
+    /// let event = Dispatch::from_data(0, 1, "MESSAGE_CREATE", b"{}".to_vec().into());
+    /// let not_handled = router.deliver(&[event.clone(), event]).await;
+    /// // Both were handled by the time `deliver` returned.
+    /// assert!(not_handled.is_empty());
+    /// assert_eq!(handled.load(Ordering::SeqCst), 2);
+    /// # });
+    /// ```
+    pub async fn deliver(&self, events: &[Dispatch]) -> Vec<usize> {
+        // Per handler, the indices of its events, in order.
+        let mut each: Vec<(&Recipient<Dispatch>, Vec<usize>)> = Vec::new();
+        let mut batched: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            let route = self.route_of(event.event());
+            for handler in route.handlers() {
+                match each.iter_mut().find(|(h, _)| *h == handler) {
+                    Some((_, list)) => list.push(i),
+                    None => each.push((handler, vec![i])),
+                }
+            }
+            for &b in route.batched() {
+                match batched.iter_mut().find(|(h, _)| *h == b) {
+                    Some((_, list)) => list.push(i),
+                    None => batched.push((b, vec![i])),
+                }
+            }
+        }
+        let mut work: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Vec<usize>> + '_>>> =
+            Vec::with_capacity(each.len() + batched.len());
+        for (handler, list) in each {
+            work.push(Box::pin(async move {
+                let mut failed = Vec::new();
+                for i in list {
+                    if handler.send(events[i].clone()).await.is_err() {
+                        failed.push(i);
+                    }
+                }
+                failed
+            }));
+        }
+        for (b, list) in batched {
+            let Some(handler) = self.batch.get(b) else {
+                continue;
+            };
+            work.push(Box::pin(async move {
+                let mut failed = Vec::new();
+                for run in list.chunk_by(|&x, &y| events[x].shard == events[y].shard) {
+                    let batch: Vec<Dispatch> = run.iter().map(|&i| events[i].clone()).collect();
+                    let shard = events[run[0]].shard;
+                    if handler
+                        .send(DispatchBatch::new(shard, batch))
+                        .await
+                        .is_err()
+                    {
+                        failed.extend_from_slice(run);
+                    }
+                }
+                failed
+            }));
+        }
+        let mut failed: Vec<usize> = futures_util::future::join_all(work)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        failed.sort_unstable();
+        failed.dedup();
+        failed
+    }
+
     /// Adds a handler for one event name.
     pub(crate) fn add(&mut self, event: &str, handler: Recipient<Dispatch>) {
         crate::protocol::events::warn_if_unknown(event);
@@ -493,7 +627,7 @@ impl fmt::Debug for Router {
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
-    use actix::{Actor, Context, Handler};
+    use actix::{Actor, ActorContext, Context, Handler};
 
     use super::*;
 
@@ -504,6 +638,67 @@ mod tests {
     impl Handler<Dispatch> for Sink {
         type Result = ();
         fn handle(&mut self, _: Dispatch, _: &mut Context<Self>) {}
+    }
+
+    /// Each batch a handler got, as (shard, seqs).
+    type Seen = Arc<std::sync::Mutex<Vec<(u32, Vec<u64>)>>>;
+
+    /// Records each batch it gets.
+    struct Batches(Seen);
+    impl Actor for Batches {
+        type Context = Context<Self>;
+    }
+    impl Handler<DispatchBatch> for Batches {
+        type Result = ();
+        fn handle(&mut self, batch: DispatchBatch, _: &mut Context<Self>) {
+            let seqs = batch.events().iter().map(Dispatch::seq).collect();
+            if let Ok(mut seen) = self.0.lock() {
+                seen.push((batch.shard(), seqs));
+            }
+        }
+    }
+
+    /// Stops as soon as it starts.
+    struct Gone;
+    impl Actor for Gone {
+        type Context = Context<Self>;
+        fn started(&mut self, ctx: &mut Context<Self>) {
+            ctx.stop();
+        }
+    }
+    impl Handler<Dispatch> for Gone {
+        type Result = ();
+        fn handle(&mut self, _: Dispatch, _: &mut Context<Self>) {}
+    }
+
+    #[test]
+    fn deliver_gives_batch_handlers_each_shards_run_and_reports_what_a_stopped_handler_missed() {
+        actix_rt::System::new().block_on(async {
+            let seen = Seen::default();
+            let gone = Gone.start();
+            while gone.connected() {
+                actix_rt::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            let mut router = Router::default();
+            router.add_batch_all(Batches(seen.clone()).start().recipient());
+            router.add("MESSAGE_CREATE", gone.recipient());
+            let router = router.finish();
+            let event = |shard, seq, name: &'static str| {
+                Dispatch::from_data(shard, seq, name, Bytes::from_static(b"{}"))
+            };
+            let events = [
+                event(0, 1, "TYPING_START"),
+                event(0, 2, "MESSAGE_CREATE"),
+                event(1, 7, "TYPING_START"),
+                event(0, 3, "TYPING_START"),
+            ];
+            assert_eq!(router.deliver(&events).await, vec![1]);
+            // Handled by the time deliver returned, one batch per run of one shard's events.
+            assert_eq!(
+                *seen.lock().unwrap(),
+                vec![(0, vec![1, 2]), (1, vec![7]), (0, vec![3])]
+            );
+        });
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod keeper;
 pub mod lease;
 mod options;
 pub mod sessions;
+pub mod stream;
 
 pub use error::FleetError;
 pub use identify::RedisIdentifyQueue;
@@ -31,6 +32,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 #[derive(Clone)]
 pub struct FleetRedis {
     conn: ConnectionManager,
+    /// For connections of their own (a blocking read must not hold up the shared one).
+    client: redis::Client,
     prefix: Arc<str>,
 }
 
@@ -90,6 +93,7 @@ impl FleetRedis {
         }
         Ok(Self {
             conn,
+            client,
             prefix: prefix.into(),
         })
     }
@@ -107,6 +111,22 @@ impl FleetRedis {
     /// A handle on the shared connection, for one command or pipeline.
     pub(crate) fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// A connection of its own, reconnecting like the shared one, whose commands may take up to
+    /// `wait` longer than usual: for blocking reads (`XREADGROUP ... BLOCK`), which would hold up
+    /// every command behind them on the shared connection.
+    pub(crate) async fn dedicated(&self, wait: Duration) -> Result<ConnectionManager, FleetError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT + wait))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let connecting = self.client.get_connection_manager_with_config(config);
+        tokio::time::timeout(CONNECT_TIMEOUT * 3, connecting)
+            .await
+            .map_err(|_| FleetError::Command("connecting timed out".into()))?
+            .map_err(FleetError::from)
     }
 }
 

@@ -48,6 +48,11 @@ pub struct SessionStoreOptions {
     /// document how long it keeps a disconnected session; a resume of one it forgot costs an
     /// op 9 and a new Identify, nothing more. Live sessions are rewritten well within this.
     pub ttl: Duration,
+    /// Whether the sequence written for a shard waits for the event stream (default off; see
+    /// [`RedisSessionStore::confirm_published`]). Turn it on when a
+    /// [`StreamPublisher`](crate::fleet::stream::StreamPublisher) publishes this bot's events: a
+    /// resume then never starts after an event that is not in the stream yet.
+    pub gate_on_publish: bool,
 }
 
 impl Default for SessionStoreOptions {
@@ -55,6 +60,7 @@ impl Default for SessionStoreOptions {
         Self {
             flush_every: Duration::from_millis(100),
             ttl: Duration::from_secs(180),
+            gate_on_publish: false,
         }
     }
 }
@@ -71,6 +77,12 @@ impl SessionStoreOptions {
         self.ttl = ttl;
         self
     }
+
+    /// Sets [`gate_on_publish`](Self::gate_on_publish).
+    pub fn gate_on_publish(mut self, gate: bool) -> Self {
+        self.gate_on_publish = gate;
+        self
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +90,30 @@ struct Entry {
     /// `None`: the session was removed and the removal is not written yet.
     session: Option<SessionInfo>,
     dirty: bool,
+    /// The highest sequence of this session known to be in the event stream (or the sequence the
+    /// session was stored or loaded with: nothing before it can be replayed). With the publish gate,
+    /// the sequence written is never above it.
+    published: u64,
+}
+
+impl Entry {
+    fn new(session: Option<SessionInfo>, dirty: bool) -> Self {
+        let published = session.as_ref().map_or(0, |s| s.seq);
+        Self {
+            session,
+            dirty,
+            published,
+        }
+    }
+
+    /// The session as it may be written: with the gate, its sequence is held at what was published.
+    fn to_write(&self, gated: bool) -> Option<SessionInfo> {
+        let mut session = self.session.clone()?;
+        if gated {
+            session.seq = session.seq.min(self.published);
+        }
+        Some(session)
+    }
 }
 
 /// A [`SessionStore`] in Redis, shared by every process of a bot.
@@ -180,13 +216,9 @@ impl RedisSessionStore {
             }
             match session {
                 Some(session) => {
-                    self.inner.local.insert(
-                        shard,
-                        Entry {
-                            session: Some(session),
-                            dirty: false,
-                        },
-                    );
+                    self.inner
+                        .local
+                        .insert(shard, Entry::new(Some(session), false));
                 }
                 None => {
                     self.inner.local.remove(&shard);
@@ -228,6 +260,32 @@ impl RedisSessionStore {
         self.inner.fences.remove(&shard);
     }
 
+    /// Tells the store that the events of `shard`'s session `session_id` up to `seq` are in the
+    /// event stream (called by the [`StreamPublisher`](crate::fleet::stream::StreamPublisher) after
+    /// each batch is written, for every event of it, published or not).
+    ///
+    /// With [`SessionStoreOptions::gate_on_publish`], the sequence written to Redis for a shard is
+    /// the lower of the one handed to its handlers and this one. Without it, a process that died
+    /// after writing sequence `n` but before its publisher wrote event `n` would be resumed after
+    /// `n` by the next owner, and the event would never reach the stream. A confirmation for
+    /// another session than the shard's current one (a batch written late, after the shard
+    /// identified again) changes nothing.
+    pub fn confirm_published(&self, shard: u32, session_id: &str, seq: u64) {
+        if let Some(mut entry) = self.inner.local.get_mut(&shard) {
+            let current = entry
+                .session
+                .as_ref()
+                .is_some_and(|s| s.session_id == session_id);
+            if current && seq > entry.published {
+                entry.published = seq;
+                if self.inner.options.gate_on_publish {
+                    // The sequence held back can now be written.
+                    entry.dirty = true;
+                }
+            }
+        }
+    }
+
     /// Writes every change now and waits for it (used at shutdown).
     ///
     /// # Errors
@@ -265,11 +323,12 @@ async fn flush_inner(inner: &Inner, refresh: bool) -> Result<(), FleetError> {
     let _one_at_a_time = inner.flushing.lock().await;
     // Taken out of the map before the write, so a change made meanwhile is dirty again and is
     // written by the next flush rather than lost.
+    let gated = inner.options.gate_on_publish;
     let mut batch: Vec<(u32, Option<SessionInfo>)> = Vec::new();
     for mut entry in inner.local.iter_mut() {
         if entry.dirty || (refresh && entry.session.is_some()) {
             entry.dirty = false;
-            batch.push((*entry.key(), entry.session.clone()));
+            batch.push((*entry.key(), entry.to_write(gated)));
         }
     }
     if batch.is_empty() {
@@ -340,13 +399,9 @@ impl SessionStore for RedisSessionStore {
     }
 
     fn save(&self, shard: u32, session: SessionInfo) {
-        self.inner.local.insert(
-            shard,
-            Entry {
-                session: Some(session),
-                dirty: true,
-            },
-        );
+        self.inner
+            .local
+            .insert(shard, Entry::new(Some(session), true));
         // A new session is worth writing at once: a crash right after READY would otherwise
         // cost a session start.
         self.inner.wake.notify_one();
@@ -362,13 +417,7 @@ impl SessionStore for RedisSessionStore {
     }
 
     fn remove(&self, shard: u32) {
-        self.inner.local.insert(
-            shard,
-            Entry {
-                session: None,
-                dirty: true,
-            },
-        );
+        self.inner.local.insert(shard, Entry::new(None, true));
         self.inner.wake.notify_one();
     }
 }

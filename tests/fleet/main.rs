@@ -1,5 +1,6 @@
 //! The fleet (feature `redis`) against a real `redis-server` and the fake gateway.
 
+// The gateway tests' harness: a bot against the fake gateway, and recording handlers.
 #[path = "../gateway/harness.rs"]
 #[allow(dead_code)]
 mod harness;
@@ -8,3 +9,4 @@ mod redis_server;
 mod ownership;
 
 mod stores;
+mod stream;
