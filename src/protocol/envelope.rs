@@ -76,9 +76,7 @@ impl DataSpan {
         match self {
             Self::Null => Ok(None),
             Self::Exact(start, end) if start <= end && end <= frame.len() => Ok(Some(start..end)),
-            Self::Exact(..) => Err(EnvelopeError::Malformed(
-                "d lies outside the frame".into(),
-            )),
+            Self::Exact(..) => Err(EnvelopeError::Malformed("d lies outside the frame".into())),
             Self::Tail(start, end) => {
                 let value_end = super::prescan::value_ends_at(frame, start);
                 // `d` must end at or before the brace the prescan found, with only whitespace

@@ -541,7 +541,10 @@ fn identify_restarts_the_sequence_after_a_ready_without_a_session_id() {
     }
     assert_eq!(
         got,
-        [(2, "GUILD_CREATE".to_owned()), (3, "GUILD_CREATE".to_owned())]
+        [
+            (2, "GUILD_CREATE".to_owned()),
+            (3, "GUILD_CREATE".to_owned())
+        ]
     );
 }
 
