@@ -84,7 +84,7 @@ impl DataSpan {
                 if let Some(e) = value_end {
                     if frame
                         .get(e..end)
-                        .is_some_and(|rest| rest.iter().all(u8::is_ascii_whitespace))
+                        .is_some_and(|rest| rest.iter().all(|&b| super::prescan::is_json_ws(b)))
                     {
                         return Ok(Some(start..e));
                     }

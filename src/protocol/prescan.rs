@@ -26,9 +26,15 @@ pub struct Head {
     pub end: usize,
 }
 
+/// JSON's whitespace (RFC 8259 §2): narrower than `u8::is_ascii_whitespace`, which takes form feed.
+#[inline(always)]
+pub fn is_json_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
 #[inline(always)]
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+    while i < b.len() && is_json_ws(b[i]) {
         i += 1;
     }
     i
