@@ -102,25 +102,22 @@ pub struct IdentifyParams {
     pub allowed_resume_domains: Vec<String>,
 }
 
-/// One heartbeat sent and not yet acknowledged.
-#[derive(Debug, Clone, Copy)]
-struct Beat {
-    sent: Instant,
-    /// Sent by the schedule (not a reply to the gateway's op 1): only these can prove a zombie.
-    scheduled: bool,
-}
-
-/// Heartbeats in flight beyond this many are sent but not tracked: a gateway that keeps asking
-/// (op 1) without acknowledging cannot grow the list without bound. Untracked replies only make
-/// zombie detection more lenient, never trigger it.
+/// Heartbeats in flight beyond this many are not tracked for latency: a gateway that keeps asking
+/// (op 1) without acknowledging cannot grow the list without bound.
 const MAX_TRACKED_BEATS: usize = 16;
 
 #[derive(Debug, Default)]
 struct Heartbeat {
     interval: Option<Duration>,
-    /// Heartbeats not yet acknowledged, oldest first. An ACK carries nothing to match it with, so it
-    /// answers the oldest (the gateway answers in order).
-    unacked: VecDeque<Beat>,
+    /// When the heartbeats not yet acknowledged were sent, oldest first. An ACK carries nothing to
+    /// match it with, so it answers the oldest (the gateway answers in order): its round trip is
+    /// the latency.
+    unacked: VecDeque<Instant>,
+    /// When the last scheduled beat went out.
+    last_scheduled: Option<Instant>,
+    /// The last scheduled beat has had no ACK since it went out: if that is still so when the
+    /// next one is due, the connection is a zombie. Replies to the gateway's op 1 never set it.
+    scheduled_unanswered: bool,
     latency: Option<Duration>,
 }
 
@@ -254,13 +251,15 @@ impl ShardState {
             Some(OpCode::Dispatch) => self.on_dispatch(frame, env),
             Some(OpCode::Heartbeat) => {
                 // §3.3: a server op 1 is answered at once; the answer is not a scheduled beat.
-                self.send_heartbeat(now(), false);
+                self.send_heartbeat(now());
             }
             Some(OpCode::HeartbeatAck) => {
                 // §3.6: an ACK answers the oldest heartbeat in flight; the latency is that beat's
                 // round trip. An ACK with nothing in flight measures nothing.
-                if let Some(beat) = self.heartbeat.unacked.pop_front() {
-                    self.heartbeat.latency = Some(now().saturating_duration_since(beat.sent));
+                let heartbeat = &mut self.heartbeat;
+                heartbeat.scheduled_unanswered = false;
+                if let Some(sent) = heartbeat.unacked.pop_front() {
+                    heartbeat.latency = Some(now().saturating_duration_since(sent));
                 }
             }
             Some(OpCode::Hello) => {
@@ -341,6 +340,8 @@ impl ShardState {
         let interval = Duration::from_millis(hello.heartbeat_interval);
         self.heartbeat.interval = Some(interval);
         self.heartbeat.unacked.clear();
+        self.heartbeat.last_scheduled = None;
+        self.heartbeat.scheduled_unanswered = false;
         // §3.2: first heartbeat after interval × jitter, jitter in [0, 1).
         let jitter = if (0.0..1.0).contains(&jitter) {
             jitter
@@ -506,29 +507,35 @@ impl ShardState {
         if matches!(self.phase, Phase::Disconnected | Phase::Stopped) {
             return;
         }
-        // §3.6: a scheduled beat still unanswered when the next is due → zombie; close non-1000
-        // and resume. A reply to the gateway's op 1 sent moments ago is not: its ACK may still be
-        // on the way, and it has not had an interval to come back.
-        let missed = self.heartbeat.unacked.iter().find(|beat| beat.scheduled);
-        if let Some(beat) = missed.filter(|_| !self.reading_paused) {
+        // §3.6: no ACK since the last scheduled beat, and the next is due → zombie; close
+        // non-1000 and resume. A reply to the gateway's op 1 sent moments ago proves nothing
+        // either way: its ACK may still be on the way, and it has not had an interval to come back.
+        let heartbeat = &mut self.heartbeat;
+        if heartbeat.scheduled_unanswered && !self.reading_paused {
             tracing::warn!(
                 shard.id = self.shard,
-                unanswered_for = ?now.saturating_duration_since(beat.sent),
+                unanswered_for = ?heartbeat.last_scheduled.map(|at| now.saturating_duration_since(at)),
                 "no heartbeat ACK since the last heartbeat: zombie connection"
             );
             self.reconnect(Some(RESUME_CLOSE_CODE));
             return;
         }
-        self.send_heartbeat(now, true);
+        // The last scheduled beat was answered: anything sent before it whose ACK never came
+        // (the gateway skipped one) is dropped, so the latency is not measured against it for long.
+        if let Some(last) = heartbeat.last_scheduled {
+            while heartbeat.unacked.front().is_some_and(|&sent| sent <= last) {
+                heartbeat.unacked.pop_front();
+            }
+        }
+        heartbeat.last_scheduled = Some(now);
+        heartbeat.scheduled_unanswered = true;
+        self.send_heartbeat(now);
     }
 
-    fn send_heartbeat(&mut self, now: Instant, scheduled: bool) {
+    fn send_heartbeat(&mut self, now: Instant) {
         // §3.2: each op 1 carries the last non-null s.
         if self.heartbeat.unacked.len() < MAX_TRACKED_BEATS {
-            self.heartbeat.unacked.push_back(Beat {
-                sent: now,
-                scheduled,
-            });
+            self.heartbeat.unacked.push_back(now);
         }
         self.actions.push_back(Action::Send(
             command::heartbeat(self.seq),
@@ -595,6 +602,8 @@ impl ShardState {
     fn reconnect(&mut self, close_code: Option<u16>) {
         self.phase = Phase::Disconnected;
         self.heartbeat.unacked.clear();
+        self.heartbeat.last_scheduled = None;
+        self.heartbeat.scheduled_unanswered = false;
         self.actions.push_back(Action::Reconnect { close_code });
     }
 }
