@@ -135,7 +135,8 @@ impl Default for Timeouts {
     }
 }
 
-/// Reconnect delays: exponential with jitter, capped, reset after a session reaches READY/RESUMED.
+/// Reconnect delays: exponential with jitter, capped, reset after a session reaches READY/RESUMED
+/// (the first reconnect after that goes at once; only failures in a row wait).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
     /// The first delay (default 1 s).
