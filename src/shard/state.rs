@@ -522,7 +522,11 @@ impl ShardState {
         }
         // The last scheduled beat was answered: anything sent before it whose ACK never came
         // (the gateway skipped one) is dropped, so the latency is not measured against it for long.
-        if let Some(last) = heartbeat.last_scheduled {
+        // (While reading is paused, ACKs may be sitting unread: nothing is dropped then.)
+        if let Some(last) = heartbeat
+            .last_scheduled
+            .filter(|_| !heartbeat.scheduled_unanswered)
+        {
             while heartbeat.unacked.front().is_some_and(|&sent| sent <= last) {
                 heartbeat.unacked.pop_front();
             }
