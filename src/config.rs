@@ -136,7 +136,7 @@ impl Default for Timeouts {
 }
 
 /// Reconnect delays: exponential with jitter, capped, reset after a session reaches READY/RESUMED
-/// (the first reconnect after that goes at once; only failures in a row wait).
+/// (an op 7 on such a healthy connection reconnects at once; drops and closes wait).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
     /// The first delay (default 1 s).

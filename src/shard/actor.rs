@@ -268,11 +268,11 @@ impl ShardActor {
                 Ok(Ok((_response, framed))) => act.attach(framed, generation, ctx),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "connect failed");
-                    act.schedule_reconnect(ctx);
+                    act.schedule_reconnect(false, ctx);
                 }
                 Err(_) => {
                     tracing::warn!(?timeout, "connect timed out");
-                    act.schedule_reconnect(ctx);
+                    act.schedule_reconnect(false, ctx);
                 }
             }
         }));
@@ -335,11 +335,11 @@ impl ShardActor {
         }
     }
 
-    fn schedule_reconnect(&mut self, ctx: &mut Context<Self>) {
+    fn schedule_reconnect(&mut self, at_once: bool, ctx: &mut Context<Self>) {
         if self.reconnect_timer.is_some() || self.state.phase() == Phase::Stopped {
             return;
         }
-        let delay = self.backoff.next_delay();
+        let delay = self.backoff.next_delay_for(at_once);
         tracing::info!(
             ?delay,
             resume = self.state.will_resume(),
@@ -516,14 +516,17 @@ impl ShardActor {
                     }
                     self.flush_commands(ctx);
                 }
-                Action::Reconnect { close_code } => {
+                Action::Reconnect {
+                    close_code,
+                    at_once,
+                } => {
                     self.teardown(close_code, ctx);
                     let code = self.close_code.take();
                     self.emit(ShardEvent::Disconnected {
                         shard: self.id,
                         code,
                     });
-                    self.schedule_reconnect(ctx);
+                    self.schedule_reconnect(at_once, ctx);
                 }
                 Action::Fatal(error) => {
                     tracing::error!(%error, "stopping the shard for good");

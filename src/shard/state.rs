@@ -78,6 +78,10 @@ pub enum Action {
     Reconnect {
         /// The code to close with; `None` when the socket is already closed.
         close_code: Option<u16>,
+        /// The gateway asked for this reconnect (op 7) on a healthy connection: it owes no
+        /// backoff delay. Every other reconnect (a drop, a close, a zombie, a failed attempt)
+        /// waits its backoff delay, so that shards failing together spread out.
+        at_once: bool,
     },
     /// Stop for good.
     Fatal(FatalError),
@@ -271,7 +275,8 @@ impl ShardState {
             Some(OpCode::Reconnect) => {
                 // §3.9: op 7 → reconnect and resume.
                 tracing::info!(shard.id = self.shard, "gateway asked to reconnect (op 7)");
-                self.reconnect(Some(RESUME_CLOSE_CODE));
+                let healthy = self.phase == Phase::Ready;
+                self.reconnect_now(Some(RESUME_CLOSE_CODE), healthy);
             }
             Some(OpCode::InvalidSession) => {
                 // §3.8: d = true → resume; false → the session is gone.
@@ -604,11 +609,18 @@ impl ShardState {
     }
 
     fn reconnect(&mut self, close_code: Option<u16>) {
+        self.reconnect_now(close_code, false);
+    }
+
+    fn reconnect_now(&mut self, close_code: Option<u16>, at_once: bool) {
         self.phase = Phase::Disconnected;
         self.heartbeat.unacked.clear();
         self.heartbeat.last_scheduled = None;
         self.heartbeat.scheduled_unanswered = false;
-        self.actions.push_back(Action::Reconnect { close_code });
+        self.actions.push_back(Action::Reconnect {
+            close_code,
+            at_once,
+        });
     }
 }
 

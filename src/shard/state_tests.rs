@@ -103,7 +103,7 @@ fn reconnects(actions: &[Action]) -> Vec<Option<u16>> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Reconnect { close_code } => Some(*close_code),
+            Action::Reconnect { close_code, .. } => Some(*close_code),
             _ => None,
         })
         .collect()
@@ -664,4 +664,51 @@ fn an_unanswered_scheduled_beat_is_a_zombie_even_behind_an_answered_reply() {
     s.drain();
     s.state.on_heartbeat_due(s.at(42_250));
     assert_eq!(reconnects(&s.drain()), [Some(RESUME_CLOSE_CODE)]);
+}
+
+#[test]
+fn only_op_7_on_a_healthy_connection_reconnects_at_once() {
+    let at_once = |actions: &[Action]| -> Vec<bool> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Reconnect { at_once, .. } => Some(*at_once),
+                _ => None,
+            })
+            .collect()
+    };
+    let op7 = r#"{"t":null,"s":null,"op":7,"d":null}"#;
+    let hello = r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#;
+    let mut s = Shard::new(None);
+    s.ready();
+    assert_eq!(at_once(&s.frame(op7, 1)), [true], "op 7 after READY");
+    // op 7 again while resuming (RESUMED not reached): the connection was not healthy.
+    s.state.on_open();
+    s.frame(hello, 2);
+    assert_eq!(s.state.phase(), Phase::Resuming);
+    assert_eq!(at_once(&s.frame(op7, 3)), [false], "op 7 before RESUMED");
+    s.state.on_open();
+    s.frame(hello, 4);
+    s.frame(r#"{"t":"RESUMED","s":null,"op":0,"d":{}}"#, 5);
+    assert_eq!(at_once(&s.frame(op7, 6)), [true], "op 7 after RESUMED");
+    // Everything else waits its backoff delay, healthy connection or not.
+    let mut s = Shard::new(None);
+    s.ready();
+    assert_eq!(
+        at_once(&s.frame(r#"{"t":null,"s":null,"op":9,"d":true}"#, 1)),
+        [false]
+    );
+    let mut s = Shard::new(None);
+    s.ready();
+    s.state.on_close(None);
+    assert_eq!(at_once(&s.drain()), [false], "a drop");
+    let mut s = Shard::new(None);
+    s.ready();
+    s.state.on_connection_failed();
+    assert_eq!(at_once(&s.drain()), [false], "a failed connection");
+    let mut s = Shard::new(None);
+    s.ready();
+    s.state.on_heartbeat_due(s.at(1_000));
+    s.state.on_heartbeat_due(s.at(42_250));
+    assert_eq!(at_once(&s.drain()), [false], "a zombie");
 }
