@@ -153,7 +153,8 @@ impl Default for Timeouts {
     }
 }
 
-/// Reconnect delays: exponential with jitter, capped, reset after a session reaches READY/RESUMED.
+/// Reconnect delays: exponential with jitter, capped, reset after a session reaches READY/RESUMED
+/// (an op 7 on such a healthy connection reconnects at once; drops and closes wait).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
     /// The first delay (default 1 s).
