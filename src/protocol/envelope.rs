@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 
 /// Why a received frame could not be read as a gateway envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EnvelopeError {
     /// The frame is not a JSON object with an integer `op` (the message says where it broke).
     Malformed(String),

@@ -216,6 +216,7 @@ impl ShardState {
     }
 
     /// The heartbeat interval from Hello.
+    #[cfg(test)]
     pub fn heartbeat_interval(&self) -> Option<Duration> {
         self.heartbeat.interval
     }

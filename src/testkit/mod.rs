@@ -161,6 +161,7 @@ pub struct RecordedFrame {
 
 /// How a connection's handshake ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ConnectionOutcome {
     /// Neither identified nor resumed (yet).
     None,

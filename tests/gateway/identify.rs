@@ -122,12 +122,13 @@ async fn a_bad_token_is_refused_by_rest_and_by_the_gateway() {
         .api_base(fake.api_base())
         .gateway_url(fake.gateway_url())
         .max_concurrency(1)
-        .backoff(shardline::Backoff {
-            initial: Duration::from_millis(1),
-            max: Duration::from_millis(1),
-            multiplier: 1.0,
-            randomization: 0.0,
-        })
+        .backoff(
+            shardline::Backoff::default()
+                .initial(Duration::from_millis(1))
+                .max(Duration::from_millis(1))
+                .multiplier(1.0)
+                .randomization(0.0),
+        )
         .compression(shardline::Compression::None)
         .events(actix::Actor::start(lifecycle.clone()).recipient())
         .build()

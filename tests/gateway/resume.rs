@@ -154,12 +154,13 @@ async fn a_hostile_resume_url_is_not_followed() {
 #[actix_rt::test]
 async fn op_7_after_a_healthy_session_reconnects_without_the_backoff_delay() {
     let bot = Bot::start(fast_fake(1, 1), 1, |c| {
-        c.backoff(shardline::Backoff {
-            initial: Duration::from_secs(10),
-            max: Duration::from_secs(60),
-            multiplier: 2.0,
-            randomization: 0.5,
-        })
+        c.backoff(
+            shardline::Backoff::default()
+                .initial(Duration::from_secs(10))
+                .max(Duration::from_secs(60))
+                .multiplier(2.0)
+                .randomization(0.5),
+        )
     })
     .await;
     let mut sent_seqs = messages(&bot, 0, 2);

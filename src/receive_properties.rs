@@ -1,15 +1,15 @@
-//! Property tests of the receive path: frame → envelope (prescan vs full parse) → state machine, and
+//! Property tests of the receive path (unit tests: they drive the crate's internals): frame → envelope (prescan vs full parse) → state machine, and
 //! the zlib-stream inflater. Bounded by PROPTEST_CASES (default 256 per property); a failure prints
 //! the seed and the shrunk input to replay it.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::protocol::{Envelope, EventName};
+use crate::shard::state::{Action, IdentifyParams, ShardState};
 use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::Value;
-use shardline::protocol::{Envelope, EventName};
-use shardline::shard::{IdentifyParams, ShardState};
 
 /// A JSON value as text, with random whitespace and some strings that look like envelope keys.
 fn json_value() -> impl Strategy<Value = String> {
@@ -198,7 +198,7 @@ fn name(frame: &[u8], env: &Envelope) -> Option<String> {
 
 fn params() -> Arc<IdentifyParams> {
     Arc::new(IdentifyParams {
-        token: shardline::Token::new("prop-token"),
+        token: crate::Token::new("prop-token"),
         intents: 1,
         properties: Default::default(),
         large_threshold: 50,
@@ -225,7 +225,7 @@ proptest! {
                 prop_assert_eq!(d_fast, d_full);
                 prop_assert_eq!(fast.data(bytes), full.data(bytes));
                 // A delivered event reads the same `d` by every route, tail-first or scanned.
-                if let Some(dispatch) = shardline::Dispatch::from_frame(0, Bytes::copy_from_slice(bytes)) {
+                if let Some(dispatch) = crate::Dispatch::from_frame(0, Bytes::copy_from_slice(bytes)) {
                     let expected: Value = serde_json::from_slice(full.data(bytes)).unwrap();
                     prop_assert_eq!(dispatch.parse::<Value>().unwrap(), expected.clone());
                     prop_assert_eq!(dispatch.raw().unwrap().get().as_bytes(), full.data(bytes));
@@ -250,7 +250,7 @@ proptest! {
         };
         let checked = fast.data.checked(bytes);
         let _ = fast.data(bytes);
-        let dispatch = shardline::Dispatch::from_frame(0, Bytes::copy_from_slice(bytes));
+        let dispatch = crate::Dispatch::from_frame(0, Bytes::copy_from_slice(bytes));
         let read = dispatch.as_ref().map(|d| {
             let _ = d.data();
             let _ = d.data_bytes();
@@ -283,7 +283,7 @@ proptest! {
                     Ok(None) | Err(_) => false,
                 };
                 prop_assert!(
-                    !value_read || fast.data == shardline::protocol::DataSpan::Null,
+                    !value_read || fast.data == crate::protocol::DataSpan::Null,
                     "full parse: {}; checked read of d: {:?} deserialized", e, checked
                 );
                 if let Some((value, raw)) = read {
@@ -306,7 +306,7 @@ proptest! {
                 state.on_heartbeat_due(now);
             }
             while let Some(action) = state.poll_action() {
-                if let shardline::shard::Action::Deliver(d) = action {
+                if let Action::Deliver(d) = action {
                     let _ = d.data();
                     let whole = Envelope::parse_full(d.frame()).is_ok();
                     // A delivered event of a broken frame never reads as a value.
@@ -326,7 +326,7 @@ proptest! {
     ) {
         use flate2::{Compress, Compression, FlushCompress};
         let mut z = Compress::new(Compression::fast(), true);
-        let mut inflater = shardline::shard::inflate::Inflater::new(1 << 20);
+        let mut inflater = crate::shard::inflate::Inflater::new(1 << 20);
         for message in &messages {
             let mut out = Vec::with_capacity(message.len() * 2 + 64);
             z.compress_vec(message, &mut out, FlushCompress::Sync).unwrap();
@@ -344,7 +344,7 @@ proptest! {
             }
             prop_assert_eq!(got.as_deref(), Some(&message[..]));
         }
-        let mut fresh = shardline::shard::inflate::Inflater::new(1 << 20);
+        let mut fresh = crate::shard::inflate::Inflater::new(1 << 20);
         let mut with_marker = garbage.clone();
         with_marker.extend_from_slice(&[0, 0, 0xff, 0xff]);
         let _ = fresh.push(&garbage);
