@@ -22,6 +22,7 @@ pub const DEFAULT_API_BASE: &str = "https://discord.com/api/v10";
 
 /// Which shards this process runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ShardPlan {
     /// Shards `0..n` of `n`.
     Count(u32),
@@ -38,6 +39,7 @@ pub enum ShardPlan {
 
 /// Transport compression (docs/protocol.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Compression {
     /// Plain text frames.
     None,
@@ -62,7 +64,11 @@ impl Compression {
 }
 
 /// Size limits on received messages, the command queue, and how many handshakes run at once.
+///
+/// Set from the defaults, one setting at a time (it may gain settings):
+/// `Limits::default().command_queue(128)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// The largest websocket message accepted, assembled from its frames (default 64 MiB). A larger
     /// one closes the connection, which then resumes.
@@ -89,11 +95,38 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Sets [`max_message_size`](Self::max_message_size).
+    pub fn max_message_size(mut self, max_message_size: usize) -> Self {
+        self.max_message_size = max_message_size;
+        self
+    }
+
+    /// Sets [`max_decompressed_size`](Self::max_decompressed_size).
+    pub fn max_decompressed_size(mut self, max_decompressed_size: usize) -> Self {
+        self.max_decompressed_size = max_decompressed_size;
+        self
+    }
+
+    /// Sets [`command_queue`](Self::command_queue).
+    pub fn command_queue(mut self, command_queue: usize) -> Self {
+        self.command_queue = command_queue;
+        self
+    }
+
+    /// Sets [`concurrent_handshakes`](Self::concurrent_handshakes).
+    pub fn concurrent_handshakes(mut self, concurrent_handshakes: usize) -> Self {
+        self.concurrent_handshakes = concurrent_handshakes;
+        self
+    }
+}
+
 /// What a shard does when a handler's mailbox is full.
 ///
 /// Whatever the policy, a slow handler never delays a shard's heartbeats: those run on the shard's own
 /// timers, not behind the handlers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SlowHandlers {
     /// Wait for slow handlers (the default). The event waits for room in that handler's mailbox;
     /// later events wait in the shard, up to `max_pending`; past that the shard stops reading its
@@ -133,7 +166,10 @@ impl Default for SlowHandlers {
 }
 
 /// Timeouts that keep a shard from hanging in one state.
+///
+/// Set from the defaults: `Timeouts::default().ready(Duration::from_secs(60))`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Timeouts {
     /// TCP, TLS and websocket handshake (default 10 s).
     pub connect: Duration,
@@ -153,8 +189,32 @@ impl Default for Timeouts {
     }
 }
 
-/// Reconnect delays: exponential with jitter, capped, reset after a session reaches READY/RESUMED.
+impl Timeouts {
+    /// Sets [`connect`](Self::connect).
+    pub fn connect(mut self, connect: Duration) -> Self {
+        self.connect = connect;
+        self
+    }
+
+    /// Sets [`hello`](Self::hello).
+    pub fn hello(mut self, hello: Duration) -> Self {
+        self.hello = hello;
+        self
+    }
+
+    /// Sets [`ready`](Self::ready).
+    pub fn ready(mut self, ready: Duration) -> Self {
+        self.ready = ready;
+        self
+    }
+}
+
+/// Reconnect delays: exponential with jitter, capped, reset after a session reaches READY/RESUMED
+/// (an op 7 on such a healthy connection reconnects at once; drops and closes wait).
+///
+/// Set from the defaults: `Backoff::default().initial(Duration::from_millis(500))`.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct Backoff {
     /// The first delay (default 1 s).
     pub initial: Duration,
@@ -174,6 +234,32 @@ impl Default for Backoff {
             multiplier: 2.0,
             randomization: 0.5,
         }
+    }
+}
+
+impl Backoff {
+    /// Sets [`initial`](Self::initial).
+    pub fn initial(mut self, initial: Duration) -> Self {
+        self.initial = initial;
+        self
+    }
+
+    /// Sets [`max`](Self::max).
+    pub fn max(mut self, max: Duration) -> Self {
+        self.max = max;
+        self
+    }
+
+    /// Sets [`multiplier`](Self::multiplier).
+    pub fn multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = multiplier;
+        self
+    }
+
+    /// Sets [`randomization`](Self::randomization).
+    pub fn randomization(mut self, randomization: f64) -> Self {
+        self.randomization = randomization;
+        self
     }
 }
 

@@ -6,6 +6,7 @@ use crate::protocol::CloseCode;
 
 /// The configuration cannot run: found when the config is built, never later.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The token is empty.
     EmptyToken,
@@ -88,6 +89,7 @@ impl std::error::Error for ConfigError {}
 
 /// Why a shard stopped for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FatalError {
     /// The gateway closed with a code after which reconnecting cannot help (docs/protocol.md §4).
     Closed(CloseCode),
@@ -105,6 +107,7 @@ impl std::error::Error for FatalError {}
 
 /// Why the runtime could not start.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum StartError {
     /// The configuration is invalid.
     Config(ConfigError),
@@ -166,6 +169,7 @@ impl From<RestError> for StartError {
 
 /// A REST call to Discord failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RestError {
     /// The request did not complete (connect, TLS, timeout).
     Transport(String),

@@ -10,6 +10,7 @@ use crate::error::FatalError;
 /// Something that happened to a shard's connection.
 #[derive(Debug, Clone, PartialEq, Eq, Message)]
 #[rtype(result = "()")]
+#[non_exhaustive]
 pub enum ShardEvent {
     /// A new session is READY.
     Ready {

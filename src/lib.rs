@@ -23,6 +23,9 @@ pub mod testkit;
 mod token;
 mod url;
 
+#[cfg(test)]
+mod receive_properties;
+
 pub use config::{
     Backoff, Compression, Config, ConfigBuilder, Limits, ShardPlan, SlowHandlers, Timeouts,
 };

@@ -178,7 +178,8 @@ impl Dispatch {
             // Deserializing everything up to the closing brace only succeeds if `d` is one value
             // followed by nothing (serde refuses trailing characters): then `d` was the last key, and
             // its end needs no separate scan.
-            if let Ok(value) = serde_json::from_slice(&self.frame[start..end]) {
+            let tail = self.frame.get(start..end).unwrap_or_default();
+            if let Ok(value) = serde_json::from_slice(tail) {
                 return Ok(value);
             }
         }

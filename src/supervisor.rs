@@ -1,4 +1,4 @@
-//! The `Supervisor` actor: builds the shard plan, starts one [`ShardActor`] per shard across arbiters
+//! The `Supervisor` actor: builds the shard plan, starts one shard actor per shard across arbiters
 //! in identify-bucket order, restarts a shard that stopped unexpectedly, answers status queries,
 //! relays commands, and shuts everything down.
 
@@ -59,6 +59,7 @@ pub struct Supervisor {
 
 /// What the runtime resolved at start: the plan, the gateway URL and the identify limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ResolvedPlan {
     /// The shard ids run in this process.
     pub ids: Vec<u32>,
@@ -262,6 +263,7 @@ impl Handler<ShardNotice> for Supervisor {
 
 /// How far start-up has come: shards READY (or RESUMED) at least once, out of all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Progress {
     /// Shards that have been ready at least once.
     pub ready: usize,

@@ -5,13 +5,24 @@
 //! a session the gateway ended may stop short (Discord drops what it had not sent); the live session
 //! is complete.
 //!
+//! Faults are keyed to events, not to time: before fault k the test waits until the handler has
+//! seen a seed-chosen fraction of the target shard's live session (its events up to
+//! `ceil(fraction × session seq)`), instead of sleeping a random while.
+//!
 //! The seed is printed; replay a failure with `SHARDLINE_SEED=<seed> cargo test --all-features --test chaos`.
+//! What the seed reproduces exactly: the sequence of steps (which shard, which fault or flood, flood
+//! sizes, close codes, how long ACKs stay off in steps) and, per fault, the fraction of the live
+//! session it waits for. What it does not: how far a session has got when a fault's point is
+//! computed (a reconnect from an earlier fault may still be under way), what is on the wire when
+//! the fault fires (so which unsent events a session-ending fault discards), and heartbeat timing.
+//! A fault on a shard whose session has just ended first waits for the new one; a wait that cannot
+//! be met in 2 s is given up and marked in the printed fault list.
 
 #[path = "gateway/harness.rs"]
 #[allow(dead_code)]
 mod harness;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::Actor;
 use rand::rngs::StdRng;
@@ -49,6 +60,13 @@ async fn every_event_of_every_session_is_delivered_exactly_once_under_chaos() {
     for step in 0..STEPS {
         let shard = rng.gen_range(0..SHARDS);
         let roll = rng.gen_range(0..100);
+        // Faults wait for the handler to have seen this fraction of the shard's live session.
+        let (waited_for, met) = if roll >= 60 {
+            let fraction: f64 = rng.gen();
+            wait_for_fraction(fake, &bot.recorder, shard, fraction).await
+        } else {
+            (0, true)
+        };
         let fault = match roll {
             0..=59 => {
                 let n = rng.gen_range(1..40);
@@ -74,7 +92,7 @@ async fn every_event_of_every_session_is_delivered_exactly_once_under_chaos() {
             }
         };
         if let Some(fault) = fault {
-            faults.push((step, shard, fault.0, fault.1));
+            faults.push((step, shard, fault.0, fault.1, waited_for, met));
         }
         acks_off.retain(|&(s, until)| {
             if step >= until {
@@ -84,12 +102,11 @@ async fn every_event_of_every_session_is_delivered_exactly_once_under_chaos() {
                 true
             }
         });
-        actix_rt::time::sleep(Duration::from_millis(rng.gen_range(0..25))).await;
     }
     for (shard, _) in acks_off {
         fake.set_ack_heartbeats(shard, true);
     }
-    println!("faults: {faults:?}");
+    println!("faults (step, shard, fault, sent, after seq, wait met): {faults:?}");
 
     // Settle: every shard ready, and every event of each live session delivered.
     let recorder = bot.recorder.clone();
@@ -196,4 +213,53 @@ async fn every_event_of_every_session_is_delivered_exactly_once_under_chaos() {
         fake.connections().len()
     );
     bot.stop().await;
+}
+
+/// Waits (up to 2 s) until `shard` has a live, connected session and `recorder` has seen it up
+/// to `ceil(fraction × its seq)`. Returns that seq and whether it was reached.
+async fn wait_for_fraction(
+    fake: &shardline::testkit::FakeGateway,
+    recorder: &Recorder,
+    shard: u32,
+    fraction: f64,
+) -> (u64, bool) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    // The point is fixed by the first live session seen: a fault after a session-ending one waits
+    // for the new session to be up.
+    let mut point: Option<(String, u64)> = None;
+    loop {
+        if point.is_none() {
+            point = fake
+                .session(shard)
+                .filter(|s| s.resumable && fake.ready_shards().contains(&shard))
+                .map(|live| (live.id, (fraction * live.seq as f64).ceil() as u64));
+        }
+        if let Some((id, target)) = &point {
+            if seen_in_session(recorder, shard, id) >= *target {
+                return (*target, true);
+            }
+        }
+        if Instant::now() >= deadline {
+            return (point.map_or(0, |p| p.1), false);
+        }
+        actix_rt::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The last seq `recorder` has seen of `shard`'s session `id` (0 if not even its READY).
+fn seen_in_session(recorder: &Recorder, shard: u32, id: &str) -> u64 {
+    let events = recorder.events();
+    let mine = events.iter().filter(|e| e.shard == shard);
+    let mut in_session = false;
+    let mut last = 0;
+    for e in mine {
+        if e.event == "READY" {
+            in_session = serde_json::from_str::<serde_json::Value>(&e.data)
+                .is_ok_and(|d| d["session_id"] == id);
+        }
+        if in_session {
+            last = e.seq;
+        }
+    }
+    last
 }

@@ -50,12 +50,13 @@ async fn the_token_never_appears_in_trace_logs() {
         .api_base(fake.api_base())
         .identify_window(fake_config.identify_window)
         .compression(Compression::ZlibStream)
-        .backoff(shardline::Backoff {
-            initial: Duration::from_millis(20),
-            max: Duration::from_millis(100),
-            multiplier: 2.0,
-            randomization: 0.5,
-        })
+        .backoff(
+            shardline::Backoff::default()
+                .initial(Duration::from_millis(20))
+                .max(Duration::from_millis(100))
+                .multiplier(2.0)
+                .randomization(0.5),
+        )
         .build()
         .unwrap();
     tracing::info!(?config, "config");

@@ -13,11 +13,10 @@ use shardline::{Backoff, Timeouts};
 use harness::*;
 
 fn quick_timeouts(connect: u64, hello: u64, ready: u64) -> Timeouts {
-    Timeouts {
-        connect: Duration::from_millis(connect),
-        hello: Duration::from_millis(hello),
-        ready: Duration::from_millis(ready),
-    }
+    Timeouts::default()
+        .connect(Duration::from_millis(connect))
+        .hello(Duration::from_millis(hello))
+        .ready(Duration::from_millis(ready))
 }
 
 #[actix_rt::test]
@@ -30,12 +29,13 @@ async fn when_100_shards_drop_at_once_reconnects_spread_out_and_buckets_hold() {
         ..fast_fake(100, 10)
     };
     let bot = Bot::start(fake_config, 100, |c| {
-        c.backoff(Backoff {
-            initial: Duration::from_millis(400),
-            max: Duration::from_secs(2),
-            multiplier: 2.0,
-            randomization: 0.5,
-        })
+        c.backoff(
+            Backoff::default()
+                .initial(Duration::from_millis(400))
+                .max(Duration::from_secs(2))
+                .multiplier(2.0)
+                .randomization(0.5),
+        )
         .timeouts(quick_timeouts(5000, 5000, 10_000))
     })
     .await;

@@ -46,12 +46,13 @@ async fn an_untrusted_certificate_is_logged_as_the_reason_the_connect_failed() {
     let fake_config = fast_fake(1, 1);
     let fake = FakeGateway::start_tls(fake_config.clone()).await.unwrap();
     let config = client(&fake, &fake_config, 1)
-        .backoff(Backoff {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(4),
-            multiplier: 2.0,
-            randomization: 0.0,
-        })
+        .backoff(
+            Backoff::default()
+                .initial(Duration::from_secs(1))
+                .max(Duration::from_secs(4))
+                .multiplier(2.0)
+                .randomization(0.0),
+        )
         .build()
         .unwrap();
     let gateway = Gateway::start(config).await.unwrap();

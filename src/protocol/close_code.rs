@@ -16,6 +16,7 @@ pub enum CloseAction {
 /// A close code the gateway sends, 4000–4014 (docs/protocol.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
+#[non_exhaustive]
 pub enum CloseCode {
     /// 4000: unknown error.
     UnknownError = 4000,

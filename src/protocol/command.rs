@@ -93,6 +93,7 @@ pub struct RequestSoundboardSounds {
 
 /// A command the bot sends to a shard.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Command {
     /// op 3.
     PresenceUpdate(PresenceUpdate),
@@ -106,6 +107,7 @@ pub enum Command {
 
 /// Why a command cannot be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CommandError {
     /// The serialized frame has this many bytes, over [`MAX_SENT_FRAME`].
     TooLarge(usize),

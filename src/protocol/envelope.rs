@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 
 /// Why a received frame could not be read as a gateway envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EnvelopeError {
     /// The frame is not a JSON object with an integer `op` (the message says where it broke).
     Malformed(String),
@@ -53,21 +54,45 @@ impl DataSpan {
     /// The exact range of `d` in `frame` (the frame this span came from); `None` when it is null.
     ///
     /// For a `Tail`, the value is scanned for its end; if that is not the closing brace (another key
-    /// follows), the full parse decides. A frame whose `d` is not valid JSON keeps the tail as it is,
-    /// so that deserializing it reports the error.
-    pub fn resolve(self, frame: &[u8]) -> Option<std::ops::Range<usize>> {
+    /// follows), the full parse decides. A frame that is not one JSON object (its `d` not valid JSON,
+    /// or a bracket missing, so `d` runs past the brace the prescan took for the object's) keeps
+    /// the tail as it is, so that deserializing it reports the error; [`DataSpan::checked`] tells
+    /// such a frame apart instead. Never panics, whatever `frame` and the span's bounds are.
+    pub fn resolve(self, frame: &[u8]) -> Option<Range<usize>> {
+        match self.checked(frame) {
+            Ok(range) => range,
+            Err(_) => match self {
+                Self::Tail(start, end) | Self::Exact(start, end) => {
+                    let end = end.min(frame.len());
+                    Some(start.min(end)..end)
+                }
+                Self::Null => None,
+            },
+        }
+    }
+
+    /// The exact range of `d` in `frame`, `None` when it is null, or why the frame is malformed:
+    /// what a reader of `d` that must not be fooled (the shard, for Hello, op 9 and READY) uses.
+    pub fn checked(self, frame: &[u8]) -> Result<Option<Range<usize>>, EnvelopeError> {
         match self {
-            Self::Null => None,
-            Self::Exact(start, end) => Some(start..end),
+            Self::Null => Ok(None),
+            Self::Exact(start, end) if start <= end && end <= frame.len() => Ok(Some(start..end)),
+            Self::Exact(..) => Err(EnvelopeError::Malformed("d lies outside the frame".into())),
             Self::Tail(start, end) => {
                 let value_end = super::prescan::value_ends_at(frame, start);
-                if value_end.is_some_and(|e| frame[e..end].iter().all(u8::is_ascii_whitespace)) {
-                    return value_end.map(|e| start..e);
+                // `d` must end at or before the brace the prescan found, with only whitespace
+                // between: a `d` that ends at that brace or past it means the object never closed.
+                if let Some(e) = value_end {
+                    if frame
+                        .get(e..end)
+                        .is_some_and(|rest| rest.iter().all(|&b| super::prescan::is_json_ws(b)))
+                    {
+                        return Ok(Some(start..e));
+                    }
                 }
-                match Envelope::parse_full(frame).map(|env| env.data) {
-                    Ok(Self::Exact(s, e)) => Some(s..e),
-                    Ok(_) => None,
-                    Err(_) => Some(start..end),
+                match Envelope::parse_full(frame)?.data {
+                    Self::Exact(s, e) => Ok(Some(s..e)),
+                    _ => Ok(None),
                 }
             }
         }
@@ -215,6 +240,46 @@ mod tests {
         assert_eq!(env.data(frame), br#"{"a":[1]}"#);
         let frame = br#"{"op":0,"s":3,"t":"X","d":{"a":1} }"#;
         assert_eq!(Envelope::parse(frame).unwrap().data(frame), br#"{"a":1}"#);
+    }
+
+    #[test]
+    fn a_frame_whose_object_never_closes_is_malformed_and_reading_d_never_panics() {
+        // The object's brace is missing; the last `}` is `d`'s own. Same shape for a dispatch,
+        // Hello, op 9 and READY.
+        for frame in [
+            &br#"{"t":"MESSAGE_CREATE","s":5,"op":0,"d":{"id":"1"}"#[..],
+            br#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}"#,
+            br#"{"t":null,"s":null,"op":9,"d":true"#,
+            br#"{"t":"READY","s":1,"op":0,"d":{"v":10,"session_id":"abc"}"#,
+            br#"{"t":"X","s":1,"op":0,"d":{"a":[1,2]} "#,
+        ] {
+            let text = String::from_utf8_lossy(frame);
+            assert!(Envelope::parse(frame).is_err(), "{text}");
+        }
+        // Cut deeper, the frame's last two bytes still look whole: the prescan cannot tell without
+        // reading `d`; whoever reads `d` can, and gets an error, not a value and not a panic.
+        let frame = br#"{"t":"X","s":1,"op":0,"d":{"a":{"b":1}}"#;
+        let env = Envelope::parse(frame).unwrap();
+        assert!(env.data.checked(frame).is_err());
+        assert!(serde_json::from_slice::<serde_json::Value>(env.data(frame)).is_err());
+        // Spans that do not fit the frame they are read against.
+        for span in [
+            DataSpan::Tail(5, 2),
+            DataSpan::Tail(0, 99),
+            DataSpan::Exact(3, 1),
+            DataSpan::Exact(0, 99),
+        ] {
+            assert!(span.checked(b"{}").is_err(), "{span:?}");
+            let _ = span.resolve(b"{}");
+            let _ = span.resolve(b"");
+        }
+        assert_eq!(
+            Envelope::parse(br#"{"t":"X","s":1,"op":0,"d":{"a":1}}"#)
+                .unwrap()
+                .data
+                .checked(br#"{"t":"X","s":1,"op":0,"d":{"a":1}}"#),
+            Ok(Some(26..33))
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 /// A gateway opcode: the `op` field of every frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum OpCode {
     /// An event; `t` names it and `s` numbers it.
     Dispatch = 0,

@@ -26,9 +26,15 @@ pub struct Head {
     pub end: usize,
 }
 
+/// JSON's whitespace (RFC 8259 §2): narrower than `u8::is_ascii_whitespace`, which takes form feed.
+#[inline(always)]
+pub fn is_json_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
 #[inline(always)]
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+    while i < b.len() && is_json_ws(b[i]) {
         i += 1;
     }
     i
@@ -193,7 +199,13 @@ pub fn prescan(frame: &[u8]) -> Option<Head> {
                     8
                 } else if seen | 8 == 15 {
                     // `d` comes after op, s and t, as Discord sends it: everything up to the closing
-                    // brace is taken to be its value (checked lazily, when `d` is read).
+                    // brace is taken to be its value (checked lazily, when `d` is read). The bytes
+                    // around that brace are checked now, at no cost: a frame cut after `d`'s own
+                    // closing bracket would otherwise pass for a whole one, its last `}` taken for
+                    // the object's (docs/protocol.md §2: a frame is one JSON object).
+                    if !tail_fits(b, i, close) {
+                        return None;
+                    }
                     return Some(Head {
                         op: op?,
                         seq,
@@ -233,21 +245,74 @@ pub fn prescan(frame: &[u8]) -> Option<Head> {
     })
 }
 
+/// Whether the bytes from `start` (`d`'s first byte) to `close` (the frame's last `}`) can be one value
+/// followed by whitespace, judged from its ends only (`d` itself is not scanned): a container must end
+/// with its closing bracket just before `close`, and a scalar or string is short enough to check whole.
+///
+/// `false` only means the fast path is not sure (the full parse decides): a key after `d` fails it.
+/// What it cannot see — a bracket missing deep inside `d`, with the frame's last two bytes in place —
+/// is found when `d` is read ([`value_ends_at`], or the handler's deserialization), never as a value.
+#[inline(always)]
+fn tail_fits(b: &[u8], start: usize, close: usize) -> bool {
+    let Some(&first) = b.get(start) else {
+        return false;
+    };
+    let closing = match first {
+        b'{' => b'}',
+        b'[' => b']',
+        b'"' => {
+            return string_end(b, start).is_some_and(|end| skip_ws(b, end) == close);
+        }
+        _ => return skip_scalar(b, start).is_some_and(|end| skip_ws(b, end) == close),
+    };
+    let mut last = close;
+    while last > start && matches!(b[last - 1], b' ' | b'\t' | b'\n' | b'\r') {
+        last -= 1;
+    }
+    // `last - 1` is the value's last byte; it must be past the opening bracket.
+    last > start + 1 && b[last - 1] == closing
+}
+
 fn skip_scalar(b: &[u8], i: usize) -> Option<usize> {
     match b.get(i)? {
         b'"' => plain_string(b, i).map(|(_, next)| next),
         b't' => b[i..].starts_with(b"true").then_some(i + 4),
         b'f' => b[i..].starts_with(b"false").then_some(i + 5),
         b'n' => null(b, i),
-        b'-' | b'0'..=b'9' => {
-            let mut j = i + 1;
-            while j < b.len() && matches!(b[j], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') {
-                j += 1;
-            }
-            Some(j)
-        }
+        b'-' | b'0'..=b'9' => number_end(b, i),
         _ => None,
     }
+}
+
+/// The index after the JSON number at `b[i]`, by JSON's grammar:
+/// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+fn number_end(b: &[u8], mut i: usize) -> Option<usize> {
+    let digits = |b: &[u8], mut i: usize| {
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        (i > start).then_some(i)
+    };
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    i = match b.get(i)? {
+        b'0' => i + 1,
+        b'1'..=b'9' => digits(b, i)?,
+        _ => return None,
+    };
+    if b.get(i) == Some(&b'.') {
+        i = digits(b, i + 1)?;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        i = digits(b, i)?;
+    }
+    Some(i)
 }
 
 /// Where the JSON value starting at `start` ends (one past its last byte), if it is one well-formed
@@ -256,16 +321,16 @@ pub fn value_ends_at(b: &[u8], start: usize) -> Option<usize> {
     let first = *b.get(start)?;
     match first {
         b'{' | b'[' => {
+            // Only the value's own kind of bracket matters for its depth (strings aside).
+            let (open, shut) = if first == b'{' {
+                (b'{', b'}')
+            } else {
+                (b'[', b']')
+            };
             let mut depth = 0usize;
             let mut i = start;
             loop {
-                let at = i + memchr::memchr3(b'"', b'{', b'}', &b[i..])?;
-                // Square brackets only matter for depth when the value is an array.
-                let at = if first == b'[' {
-                    i + memchr::memchr3(b'"', b'[', b']', &b[i..])?
-                } else {
-                    at
-                };
+                let at = i + memchr::memchr3(b'"', open, shut, b.get(i..)?)?;
                 match b[at] {
                     b'"' => {
                         i = string_end(b, at)?;
@@ -273,7 +338,7 @@ pub fn value_ends_at(b: &[u8], start: usize) -> Option<usize> {
                     }
                     b'{' | b'[' => depth += 1,
                     _ => {
-                        depth -= 1;
+                        depth = depth.checked_sub(1)?;
                         if depth == 0 {
                             return Some(at + 1);
                         }
@@ -291,7 +356,8 @@ pub fn value_ends_at(b: &[u8], start: usize) -> Option<usize> {
 fn string_end(b: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
     loop {
-        j += memchr::memchr2(b'"', b'\\', &b[j..])?;
+        // An escape at the very end leaves `j` past the end: `get` ends the search there.
+        j += memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
         if b[j] == b'\\' {
             j += 2;
         } else {
@@ -320,6 +386,15 @@ mod tests {
         assert_eq!((h.op, h.seq, h.data_start), (1, None, None));
         let h = prescan(br#"{"t":null,"s":null,"op":9,"d":false}"#).unwrap();
         assert_eq!(h.data_start, Some(30));
+        // Scalars after d are read whole; numbers by JSON's grammar.
+        for f in [
+            &br#"{"t":null,"s":null,"op":9,"d":true }"#[..],
+            br#"{"t":null,"s":null,"op":1,"d":-12.5e+3}"#,
+            br#"{"t":null,"s":null,"op":1,"d":"a\"}"}"#,
+            br#"{"x":-0.5E-2,"t":null,"s":null,"op":1,"d":0}"#,
+        ] {
+            assert!(prescan(f).is_some(), "{}", String::from_utf8_lossy(f));
+        }
         // A non-null d before s or t: the full parse decides.
         assert_eq!(prescan(br#"{"op":9,"d":false}"#), None);
     }
@@ -336,6 +411,18 @@ mod tests {
             br#"[1]"#,
             br#"{"op":0"#,
             b"",
+            // The object's own brace missing: the last `}` is d's, or there is none.
+            br#"{"t":"X","s":1,"op":0,"d":{"id":"1"}"#,
+            br#"{"t":"X","s":1,"op":0,"d":[{"id":"1"}"#,
+            br#"{"t":"X","s":1,"op":0,"d":{}"#,
+            br#"{"t":"X","s":1,"op":0,"d":"a}"#,
+            br#"{"t":"X","s":1,"op":0,"d":12}"#.strip_suffix(b"}").unwrap_or_default(),
+            br#"{"t":"X","s":1,"op":0,"d":1 2}"#,
+            // Not JSON numbers: the head is read by JSON's grammar.
+            br#"{"x":1..2,"op":0,"s":1,"t":"X","d":{}}"#,
+            br#"{"x":-,"op":0,"s":1,"t":"X","d":{}}"#,
+            br#"{"x":1e,"op":0,"s":1,"t":"X","d":{}}"#,
+            br#"{"x":01,"op":0,"s":1,"t":"X","d":{}}"#,
         ] {
             assert_eq!(prescan(f), None, "{}", String::from_utf8_lossy(f));
         }
@@ -349,5 +436,12 @@ mod tests {
         assert_eq!(value_ends_at(br#""a\\" x"#, 0), Some(5));
         assert_eq!(value_ends_at(b"123 ", 0), Some(3));
         assert_eq!(value_ends_at(br#"{"a":1"#, 0), None);
+        // An array is tracked by its own brackets, with no brace anywhere after it.
+        assert_eq!(value_ends_at(br#"[1,[2]]"#, 0), Some(7));
+        // Cut inside an escape, or nothing there at all: no end, no panic.
+        assert_eq!(value_ends_at(br#"{"a":"\"#, 0), None);
+        assert_eq!(value_ends_at(br#""\"#, 0), None);
+        assert_eq!(value_ends_at(b"", 0), None);
+        assert_eq!(value_ends_at(b"{}", 7), None);
     }
 }

@@ -388,7 +388,7 @@ impl ShardActor {
                 "resume host keeps failing; resuming through the gateway URL"
             );
         }
-        self.schedule_reconnect(ctx);
+        self.schedule_reconnect(false, ctx);
     }
 
     fn attach(
@@ -457,11 +457,11 @@ impl ShardActor {
         }
     }
 
-    fn schedule_reconnect(&mut self, ctx: &mut Context<Self>) {
+    fn schedule_reconnect(&mut self, at_once: bool, ctx: &mut Context<Self>) {
         if self.reconnect_timer.is_some() || self.state.phase() == Phase::Stopped {
             return;
         }
-        let delay = self.backoff.next_delay();
+        let delay = self.backoff.next_delay_for(at_once);
         tracing::info!(
             ?delay,
             resume = self.state.will_resume(),
@@ -678,9 +678,12 @@ impl ShardActor {
                     }
                     self.flush_commands(ctx);
                 }
-                Action::Reconnect { close_code } => {
+                Action::Reconnect {
+                    close_code,
+                    at_once,
+                } => {
                     self.disconnect(close_code, ctx);
-                    self.schedule_reconnect(ctx);
+                    self.schedule_reconnect(at_once, ctx);
                 }
                 Action::Fatal(error) => {
                     tracing::error!(%error, "stopping the shard for good");

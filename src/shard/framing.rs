@@ -315,4 +315,141 @@ mod tests {
         ));
         assert!(reader.next().await.is_none(), "and the stream ends there");
     }
+
+    /// One frame as the gateway might send it, with the frame the reader must give back for it.
+    fn any_frame() -> impl proptest::strategy::Strategy<Value = (Message, Frame)> {
+        use actix_http::ws::{CloseCode, CloseReason};
+        use proptest::prelude::*;
+        // Payload sizes around every header form: 7-bit, 16-bit (126) and 64-bit (127) lengths,
+        // and frames larger than a read buffer.
+        let size = prop_oneof![
+            6 => 0usize..=130,
+            2 => 65_530usize..=65_540,
+            1 => (read_pool::BUFFER + 1)..=(read_pool::BUFFER + 3000),
+            1 => 126usize..=3000,
+        ];
+        let payload = (size, any::<u8>()).prop_map(|(n, b)| {
+            // Cheap to build at any size, and not all one byte.
+            (0..n).map(|i| b.wrapping_add(i as u8)).collect::<Vec<u8>>()
+        });
+        let control = prop::collection::vec(any::<u8>(), 0..=125);
+        prop_oneof![
+            4 => payload.clone().prop_map(|p| {
+                let text: String = p.iter().map(|b| char::from(b'a' + b % 26)).collect();
+                (
+                    Message::Text(text.clone().into()),
+                    Frame::Text(Bytes::from(text)),
+                )
+            }),
+            3 => payload.prop_map(|p| {
+                (
+                    Message::Binary(Bytes::from(p.clone())),
+                    Frame::Binary(Bytes::from(p)),
+                )
+            }),
+            1 => control.clone().prop_map(|p| {
+                (
+                    Message::Ping(Bytes::from(p.clone())),
+                    Frame::Ping(Bytes::from(p)),
+                )
+            }),
+            1 => control.prop_map(|p| {
+                (
+                    Message::Pong(Bytes::from(p.clone())),
+                    Frame::Pong(Bytes::from(p)),
+                )
+            }),
+            // Codes a close frame may carry (RFC 6455 §7.4: not 1005, 1006 or 1015).
+            1 => (prop_oneof![1000u16..=1003, 1007u16..=1011, 3000u16..5000], "[a-z ]{0,20}").prop_map(|(code, why)| {
+                let reason = CloseReason {
+                    code: CloseCode::from(code),
+                    description: (!why.is_empty()).then_some(why),
+                };
+                (
+                    Message::Close(Some(reason.clone())),
+                    Frame::Close(Some(reason)),
+                )
+            }),
+        ]
+    }
+
+    /// Writes `wire` in pieces cut at `cuts` (yielding between them, so the reader sees each piece
+    /// on its own) through a pipe of `pipe` bytes, and reads until the stream ends or fails.
+    fn read_all(
+        wire: Vec<u8>,
+        cuts: &[proptest::sample::Index],
+        pipe: usize,
+    ) -> Vec<Result<Frame, String>> {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c.index(wire.len() + 1)).collect();
+        points.push(wire.len());
+        points.sort_unstable();
+        actix_rt::System::new().block_on(async move {
+            let (client, mut server) = tokio::io::duplex(pipe);
+            let mut reader = reader_over(client, 1 << 20);
+            let writer = actix_rt::spawn(async move {
+                let mut last = 0;
+                for p in points {
+                    // The reader may have given up (an error): nothing more to write then.
+                    if server.write_all(&wire[last..p]).await.is_err() {
+                        return;
+                    }
+                    last = p;
+                    tokio::task::yield_now().await;
+                }
+            });
+            let mut got = Vec::new();
+            while let Some(item) = reader.next().await {
+                let failed = item.is_err();
+                got.push(item.map_err(|e| e.to_string()));
+                if failed {
+                    break;
+                }
+            }
+            drop(reader);
+            let _ = writer.await;
+            got
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 48, ..Default::default() })]
+
+        /// Any sequence of frames, cut anywhere across reads, comes out whole and in order; a
+        /// masked frame (which a server must not send) is refused where it stands.
+        #[test]
+        fn any_frames_cut_anywhere_arrive_whole_and_in_order(
+            frames in proptest::collection::vec(any_frame(), 1..8),
+            masked_at in proptest::option::weighted(0.2, proptest::prelude::any::<proptest::sample::Index>()),
+            cuts in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 0..12),
+            pipe in 1usize..=(80 << 10),
+        ) {
+            let masked_at = masked_at.map(|i| i.index(frames.len()));
+            let mut wire = BytesMut::new();
+            let mut expected = Vec::new();
+            for (i, (message, frame)) in frames.into_iter().enumerate() {
+                if Some(i) == masked_at {
+                    let mut client = Codec::new().client_mode();
+                    client.encode(message, &mut wire).unwrap();
+                    expected.push(Err(ProtocolError::MaskedFrame.to_string()));
+                    break;
+                }
+                Codec::new().encode(message, &mut wire).unwrap();
+                expected.push(Ok(frame));
+            }
+            let got = read_all(wire.to_vec(), &cuts, pipe);
+            proptest::prop_assert_eq!(got, expected);
+        }
+
+        /// Garbage gives frames or an error, and then the end: never a panic, never a hang.
+        #[test]
+        fn garbage_gives_frames_or_an_error_never_a_panic(
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+            cuts in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 0..6),
+            pipe in 1usize..=4096,
+        ) {
+            let got = read_all(garbage, &cuts, pipe);
+            // Only the last item may be an error: the stream ends at the first.
+            proptest::prop_assert!(got.iter().rev().skip(1).all(Result::is_ok));
+        }
+    }
 }

@@ -10,6 +10,7 @@ use crate::shard::Phase;
 
 /// A shard's state as the status API reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ShardStatus {
     /// The shard id.
     pub id: u32,

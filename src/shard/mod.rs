@@ -1,21 +1,22 @@
-//! One shard's life: the sans-IO protocol state machine ([`state`]) and the actor that drives it
-//! over a websocket ([`actor`]).
+//! One shard's life: the sans-IO protocol state machine (`state`) and the actor that drives it
+//! over a websocket (`actor`). Only what a bot needs is public: a shard's [`Phase`], its
+//! [`ShardStatus`] and the messages the supervisor relays.
 
-pub mod state;
+pub(crate) mod state;
 
-pub use state::{Action, IdentifyParams, Phase, ShardState};
-pub mod actor;
-pub mod backoff;
+pub use state::{Phase, RESUME_HOST_ATTEMPTS};
+pub(crate) mod actor;
+pub(crate) mod backoff;
 pub(crate) mod client;
-pub mod delivery;
-pub mod framing;
-pub mod heartbeat_grid;
-pub mod inflate;
-pub mod limiter;
+pub(crate) mod delivery;
+pub(crate) mod framing;
+pub(crate) mod heartbeat_grid;
+pub(crate) mod inflate;
+pub(crate) mod limiter;
 pub mod messages;
-pub mod pause;
-pub mod read_pool;
+pub(crate) mod pause;
+pub(crate) mod read_pool;
 #[cfg(feature = "zstd")]
-pub mod zstd_stream;
-pub use actor::ShardActor;
+pub(crate) mod zstd_stream;
+pub(crate) use actor::ShardActor;
 pub use messages::{GetStatus, SendCommand, ShardStatus, Shutdown};

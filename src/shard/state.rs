@@ -84,6 +84,10 @@ pub enum Action {
     Reconnect {
         /// The code to close with; `None` when the socket is already closed.
         close_code: Option<u16>,
+        /// The gateway asked for this reconnect (op 7) on a healthy connection: it owes no
+        /// backoff delay. Every other reconnect (a drop, a close, a zombie, a failed attempt)
+        /// waits its backoff delay, so that shards failing together spread out.
+        at_once: bool,
     },
     /// Stop for good.
     Fatal(FatalError),
@@ -108,11 +112,22 @@ pub struct IdentifyParams {
     pub allowed_resume_domains: Vec<String>,
 }
 
+/// Heartbeats in flight beyond this many are not tracked for latency: a gateway that keeps asking
+/// (op 1) without acknowledging cannot grow the list without bound.
+const MAX_TRACKED_BEATS: usize = 16;
+
 #[derive(Debug, Default)]
 struct Heartbeat {
     interval: Option<Duration>,
-    /// When the last heartbeat not yet acknowledged was sent.
-    awaiting_ack_since: Option<Instant>,
+    /// When the heartbeats not yet acknowledged were sent, oldest first. An ACK carries nothing to
+    /// match it with, so it answers the oldest (the gateway answers in order): its round trip is
+    /// the latency.
+    unacked: VecDeque<Instant>,
+    /// When the last scheduled beat went out.
+    last_scheduled: Option<Instant>,
+    /// The last scheduled beat has had no ACK since it went out: if that is still so when the
+    /// next one is due, the connection is a zombie. Replies to the gateway's op 1 never set it.
+    scheduled_unanswered: bool,
     latency: Option<Duration>,
 }
 
@@ -201,6 +216,7 @@ impl ShardState {
     }
 
     /// The heartbeat interval from Hello.
+    #[cfg(test)]
     pub fn heartbeat_interval(&self) -> Option<Duration> {
         self.heartbeat.interval
     }
@@ -256,23 +272,36 @@ impl ShardState {
         match OpCode::from_u8(env.op) {
             Some(OpCode::Dispatch) => self.on_dispatch(frame, env),
             Some(OpCode::Heartbeat) => {
-                // §3.3: a server op 1 is answered at once.
+                // §3.3: a server op 1 is answered at once; the answer is not a scheduled beat.
                 self.send_heartbeat(now());
             }
             Some(OpCode::HeartbeatAck) => {
-                if let Some(sent) = self.heartbeat.awaiting_ack_since.take() {
-                    self.heartbeat.latency = Some(now().saturating_duration_since(sent));
+                // §3.6: an ACK answers the oldest heartbeat in flight; the latency is that beat's
+                // round trip. An ACK with nothing in flight measures nothing.
+                let heartbeat = &mut self.heartbeat;
+                heartbeat.scheduled_unanswered = false;
+                if let Some(sent) = heartbeat.unacked.pop_front() {
+                    heartbeat.latency = Some(now().saturating_duration_since(sent));
                 }
             }
-            Some(OpCode::Hello) => self.on_hello(env.data(frame), jitter),
+            Some(OpCode::Hello) => {
+                let Some(data) = self.read_data(frame, env) else {
+                    return;
+                };
+                self.on_hello(data, jitter);
+            }
             Some(OpCode::Reconnect) => {
                 // §3.9: op 7 → reconnect and resume.
                 tracing::info!(shard.id = self.shard, "gateway asked to reconnect (op 7)");
-                self.reconnect(Some(RESUME_CLOSE_CODE));
+                let healthy = self.phase == Phase::Ready;
+                self.reconnect_now(Some(RESUME_CLOSE_CODE), healthy);
             }
             Some(OpCode::InvalidSession) => {
                 // §3.8: d = true → resume; false → the session is gone.
-                let resumable = env.data(frame) == b"true";
+                let Some(data) = self.read_data(frame, env) else {
+                    return;
+                };
+                let resumable = data == b"true";
                 tracing::warn!(shard.id = self.shard, resumable, "invalid session (op 9)");
                 if !resumable {
                     self.forget_session();
@@ -296,6 +325,25 @@ impl ShardState {
         }
     }
 
+    /// `d` of a frame the shard itself reads, or `None` (with a warning) when the frame is not one
+    /// JSON object: a `d` that runs to the frame's end with the object never closed must not pass
+    /// for a whole one (docs/protocol.md §2).
+    fn read_data<'f>(&self, frame: &'f [u8], env: &Envelope) -> Option<&'f [u8]> {
+        match env.data.checked(frame) {
+            Ok(range) => Some(range.and_then(|r| frame.get(r)).unwrap_or(b"null")),
+            Err(e) => {
+                tracing::warn!(
+                    shard.id = self.shard,
+                    op = env.op,
+                    bytes = frame.len(),
+                    error = %e,
+                    "skipped a malformed frame: its object does not close after d"
+                );
+                None
+            }
+        }
+    }
+
     fn on_hello(&mut self, data: &[u8], jitter: f64) {
         let hello = match serde_json::from_slice::<Hello>(data) {
             Ok(hello) if hello.heartbeat_interval > 0 => hello,
@@ -314,7 +362,9 @@ impl ShardState {
         }
         let interval = Duration::from_millis(hello.heartbeat_interval);
         self.heartbeat.interval = Some(interval);
-        self.heartbeat.awaiting_ack_since = None;
+        self.heartbeat.unacked.clear();
+        self.heartbeat.last_scheduled = None;
+        self.heartbeat.scheduled_unanswered = false;
         // §3.2: first heartbeat after interval × jitter, jitter in [0, 1).
         let jitter = if (0.0..1.0).contains(&jitter) {
             jitter
@@ -362,6 +412,11 @@ impl ShardState {
             intents: p.intents,
         }
         .to_frame();
+        // §3.4: Identify starts a new session, numbered from its READY on: the old sequence (of
+        // a session that could not be resumed) would make the new one's events look delivered.
+        if self.seq.take().is_some() {
+            tracing::debug!(shard.id = self.shard, "identifying: sequence reset");
+        }
         self.phase = Phase::Identifying;
         self.actions
             .push_back(Action::Send(frame, SendKind::Handshake));
@@ -369,45 +424,64 @@ impl ShardState {
     }
 
     fn on_dispatch(&mut self, frame: &Bytes, env: &Envelope) {
-        let (Some(seq), Some(name)) = (env.seq, env.event.clone()) else {
-            tracing::warn!(shard.id = self.shard, "ignored a dispatch without s or t");
+        let Some(name) = env.event.clone() else {
+            tracing::warn!(shard.id = self.shard, "ignored a dispatch without t");
             return;
         };
-        if let Some(last) = self.seq {
-            if seq <= last {
-                // A replayed or repeated event already delivered: exactly once means skip it.
-                tracing::debug!(
-                    shard.id = self.shard,
-                    seq,
-                    last,
-                    "skipped an event already delivered"
-                );
-                return;
-            }
-            if seq > last + 1 && self.phase == Phase::Ready {
-                tracing::warn!(shard.id = self.shard, seq, last, "sequence gap");
-            }
-        }
         let Some(event) = event_name(frame, name) else {
             tracing::warn!(
                 shard.id = self.shard,
-                seq,
+                seq = env.seq,
                 "ignored a dispatch whose name is not UTF-8"
             );
             return;
         };
-        self.seq = Some(seq);
         match &*event {
-            "READY" => self.on_ready(env.data(frame), seq),
+            // READY starts a session and RESUMED ends a resume: neither is ever taken for an
+            // event already delivered (§3.4, §3.7).
+            "READY" => {
+                let Some(data) = self.read_data(frame, env) else {
+                    return;
+                };
+                // READY numbers the new session from its own `s` (1 in practice).
+                self.seq = env.seq.or(self.seq);
+                self.on_ready(data, env.seq.unwrap_or(0));
+            }
             "RESUMED" if self.phase == Phase::Resuming => {
                 // Nothing to store: the session's id and URL are unchanged, and its stored
                 // sequence moves as events are handed over (replayed events may still be queued
-                // ahead of RESUMED; a restart must resume before them).
+                // ahead of RESUMED; a restart must resume before them). A RESUMED whose `s` is
+                // null or not above the last completes the resume all the same.
                 self.phase = Phase::Ready;
                 self.actions.push_back(Action::Ready { resumed: true });
             }
             _ => {}
         }
+        let Some(seq) = env.seq else {
+            if !matches!(&*event, "READY" | "RESUMED") {
+                tracing::warn!(shard.id = self.shard, event = %event, "ignored a dispatch without s");
+            }
+            return;
+        };
+        let fresh = &*event == "READY" || self.seq.is_none_or(|last| seq > last);
+        if !fresh {
+            // A replayed or repeated event already delivered: exactly once means skip it. (A
+            // RESUMED here has done its work above; handlers only see rising sequence numbers.)
+            tracing::debug!(
+                shard.id = self.shard,
+                seq,
+                last = self.seq,
+                event = %event,
+                "skipped an event already delivered"
+            );
+            return;
+        }
+        if let Some(last) = self.seq {
+            if seq > last + 1 && self.phase == Phase::Ready {
+                tracing::warn!(shard.id = self.shard, seq, last, "sequence gap");
+            }
+        }
+        self.seq = Some(seq);
         self.actions.push_back(Action::Deliver(Dispatch::new(
             self.shard,
             seq,
@@ -456,21 +530,40 @@ impl ShardState {
         if matches!(self.phase, Phase::Disconnected | Phase::Stopped) {
             return;
         }
-        if self.heartbeat.awaiting_ack_since.is_some() && !self.reading_paused {
-            // §3.6: no ACK between two heartbeats → zombie; close non-1000 and resume.
+        // §3.6: no ACK since the last scheduled beat, and the next is due → zombie; close
+        // non-1000 and resume. A reply to the gateway's op 1 sent moments ago proves nothing
+        // either way: its ACK may still be on the way, and it has not had an interval to come back.
+        let heartbeat = &mut self.heartbeat;
+        if heartbeat.scheduled_unanswered && !self.reading_paused {
             tracing::warn!(
                 shard.id = self.shard,
+                unanswered_for = ?heartbeat.last_scheduled.map(|at| now.saturating_duration_since(at)),
                 "no heartbeat ACK since the last heartbeat: zombie connection"
             );
             self.reconnect(Some(RESUME_CLOSE_CODE));
             return;
         }
+        // The last scheduled beat was answered: anything sent before it whose ACK never came
+        // (the gateway skipped one) is dropped, so the latency is not measured against it for long.
+        // (While reading is paused, ACKs may be sitting unread: nothing is dropped then.)
+        if let Some(last) = heartbeat
+            .last_scheduled
+            .filter(|_| !heartbeat.scheduled_unanswered)
+        {
+            while heartbeat.unacked.front().is_some_and(|&sent| sent <= last) {
+                heartbeat.unacked.pop_front();
+            }
+        }
+        heartbeat.last_scheduled = Some(now);
+        heartbeat.scheduled_unanswered = true;
         self.send_heartbeat(now);
     }
 
     fn send_heartbeat(&mut self, now: Instant) {
         // §3.2: each op 1 carries the last non-null s.
-        self.heartbeat.awaiting_ack_since.get_or_insert(now);
+        if self.heartbeat.unacked.len() < MAX_TRACKED_BEATS {
+            self.heartbeat.unacked.push_back(now);
+        }
         self.actions.push_back(Action::Send(
             command::heartbeat(self.seq),
             SendKind::Heartbeat,
@@ -534,9 +627,18 @@ impl ShardState {
     }
 
     fn reconnect(&mut self, close_code: Option<u16>) {
+        self.reconnect_now(close_code, false);
+    }
+
+    fn reconnect_now(&mut self, close_code: Option<u16>, at_once: bool) {
         self.phase = Phase::Disconnected;
-        self.heartbeat.awaiting_ack_since = None;
-        self.actions.push_back(Action::Reconnect { close_code });
+        self.heartbeat.unacked.clear();
+        self.heartbeat.last_scheduled = None;
+        self.heartbeat.scheduled_unanswered = false;
+        self.actions.push_back(Action::Reconnect {
+            close_code,
+            at_once,
+        });
     }
 }
 

@@ -103,7 +103,7 @@ fn reconnects(actions: &[Action]) -> Vec<Option<u16>> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Reconnect { close_code } => Some(*close_code),
+            Action::Reconnect { close_code, .. } => Some(*close_code),
             _ => None,
         })
         .collect()
@@ -480,4 +480,249 @@ fn a_failing_resume_host_is_given_up_for_the_gateway_url_after_a_few_connects() 
         s.state.will_resume(),
         "the session is resumed there all the same"
     );
+}
+/// A frame the prescan takes (its last two bytes look whole) whose object never closes: the brace
+/// at its end is `d`'s. The shard reads `d` of these itself, so it must not be fooled.
+#[test]
+fn hello_op_9_and_ready_whose_object_never_closes_are_skipped() {
+    let mut s = Shard::new(None);
+    let hello = r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250,"x":{}}"#;
+    assert!(s.frame(hello, 0).is_empty(), "a malformed Hello is skipped");
+    assert_eq!(s.state.phase(), Phase::AwaitingHello);
+    assert_eq!(s.state.heartbeat_interval(), None);
+    s.frame(
+        r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#,
+        1,
+    );
+    assert!(s.state.on_identify_permit());
+    s.drain();
+    let ready = r#"{"t":"READY","s":1,"op":0,"d":{"session_id":"abc","user":{"id":"1"}}"#;
+    assert!(s.frame(ready, 2).is_empty(), "a malformed READY is skipped");
+    assert_eq!(
+        (s.state.phase(), s.state.seq(), s.state.session()),
+        (Phase::Identifying, None, None)
+    );
+    let actions = s.frame(r#"{"t":"READY","s":1,"op":0,"d":{"session_id":"abc"}}"#, 3);
+    assert_eq!(delivered(&actions), [(1, "READY".to_owned())]);
+    let op9 = r#"{"t":null,"s":null,"op":9,"d":{"x":{"y":true}}"#;
+    assert!(s.frame(op9, 4).is_empty(), "a malformed op 9 is skipped");
+    assert_eq!(s.state.phase(), Phase::Ready);
+    assert!(s.state.will_resume());
+}
+
+#[test]
+fn identify_restarts_the_sequence_after_a_ready_without_a_session_id() {
+    let mut s = Shard::new(None);
+    s.frame(
+        r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#,
+        0,
+    );
+    s.state.on_identify_permit();
+    s.drain();
+    let actions = s.frame(r#"{"t":"READY","s":1,"op":0,"d":{"v":10}}"#, 1);
+    assert_eq!(delivered(&actions), [(1, "READY".to_owned())]);
+    assert!(matches!(
+        actions.as_slice(),
+        [Action::Ready { resumed: false }, Action::Deliver(_)]
+    ));
+    for seq in 2..=4 {
+        s.dispatch(seq, "MESSAGE_CREATE");
+    }
+    assert!(!s.state.will_resume(), "nothing to resume");
+    s.state.on_close(Some(4000));
+    assert_eq!(reconnects(&s.drain()), [None]);
+
+    // The next connection identifies: a new session, numbered from 1 again.
+    s.state.on_open();
+    let actions = s.frame(
+        r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#,
+        10,
+    );
+    assert!(matches!(actions.last(), Some(Action::RequestIdentify)));
+    assert_eq!(s.state.seq(), Some(4), "kept until Identify goes out");
+    assert!(s.state.on_identify_permit());
+    assert_eq!(sent(&s.drain())[0]["op"], 2);
+    assert_eq!(s.state.seq(), None, "Identify starts a new session");
+    s.state.on_heartbeat_due(s.at(11));
+    assert_eq!(sent(&s.drain()), [json!({"op": 1, "d": null})]);
+    let actions = s.frame(r#"{"t":"READY","s":1,"op":0,"d":{"session_id":"new"}}"#, 12);
+    assert_eq!(delivered(&actions), [(1, "READY".to_owned())]);
+    assert_eq!(s.state.phase(), Phase::Ready);
+    assert_eq!(s.state.session().unwrap().session_id, "new");
+    let mut got = Vec::new();
+    for seq in [2, 3] {
+        got.extend(delivered(&s.dispatch(seq, "GUILD_CREATE")));
+    }
+    assert_eq!(
+        got,
+        [
+            (2, "GUILD_CREATE".to_owned()),
+            (3, "GUILD_CREATE".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn ready_is_never_taken_for_an_event_already_delivered() {
+    // A READY whose s is not above the last (whatever the reason) still starts the session.
+    let mut s = Shard::new(None);
+    s.ready();
+    for seq in 2..=5 {
+        s.dispatch(seq, "MESSAGE_CREATE");
+    }
+    let actions = s.frame(r#"{"t":"READY","s":1,"op":0,"d":{"session_id":"xyz"}}"#, 30);
+    assert_eq!(delivered(&actions), [(1, "READY".to_owned())]);
+    assert_eq!(s.state.session().unwrap().session_id, "xyz");
+    assert_eq!(s.state.seq(), Some(1));
+    assert_eq!(
+        delivered(&s.dispatch(2, "MESSAGE_CREATE")),
+        [(2, "MESSAGE_CREATE".to_owned())]
+    );
+}
+
+#[test]
+fn a_resumed_with_a_null_or_old_sequence_still_completes_the_resume() {
+    for resumed in [
+        r#"{"t":"RESUMED","s":null,"op":0,"d":{}}"#,
+        r#"{"t":"RESUMED","op":0,"d":{}}"#,
+        r#"{"t":"RESUMED","s":3,"op":0,"d":{}}"#,
+        r#"{"t":"RESUMED","s":5,"op":0,"d":null}"#,
+    ] {
+        let mut s = Shard::new(None);
+        s.ready();
+        for seq in 2..=5 {
+            s.dispatch(seq, "MESSAGE_CREATE");
+        }
+        s.frame(r#"{"t":null,"s":null,"op":7,"d":null}"#, 30);
+        s.state.on_open();
+        s.frame(
+            r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#,
+            40,
+        );
+        assert_eq!(s.state.phase(), Phase::Resuming);
+        let actions = s.frame(resumed, 50);
+        assert!(
+            matches!(actions.as_slice(), [Action::Ready { resumed: true }]),
+            "{resumed}: {actions:?}"
+        );
+        assert_eq!(s.state.phase(), Phase::Ready, "{resumed}");
+        assert_eq!(s.state.seq(), Some(5), "{resumed}");
+        assert_eq!(
+            delivered(&s.dispatch(6, "MESSAGE_CREATE")),
+            [(6, "MESSAGE_CREATE".to_owned())],
+            "{resumed}"
+        );
+    }
+}
+
+#[test]
+fn a_reply_to_the_gateways_op_1_in_flight_at_the_scheduled_beat_is_no_zombie() {
+    let mut s = Shard::new(None);
+    s.ready();
+    s.state.on_heartbeat_due(s.at(1_000));
+    s.drain();
+    s.frame(r#"{"op":11}"#, 1_010);
+    assert_eq!(s.state.latency(), Some(Duration::from_millis(10)));
+    // The gateway asks just before the next scheduled beat; its ACK is still on the way when the
+    // beat is due.
+    let reply = s.frame(r#"{"t":null,"s":null,"op":1,"d":null}"#, 42_200);
+    assert_eq!(sent(&reply), [json!({"op": 1, "d": 1})]);
+    s.state.on_heartbeat_due(s.at(42_250));
+    let actions = s.drain();
+    assert!(reconnects(&actions).is_empty(), "{actions:?}");
+    assert_eq!(sent(&actions), [json!({"op": 1, "d": 1})]);
+    // Each ACK answers the oldest beat in flight: first the reply, then the scheduled beat.
+    s.frame(r#"{"op":11}"#, 42_260);
+    assert_eq!(s.state.latency(), Some(Duration::from_millis(60)));
+    s.frame(r#"{"op":11}"#, 42_270);
+    assert_eq!(s.state.latency(), Some(Duration::from_millis(20)));
+    // A stray ACK with nothing in flight measures nothing.
+    s.frame(r#"{"op":11}"#, 42_280);
+    assert_eq!(s.state.latency(), Some(Duration::from_millis(20)));
+    s.state.on_heartbeat_due(s.at(83_500));
+    let actions = s.drain();
+    assert!(reconnects(&actions).is_empty(), "{actions:?}");
+    s.frame(r#"{"op":11}"#, 83_510);
+    assert_eq!(s.state.latency(), Some(Duration::from_millis(10)));
+    // The gateway never answers a reply (the fake can be told to skip one): ACKs then answer the
+    // beat before theirs until the next scheduled beat, which drops the stale one.
+    s.frame(r#"{"t":null,"s":null,"op":1,"d":null}"#, 124_700);
+    s.state.on_heartbeat_due(s.at(124_750));
+    assert!(reconnects(&s.drain()).is_empty());
+    s.frame(r#"{"op":11}"#, 124_760);
+    s.state.on_heartbeat_due(s.at(166_000));
+    assert!(
+        reconnects(&s.drain()).is_empty(),
+        "the reply's lost ACK is no zombie"
+    );
+    s.frame(r#"{"op":11}"#, 166_005);
+    assert_eq!(s.state.latency(), Some(Duration::from_millis(5)));
+
+    // That scheduled beat goes unanswered for a whole interval: a zombie, with a reply in flight
+    // behind it or not.
+    s.state.on_heartbeat_due(s.at(207_250));
+    assert!(reconnects(&s.drain()).is_empty());
+    s.frame(r#"{"t":null,"s":null,"op":1,"d":null}"#, 207_300);
+    s.state.on_heartbeat_due(s.at(248_500));
+    assert_eq!(reconnects(&s.drain()), [Some(RESUME_CLOSE_CODE)]);
+}
+
+#[test]
+fn an_unanswered_scheduled_beat_is_a_zombie_even_behind_an_answered_reply() {
+    let mut s = Shard::new(None);
+    s.ready();
+    // The reply goes first and is answered; the scheduled beat after it never is.
+    s.frame(r#"{"t":null,"s":null,"op":1,"d":null}"#, 500);
+    s.frame(r#"{"op":11}"#, 510);
+    s.state.on_heartbeat_due(s.at(1_000));
+    s.drain();
+    s.state.on_heartbeat_due(s.at(42_250));
+    assert_eq!(reconnects(&s.drain()), [Some(RESUME_CLOSE_CODE)]);
+}
+
+#[test]
+fn only_op_7_on_a_healthy_connection_reconnects_at_once() {
+    let at_once = |actions: &[Action]| -> Vec<bool> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Reconnect { at_once, .. } => Some(*at_once),
+                _ => None,
+            })
+            .collect()
+    };
+    let op7 = r#"{"t":null,"s":null,"op":7,"d":null}"#;
+    let hello = r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#;
+    let mut s = Shard::new(None);
+    s.ready();
+    assert_eq!(at_once(&s.frame(op7, 1)), [true], "op 7 after READY");
+    // op 7 again while resuming (RESUMED not reached): the connection was not healthy.
+    s.state.on_open();
+    s.frame(hello, 2);
+    assert_eq!(s.state.phase(), Phase::Resuming);
+    assert_eq!(at_once(&s.frame(op7, 3)), [false], "op 7 before RESUMED");
+    s.state.on_open();
+    s.frame(hello, 4);
+    s.frame(r#"{"t":"RESUMED","s":null,"op":0,"d":{}}"#, 5);
+    assert_eq!(at_once(&s.frame(op7, 6)), [true], "op 7 after RESUMED");
+    // Everything else waits its backoff delay, healthy connection or not.
+    let mut s = Shard::new(None);
+    s.ready();
+    assert_eq!(
+        at_once(&s.frame(r#"{"t":null,"s":null,"op":9,"d":true}"#, 1)),
+        [false]
+    );
+    let mut s = Shard::new(None);
+    s.ready();
+    s.state.on_close(None);
+    assert_eq!(at_once(&s.drain()), [false], "a drop");
+    let mut s = Shard::new(None);
+    s.ready();
+    s.state.on_connection_failed();
+    assert_eq!(at_once(&s.drain()), [false], "a failed connection");
+    let mut s = Shard::new(None);
+    s.ready();
+    s.state.on_heartbeat_due(s.at(1_000));
+    s.state.on_heartbeat_due(s.at(42_250));
+    assert_eq!(at_once(&s.drain()), [false], "a zombie");
 }

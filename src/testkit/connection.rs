@@ -494,7 +494,8 @@ impl Conn {
                     .to_string()
             })
             .collect();
-        let ready = json!({
+        let identified = state.identifies.iter().filter(|i| i.0 == shard).count();
+        let mut ready = json!({
             "v": 10,
             "user": {"id": "1000", "username": "fake-bot", "discriminator": "0", "bot": true},
             "guilds": guild_ids.iter().map(|id| json!({"id": id, "unavailable": true})).collect::<Vec<_>>(),
@@ -503,6 +504,11 @@ impl Conn {
             "shard": [shard, total],
             "application": {"id": "1000", "flags": 0},
         });
+        if identified <= config.readies_without_session_id as usize {
+            if let Some(ready) = ready.as_object_mut() {
+                ready.remove("session_id");
+            }
+        }
         let mut log = VecDeque::new();
         let mut frames = Vec::new();
         let mut seq = 0;

@@ -82,6 +82,9 @@ pub struct FakeConfig {
     pub send_hello: bool,
     /// Whether Identify and Resume are answered (default true); `false` never sends READY/RESUMED.
     pub answer_handshake: bool,
+    /// The first this-many Identifies of each shard get a READY without `session_id` (default 0):
+    /// a session the client cannot resume.
+    pub readies_without_session_id: u32,
 }
 
 /// A stream of dispatches generated as it is sent (never all in memory), for benchmarks.
@@ -133,6 +136,7 @@ impl Default for FakeConfig {
             fragment_size: None,
             send_hello: true,
             answer_handshake: true,
+            readies_without_session_id: 0,
             flood_on_ready: None,
         }
     }
@@ -157,6 +161,7 @@ pub struct RecordedFrame {
 
 /// How a connection's handshake ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ConnectionOutcome {
     /// Neither identified nor resumed (yet).
     None,

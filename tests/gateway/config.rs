@@ -64,17 +64,11 @@ fn bad_configuration_is_a_typed_error_at_build_time() {
         ConfigError::InvalidUrl("api_base", _)
     ));
     assert!(matches!(
-        err(Config::builder("t").limits(Limits {
-            max_message_size: 10,
-            ..Limits::default()
-        })),
+        err(Config::builder("t").limits(Limits::default().max_message_size(10))),
         ConfigError::InvalidLimit("max_message_size", _)
     ));
     assert!(matches!(
-        err(Config::builder("t").limits(Limits {
-            concurrent_handshakes: 0,
-            ..Limits::default()
-        })),
+        err(Config::builder("t").limits(Limits::default().concurrent_handshakes(0))),
         ConfigError::InvalidLimit("concurrent_handshakes", _)
     ));
     // Errors say what is wrong in words, and never carry the token.

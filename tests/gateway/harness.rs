@@ -135,17 +135,19 @@ pub fn client(fake: &FakeGateway, fake_config: &FakeConfig, shards: u32) -> Conf
         .command_limit(fake_config.command_limit.0, fake_config.command_limit.1)
         .compression(Compression::None)
         .arbiters(2)
-        .backoff(Backoff {
-            initial: Duration::from_millis(20),
-            max: Duration::from_millis(200),
-            multiplier: 2.0,
-            randomization: 0.5,
-        })
-        .timeouts(Timeouts {
-            connect: Duration::from_secs(2),
-            hello: Duration::from_secs(2),
-            ready: Duration::from_secs(5),
-        })
+        .backoff(
+            Backoff::default()
+                .initial(Duration::from_millis(20))
+                .max(Duration::from_millis(200))
+                .multiplier(2.0)
+                .randomization(0.5),
+        )
+        .timeouts(
+            Timeouts::default()
+                .connect(Duration::from_secs(2))
+                .hello(Duration::from_secs(2))
+                .ready(Duration::from_secs(5)),
+        )
 }
 
 /// A running client and fake, with a recorder for every event and one for lifecycle events.

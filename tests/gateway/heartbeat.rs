@@ -90,7 +90,15 @@ async fn a_zombie_connection_is_closed_non_1000_and_resumed() {
     fake.dispatch(0, "MESSAGE_CREATE", json!({})).unwrap();
     bot.until("message", |r| r.count("MESSAGE_CREATE") == 1)
         .await;
+    // ACKs stop just after a beat was recorded (and answered as it was): the next beat is the
+    // first to go unanswered.
+    let before = sent(fake, 0, 1).len();
+    assert!(
+        fake.wait_for(WAIT, "a fresh heartbeat", |f| sent(f, 0, 1).len() > before)
+            .await
+    );
     fake.set_ack_heartbeats(0, false);
+    let last_answered = sent(fake, 0, 1).last().unwrap().at;
     assert!(
         fake.wait_for(WAIT, "client gave up on the zombie", |f| f.connections()[0]
             .closed_at
@@ -113,11 +121,119 @@ async fn a_zombie_connection_is_closed_non_1000_and_resumed() {
         json!({"token": TOKEN, "session_id": session.id, "seq": 2})
     );
     assert_eq!(sent(fake, 0, 2).len(), 1, "no second identify");
-    // Two heartbeats went unanswered at most: the zombie is caught at the second.
+    // Exactly one heartbeat went unanswered: the zombie is caught when the next one is due, and
+    // that one is never sent.
     let unanswered = sent(fake, 0, 1)
         .into_iter()
-        .filter(|f| f.connection == first.id && f.at > first.opened_at)
+        .filter(|f| f.connection == first.id && f.at > last_answered)
         .count();
-    assert!(unanswered >= 1);
+    assert_eq!(unanswered, 1);
+    bot.stop().await;
+}
+
+/// A reply to the gateway's op 1 whose ACK has not come back when the next scheduled beat is due is
+/// no zombie: only a scheduled beat left unanswered for an interval is. The fake stretches the
+/// round trip of the reply to forever (it never ACKs it) instead of aiming the op 1 at the moment
+/// before the scheduled beat.
+#[actix_rt::test]
+async fn a_reply_to_op_1_still_unanswered_at_the_scheduled_beat_is_no_zombie() {
+    let interval = Duration::from_millis(300);
+    let fake_config = FakeConfig {
+        heartbeat_interval: interval,
+        ..fast_fake(1, 1)
+    };
+    let bot = Bot::start(fake_config, 1, |c| c).await;
+    let fake = &bot.fake;
+    let conn = fake.connections()[0].id;
+    let beats_on_conn = |f: &shardline::testkit::FakeGateway| -> Vec<_> {
+        sent(f, 0, 1)
+            .into_iter()
+            .filter(|b| b.connection == conn)
+            .collect()
+    };
+    // Right after a scheduled beat (answered as it was recorded), the gateway asks for one and
+    // does not answer the reply.
+    let before = beats_on_conn(fake).len();
+    assert!(
+        fake.wait_for(WAIT, "a scheduled beat", |f| beats_on_conn(f).len()
+            > before)
+            .await
+    );
+    let scheduled = beats_on_conn(fake).last().unwrap().at;
+    fake.set_ack_heartbeats(0, false);
+    assert!(fake.request_heartbeat(0));
+    let n = beats_on_conn(fake).len();
+    assert!(
+        fake.wait_for(WAIT, "the reply", |f| beats_on_conn(f).len() > n)
+            .await
+    );
+    fake.set_ack_heartbeats(0, true);
+    let reply = beats_on_conn(fake).last().unwrap().at;
+    assert!(
+        reply - scheduled < interval,
+        "the reply went out before the next scheduled beat"
+    );
+    // Three more scheduled beats on the same connection: the one due with the reply unanswered
+    // did not close it, nor did the ones after.
+    assert!(
+        fake.wait_for(
+            WAIT,
+            "three more beats on the connection",
+            |f| beats_on_conn(f).iter().filter(|b| b.at > reply).count() >= 3
+        )
+        .await,
+        "connections: {:?}",
+        fake.connections()
+    );
+    let connections = fake.connections();
+    assert_eq!(connections.len(), 1, "{connections:?}");
+    assert_eq!(connections[0].closed_at, None);
+    assert_eq!(sent(fake, 0, 6).len(), 0, "no resume");
+    assert_eq!(sent(fake, 0, 2).len(), 1, "one identify");
+    assert!(bot.gateway.status().await[0].latency.is_some());
+    bot.stop().await;
+}
+
+/// The first heartbeat goes out at interval × jitter after Hello, jitter drawn anew for every
+/// connection: over eight shards the first beats are spread, not all at one offset. (Uniform draws
+/// put eight offsets within a tenth of the interval of each other with probability under 1e-6; a
+/// fixed jitter, zero or not, always does.)
+#[actix_rt::test]
+async fn first_heartbeats_of_several_shards_are_spread_by_the_jitter() {
+    const SHARDS: u32 = 8;
+    let interval = Duration::from_secs(1);
+    let fake_config = FakeConfig {
+        heartbeat_interval: interval,
+        ..fast_fake(SHARDS, SHARDS)
+    };
+    let bot = Bot::start(fake_config, SHARDS, |c| c).await;
+    let fake = &bot.fake;
+    let first_beat = |f: &shardline::testkit::FakeGateway, conn: u64| {
+        f.frames()
+            .into_iter()
+            .find(|b| b.connection == conn && b.op == Some(1))
+            .map(|b| b.at)
+    };
+    let connections = fake.connections();
+    assert_eq!(connections.len(), SHARDS as usize);
+    assert!(
+        fake.wait_for(WAIT, "every shard's first beat", |f| connections
+            .iter()
+            .all(|c| first_beat(f, c.id).is_some()))
+            .await
+    );
+    let offsets: Vec<Duration> = connections
+        .iter()
+        .map(|c| first_beat(fake, c.id).unwrap() - c.opened_at)
+        .collect();
+    let (min, max) = (
+        *offsets.iter().min().unwrap(),
+        *offsets.iter().max().unwrap(),
+    );
+    assert!(max - min >= interval / 10, "{offsets:?}");
+    assert!(
+        offsets.iter().all(|&o| o < interval + interval / 10),
+        "{offsets:?}"
+    );
     bot.stop().await;
 }

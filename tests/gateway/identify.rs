@@ -116,11 +116,19 @@ async fn a_bad_token_is_refused_by_rest_and_by_the_gateway() {
     }
 
     // Told the URL and limits, the client goes straight to the gateway, which closes with 4004.
+    // Reconnects are made immediate: a retry, were there one, would not wait.
     let lifecycle = Lifecycle::default();
     let config = shardline::Config::builder("wrong-token")
         .api_base(fake.api_base())
         .gateway_url(fake.gateway_url())
         .max_concurrency(1)
+        .backoff(
+            shardline::Backoff::default()
+                .initial(Duration::from_millis(1))
+                .max(Duration::from_millis(1))
+                .multiplier(1.0)
+                .randomization(0.0),
+        )
         .compression(shardline::Compression::None)
         .events(actix::Actor::start(lifecycle.clone()).recipient())
         .build()
@@ -140,14 +148,88 @@ async fn a_bad_token_is_refused_by_rest_and_by_the_gateway() {
             }
         ]
     );
-    actix_rt::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The shard has stopped for good (its actor is gone, the supervisor holds the fatal error and
+    // restarts no fatal shard): nothing is left that could connect again.
+    status_until(&gateway, "the shard stopped for good", |status| {
+        status.len() == 1
+            && status[0].phase == shardline::Phase::Stopped
+            && status[0].fatal
+                == Some(shardline::FatalError::Closed(
+                    shardline::CloseCode::AuthenticationFailed,
+                ))
+    })
+    .await;
     assert_eq!(
         fake.connections().len(),
         1,
         "a fatal close code is never retried"
     );
+    assert_eq!(sent_any(&fake, 2).len(), 1, "one Identify");
     let token_leaks = format!("{:?}", gateway.status().await);
     assert!(!token_leaks.contains("wrong-token"));
     gateway.shutdown(false).await;
     fake.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_ready_without_a_session_id_is_followed_by_one_new_identify_whose_events_flow() {
+    // The fake's first READY leaves out session_id: a session the client cannot resume.
+    let fake_config = FakeConfig {
+        readies_without_session_id: 1,
+        ..fast_fake(1, 1)
+    };
+    let bot = Bot::start(fake_config, 1, |c| c).await;
+    let fake = &bot.fake;
+    let first = fake.session(0).unwrap().id;
+    assert_eq!(bot.gateway.status().await[0].session_id, None);
+    assert_eq!(messages(&bot, 0, 3), [2, 3, 4]);
+    bot.until("the first session's messages", |r| {
+        r.count("MESSAGE_CREATE") == 3
+    })
+    .await;
+
+    // A close that keeps sessions: with none kept, the shard identifies, and the new session
+    // numbers its events from 1 again.
+    assert!(fake.close(0, 4000));
+    assert!(
+        fake.wait_for(WAIT, "a new session", |f| f
+            .session(0)
+            .is_some_and(|s| s.id != first))
+            .await
+    );
+    let second = fake.session(0).unwrap().id;
+    let status = status_until(&bot.gateway, "ready on the new session", |s| {
+        s[0].phase == shardline::Phase::Ready && s[0].session_id.as_deref() == Some(&second)
+    })
+    .await;
+    assert_eq!(status[0].seq, Some(1));
+    assert_eq!(messages(&bot, 3, 2), [2, 3]);
+    bot.until("the new session's messages", |r| {
+        r.count("MESSAGE_CREATE") == 5
+    })
+    .await;
+    let events: Vec<(u64, String)> = bot
+        .recorder
+        .events()
+        .into_iter()
+        .map(|e| (e.seq, e.event))
+        .collect();
+    let expected: Vec<(u64, String)> = [
+        (1, "READY"),
+        (2, "MESSAGE_CREATE"),
+        (3, "MESSAGE_CREATE"),
+        (4, "MESSAGE_CREATE"),
+        (1, "READY"),
+        (2, "MESSAGE_CREATE"),
+        (3, "MESSAGE_CREATE"),
+    ]
+    .into_iter()
+    .map(|(seq, e)| (seq, e.to_owned()))
+    .collect();
+    assert_eq!(events, expected);
+    // Two Identifies in all (each session's), no Resume, two connections: no loop.
+    assert_eq!(fake.identifies().len(), 2);
+    assert_eq!(sent(fake, 0, 6).len(), 0);
+    assert_eq!(fake.connections().len(), 2);
+    bot.stop().await;
 }

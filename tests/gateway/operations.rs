@@ -148,9 +148,9 @@ async fn a_resume_host_that_keeps_failing_is_given_up_for_the_gateway_url() {
     assert_eq!(sent(&bot.fake, 0, 2).len(), 1, "no second Identify");
     assert_eq!(
         status[0].reconnects,
-        1 + shardline::shard::state::RESUME_HOST_ATTEMPTS,
+        1 + shardline::shard::RESUME_HOST_ATTEMPTS,
         "the resume host was tried {} times",
-        shardline::shard::state::RESUME_HOST_ATTEMPTS
+        shardline::shard::RESUME_HOST_ATTEMPTS
     );
     assert!(bot
         .lifecycle
@@ -284,12 +284,13 @@ async fn the_restart_delay_starts_over_once_a_restarted_shard_is_ready() {
     let s = store.clone();
     let bot = Bot::start(fake_config, 1, move |c| {
         // No jitter: the restart delays are exact, 20 ms then 40 ms if they kept growing.
-        c.session_store(s).backoff(shardline::Backoff {
-            initial: Duration::from_millis(20),
-            max: Duration::from_secs(1),
-            multiplier: 2.0,
-            randomization: 0.0,
-        })
+        c.session_store(s).backoff(
+            shardline::Backoff::default()
+                .initial(Duration::from_millis(20))
+                .max(Duration::from_secs(1))
+                .multiplier(2.0)
+                .randomization(0.0),
+        )
     })
     .await;
     for (n, connections) in [(0, 2), (1, 3)] {

@@ -13,11 +13,10 @@ use shardline::{
 use crate::harness::*;
 
 fn quick_timeouts(connect: u64, hello: u64, ready: u64) -> Timeouts {
-    Timeouts {
-        connect: Duration::from_millis(connect),
-        hello: Duration::from_millis(hello),
-        ready: Duration::from_millis(ready),
-    }
+    Timeouts::default()
+        .connect(Duration::from_millis(connect))
+        .hello(Duration::from_millis(hello))
+        .ready(Duration::from_millis(ready))
 }
 
 /// Gaps between the openings of the fake's connections.
@@ -114,12 +113,13 @@ async fn a_tcp_peer_that_never_completes_the_handshake_times_out() {
         .max_concurrency(1)
         .compression(shardline::Compression::None)
         .timeouts(quick_timeouts(200, 2000, 2000))
-        .backoff(Backoff {
-            initial: Duration::from_millis(20),
-            max: Duration::from_millis(50),
-            multiplier: 2.0,
-            randomization: 0.5,
-        })
+        .backoff(
+            Backoff::default()
+                .initial(Duration::from_millis(20))
+                .max(Duration::from_millis(50))
+                .multiplier(2.0)
+                .randomization(0.5),
+        )
         .build()
         .unwrap();
     let gateway = Gateway::start(config).await.unwrap();
@@ -170,10 +170,7 @@ async fn handshakes_in_flight_never_exceed_the_limit_and_each_turn_passes_on() {
         .max_concurrency(6)
         .compression(shardline::Compression::None)
         .timeouts(quick_timeouts(60_000, 2000, 2000))
-        .limits(Limits {
-            concurrent_handshakes: 2,
-            ..Limits::default()
-        })
+        .limits(Limits::default().concurrent_handshakes(2))
         .build()
         .unwrap();
     let gateway = Gateway::start(config).await.unwrap();
@@ -268,12 +265,13 @@ async fn repeated_invalid_sessions_never_become_an_identify_loop() {
     };
     let fake = FakeGateway::start(fake_config.clone()).await.unwrap();
     let config = client(&fake, &fake_config, 1)
-        .backoff(Backoff {
-            initial: Duration::from_millis(50),
-            max: Duration::from_secs(5),
-            multiplier: 2.0,
-            randomization: 0.2,
-        })
+        .backoff(
+            Backoff::default()
+                .initial(Duration::from_millis(50))
+                .max(Duration::from_secs(5))
+                .multiplier(2.0)
+                .randomization(0.2),
+        )
         .build()
         .unwrap();
     let gateway = Gateway::start(config).await.unwrap();
@@ -336,10 +334,7 @@ async fn the_command_queue_is_bounded_and_overflow_is_an_error() {
     };
     let fake = FakeGateway::start(fake_config.clone()).await.unwrap();
     let config = client(&fake, &fake_config, 1)
-        .limits(Limits {
-            command_queue: 2,
-            ..Limits::default()
-        })
+        .limits(Limits::default().command_queue(2))
         .build()
         .unwrap();
     let gateway = Gateway::start(config).await.unwrap();
@@ -363,10 +358,8 @@ async fn a_burst_of_commands_stays_under_the_rate_limit() {
         ..fast_fake(1, 1)
     };
     let bot = Bot::start(fake_config, 1, |c| {
-        c.command_limit(limit.0, limit.1).limits(Limits {
-            command_queue: 100,
-            ..Limits::default()
-        })
+        c.command_limit(limit.0, limit.1)
+            .limits(Limits::default().command_queue(100))
     })
     .await;
     for i in 0..40 {

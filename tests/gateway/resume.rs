@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use serde_json::json;
 use shardline::testkit::ConnectionOutcome;
 
@@ -143,5 +145,54 @@ async fn a_hostile_resume_url_is_not_followed() {
         conns[1].outcome,
         ConnectionOutcome::Resumed { .. }
     ));
+    bot.stop().await;
+}
+
+/// After a healthy session, op 7 reconnects at once: the backoff (a first delay of 5–15 s here) is
+/// for attempts failing in a row, not for the gateway asking. Each resume must come well within
+/// the shortest such delay, or the delay was applied.
+#[actix_rt::test]
+async fn op_7_after_a_healthy_session_reconnects_without_the_backoff_delay() {
+    let bot = Bot::start(fast_fake(1, 1), 1, |c| {
+        c.backoff(
+            shardline::Backoff::default()
+                .initial(Duration::from_secs(10))
+                .max(Duration::from_secs(60))
+                .multiplier(2.0)
+                .randomization(0.5),
+        )
+    })
+    .await;
+    let mut sent_seqs = messages(&bot, 0, 2);
+    for round in 1..=2 {
+        assert!(bot.fake.reconnect(0));
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let resumed = sent(&bot.fake, 0, 6).len() == round
+                && bot.fake.connections().len() == round + 1
+                && bot.fake.ready_shards() == [0];
+            let status = bot.gateway.status().await;
+            if resumed && status[0].phase == shardline::Phase::Ready {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: no resume within 3 s of op 7: {status:?}"
+            );
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        sent_seqs.extend(messages(&bot, 2 * round, 2));
+    }
+    let last = *sent_seqs.last().unwrap();
+    bot.until("every message", |r| {
+        r.seqs("MESSAGE_CREATE").last() == Some(&(0, last))
+    })
+    .await;
+    assert_eq!(delivered(&bot), sent_seqs);
+    assert_eq!(
+        sent(&bot.fake, 0, 2).len(),
+        1,
+        "resumed, never identified again"
+    );
     bot.stop().await;
 }

@@ -31,17 +31,19 @@ fn recommended(fake: &FakeGateway, fake_config: &FakeConfig) -> ConfigBuilder {
         .command_limit(fake_config.command_limit.0, fake_config.command_limit.1)
         .compression(Compression::ZlibStream)
         .arbiters(1)
-        .backoff(Backoff {
-            initial: Duration::from_millis(20),
-            max: Duration::from_millis(200),
-            multiplier: 2.0,
-            randomization: 0.5,
-        })
-        .timeouts(Timeouts {
-            connect: Duration::from_secs(2),
-            hello: Duration::from_secs(2),
-            ready: Duration::from_secs(5),
-        })
+        .backoff(
+            Backoff::default()
+                .initial(Duration::from_millis(20))
+                .max(Duration::from_millis(200))
+                .multiplier(2.0)
+                .randomization(0.5),
+        )
+        .timeouts(
+            Timeouts::default()
+                .connect(Duration::from_secs(2))
+                .hello(Duration::from_secs(2))
+                .ready(Duration::from_secs(5)),
+        )
 }
 
 #[actix_rt::test]
@@ -169,12 +171,13 @@ async fn without_the_ca_a_shard_backs_off_and_never_upgrades_or_sends_its_token(
     let fake = tls_fake(&fake_config).await;
     // A fixed plan and URL: no REST call, so every handshake the fake sees is the shard's.
     let config = client(&fake, &fake_config, 1)
-        .backoff(Backoff {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(4),
-            multiplier: 2.0,
-            randomization: 0.0,
-        })
+        .backoff(
+            Backoff::default()
+                .initial(Duration::from_secs(1))
+                .max(Duration::from_secs(4))
+                .multiplier(2.0)
+                .randomization(0.0),
+        )
         .build()
         .unwrap();
     let started = Instant::now();

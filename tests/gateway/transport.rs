@@ -200,10 +200,7 @@ async fn a_corrupt_zlib_stream_resets_the_connection_and_resumes() {
 #[actix_rt::test]
 async fn a_decompression_bomb_hits_the_cap_and_resumes() {
     // 8 MiB of zeros compress to a few KiB; the cap is 256 KiB.
-    let limits = shardline::Limits {
-        max_decompressed_size: 256 << 10,
-        ..shardline::Limits::default()
-    };
+    let limits = shardline::Limits::default().max_decompressed_size(256 << 10);
     survives(
         |bot| assert!(bot.fake.send_raw_compressed(0, &vec![b' '; 8 << 20])),
         |c| c.compression(Compression::ZlibStream).limits(limits),
@@ -213,10 +210,7 @@ async fn a_decompression_bomb_hits_the_cap_and_resumes() {
 
 #[actix_rt::test]
 async fn a_frame_over_the_receive_limit_resets_the_connection_and_resumes() {
-    let limits = shardline::Limits {
-        max_message_size: 64 << 10,
-        ..shardline::Limits::default()
-    };
+    let limits = shardline::Limits::default().max_message_size(64 << 10);
     survives(
         |bot| {
             assert!(bot.fake.send_raw_text(

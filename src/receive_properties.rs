@@ -1,15 +1,15 @@
-//! Property tests of the receive path: frame → envelope (prescan vs full parse) → state machine, and
+//! Property tests of the receive path (unit tests: they drive the crate's internals): frame → envelope (prescan vs full parse) → state machine, and
 //! the zlib-stream inflater. Bounded by PROPTEST_CASES (default 256 per property); a failure prints
 //! the seed and the shrunk input to replay it.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::protocol::{Envelope, EventName};
+use crate::shard::state::{Action, IdentifyParams, ShardState};
 use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::Value;
-use shardline::protocol::{Envelope, EventName};
-use shardline::shard::{IdentifyParams, ShardState};
 
 /// A JSON value as text, with random whitespace and some strings that look like envelope keys.
 fn json_value() -> impl Strategy<Value = String> {
@@ -115,6 +115,80 @@ fn frame() -> impl Strategy<Value = String> {
         })
 }
 
+/// A frame broken the ways a wire or a bug breaks one: cut short anywhere, a brace or bracket dropped
+/// or added, an unbalanced quote, garbage nested in, a stray byte — or left whole.
+fn mangled() -> impl Strategy<Value = Vec<u8>> {
+    let damage = prop_oneof![
+        2 => Just(Damage::Cut),
+        2 => Just(Damage::DropLastBrace),
+        2 => Just(Damage::DropBracket),
+        2 => Just(Damage::Insert(&["{", "}", "[", "]"])),
+        1 => Just(Damage::Insert(&["\"", "\\", "\\\""])),
+        2 => Just(Damage::Insert(&[
+            r#"{"a":["#,
+            "]}}",
+            r#"{"x":{"y":"#,
+            r#""}"#,
+            "}]}",
+            r#","d":{"#,
+            r#"{"op":0,"d":"#,
+        ])),
+        1 => Just(Damage::Insert(&["\u{c}", "\0", "\u{ff}", " ", "x", "-", "1e", "."])),
+        1 => Just(Damage::None),
+    ];
+    (
+        frame(),
+        prop::collection::vec((damage, any::<prop::sample::Index>()), 1..3),
+    )
+        .prop_map(|(frame, damages)| {
+            let mut b = frame.into_bytes();
+            for (damage, at) in damages {
+                damage.apply(&mut b, at);
+            }
+            b
+        })
+}
+
+#[derive(Debug, Clone)]
+enum Damage {
+    /// Cut the frame at a position.
+    Cut,
+    /// Drop the last `}`: the object never closes, and the brace before it may be `d`'s.
+    DropLastBrace,
+    /// Drop one of the brackets or braces.
+    DropBracket,
+    /// Insert one of these at a position.
+    Insert(&'static [&'static str]),
+    None,
+}
+
+impl Damage {
+    fn apply(&self, b: &mut Vec<u8>, at: prop::sample::Index) {
+        match self {
+            Self::Cut => b.truncate(at.index(b.len() + 1)),
+            Self::DropLastBrace => {
+                if let Some(i) = b.iter().rposition(|&c| c == b'}') {
+                    b.remove(i);
+                }
+            }
+            Self::DropBracket => {
+                let brackets: Vec<usize> = (0..b.len())
+                    .filter(|&i| matches!(b[i], b'{' | b'}' | b'[' | b']'))
+                    .collect();
+                if !brackets.is_empty() {
+                    b.remove(brackets[at.index(brackets.len())]);
+                }
+            }
+            Self::Insert(what) => {
+                let text = what[at.index(what.len())];
+                let i = at.index(b.len() + 1);
+                b.splice(i..i, text.bytes());
+            }
+            Self::None => {}
+        }
+    }
+}
+
 fn name(frame: &[u8], env: &Envelope) -> Option<String> {
     env.event.as_ref().map(|e| match e {
         EventName::Span(r) => String::from_utf8(frame[r.clone()].to_vec()).unwrap(),
@@ -124,7 +198,7 @@ fn name(frame: &[u8], env: &Envelope) -> Option<String> {
 
 fn params() -> Arc<IdentifyParams> {
     Arc::new(IdentifyParams {
-        token: shardline::Token::new("prop-token"),
+        token: crate::Token::new("prop-token"),
         intents: 1,
         properties: Default::default(),
         large_threshold: 50,
@@ -151,7 +225,7 @@ proptest! {
                 prop_assert_eq!(d_fast, d_full);
                 prop_assert_eq!(fast.data(bytes), full.data(bytes));
                 // A delivered event reads the same `d` by every route, tail-first or scanned.
-                if let Some(dispatch) = shardline::Dispatch::from_frame(0, Bytes::copy_from_slice(bytes)) {
+                if let Some(dispatch) = crate::Dispatch::from_frame(0, Bytes::copy_from_slice(bytes)) {
                     let expected: Value = serde_json::from_slice(full.data(bytes)).unwrap();
                     prop_assert_eq!(dispatch.parse::<Value>().unwrap(), expected.clone());
                     prop_assert_eq!(dispatch.raw().unwrap().get().as_bytes(), full.data(bytes));
@@ -163,8 +237,64 @@ proptest! {
         }
     }
 
+    /// Whatever the bytes, reading a frame never panics; what the prescan takes reads the same as
+    /// the full parse whenever that accepts the frame, and a frame the full parse refuses never
+    /// yields a value of `d` (the shard skips it, or a handler's read of `d` fails).
     #[test]
-    fn the_state_machine_takes_any_frame_without_panicking(frames in prop::collection::vec(prop_oneof![frame().prop_map(String::into_bytes), prop::collection::vec(any::<u8>(), 0..64)], 1..20)) {
+    fn a_broken_frame_never_panics_and_never_reads_as_a_value(bytes in mangled()) {
+        let bytes = &bytes[..];
+        let full = Envelope::parse_full(bytes);
+        let Ok(fast) = Envelope::parse(bytes) else {
+            prop_assert!(full.is_err(), "the fast path refused what the full parse reads");
+            return Ok(());
+        };
+        let checked = fast.data.checked(bytes);
+        let _ = fast.data(bytes);
+        let dispatch = crate::Dispatch::from_frame(0, Bytes::copy_from_slice(bytes));
+        let read = dispatch.as_ref().map(|d| {
+            let _ = d.data();
+            let _ = d.data_bytes();
+            (d.parse::<Value>().ok(), d.raw().ok().map(|r| r.get().to_owned()))
+        });
+        match full {
+            Ok(full) => {
+                prop_assert_eq!(fast.op, full.op);
+                prop_assert_eq!(fast.seq, full.seq);
+                prop_assert_eq!(name(bytes, &fast), name(bytes, &full));
+                prop_assert_eq!(fast.data(bytes), full.data(bytes));
+                prop_assert_eq!(
+                    checked.clone().map(|r| r.map(|r| bytes[r].to_vec())),
+                    Ok(full.data.resolve(bytes).map(|r| bytes[r].to_vec()))
+                );
+                if let (Some(d), Some((value, raw))) = (&dispatch, read) {
+                    let expected: Value = serde_json::from_slice(full.data(bytes)).unwrap();
+                    prop_assert_eq!(value, Some(expected));
+                    let expected_raw = String::from_utf8(full.data(bytes).to_vec()).unwrap();
+                    prop_assert_eq!(raw, Some(expected_raw));
+                    prop_assert_eq!(d.data(), full.data(bytes));
+                }
+            }
+            Err(e) => {
+                // The shard's own reads of `d` (Hello, op 9, READY) go through `checked`, which
+                // checks structure only: what it passes must still fail to deserialize (bad UTF-8
+                // or a bad escape inside a string is the deserializer's to find).
+                let value_read = match &checked {
+                    Ok(Some(range)) => serde_json::from_slice::<Value>(&bytes[range.clone()]).is_ok(),
+                    Ok(None) | Err(_) => false,
+                };
+                prop_assert!(
+                    !value_read || fast.data == crate::protocol::DataSpan::Null,
+                    "full parse: {}; checked read of d: {:?} deserialized", e, checked
+                );
+                if let Some((value, raw)) = read {
+                    prop_assert!(value.is_none() && raw.is_none(), "full parse: {}; a handler read d", e);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_state_machine_takes_any_frame_without_panicking(frames in prop::collection::vec(prop_oneof![frame().prop_map(String::into_bytes), mangled(), prop::collection::vec(any::<u8>(), 0..64)], 1..20)) {
         let mut state = ShardState::new(0, 1, params(), None);
         state.on_open();
         let now = Instant::now();
@@ -176,9 +306,11 @@ proptest! {
                 state.on_heartbeat_due(now);
             }
             while let Some(action) = state.poll_action() {
-                if let shardline::shard::Action::Deliver(d) = action {
+                if let Action::Deliver(d) = action {
                     let _ = d.data();
-                    let _ = d.raw();
+                    let whole = Envelope::parse_full(d.frame()).is_ok();
+                    // A delivered event of a broken frame never reads as a value.
+                    prop_assert!(whole || (d.raw().is_err() && d.parse::<Value>().is_err()));
                 }
             }
         }
@@ -194,7 +326,7 @@ proptest! {
     ) {
         use flate2::{Compress, Compression, FlushCompress};
         let mut z = Compress::new(Compression::fast(), true);
-        let mut inflater = shardline::shard::inflate::Inflater::new(1 << 20);
+        let mut inflater = crate::shard::inflate::Inflater::new(1 << 20);
         for message in &messages {
             let mut out = Vec::with_capacity(message.len() * 2 + 64);
             z.compress_vec(message, &mut out, FlushCompress::Sync).unwrap();
@@ -212,7 +344,7 @@ proptest! {
             }
             prop_assert_eq!(got.as_deref(), Some(&message[..]));
         }
-        let mut fresh = shardline::shard::inflate::Inflater::new(1 << 20);
+        let mut fresh = crate::shard::inflate::Inflater::new(1 << 20);
         let mut with_marker = garbage.clone();
         with_marker.extend_from_slice(&[0, 0, 0xff, 0xff]);
         let _ = fresh.push(&garbage);
