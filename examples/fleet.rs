@@ -7,10 +7,15 @@
 //!     [--range A..B] [--owner NAME] [--prefix P] [--flush-ms MS] [--identify-window-ms MS]
 //!     [--max-concurrency N] [--stream EVENT,...]
 //! cargo run --example fleet --features redis -- worker --redis URL [--prefix P] [--consumer NAME]
+//!     [--group G] [--claim-idle-ms MS]
 //! ```
 //! `gateway` joins the fleet and runs the shards it claims, printing one JSON line per shard change
 //! on stdout (`{"shard":3,"state":"claimed"|"ready"|"resumed"|"released"|"lost","owner":"..."}`)
 //! and every dispatch it receives as the `tail` example does (`{"shard","seq","t","d"}`).
+//! With `--stream`, the chosen events go to the fleet's Redis stream instead of stdout, and
+//! `worker` consumes them (consumer group `workers`), printing each handled event the same way;
+//! a worker that dies leaves its unacknowledged entries to be claimed by another after
+//! `--claim-idle-ms`.
 //! SIGTERM (or Ctrl-C) leaves resumably: every shard is closed with 4000, its session written to
 //! Redis and its lease released for another process to resume it. `kill -9` is a crash: the other
 //! processes take the shards over once the leases expire.
@@ -46,8 +51,13 @@ impl Handler<Dispatch> for Out {
     type Result = ();
 
     fn handle(&mut self, d: Dispatch, _: &mut Context<Self>) {
+        // From the event stream, the session too: (shard, session, seq) is the idempotency key.
+        let session = d
+            .session()
+            .map(|s| format!(",\"session\":{}", serde_json::Value::from(s)))
+            .unwrap_or_default();
         let head = format!(
-            "{{\"shard\":{},\"seq\":{},\"t\":{},\"d\":",
+            "{{\"shard\":{},\"seq\":{}{session},\"t\":{},\"d\":",
             d.shard(),
             d.seq(),
             serde_json::Value::from(d.event())
@@ -106,7 +116,7 @@ struct GatewayArgs {
 
 const USAGE: &str = "usage: fleet gateway --redis URL --shards N [--api-base URL] [--gateway-url URL] \
 [--compress none|zlib-stream] [--lease-ms MS] [--range A..B] [--owner NAME] [--prefix P] [--flush-ms MS] \
-[--identify-window-ms MS] [--max-concurrency N] [--stream EVENT,...]\n       fleet worker --redis URL [--prefix P] [--consumer NAME]";
+[--identify-window-ms MS] [--max-concurrency N] [--stream EVENT,...]\n       fleet worker --redis URL [--prefix P] [--consumer NAME] [--group G] [--claim-idle-ms MS]";
 
 fn millis(flag: &str, v: String) -> Result<Duration, String> {
     v.parse()
@@ -210,7 +220,7 @@ async fn run_gateway(args: GatewayArgs, token: String) -> Result<(), Box<dyn std
     if args.stream.is_empty() {
         builder = builder.handler_all(out.clone().recipient());
     } else {
-        return Err("--stream needs the event stream (not in this build)".into());
+        options = options.stream_events(args.stream.clone());
     }
     if let Some(url) = args.api_base {
         builder = builder.api_base(url);
@@ -234,6 +244,65 @@ async fn run_gateway(args: GatewayArgs, token: String) -> Result<(), Box<dyn std
             _ = actix_rt::signal::ctrl_c() => {}
         }
         gateway.shutdown(true).await;
+        System::current().stop();
+    });
+    Ok(())
+}
+
+struct WorkerArgs {
+    redis: String,
+    prefix: String,
+    consumer: String,
+    group: String,
+    claim_idle: Duration,
+}
+
+fn parse_worker(mut it: impl Iterator<Item = String>) -> Result<WorkerArgs, String> {
+    let mut args = WorkerArgs {
+        redis: String::new(),
+        prefix: "shardline".into(),
+        consumer: format!("worker-{}", std::process::id()),
+        group: "workers".into(),
+        claim_idle: Duration::from_secs(30),
+    };
+    let mut redis = None;
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--redis" => redis = Some(value()?),
+            "--prefix" => args.prefix = value()?,
+            "--consumer" => args.consumer = value()?,
+            "--group" => args.group = value()?,
+            "--claim-idle-ms" => args.claim_idle = millis(&flag, value()?)?,
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    args.redis = redis.ok_or(format!("--redis is required\n{USAGE}"))?;
+    Ok(args)
+}
+
+/// A worker: consumes the fleet's event stream and prints each handled event as the gateway does.
+async fn run_worker(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> {
+    use shardline::fleet::stream::{StopConsumer, StreamConsumer};
+    let redis = shardline::fleet::FleetRedis::connect(&args.redis, &args.prefix).await?;
+    let out = Out {
+        out: std::io::LineWriter::new(std::io::stdout()),
+        owner: args.consumer.clone(),
+    }
+    .start();
+    let consumer = StreamConsumer::builder(redis, &args.group, &args.consumer)
+        .handler_all(out.recipient())
+        .claim_idle(args.claim_idle)
+        .claim_every(args.claim_idle / 2)
+        .start()?;
+    actix_rt::spawn(async move {
+        let mut term = actix_rt::signal::unix::signal(actix_rt::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = actix_rt::signal::ctrl_c() => {}
+        }
+        let _ = consumer.send(StopConsumer).await;
         System::current().stop();
     });
     Ok(())
@@ -263,6 +332,16 @@ fn main() -> ExitCode {
                 return ExitCode::from(64);
             };
             system.block_on(run_gateway(args, token))
+        }
+        "worker" => {
+            let args = match parse_worker(it) {
+                Ok(args) => args,
+                Err(e) => {
+                    eprintln!("fleet: {e}");
+                    return ExitCode::from(64);
+                }
+            };
+            system.block_on(run_worker(args))
         }
         _ => {
             eprintln!("{USAGE}");

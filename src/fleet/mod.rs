@@ -251,7 +251,22 @@ impl crate::Gateway {
                 .await
                 .map_err(StartError::Fleet)?;
         }
-        let sessions = RedisSessionStore::new(redis.clone(), options.sessions);
+        let publishing = !options.stream_events.is_empty();
+        let sessions = RedisSessionStore::new(
+            redis.clone(),
+            options.sessions.gate_on_publish(publishing),
+        );
+        if publishing {
+            // It must see every event of each shard (READY gives the session; every sequence is
+            // confirmed to the store's gate), so it joins the router as a catch-all batch handler.
+            let publisher = stream::StreamPublisher::builder(redis.clone())
+                .events(&options.stream_events)
+                .session_store(sessions.clone())
+                .start();
+            let mut router = (*config.router).clone();
+            router.add_batch_all(publisher.recipient());
+            config.router = Arc::new(router.finish());
+        }
         let leases = lease::Leases::new(redis.clone(), &options.owner, options.lease_time)
             .map_err(StartError::Fleet)?;
         config.gateway_url = config

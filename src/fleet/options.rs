@@ -37,6 +37,10 @@ pub struct FleetOptions {
     pub placement: Placement,
     /// How the session store writes.
     pub sessions: SessionStoreOptions,
+    /// Events published to the fleet's event stream for worker processes (none by default; see
+    /// [`stream`](crate::fleet::stream)). With any, the session store's sequences wait for the
+    /// stream (`gate_on_publish`), so a crash never skips an event the workers did not get.
+    pub stream_events: Vec<String>,
 }
 
 impl FleetOptions {
@@ -49,7 +53,14 @@ impl FleetOptions {
             lease_time: Duration::from_secs(10),
             placement: Placement::Balanced,
             sessions: SessionStoreOptions::default(),
+            stream_events: Vec::new(),
         }
+    }
+
+    /// Sets [`stream_events`](Self::stream_events).
+    pub fn stream_events<S: Into<String>>(mut self, events: impl IntoIterator<Item = S>) -> Self {
+        self.stream_events = events.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Sets [`prefix`](Self::prefix).

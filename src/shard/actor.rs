@@ -333,6 +333,10 @@ impl ShardActor {
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
         self.reconnect_timer = None;
+        // A process that lost the shard's lease (paused past it, say) opens no connection for it.
+        if !self.may_write(ctx) {
+            return;
+        }
         self.generation += 1;
         self.connections += 1;
         let generation = self.generation;
@@ -885,9 +889,6 @@ impl Actor for ShardActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let _span = self.span.clone().entered();
-        if !self.may_write(ctx) {
-            return;
-        }
         self.watch_guard(ctx);
         self.connect(ctx);
     }
