@@ -294,10 +294,13 @@ async fn run_worker(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> 
         .handler_all(out.recipient())
         .claim_idle(args.claim_idle)
         .claim_every(args.claim_idle / 2)
+        // A read blocks for less than an entry may sit unclaimed.
+        .block(args.claim_idle / 4)
         .start()?;
     actix_rt::spawn(async move {
-        let mut term = actix_rt::signal::unix::signal(actix_rt::signal::unix::SignalKind::terminate())
-            .expect("a SIGTERM handler");
+        let mut term =
+            actix_rt::signal::unix::signal(actix_rt::signal::unix::SignalKind::terminate())
+                .expect("a SIGTERM handler");
         tokio::select! {
             _ = term.recv() => {}
             _ = actix_rt::signal::ctrl_c() => {}

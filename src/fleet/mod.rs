@@ -252,10 +252,8 @@ impl crate::Gateway {
                 .map_err(StartError::Fleet)?;
         }
         let publishing = !options.stream_events.is_empty();
-        let sessions = RedisSessionStore::new(
-            redis.clone(),
-            options.sessions.gate_on_publish(publishing),
-        );
+        let sessions =
+            RedisSessionStore::new(redis.clone(), options.sessions.gate_on_publish(publishing));
         if publishing {
             // It must see every event of each shard (READY gives the session; every sequence is
             // confirmed to the store's gate), so it joins the router as a catch-all batch handler.

@@ -7,6 +7,7 @@ mod harness;
 mod redis_server;
 
 mod ownership;
+mod processes;
 
 mod stores;
 mod stream;

@@ -200,3 +200,139 @@ async fn an_unreachable_redis_at_start_is_a_start_error() {
     );
     fake.stop().await;
 }
+
+/// One member with two shards, its events recorded.
+async fn one_member(
+    redis: &RedisServer,
+    lease: Duration,
+) -> (FakeGateway, Gateway, Recorder, Changes) {
+    let fake_config = fast_fake(2, 2);
+    let fake = FakeGateway::start(fake_config.clone()).await.unwrap();
+    let (recorder, changes) = (Recorder::default(), Changes::default());
+    let config = client(&fake, &fake_config, 2)
+        .handler_all(recorder.clone().start().recipient())
+        .build()
+        .unwrap();
+    let gateway = Gateway::start_fleet(
+        config,
+        options(redis, "solo").lease_time(lease),
+        vec![changes.clone().start().recipient()],
+    )
+    .await
+    .unwrap();
+    status_until(&gateway, "both shards ready", |s| {
+        s.len() == 2 && s.iter().all(|s| s.phase == shardline::Phase::Ready)
+    })
+    .await;
+    (fake, gateway, recorder, changes)
+}
+
+/// Redis unreachable for less than a lease: the shards run on (no connection closed, events
+/// delivered meanwhile), and the sequences written meanwhile reach Redis once it answers again.
+#[actix_rt::test]
+async fn a_short_redis_outage_changes_nothing_for_the_shards() {
+    let redis = RedisServer::start();
+    let (fake, gateway, recorder, changes) = one_member(&redis, Duration::from_secs(3)).await;
+    let connections = fake.connections().len();
+    redis.pause(true);
+    let mut last = 0;
+    for i in 0..20 {
+        last = fake
+            .dispatch(i % 2, "MESSAGE_CREATE", serde_json::json!({"i": i}))
+            .unwrap();
+    }
+    wait_until("delivered while Redis is away", || {
+        recorder.count("MESSAGE_CREATE") == 20
+    })
+    .await;
+    actix_rt::time::sleep(Duration::from_millis(800)).await;
+    redis.pause(false);
+    let store = gateway.fleet().unwrap().sessions().clone();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let stored = store.read_from_redis(1).await.ok().flatten().map(|s| s.seq);
+        if stored == Some(last) || stored == Some(last - 1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sequences never reached Redis: {stored:?}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        fake.connections().len(),
+        connections,
+        "a connection was replaced"
+    );
+    assert!(fake.connections().iter().all(|c| c.closed_at.is_none()));
+    assert_eq!(changes.count("solo", OwnershipChange::Lost), 0);
+    gateway.shutdown(true).await;
+    fake.stop().await;
+}
+
+/// Redis unreachable past the lease: the shards stop (the process must not run them without
+/// ownership), and once Redis answers again the member claims them back and resumes them from
+/// the sessions still in Redis, by itself.
+#[actix_rt::test]
+async fn a_long_redis_outage_stops_the_shards_and_the_fleet_recovers_by_itself() {
+    let redis = RedisServer::start();
+    let (fake, gateway, _recorder, changes) = one_member(&redis, Duration::from_millis(800)).await;
+    redis.pause(true);
+    wait_until("the shards stopped", || {
+        changes.count("solo", OwnershipChange::Lost) == 2
+    })
+    .await;
+    wait_until("their connections closed", || {
+        fake.connections().iter().all(|c| c.closed_at.is_some())
+    })
+    .await;
+    status_until(&gateway, "no shard runs", |s| s.is_empty()).await;
+    redis.pause(false);
+    wait_until("claimed back", || {
+        changes.count("solo", OwnershipChange::Claimed) == 4
+    })
+    .await;
+    status_until(&gateway, "both ready again", |s| {
+        s.len() == 2 && s.iter().all(|s| s.phase == shardline::Phase::Ready)
+    })
+    .await;
+    assert_eq!(sent_any(&fake, 2).len(), 2, "recovery identified again");
+    assert_eq!(
+        sent_any(&fake, 6).len(),
+        2,
+        "recovery resumed from the stored sessions"
+    );
+    assert_one_connection_at_a_time(&fake);
+    gateway.shutdown(true).await;
+    fake.stop().await;
+}
+
+/// Redis killed and started again empty (no persistence): leases and sessions are gone; the
+/// member claims its shards again and, with no session to resume, identifies them. Nothing panics.
+#[actix_rt::test]
+async fn redis_restarted_empty_while_shards_run_is_recovered_from() {
+    let mut redis = RedisServer::start();
+    let (fake, gateway, recorder, changes) = one_member(&redis, Duration::from_millis(800)).await;
+    redis.kill();
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    redis.restart();
+    wait_until("claimed back", || {
+        changes.count("solo", OwnershipChange::Claimed) == 4
+    })
+    .await;
+    status_until(&gateway, "both ready again", |s| {
+        s.len() == 2 && s.iter().all(|s| s.phase == shardline::Phase::Ready)
+    })
+    .await;
+    let seq = fake
+        .dispatch(0, "MESSAGE_CREATE", serde_json::json!({"after": true}))
+        .unwrap();
+    wait_until("events flow again", || {
+        recorder.seqs("MESSAGE_CREATE").contains(&(0, seq))
+    })
+    .await;
+    assert_one_connection_at_a_time(&fake);
+    gateway.shutdown(true).await;
+    fake.stop().await;
+}

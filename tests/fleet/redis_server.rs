@@ -94,9 +94,21 @@ impl RedisServer {
     /// Kills the server (SIGKILL): Redis is gone, as in a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops (SIGSTOP) or continues (SIGCONT) the server: unreachable while stopped, with its
+    /// data and its clock (key expiry) intact.
+    pub fn pause(&self, paused: bool) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let signal = if paused { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success());
     }
 
     /// Starts it again on the same port (empty: nothing was saved).
