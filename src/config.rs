@@ -291,6 +291,8 @@ pub struct Config {
     pub(crate) identify_queue: Option<Arc<dyn IdentifyQueue>>,
     /// Shards start only when a fleet's lease keeper hands them over.
     pub(crate) dynamic_shards: bool,
+    /// In a fleet, this process's name.
+    pub(crate) fleet_owner: Option<String>,
     /// The TLS settings of the websockets and `GET /gateway/bot`.
     pub(crate) tls: crate::shard::client::Tls,
 }
@@ -383,6 +385,7 @@ impl ConfigBuilder {
                 sessions: Arc::new(MemorySessionStore::new()),
                 identify_queue: None,
                 dynamic_shards: false,
+                fleet_owner: None,
                 tls: crate::shard::client::Tls::default(),
             },
             intent_bits: 0,

@@ -55,6 +55,8 @@ pub struct Supervisor {
     started_at: std::time::Instant,
     /// Shards start only when a fleet's lease keeper hands them over ([`Acquire`]).
     dynamic: bool,
+    /// In a fleet, this process's name (reported in every status).
+    owner: Option<Arc<str>>,
 }
 
 /// What the runtime resolved at start: the plan, the gateway URL and the identify limits.
@@ -351,12 +353,16 @@ impl Handler<GetStatuses> for Supervisor {
                     dropped: 0,
                     reading_paused_since: None,
                     stalled_handlers: 0,
+                    owner: None,
                 };
+                let owner = self.owner.clone();
                 async move {
-                    match addr {
+                    let mut status = match addr {
                         Some(addr) => addr.send(GetStatus).await.unwrap_or(fallback),
                         None => fallback,
-                    }
+                    };
+                    status.owner = owner;
+                    status
                 }
             })
             .collect();
@@ -615,6 +621,7 @@ impl Gateway {
             ever_ready: Default::default(),
             started_at: std::time::Instant::now(),
             dynamic: config.dynamic_shards,
+            owner: config.fleet_owner.as_deref().map(Arc::from),
         }
         .start();
         Ok(Self {

@@ -276,6 +276,7 @@ impl crate::Gateway {
         config.identify_queue = Some(Arc::new(queue));
         config.sessions = Arc::new(sessions.clone());
         config.dynamic_shards = true;
+        config.fleet_owner = Some(options.owner.clone());
         let mut gateway = Self::start(config).await?;
         let (commands, receiver) = tokio::sync::mpsc::channel(1);
         let keeper = keeper::Keeper {

@@ -880,6 +880,7 @@ impl ShardActor {
             dropped: self.delivery.dropped(),
             reading_paused_since: self.delivery.behind_since(),
             stalled_handlers: self.delivery.stalled_handlers(),
+            owner: None,
         }
     }
 }

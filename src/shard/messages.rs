@@ -40,6 +40,9 @@ pub struct ShardStatus {
     /// Handlers that stalled the shard for `max_pause` and have not yet taken the event they were
     /// last given: events that find their mailbox full are dropped for them meanwhile.
     pub stalled_handlers: usize,
+    /// In a fleet, the process that runs the shard (this one: a status lists only the shards this
+    /// process holds); `None` outside a fleet.
+    pub owner: Option<std::sync::Arc<str>>,
 }
 
 /// Asks a shard for its [`ShardStatus`].

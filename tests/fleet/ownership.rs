@@ -124,7 +124,8 @@ async fn members_share_the_shards_and_hand_them_over_by_resuming() {
     })
     .await;
     assert_eq!(changes.count("a", OwnershipChange::Released), 2);
-    status_until(&a, "a runs 2", |s| s.len() == 2).await;
+    let a_status = status_until(&a, "a runs 2", |s| s.len() == 2).await;
+    assert!(a_status.iter().all(|s| s.owner.as_deref() == Some("a")));
     let view = b.fleet().unwrap().view().await.unwrap();
     let owners: Vec<String> = view.iter().map(|s| s.owner.clone().unwrap().0).collect();
     assert_eq!(owners.iter().filter(|o| *o == "a").count(), 2, "{view:?}");
