@@ -1,6 +1,6 @@
 //! Many processes running one bot through Redis (feature `redis`): a shared identify queue
 //! ([`RedisIdentifyQueue`]), a shared session store ([`RedisSessionStore`]), shard leases with
-//! fencing tokens and failover ([`lease`], [`Fleet`]), and an event stream for worker processes
+//! fencing tokens and failover ([`lease`], [`Gateway::start_fleet`](crate::Gateway::start_fleet)), and an event stream for worker processes
 //! ([`stream`]). The single-process runtime with its in-memory stores stays the default; nothing
 //! here is used unless the bot asks for it.
 //!
