@@ -4,7 +4,10 @@
 //! ```text
 //! DISCORD_TOKEN=... cargo run --example tail -- [--api-base URL] [--gateway-url URL] [--shards N]
 //!                                               [--intents BITS] [--compress none|zlib-stream]
+//!                                               [--redis URL]
 //! ```
+//! With `--redis` (built with feature `redis`) it joins a fleet of processes running the bot
+//! through that Redis (balanced placement) and prints the dispatches of the shards it is given.
 //! Without `--gateway-url` and `--shards`, both come from `GET /gateway/bot`. On a fatal close code it
 //! exits with status 2 and a message naming the code and its meaning. The token never appears in its
 //! output.
@@ -72,6 +75,7 @@ struct Args {
     shards: Option<u32>,
     intents: u64,
     compress: Compression,
+    redis: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -82,6 +86,7 @@ fn parse_args() -> Result<Args, String> {
         // GUILDS | GUILD_MESSAGES | DIRECT_MESSAGES
         intents: 1 | 1 << 9 | 1 << 12,
         compress: Compression::ZlibStream,
+        redis: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -98,8 +103,9 @@ fn parse_args() -> Result<Args, String> {
                     other => return Err(format!("--compress: unknown value {other:?}")),
                 }
             }
+            "--redis" => args.redis = Some(value()?),
             "-h" | "--help" => {
-                return Err("usage: tail [--api-base URL] [--gateway-url URL] [--shards N] [--intents BITS] [--compress none|zlib-stream]".into())
+                return Err("usage: tail [--api-base URL] [--gateway-url URL] [--shards N] [--intents BITS] [--compress none|zlib-stream] [--redis URL]".into())
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -146,10 +152,21 @@ fn main() -> ExitCode {
         if let Some(url) = args.gateway_url {
             builder = builder.gateway_url(url);
         }
-        let gateway = Gateway::start(builder.build()?).await?;
+        let config = builder.build()?;
+        let gateway = match args.redis {
+            #[cfg(feature = "redis")]
+            Some(url) => {
+                Gateway::start_fleet(config, shardline::fleet::FleetOptions::new(url), Vec::new())
+                    .await?
+            }
+            #[cfg(not(feature = "redis"))]
+            Some(_) => return Err("--redis needs the example built with --features redis".into()),
+            None => Gateway::start(config).await?,
+        };
         actix_rt::spawn(async move {
             let _ = actix_rt::signal::ctrl_c().await;
-            gateway.shutdown(false).await;
+            // In a fleet, leave resumably: the other processes take the shards over.
+            gateway.shutdown(gateway.fleet_member()).await;
             System::current().stop();
         });
         Ok::<_, Box<dyn std::error::Error>>(())

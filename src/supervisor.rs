@@ -17,7 +17,9 @@ use crate::queue::{IdentifyQueue, LocalIdentifyQueue, SESSION_START_PERIOD};
 use crate::rest::{self, GatewayBot};
 use crate::shard::actor::ShardShared;
 use crate::shard::backoff::ReconnectBackoff;
-use crate::shard::messages::{Abandon, GetStatus, SendCommand, ShardNotice, ShardStatus, Shutdown};
+#[cfg(feature = "redis")]
+use crate::shard::messages::Abandon;
+use crate::shard::messages::{GetStatus, SendCommand, ShardNotice, ShardStatus, Shutdown};
 use crate::shard::state::IdentifyParams;
 use crate::shard::{Phase, ShardActor};
 
@@ -668,6 +670,15 @@ impl Gateway {
             .unwrap_or_default()
     }
 
+    /// Whether this gateway is a member of a fleet (feature `redis`,
+    /// [`start_fleet`](Self::start_fleet)).
+    pub fn fleet_member(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self.fleet.is_some();
+        #[cfg(not(feature = "redis"))]
+        false
+    }
+
     /// Shuts every shard down and waits until their connections are closed. A call while a
     /// shutdown is under way (from any clone of this handle) waits for that one to end; the first
     /// call's `resumable` is what the shards close with.
@@ -682,6 +693,7 @@ impl Gateway {
     }
 }
 
+#[cfg(feature = "redis")]
 /// A fleet's lease keeper hands this process a shard: start it, guarded by its lease.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
@@ -690,6 +702,7 @@ pub(crate) struct Acquire {
     pub guard: LeaseGuard,
 }
 
+#[cfg(feature = "redis")]
 /// How a shard leaves this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Release {
@@ -699,6 +712,7 @@ pub(crate) enum Release {
     Abandon,
 }
 
+#[cfg(feature = "redis")]
 /// Stops a shard this process no longer runs; answers once its actor has stopped.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
@@ -707,6 +721,7 @@ pub(crate) struct ReleaseShard {
     pub how: Release,
 }
 
+#[cfg(feature = "redis")]
 impl Handler<Acquire> for Supervisor {
     type Result = ();
 
@@ -737,6 +752,7 @@ impl Handler<Acquire> for Supervisor {
     }
 }
 
+#[cfg(feature = "redis")]
 impl Handler<ReleaseShard> for Supervisor {
     type Result = ResponseFuture<()>;
 
