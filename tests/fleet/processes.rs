@@ -84,8 +84,10 @@ impl Proc {
             &LEASE_MS.to_string(),
             "--owner",
             name,
+            // Half a window wider than the fake's: a grant and its Identify are a few ms apart, more
+            // on a loaded machine, and the fake (like Discord) judges arrival times.
             "--identify-window-ms",
-            "100",
+            "150",
             "--flush-ms",
             "20",
         ]
@@ -245,8 +247,10 @@ async fn three_processes_share_identify_and_one_budget() {
     for (bucket, mut times) in by_bucket {
         times.sort();
         for pair in times.windows(2) {
+            // The fake's own rule, as `bucket_violations` counts it.
             assert!(
-                pair[1] - pair[0] >= fake_config.identify_window,
+                pair[1] - pair[0] + fake_config.identify_jitter_tolerance
+                    >= fake_config.identify_window,
                 "bucket {bucket}: identifies {:?} apart",
                 pair[1] - pair[0]
             );
