@@ -505,6 +505,14 @@ impl ShardState {
             let p = &self.params;
             if crate::url::resume_url_allowed(&url, &p.gateway_url, &p.allowed_resume_domains) {
                 Some(url.into_owned())
+            } else if p.allowed_resume_domains.is_empty() {
+                // Behind a proxy of the bot's own, resuming through it is the rule, not news.
+                tracing::debug!(
+                    shard.id = self.shard,
+                    url = %url,
+                    "resume_gateway_url ignored: resumes go through the configured gateway URL"
+                );
+                None
             } else {
                 tracing::warn!(
                     shard.id = self.shard,

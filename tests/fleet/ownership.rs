@@ -337,3 +337,79 @@ async fn redis_restarted_empty_while_shards_run_is_recovered_from() {
     gateway.shutdown(true).await;
     fake.stop().await;
 }
+
+/// Pinned placement: each member runs exactly its range, with leases and the shared store. A range
+/// whose member leaves is not taken over by the other; a member started again with that range
+/// resumes its shards.
+#[actix_rt::test]
+async fn pinned_ranges_run_only_their_ids_and_a_restarted_range_resumes() {
+    use shardline::fleet::Placement;
+    let redis = RedisServer::start();
+    let fake_config = fast_fake(4, 2);
+    let fake = FakeGateway::start(fake_config.clone()).await.unwrap();
+    let (recorder, changes) = (Recorder::default(), Changes::default());
+    let pinned = |owner: &str, ids: std::ops::Range<u32>| {
+        options(&redis, owner).placement(Placement::Pinned(ids))
+    };
+    let start = |owner: &'static str, ids: std::ops::Range<u32>| {
+        let config = client(&fake, &fake_config, 4)
+            .handler_all(recorder.clone().start().recipient())
+            .build()
+            .unwrap();
+        let options = pinned(owner, ids);
+        let changes = changes.clone();
+        async move {
+            Gateway::start_fleet(config, options, vec![changes.start().recipient()])
+                .await
+                .unwrap()
+        }
+    };
+    let low = start("low", 0..2).await;
+    let high = start("high", 2..4).await;
+    let ready = |s: &[shardline::ShardStatus]| {
+        s.len() == 2 && s.iter().all(|s| s.phase == shardline::Phase::Ready)
+    };
+    let low_status = status_until(&low, "low runs 0 and 1", ready).await;
+    let high_status = status_until(&high, "high runs 2 and 3", ready).await;
+    assert_eq!(low_status.iter().map(|s| s.id).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(high_status.iter().map(|s| s.id).collect::<Vec<_>>(), [2, 3]);
+
+    high.shutdown(true).await;
+    // A marker through low's shards, then: high's range stayed down, nobody claimed it.
+    let seq = fake
+        .dispatch(0, "MESSAGE_CREATE", serde_json::json!({"marker": 1}))
+        .unwrap();
+    wait_until("marker", || {
+        recorder.seqs("MESSAGE_CREATE").contains(&(0, seq))
+    })
+    .await;
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        changes.count("low", OwnershipChange::Claimed),
+        2,
+        "low claimed outside its range"
+    );
+    assert_eq!(
+        status_until(&low, "low unchanged", |s| s.len() == 2)
+            .await
+            .len(),
+        2
+    );
+
+    let again = start("high-again", 2..4).await;
+    status_until(&again, "the range is back", ready).await;
+    assert_eq!(
+        sent_any(&fake, 2).len(),
+        4,
+        "the range was identified again"
+    );
+    assert_eq!(
+        sent_any(&fake, 6).len(),
+        2,
+        "the range resumed its two shards"
+    );
+    assert_one_connection_at_a_time(&fake);
+    low.shutdown(true).await;
+    again.shutdown(true).await;
+    fake.stop().await;
+}

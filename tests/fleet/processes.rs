@@ -583,3 +583,59 @@ fn a_gateway_process_without_redis_says_so_and_exits() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot reach Redis"), "{stderr}");
 }
+
+/// The `tail` example joins a fleet with `--redis`: it claims the shards and prints their
+/// dispatches, and the fleet's view in Redis names it as their owner.
+#[actix_rt::test]
+async fn tail_joins_a_fleet_with_redis() {
+    let redis = RedisServer::start();
+    let fake = FakeGateway::start(fleet_fake(2)).await.unwrap();
+    let mut tail = Command::new(example("tail"))
+        .args([
+            "--redis",
+            &redis.url(),
+            "--shards",
+            "2",
+            "--api-base",
+            &fake.api_base(),
+            "--compress",
+            "none",
+        ])
+        .env("DISCORD_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tail runs");
+    let stdout = tail.stdout.take().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock()
+                .unwrap()
+                .push(serde_json::from_str(&line).unwrap());
+        }
+    });
+    wait_long("both shards ready", || fake.ready_shards().len() == 2).await;
+    let seq = fake
+        .dispatch(1, "MESSAGE_CREATE", json!({"hello": "fleet"}))
+        .unwrap();
+    wait_long("tail printed it", || {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l["t"] == "MESSAGE_CREATE" && l["seq"] == seq && l["shard"] == 1)
+    })
+    .await;
+    let redis_handle = FleetRedis::connect(&redis.url(), "shardline")
+        .await
+        .unwrap();
+    let view = shardline::fleet::fleet_view(&redis_handle, 2)
+        .await
+        .unwrap();
+    assert!(view.iter().all(|s| s.owner.is_some()), "{view:?}");
+    let _ = tail.kill();
+    let _ = tail.wait();
+    fake.stop().await;
+}
