@@ -90,7 +90,7 @@ async fn delete_message(
         }
         tracing::info!(
             channel = channel_id,
-            message = %message,
+            message_id = %message,
             "fake REST: message deleted"
         );
         Answer {
@@ -168,7 +168,7 @@ async fn create_message(
         );
         tracing::info!(
             channel = channel_id,
-            message = id,
+            message_id = id,
             "fake REST: message created"
         );
         Answer {
