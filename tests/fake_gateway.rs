@@ -347,7 +347,10 @@ async fn after_op_9_the_same_socket_takes_identify_or_resume_as_discord_does() {
     actix_rt::time::sleep(Duration::from_millis(2)).await;
     let second = ready(&mut ws, [0, 1]).await["session_id"].clone();
     assert_ne!(first, second);
-    assert_ne!(fake.session(0).map(|s| s.id), first.as_str().map(str::to_owned));
+    assert_ne!(
+        fake.session(0).map(|s| s.id),
+        first.as_str().map(str::to_owned)
+    );
     // `true`: Resume on the same socket replays what was dispatched meanwhile, then RESUMED.
     assert!(fake.invalid_session(0, true));
     assert_eq!(next(&mut ws).await.unwrap()["d"], json!(true));
