@@ -4,11 +4,36 @@
 //! ```text
 //! cargo run --example fake_gateway --features testkit -- [--port 7878] [--shards 1]
 //!     [--max-concurrency 1] [--heartbeat-interval-ms 41250] [--identify-window-ms 5000]
-//!     [--token fake-token] [--compress-only] [--flood-event MESSAGE_CREATE --flood-count N [--flood-file d.json]]
+//!     [--rest-rate-limit 5/5000] [--token fake-token] [--compress-only]
+//!     [--flood-event MESSAGE_CREATE --flood-count N [--flood-file d.json]]
 //! ```
-//! REST at `http://127.0.0.1:PORT/api/v10`, gateway at `ws://127.0.0.1:PORT`. In flood mode, every
-//! shard gets `--flood-count` dispatches of `--flood-event` (with `d` from `--flood-file`, which may
-//! hold a whole frame or just its `d`) as soon as it is READY. Runs until Ctrl-C.
+//! REST at `http://127.0.0.1:PORT/api/v10`, gateway at `ws://127.0.0.1:PORT`, and the control API
+//! at `http://127.0.0.1:PORT/_fake` (see below). `--port 0` takes any free port; the first line on
+//! stdout is a JSON object with the `api_base`, `gateway` and `control` URLs.
+//! `--compress-only` refuses connections that do not ask for transport compression (close 4002),
+//! so a client that silently falls back to plain text is caught. `--rest-rate-limit N/MS` sets
+//! the requests per REST bucket (route and channel) per window. In flood mode, every shard gets
+//! `--flood-count` dispatches of `--flood-event` (with `d` from `--flood-file`, which may hold a
+//! whole frame or just its `d`) as soon as it is READY. Logs go to stderr (`RUST_LOG=debug` for
+//! more): every connection, handshake, op 9 and close, with the reason. Runs until Ctrl-C.
+//!
+//! The control API scripts faults per shard and reads back what clients sent, from any language:
+//!
+//! ```text
+//! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/reconnect'              # op 7
+//! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/invalid-session?resumable=true'  # op 9
+//! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/request-heartbeat'      # op 1
+//! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/close?code=4000'        # close code
+//! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/drop'                   # no close frame
+//! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/acks?enabled=false'     # stop ACKs
+//! curl -X POST 'http://127.0.0.1:7878/_fake/drop-all'
+//! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/dispatch' \
+//!      -H 'content-type: application/json' -d '{"t":"MESSAGE_CREATE","d":{"id":"1","channel_id":"2","content":"hi"},"count":1000}'
+//! curl 'http://127.0.0.1:7878/_fake/frames?shard=0'   # every frame the client sent
+//! curl 'http://127.0.0.1:7878/_fake/connections'      # paths, queries, close codes, outcomes
+//! curl 'http://127.0.0.1:7878/_fake/shards'           # ready shards and sessions
+//! curl 'http://127.0.0.1:7878/_fake/rest'             # REST calls and the statuses answered
+//! ```
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -39,6 +64,17 @@ fn parse_args() -> Result<Args, String> {
             "--identify-window-ms" => {
                 config.identify_window = Duration::from_millis(number(value()?)?)
             }
+            "--rest-rate-limit" => {
+                let v = value()?;
+                let (n, ms) = v
+                    .split_once('/')
+                    .ok_or(format!("{flag}: expected N/MS, e.g. 5/5000"))?;
+                config.rest_rate_limit = (
+                    number(n.to_owned())? as u32,
+                    Duration::from_millis(number(ms.to_owned())?),
+                );
+            }
+            "--compress-only" => config.require_compression = true,
             "--token" => config.token = value()?,
             "--flood-event" => event = Some(value()?),
             "--flood-count" => count = Some(number(value()?)? as usize),
@@ -79,6 +115,8 @@ async fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Plain text when the log goes to a file or a pipe, so it can be searched.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = match parse_args() {
         Ok(args) => args,
@@ -98,6 +136,15 @@ async fn main() -> std::process::ExitCode {
         }
     };
     tracing::info!(api_base = %fake.api_base(), gateway = %fake.gateway_url(), shards = args.config.shards, "fake gateway listening");
+    // On stdout, for a script or test that started this with `--port 0`.
+    println!(
+        "{}",
+        serde_json::json!({
+            "api_base": fake.api_base(),
+            "gateway": fake.gateway_url(),
+            "control": format!("http://127.0.0.1:{}/_fake", fake.port()),
+        })
+    );
     if let Some((event, count, d)) = args.flood {
         let fake = fake.clone();
         actix_rt::spawn(async move {

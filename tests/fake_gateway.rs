@@ -324,3 +324,47 @@ async fn zlib_stream_frames_inflate_to_hello_and_gateway_bot_needs_the_token() {
     assert_eq!(refused.status().as_u16(), 401);
     fake.stop().await;
 }
+
+#[actix_rt::test]
+async fn after_op_9_the_same_socket_takes_identify_or_resume_as_discord_does() {
+    let fake = FakeGateway::start(FakeConfig {
+        // One Identify per bucket per millisecond: the second Identify below is never too soon.
+        identify_window: Duration::from_millis(1),
+        identify_jitter_tolerance: Duration::ZERO,
+        ..config()
+    })
+    .await
+    .unwrap();
+    let mut ws = hello(&fake).await;
+    let first = ready(&mut ws, [0, 1]).await["session_id"].clone();
+    // `false`: the session is gone; a fresh Identify on the same socket starts a new one.
+    assert!(fake.invalid_session(0, false));
+    assert_eq!(
+        next(&mut ws).await.unwrap(),
+        json!({"t": null, "s": null, "op": 9, "d": false})
+    );
+    assert!(fake.ready_shards().is_empty(), "op 9 detaches the session");
+    actix_rt::time::sleep(Duration::from_millis(2)).await;
+    let second = ready(&mut ws, [0, 1]).await["session_id"].clone();
+    assert_ne!(first, second);
+    assert_ne!(
+        fake.session(0).map(|s| s.id),
+        first.as_str().map(str::to_owned)
+    );
+    // `true`: Resume on the same socket replays what was dispatched meanwhile, then RESUMED.
+    assert!(fake.invalid_session(0, true));
+    assert_eq!(next(&mut ws).await.unwrap()["d"], json!(true));
+    let seq = fake.dispatch(0, "TYPING_START", json!({"n": 1})).unwrap();
+    send(
+        &mut ws,
+        json!({"op": 6, "d": {"token": "fake-token", "session_id": second, "seq": 1}}),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await.unwrap()["s"], json!(seq));
+    assert_eq!(next(&mut ws).await.unwrap()["t"], "RESUMED");
+    assert_eq!(fake.ready_shards(), [0]);
+    let ops: Vec<_> = fake.frames_of(0).iter().filter_map(|f| f.op).collect();
+    assert_eq!(ops, [2, 2, 6]);
+    assert_eq!(fake.connections().len(), 1);
+    fake.stop().await;
+}

@@ -20,8 +20,10 @@ use crate::protocol::{CloseCode as Code, Intents, OpCode};
 
 /// What a handshake or command decided, carried out after the state lock is released.
 enum Reply {
-    Close(u16),
-    InvalidSession,
+    /// Close with this code; the reason goes into the log and the close frame.
+    Close(u16, &'static str),
+    /// op 9 `false`, for this reason (logged).
+    InvalidSession(&'static str),
     Send(Vec<ByteString>),
     Nothing,
 }
@@ -29,7 +31,8 @@ enum Reply {
 /// What to do with the connection after handling a frame.
 enum Flow {
     Continue,
-    Close(u16),
+    /// Close with this code; the reason goes into the log and the close frame.
+    Close(u16, &'static str),
     Drop,
 }
 
@@ -41,7 +44,7 @@ pub(crate) struct Connection {
     pub commands: UnboundedReceiver<Command>,
     pub compressor: Option<Compressor>,
     /// Set when the query was refused: close with it right after the upgrade.
-    pub refuse: Option<u16>,
+    pub refuse: Option<(u16, &'static str)>,
 }
 
 struct Conn {
@@ -123,7 +126,7 @@ impl Connection {
             deadline: Instant::now() + heartbeat_timeout,
         };
         let flow = match refuse {
-            Some(code) => Flow::Close(code),
+            Some((code, reason)) => Flow::Close(code, reason),
             None => {
                 // §3.1: the server speaks first.
                 let hello = frame(
@@ -138,8 +141,16 @@ impl Connection {
                 }
             }
         };
-        if let Flow::Close(code) = flow {
-            conn.close(code).await;
+        match flow {
+            Flow::Close(code, reason) => conn.close(code, reason).await,
+            Flow::Drop => {
+                tracing::debug!(
+                    conn = id,
+                    shard = conn.shard,
+                    "fake gateway: connection ended without a close frame from the fake"
+                );
+            }
+            Flow::Continue => {}
         }
         lock(&shared).close(id);
     }
@@ -160,8 +171,8 @@ impl Conn {
                 message = stream.next() => match message {
                     None => return Flow::Drop,
                     Some(Err(e)) => {
-                        tracing::debug!(conn = self.id, error = %e, "client sent an undecodable frame");
-                        return Flow::Close(Code::DecodeError.code());
+                        tracing::info!(conn = self.id, shard = self.shard, error = %e, "fake gateway: client sent an undecodable frame");
+                        return Flow::Close(Code::DecodeError.code(), "the client sent a frame the websocket codec could not decode");
                     }
                     Some(Ok(Message::Text(text))) => match self.on_text(text.as_bytes()).await {
                         Flow::Continue => {}
@@ -170,7 +181,7 @@ impl Conn {
                     Some(Ok(Message::Binary(bytes))) => {
                         self.record(&bytes);
                         // §2: the client speaks JSON text.
-                        return Flow::Close(Code::DecodeError.code());
+                        return Flow::Close(Code::DecodeError.code(), "binary frame: the client must send JSON text");
                     }
                     Some(Ok(Message::Close(reason))) => {
                         let code = reason.map(|r| u16::from(r.code));
@@ -205,7 +216,12 @@ impl Conn {
                     Some(Command::RawBinary(bytes)) => {
                         let _ = self.out.send(Message::Binary(bytes)).await;
                     }
-                    Some(Command::Close(code)) => return Flow::Close(code),
+                    Some(Command::InvalidSession(resumable)) => {
+                        if !self.invalid_session(resumable, "requested by the test script").await {
+                            return Flow::Drop;
+                        }
+                    }
+                    Some(Command::Close(code)) => return Flow::Close(code, "closed by the test script"),
                 },
                 _ = std::future::ready(()), if self.flood_left > 0 => {
                     if !self.flood_chunk().await {
@@ -213,14 +229,19 @@ impl Conn {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    tracing::info!(conn = self.id, "no heartbeat in time: closing 4009");
-                    return Flow::Close(Code::SessionTimedOut.code());
+                    return Flow::Close(Code::SessionTimedOut.code(), "no heartbeat in time");
                 }
             }
         }
     }
 
     fn client_closed(&mut self, code: Option<u16>) {
+        tracing::info!(
+            conn = self.id,
+            shard = self.shard,
+            code,
+            "fake gateway: client closed the connection"
+        );
         let mut state = lock(&self.shared);
         if let Some(record) = state.conn_mut(self.id) {
             record.client_close_code = code;
@@ -259,7 +280,14 @@ impl Conn {
         self.send(frames).await
     }
 
-    async fn close(&mut self, code: u16) {
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        tracing::info!(
+            conn = self.id,
+            shard = self.shard,
+            code,
+            reason,
+            "fake gateway: closing the connection"
+        );
         {
             let mut state = lock(&self.shared);
             if let Some(record) = state.conn_mut(self.id) {
@@ -272,9 +300,10 @@ impl Conn {
                 }
             }
         }
+        // Discord's close frames carry a short description too; this one says which rule broke.
         let reason = CloseReason {
             code: CloseCode::Other(code),
-            description: None,
+            description: Some(reason.to_owned()),
         };
         self.out.close(Some(reason)).await;
     }
@@ -335,7 +364,7 @@ impl Conn {
         let json = self.record(raw);
         // §5: sent payloads are at most 4096 bytes.
         if raw.len() > MAX_SENT_FRAME {
-            return Flow::Close(Code::DecodeError.code());
+            return Flow::Close(Code::DecodeError.code(), "frame over 4096 bytes");
         }
         // §5: 120 commands per 60 s, heartbeats included.
         let now = Instant::now();
@@ -348,13 +377,16 @@ impl Conn {
         }
         self.received.push_back(now);
         if self.received.len() > self.limit.0 as usize {
-            return Flow::Close(Code::RateLimited.code());
+            return Flow::Close(
+                Code::RateLimited.code(),
+                "more than the allowed commands per window",
+            );
         }
         let Some(json) = json.filter(Value::is_object) else {
-            return Flow::Close(Code::DecodeError.code());
+            return Flow::Close(Code::DecodeError.code(), "frame is not a JSON object");
         };
         let Some(op) = json["op"].as_u64() else {
-            return Flow::Close(Code::DecodeError.code());
+            return Flow::Close(Code::DecodeError.code(), "frame has no numeric op");
         };
         let d = &json["d"];
         match u8::try_from(op).ok().and_then(OpCode::from_u8) {
@@ -392,22 +424,47 @@ impl Conn {
             ) => {
                 if !self.authenticated {
                     // §4: a payload before Identify.
-                    return Flow::Close(Code::NotAuthenticated.code());
+                    return Flow::Close(Code::NotAuthenticated.code(), "command before Identify");
                 }
                 let reply = self.command(op, d);
                 self.reply(reply).await
             }
             // Receive-only opcodes and unknown ones (§2).
-            _ => Flow::Close(Code::UnknownOpcode.code()),
+            _ => Flow::Close(Code::UnknownOpcode.code(), "opcode the client may not send"),
         }
+    }
+
+    /// Sends op 9. Discord keeps the connection open after it: the connection is no longer
+    /// authenticated, and the client may send Resume (when `resumable`) or Identify on it, or
+    /// reconnect (docs/protocol.md §3.8). The session stops being sent to it until a Resume.
+    async fn invalid_session(&mut self, resumable: bool, reason: &'static str) -> bool {
+        tracing::info!(
+            conn = self.id,
+            shard = self.shard,
+            resumable,
+            reason,
+            "fake gateway: invalid session (op 9)"
+        );
+        self.authenticated = false;
+        self.session_id = None;
+        self.flood_left = 0;
+        lock(&self.shared).detach(self.id);
+        self.send(vec![frame(OpCode::InvalidSession, json!(resumable))])
+            .await
     }
 
     /// Carries out what a handshake or command decided.
     async fn reply(&mut self, reply: Reply) -> Flow {
         let frames = match reply {
-            Reply::Close(code) => return Flow::Close(code),
+            Reply::Close(code, reason) => return Flow::Close(code, reason),
             Reply::Nothing => return Flow::Continue,
-            Reply::InvalidSession => vec![frame(OpCode::InvalidSession, json!(false))],
+            Reply::InvalidSession(reason) => {
+                return if self.invalid_session(false, reason).await {
+                    Flow::Continue
+                } else {
+                    Flow::Drop
+                };
+            }
             Reply::Send(frames) => frames,
         };
         if self.send(frames).await {
@@ -419,22 +476,34 @@ impl Conn {
 
     fn identify(&mut self, d: &Value) -> Reply {
         if self.authenticated {
-            return Reply::Close(Code::AlreadyAuthenticated.code());
+            return Reply::Close(
+                Code::AlreadyAuthenticated.code(),
+                "Identify on an authenticated connection",
+            );
         }
         let mut state = lock(&self.shared);
         let config = state.config.clone();
         if !token_matches(&d["token"], &config.token) {
-            return Reply::Close(Code::AuthenticationFailed.code());
+            return Reply::Close(
+                Code::AuthenticationFailed.code(),
+                "Identify with a wrong token",
+            );
         }
         // §2 / §7: intents are required and must be documented bits.
         let Some(intents) = d["intents"]
             .as_u64()
             .filter(|&b| Intents::from_bits(b).is_some())
         else {
-            return Reply::Close(Code::InvalidIntents.code());
+            return Reply::Close(
+                Code::InvalidIntents.code(),
+                "Identify without valid intents",
+            );
         };
         if intents & Intents::PRIVILEGED.bits() & !config.privileged_intents_enabled != 0 {
-            return Reply::Close(Code::DisallowedIntents.code());
+            return Reply::Close(
+                Code::DisallowedIntents.code(),
+                "Identify with privileged intents not enabled",
+            );
         }
         let (shard, total) = match &d["shard"] {
             Value::Null if config.required_shards <= 1 => (0, 1),
@@ -444,20 +513,36 @@ impl Conn {
                 {
                     (id as u32, total as u32)
                 }
-                _ => return Reply::Close(Code::InvalidShard.code()),
+                _ => {
+                    return Reply::Close(
+                        Code::InvalidShard.code(),
+                        "Identify with an invalid shard",
+                    )
+                }
             },
-            Value::Null => return Reply::Close(Code::ShardingRequired.code()),
-            _ => return Reply::Close(Code::InvalidShard.code()),
+            Value::Null => {
+                return Reply::Close(
+                    Code::ShardingRequired.code(),
+                    "Identify without shard while sharding is required",
+                )
+            }
+            _ => return Reply::Close(Code::InvalidShard.code(), "Identify with an invalid shard"),
         };
         if total < config.required_shards {
-            return Reply::Close(Code::ShardingRequired.code());
+            return Reply::Close(
+                Code::ShardingRequired.code(),
+                "Identify with fewer shards than required",
+            );
         }
         let properties = &d["properties"];
         if !["os", "browser", "device"]
             .iter()
             .all(|k| properties[k].is_string())
         {
-            return Reply::Close(Code::DecodeError.code());
+            return Reply::Close(
+                Code::DecodeError.code(),
+                "Identify without properties os, browser and device",
+            );
         }
         let now = Instant::now();
         state.identifies.push((shard, now));
@@ -473,11 +558,11 @@ impl Conn {
         if too_soon {
             state.bucket_violations += 1;
             tracing::warn!(shard, bucket, "identify broke the bucket rule: op 9");
-            return Reply::InvalidSession;
+            return Reply::InvalidSession("identify broke the bucket rule");
         }
         if state.starts_left() == 0 {
             tracing::warn!(shard, "session-start budget exhausted: op 9");
-            return Reply::InvalidSession;
+            return Reply::InvalidSession("session-start budget exhausted");
         }
         state.starts_remaining -= 1;
         state.bucket_last.insert(bucket, now);
@@ -541,7 +626,11 @@ impl Conn {
                 session_id: session_id.clone(),
             };
         }
+        if let Some(flood) = self.flood.as_ref().filter(|f| f.event == "MESSAGE_CREATE") {
+            state.remember_message(shard, &flood.d);
+        }
         drop(state);
+        tracing::info!(conn = self.id, shard, total, session = %session_id, "fake gateway: identified, READY sent");
         self.authenticated = true;
         self.session_id = Some(session_id);
         self.flood_left = self.flood.as_ref().map_or(0, |f| f.count);
@@ -550,17 +639,26 @@ impl Conn {
 
     fn resume(&mut self, d: &Value) -> Reply {
         if self.authenticated {
-            return Reply::Close(Code::AlreadyAuthenticated.code());
+            return Reply::Close(
+                Code::AlreadyAuthenticated.code(),
+                "Resume on an authenticated connection",
+            );
         }
         let mut state = lock(&self.shared);
         if !token_matches(&d["token"], &state.config.token) {
-            return Reply::Close(Code::AuthenticationFailed.code());
+            return Reply::Close(
+                Code::AuthenticationFailed.code(),
+                "Resume with a wrong token",
+            );
         }
         let (Some(session_id), Some(seq)) = (d["session_id"].as_str(), d["seq"].as_u64()) else {
-            return Reply::Close(Code::DecodeError.code());
+            return Reply::Close(
+                Code::DecodeError.code(),
+                "Resume without session_id and seq",
+            );
         };
         let Some(session) = state.sessions.get(session_id).filter(|s| s.resumable) else {
-            return Reply::InvalidSession;
+            return Reply::InvalidSession("resume of an unknown or ended session");
         };
         let shard = session.shard;
         if seq > session.seq {
@@ -568,7 +666,10 @@ impl Conn {
             drop(state);
             self.shard = Some(shard);
             self.tag_last_frame(shard);
-            return Reply::Close(Code::InvalidSeq.code());
+            return Reply::Close(
+                Code::InvalidSeq.code(),
+                "Resume from a seq the session never reached",
+            );
         }
         // Events between `seq` and the oldest kept are gone: the session cannot be resumed.
         if session
@@ -576,7 +677,7 @@ impl Conn {
             .front()
             .is_some_and(|&(oldest, _)| seq + 1 < oldest)
         {
-            return Reply::InvalidSession;
+            return Reply::InvalidSession("resume from further back than the replay log");
         }
         let previous = session.conn.filter(|&c| c != self.id);
         let session_id = session_id.to_owned();
@@ -614,6 +715,7 @@ impl Conn {
             };
         }
         drop(state);
+        tracing::info!(conn = self.id, shard, session = %session_id, seq, replayed = frames.len() - 1, "fake gateway: resumed, RESUMED sent");
         self.shard = Some(shard);
         self.tag_last_frame(shard);
         self.authenticated = true;
@@ -624,7 +726,7 @@ impl Conn {
     /// op 3, 4, 8 and 31 after Identify: check the shape, answer what Discord answers.
     fn command(&mut self, op: OpCode, d: &Value) -> Reply {
         let Some(shard) = self.shard else {
-            return Reply::Close(Code::NotAuthenticated.code());
+            return Reply::Close(Code::NotAuthenticated.code(), "command before Identify");
         };
         let valid = match op {
             OpCode::PresenceUpdate => {
@@ -649,7 +751,7 @@ impl Conn {
             _ => false,
         };
         if !valid {
-            return Reply::Close(Code::DecodeError.code());
+            return Reply::Close(Code::DecodeError.code(), "command whose payload is invalid");
         }
         let replies: Vec<(&str, String)> = match op {
             OpCode::RequestGuildMembers => {

@@ -26,6 +26,8 @@
 
 mod compress;
 mod connection;
+mod control;
+mod rest;
 mod server;
 mod state;
 mod tls;
@@ -39,6 +41,7 @@ use actix_web::{web, App, HttpServer};
 use serde_json::Value;
 
 use crate::protocol::Intents;
+pub use rest::RestCall;
 use state::{Command, State};
 
 /// How the fake gateway behaves. Tests shorten the intervals and windows; the defaults are Discord's.
@@ -85,6 +88,12 @@ pub struct FakeConfig {
     /// The first this-many Identifies of each shard get a READY without `session_id` (default 0):
     /// a session the client cannot resume.
     pub readies_without_session_id: u32,
+    /// Refuses connections without a `compress` query (close 4002) (default false): our choice,
+    /// for checking that a client really asks for transport compression; Discord does not.
+    pub require_compression: bool,
+    /// Requests per REST rate-limit bucket (one per route and channel) per window (default 5 per
+    /// 5 s); the next is answered 429.
+    pub rest_rate_limit: (u32, Duration),
 }
 
 /// A stream of dispatches generated as it is sent (never all in memory), for benchmarks.
@@ -138,6 +147,8 @@ impl Default for FakeConfig {
             answer_handshake: true,
             readies_without_session_id: 0,
             flood_on_ready: None,
+            require_compression: false,
+            rest_rate_limit: (5, Duration::from_secs(5)),
         }
     }
 }
@@ -384,22 +395,11 @@ impl FakeGateway {
         self.send_op(shard, r#"{"t":null,"s":null,"op":7,"d":null}"#)
     }
 
-    /// op 9 Invalid Session; `false` also ends the session, as on Discord.
+    /// op 9 Invalid Session; `false` also ends the session, as on Discord. The connection stays
+    /// open but no longer authenticated: the client may Resume (after `true`) or Identify on it, or
+    /// reconnect (docs/protocol.md §3.8).
     pub fn invalid_session(&self, shard: u32, resumable: bool) -> bool {
-        let mut state = self.state();
-        let sent = state.send_to_shard(
-            shard,
-            Command::Send(vec![format!(
-                r#"{{"t":null,"s":null,"op":9,"d":{resumable}}}"#
-            )
-            .into()]),
-        );
-        if !resumable {
-            if let Some(id) = state.current.get(&shard).cloned() {
-                state.invalidate(&id);
-            }
-        }
-        sent
+        self.state().invalid_session(shard, resumable)
     }
 
     /// op 1: asks the client for a heartbeat.
@@ -425,22 +425,12 @@ impl FakeGateway {
     /// Ends every live connection at once without a close frame (a network partition, a gateway
     /// restart). Returns how many were dropped.
     pub fn drop_all(&self) -> usize {
-        let state = self.state();
-        state
-            .live
-            .values()
-            .filter(|l| l.tx.send(Command::Drop).is_ok())
-            .count()
+        self.state().drop_all()
     }
 
     /// Stops (`false`) or resumes answering the shard's heartbeats with ACKs.
     pub fn set_ack_heartbeats(&self, shard: u32, ack: bool) {
-        let mut state = self.state();
-        if ack {
-            state.no_ack.remove(&shard);
-        } else {
-            state.no_ack.insert(shard);
-        }
+        self.state().set_ack_heartbeats(shard, ack);
     }
 
     /// Sends a text frame as it is (e.g. malformed JSON).
@@ -489,6 +479,21 @@ impl FakeGateway {
     /// Every Identify received (accepted or not): shard and time.
     pub fn identifies(&self) -> Vec<(u32, Instant)> {
         self.state().identifies.clone()
+    }
+
+    /// Every REST call received (beyond `GET /gateway` and `/gateway/bot`), in order, with the
+    /// status the fake answered.
+    pub fn rest_calls(&self) -> Vec<RestCall> {
+        self.state().rest_calls.clone()
+    }
+
+    /// The ids of the messages that exist in `channel` now (dispatched as `MESSAGE_CREATE` or
+    /// created over REST, and not deleted), ascending; `None` if the fake knows no such channel.
+    pub fn messages_in(&self, channel: u64) -> Option<Vec<u64>> {
+        self.state()
+            .channels
+            .get(&channel)
+            .map(|c| c.messages.iter().copied().collect())
     }
 
     /// Identifies refused for breaking the bucket rule.

@@ -18,6 +18,8 @@ fn lock(shared: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 }
 
 pub(crate) fn routes(config: &mut web::ServiceConfig) {
+    super::rest::routes(config);
+    super::control::routes(config);
     config
         .route("/api/v10/gateway", web::get().to(gateway))
         .route("/api/v10/gateway/bot", web::get().to(gateway_bot))
@@ -79,16 +81,31 @@ async fn websocket(
     // §1: wrong `v` → 4012; only JSON encoding here; unknown compression → decode error.
     let mut refuse = None;
     if param(&query, "v") != Some("10") {
-        refuse = Some(CloseCode::InvalidApiVersion.code());
+        refuse = Some((CloseCode::InvalidApiVersion.code(), "v is not 10"));
     } else if param(&query, "encoding").is_some_and(|e| e != "json") {
-        refuse = Some(CloseCode::DecodeError.code());
+        refuse = Some((
+            CloseCode::DecodeError.code(),
+            "encoding other than json (the fake speaks json only)",
+        ));
     }
     let compressor = match compress.as_deref() {
-        None => None,
+        None => {
+            if lock(&shared).config.require_compression {
+                // Our choice for `--compress-only`: Discord accepts uncompressed clients.
+                refuse = refuse.or(Some((
+                    CloseCode::DecodeError.code(),
+                    "no compress query, and this fake requires transport compression",
+                )));
+            }
+            None
+        }
         Some(value) => {
             let c = Compressor::for_query(value);
             if c.is_none() {
-                refuse = refuse.or(Some(CloseCode::DecodeError.code()));
+                refuse = refuse.or(Some((
+                    CloseCode::DecodeError.code(),
+                    "unknown compress value",
+                )));
             }
             c
         }
@@ -97,7 +114,16 @@ async fn websocket(
     let (response, out, stream) = super::wire::accept(&req, body, 1 << 20)?;
     let (tx, commands) = tokio::sync::mpsc::unbounded_channel();
     let shared: Arc<Mutex<State>> = shared.into_inner();
-    let id = lock(&shared).open(req.path(), &query, compress, tx);
+    let id = lock(&shared).open(req.path(), &query, compress.clone(), tx);
+    tracing::info!(conn = id, path = req.path(), query = %query, compress, peer = ?req.peer_addr(), "fake gateway: websocket connection accepted");
+    if let Some((code, reason)) = refuse {
+        tracing::info!(
+            conn = id,
+            code,
+            reason,
+            "fake gateway: refusing the connection's query"
+        );
+    }
     actix_web::rt::spawn(
         Connection {
             id,

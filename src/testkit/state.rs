@@ -1,12 +1,13 @@
 //! What the fake gateway knows: sessions with their replay logs, live connections, and the record of
 //! everything clients did.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use bytestring::ByteString;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::rest::{RestBucket, RestCall};
 use super::{ConnectionOutcome, ConnectionRecord, FakeConfig, FakeSession, RecordedFrame};
 
 /// What a test (or the gateway itself) tells a live connection's task to do.
@@ -18,8 +19,20 @@ pub(crate) enum Command {
     /// Bytes put through the connection's compressor, sent as one message (not kept for replay).
     RawCompressed(bytes::Bytes),
     RawBinary(bytes::Bytes),
+    /// op 9: the connection is no longer authenticated, and may Resume (if `true`) or Identify on
+    /// the same socket (docs/protocol.md §3.8).
+    InvalidSession(bool),
     Close(u16),
     Drop,
+}
+
+/// A channel the fake knows, from the `MESSAGE_CREATE`s it dispatched: where its messages go and
+/// which of them still exist.
+pub(crate) struct Channel {
+    /// The shard its `MESSAGE_CREATE`s were dispatched on.
+    pub shard: u32,
+    pub guild_id: Option<String>,
+    pub messages: BTreeSet<u64>,
 }
 
 pub(crate) struct Session {
@@ -58,6 +71,16 @@ pub(crate) struct State {
     pub starts_remaining: u32,
     /// When the session-start budget refills to its total.
     pub starts_reset_at: Instant,
+    /// When the fake started: the zero of the control API's times.
+    pub started: Instant,
+    /// Channels by id, with the messages that exist in them.
+    pub channels: HashMap<u64, Channel>,
+    /// The last message id the fake handed out (for messages created over REST).
+    pub last_message_id: u64,
+    /// Every REST call received, in order.
+    pub rest_calls: Vec<RestCall>,
+    /// REST rate-limit buckets by route and channel.
+    pub rest_buckets: HashMap<String, RestBucket>,
 }
 
 impl State {
@@ -97,6 +120,12 @@ impl State {
             bucket_last: HashMap::new(),
             bucket_violations: 0,
             no_ack: HashSet::new(),
+            started: Instant::now(),
+            channels: HashMap::new(),
+            // A snowflake of 2024, so that created messages sort after any a test makes up.
+            last_message_id: 1_200_000_000_000_000_000,
+            rest_calls: Vec::new(),
+            rest_buckets: HashMap::new(),
         }
     }
 
@@ -182,9 +211,16 @@ impl State {
     ) -> Option<(u64, u64)> {
         let session_id = self.session_of(shard).filter(|s| s.resumable)?.id.clone();
         let first = self.sessions.get(&session_id)?.seq + 1;
-        let frames: Vec<ByteString> = bodies
-            .filter_map(|d| self.append(&session_id, event, d))
-            .collect();
+        let mut frames: Vec<ByteString> = Vec::new();
+        let mut last_body: Option<&str> = None;
+        for d in bodies {
+            // A flood repeats one body: it is one message, looked at once.
+            if event == "MESSAGE_CREATE" && last_body != Some(d) {
+                self.remember_message(shard, d);
+                last_body = Some(d);
+            }
+            frames.extend(self.append(&session_id, event, d));
+        }
         let session = self.sessions.get(&session_id)?;
         if let Some(live) = session.conn.and_then(|conn| self.live.get(&conn)) {
             let _ = live.tx.send(Command::Send(frames));
@@ -217,6 +253,76 @@ impl State {
             session.log.pop_front();
         }
         Some(frame)
+    }
+
+    /// Remembers the message a `MESSAGE_CREATE` body describes, so that REST calls on it succeed.
+    /// Bodies without a numeric `id` and `channel_id` describe no message the REST routes can find.
+    pub fn remember_message(&mut self, shard: u32, d: &str) {
+        #[derive(serde::Deserialize)]
+        struct Message {
+            id: String,
+            channel_id: String,
+            guild_id: Option<String>,
+        }
+        let Ok(m) = serde_json::from_str::<Message>(d) else {
+            return;
+        };
+        let (Ok(id), Ok(channel)) = (m.id.parse::<u64>(), m.channel_id.parse::<u64>()) else {
+            return;
+        };
+        let entry = self.channels.entry(channel).or_insert_with(|| Channel {
+            shard,
+            guild_id: m.guild_id.clone(),
+            messages: BTreeSet::new(),
+        });
+        entry.shard = shard;
+        if m.guild_id.is_some() {
+            entry.guild_id = m.guild_id;
+        }
+        entry.messages.insert(id);
+    }
+
+    /// op 9 on `shard`'s live connection; `false` also ends the session, as on Discord.
+    pub fn invalid_session(&mut self, shard: u32, resumable: bool) -> bool {
+        let sent = self.send_to_shard(shard, Command::InvalidSession(resumable));
+        if !resumable {
+            if let Some(id) = self.current.get(&shard).cloned() {
+                self.invalidate(&id);
+            }
+        }
+        sent
+    }
+
+    /// Stops (`false`) or resumes answering the shard's heartbeats with ACKs.
+    pub fn set_ack_heartbeats(&mut self, shard: u32, ack: bool) {
+        if ack {
+            self.no_ack.remove(&shard);
+        } else {
+            self.no_ack.insert(shard);
+        }
+    }
+
+    /// Every live connection ended without a close frame; how many.
+    pub fn drop_all(&self) -> usize {
+        self.live
+            .values()
+            .filter(|l| l.tx.send(Command::Drop).is_ok())
+            .count()
+    }
+
+    /// Detaches the session from connection `conn` (after an op 9 on it): nothing more is sent to
+    /// it until a Resume attaches it again.
+    pub fn detach(&mut self, conn: u64) {
+        for session in self.sessions.values_mut() {
+            if session.conn == Some(conn) {
+                session.conn = None;
+            }
+        }
+    }
+
+    /// Milliseconds since the fake started, for the control API.
+    pub fn millis_since_start(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.started).as_millis() as u64
     }
 
     pub fn invalidate(&mut self, session_id: &str) {

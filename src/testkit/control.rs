@@ -1,0 +1,246 @@
+//! The control API: the scripting a Rust test does through [`FakeGateway`](super::FakeGateway),
+//! over plain HTTP under `/_fake`, so that a test in any language can trigger each fault per shard
+//! and read what its client sent. Not part of Discord's API.
+//!
+//! | call | effect |
+//! |---|---|
+//! | `GET /_fake/shards` | ready shards and each shard's session |
+//! | `GET /_fake/connections` | every connection: shard, path, query, close codes, outcome |
+//! | `GET /_fake/frames[?shard=N]` | every frame clients sent (for shard N) |
+//! | `GET /_fake/rest` | every REST call and the status answered |
+//! | `POST /_fake/shards/{n}/dispatch` body `{"t", "d", "count"?}` | dispatches (`count` times) |
+//! | `POST /_fake/shards/{n}/reconnect` | op 7 |
+//! | `POST /_fake/shards/{n}/invalid-session?resumable=true\|false` | op 9 |
+//! | `POST /_fake/shards/{n}/request-heartbeat` | op 1 |
+//! | `POST /_fake/shards/{n}/close?code=4000` | closes with that code |
+//! | `POST /_fake/shards/{n}/drop` | ends the connection without a close frame |
+//! | `POST /_fake/shards/{n}/acks?enabled=false\|true` | stops or resumes heartbeat ACKs |
+//! | `POST /_fake/drop-all` | drops every connection |
+//!
+//! A call on a shard without a live connection answers 409; times are milliseconds since the fake
+//! started.
+
+use std::sync::Mutex;
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::server::Shared;
+use super::state::{Command, State};
+use super::ConnectionOutcome;
+
+fn lock(shared: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/_fake/shards", web::get().to(shards))
+        .route("/_fake/connections", web::get().to(connections))
+        .route("/_fake/frames", web::get().to(frames))
+        .route("/_fake/rest", web::get().to(rest_calls))
+        .route("/_fake/drop-all", web::post().to(drop_all))
+        .route("/_fake/shards/{shard}/dispatch", web::post().to(dispatch))
+        .route("/_fake/shards/{shard}/{action}", web::post().to(action));
+}
+
+async fn shards(shared: Shared) -> HttpResponse {
+    let state = lock(&shared);
+    let mut ready: Vec<u32> = state
+        .current
+        .keys()
+        .copied()
+        .filter(|&s| state.live_conn_of(s).is_some())
+        .collect();
+    ready.sort_unstable();
+    let sessions: serde_json::Map<String, Value> = state
+        .current
+        .keys()
+        .filter_map(|&shard| {
+            state.snapshot(shard).map(|s| {
+                (
+                    shard.to_string(),
+                    json!({"id": s.id, "seq": s.seq, "resumable": s.resumable}),
+                )
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({"ready": ready, "sessions": sessions}))
+}
+
+async fn connections(shared: Shared) -> HttpResponse {
+    let state = lock(&shared);
+    let list: Vec<Value> = state
+        .conns
+        .iter()
+        .map(|c| {
+            let outcome = match &c.outcome {
+                ConnectionOutcome::None => json!(null),
+                ConnectionOutcome::Identified { session_id } => {
+                    json!({"identified": session_id})
+                }
+                ConnectionOutcome::Resumed { session_id, seq } => {
+                    json!({"resumed": session_id, "seq": seq})
+                }
+            };
+            json!({
+                "id": c.id,
+                "shard": c.shard,
+                "path": c.path,
+                "query": c.query,
+                "compress": c.compress,
+                "opened_ms": state.millis_since_start(c.opened_at),
+                "closed_ms": c.closed_at.map(|t| state.millis_since_start(t)),
+                "client_close_code": c.client_close_code,
+                "server_close_code": c.server_close_code,
+                "outcome": outcome,
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(list)
+}
+
+#[derive(Deserialize)]
+struct ShardQuery {
+    shard: Option<u32>,
+}
+
+async fn frames(shared: Shared, query: web::Query<ShardQuery>) -> HttpResponse {
+    let state = lock(&shared);
+    let list: Vec<Value> = state
+        .frames
+        .iter()
+        .filter(|f| query.shard.is_none_or(|s| f.shard == Some(s)))
+        .map(|f| {
+            json!({
+                "connection": f.connection,
+                "shard": f.shard,
+                "at_ms": state.millis_since_start(f.at),
+                "op": f.op,
+                // The frame itself, or its text if it was not JSON.
+                "frame": if f.json.is_null() { json!(f.raw) } else { f.json.clone() },
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(list)
+}
+
+async fn rest_calls(shared: Shared) -> HttpResponse {
+    let state = lock(&shared);
+    let list: Vec<Value> = state
+        .rest_calls
+        .iter()
+        .map(|c| {
+            json!({
+                "method": c.method,
+                "path": c.path,
+                "status": c.status,
+                "body": c.body,
+                "at_ms": state.millis_since_start(c.at),
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(list)
+}
+
+async fn drop_all(shared: Shared) -> HttpResponse {
+    let dropped = lock(&shared).drop_all();
+    tracing::info!(dropped, "fake control: dropped every connection");
+    HttpResponse::Ok().json(json!({"dropped": dropped}))
+}
+
+#[derive(Deserialize)]
+struct DispatchBody {
+    t: String,
+    d: Value,
+    count: Option<usize>,
+}
+
+async fn dispatch(
+    shared: Shared,
+    shard: web::Path<u32>,
+    body: web::Json<DispatchBody>,
+) -> HttpResponse {
+    let shard = shard.into_inner();
+    let DispatchBody { t, d, count } = body.into_inner();
+    let count = count.unwrap_or(1);
+    if count == 0 {
+        return HttpResponse::BadRequest().json(json!({"error": "count must be at least 1"}));
+    }
+    let d = d.to_string();
+    let seqs = lock(&shared).dispatch(shard, &t, &mut std::iter::repeat_n(d.as_str(), count));
+    match seqs {
+        Some((first, last)) => {
+            tracing::info!(shard, event = %t, count, first, last, "fake control: dispatched");
+            HttpResponse::Ok().json(json!({"first_seq": first, "last_seq": last}))
+        }
+        None => no_session(shard),
+    }
+}
+
+#[derive(Deserialize)]
+struct ActionQuery {
+    resumable: Option<bool>,
+    code: Option<u16>,
+    enabled: Option<bool>,
+}
+
+async fn action(
+    shared: Shared,
+    path: web::Path<(u32, String)>,
+    query: web::Query<ActionQuery>,
+) -> HttpResponse {
+    let (shard, action) = path.into_inner();
+    let mut state = lock(&shared);
+    let op = |frame: &'static str| Command::Send(vec![frame.into()]);
+    let sent = match action.as_str() {
+        "reconnect" => state.send_to_shard(shard, op(r#"{"t":null,"s":null,"op":7,"d":null}"#)),
+        "request-heartbeat" => {
+            state.send_to_shard(shard, op(r#"{"t":null,"s":null,"op":1,"d":null}"#))
+        }
+        "invalid-session" => {
+            let Some(resumable) = query.resumable else {
+                return bad_request("invalid-session needs ?resumable=true or false");
+            };
+            state.invalid_session(shard, resumable)
+        }
+        "close" => {
+            let Some(code) = query.code.filter(|c| (1000..5000).contains(c)) else {
+                return bad_request("close needs ?code= between 1000 and 4999");
+            };
+            state.send_to_shard(shard, Command::Close(code))
+        }
+        "drop" => state.send_to_shard(shard, Command::Drop),
+        "acks" => {
+            let Some(enabled) = query.enabled else {
+                return bad_request("acks needs ?enabled=true or false");
+            };
+            // Kept for the shard, whether or not it is connected now.
+            state.set_ack_heartbeats(shard, enabled);
+            tracing::info!(shard, enabled, "fake control: heartbeat ACKs");
+            return HttpResponse::Ok().json(json!({"ok": true}));
+        }
+        other => {
+            return HttpResponse::NotFound()
+                .json(json!({"error": format!("unknown action {other:?}")}))
+        }
+    };
+    drop(state);
+    if sent {
+        tracing::info!(shard, action = %action, "fake control: done");
+        HttpResponse::Ok().json(json!({"ok": true}))
+    } else {
+        no_session(shard)
+    }
+}
+
+fn bad_request(why: &str) -> HttpResponse {
+    HttpResponse::BadRequest().json(json!({"error": why}))
+}
+
+fn no_session(shard: u32) -> HttpResponse {
+    HttpResponse::Conflict().json(json!({
+        "error": format!("shard {shard} has no session attached to a live connection")
+    }))
+}

@@ -1,0 +1,380 @@
+//! The standalone fake gateway (`examples/fake_gateway.rs`) driven from outside, as a client in
+//! another language would: the server is a subprocess, the client a raw websocket, every fault is
+//! triggered and every record read through the control API over plain HTTP.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use actix_codec::Framed;
+use awc::ws::{Codec, Frame, Message};
+use awc::BoxedSocket;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+
+type Ws = Framed<BoxedSocket, Codec>;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The example binary `cargo test` built next to this test.
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    dir.join("examples").join(name)
+}
+
+/// The server process, its URLs, and its log (stderr), read on a thread until it exits.
+struct Server {
+    child: Child,
+    urls: Value,
+    log: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(example("fake_gateway"))
+            .args(["--port", "0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("fake_gateway runs");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("first line");
+        let urls: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        let mut stderr = child.stderr.take().expect("stderr");
+        let log = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        Self {
+            child,
+            urls,
+            log: Some(log),
+        }
+    }
+
+    fn control(&self, path: &str) -> String {
+        format!(
+            "{}{path}",
+            self.urls["control"].as_str().expect("control url")
+        )
+    }
+
+    async fn post(&self, path: &str) -> (u16, Value) {
+        let mut response = awc::Client::new()
+            .post(self.control(path))
+            .send()
+            .await
+            .expect("control API answers");
+        let body = response.json::<Value>().await.expect("JSON");
+        (response.status().as_u16(), body)
+    }
+
+    async fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
+        let mut response = awc::Client::new()
+            .post(self.control(path))
+            .send_json(&body)
+            .await
+            .expect("control API answers");
+        let body = response.json::<Value>().await.expect("JSON");
+        (response.status().as_u16(), body)
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        awc::Client::new()
+            .get(self.control(path))
+            .send()
+            .await
+            .expect("control API answers")
+            .json::<Value>()
+            .limit(1 << 20)
+            .await
+            .expect("JSON")
+    }
+
+    async fn connect(&self, path: &str, query: &str) -> Ws {
+        let url = format!(
+            "{}{path}?{query}",
+            self.urls["gateway"].as_str().expect("gateway")
+        );
+        let (_, ws) = awc::Client::new()
+            .ws(url)
+            .max_frame_size(1 << 20)
+            .connect()
+            .await
+            .expect("connects");
+        ws
+    }
+
+    /// Stops the server and returns its log.
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log
+            .take()
+            .map(|l| l.join().unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the server sent next: a JSON text frame, or how the connection ended.
+#[derive(Debug, PartialEq)]
+enum Next {
+    Json(Value),
+    Binary,
+    Closed(Option<u16>, Option<String>),
+    /// The stream ended (or broke) without a close frame.
+    Ended,
+}
+
+async fn next(ws: &mut Ws) -> Next {
+    loop {
+        let frame = actix_rt::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time");
+        return match frame {
+            Some(Ok(Frame::Text(t))) => Next::Json(serde_json::from_slice(&t).expect("JSON")),
+            Some(Ok(Frame::Binary(_))) => Next::Binary,
+            Some(Ok(Frame::Close(reason))) => Next::Closed(
+                reason.as_ref().map(|r| u16::from(r.code)),
+                reason.and_then(|r| r.description),
+            ),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => Next::Ended,
+        };
+    }
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    match next(ws).await {
+        Next::Json(v) => v,
+        other => panic!("expected a JSON frame, got {other:?}"),
+    }
+}
+
+async fn send(ws: &mut Ws, frame: Value) {
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .expect("sent");
+}
+
+#[actix_rt::test]
+async fn every_fault_is_triggered_and_every_frame_read_back_over_http() {
+    let server = Server::start(&["--heartbeat-interval-ms", "60000"]);
+    let mut ws = server.connect("/", "v=10&encoding=json").await;
+    assert_eq!(next_json(&mut ws).await["op"], 10);
+    send(
+        &mut ws,
+        json!({"op": 2, "d": {"token": "fake-token", "intents": 513, "shard": [0, 1],
+            "properties": {"os": "linux", "browser": "raw", "device": "raw"}}}),
+    )
+    .await;
+    let ready = next_json(&mut ws).await;
+    assert_eq!((&ready["t"], &ready["s"]), (&json!("READY"), &json!(1)));
+    let session_id = ready["d"]["session_id"]
+        .as_str()
+        .expect("session")
+        .to_owned();
+    let shards = server.get("/shards").await;
+    assert_eq!(shards["ready"], json!([0]));
+    assert_eq!(shards["sessions"]["0"]["id"], json!(session_id));
+
+    // Dispatches, three at once.
+    let d = json!({"id": "11", "channel_id": "22", "content": "hi"});
+    let (status, seqs) = server
+        .post_json(
+            "/shards/0/dispatch",
+            json!({"t": "MESSAGE_CREATE", "d": d, "count": 3}),
+        )
+        .await;
+    assert_eq!(
+        (status, seqs),
+        (200, json!({"first_seq": 2, "last_seq": 4}))
+    );
+    for s in 2..=4 {
+        assert_eq!(
+            next_json(&mut ws).await,
+            json!({"t": "MESSAGE_CREATE", "s": s, "op": 0, "d": d})
+        );
+    }
+
+    // op 1, answered by a heartbeat, acknowledged.
+    assert_eq!(server.post("/shards/0/request-heartbeat").await.0, 200);
+    assert_eq!(next_json(&mut ws).await["op"], 1);
+    send(&mut ws, json!({"op": 1, "d": 4})).await;
+    assert_eq!(next_json(&mut ws).await["op"], 11);
+
+    // ACKs stopped: the next frame after a heartbeat is the marker dispatched after it, not an
+    // ACK; once resumed, the heartbeat is acknowledged again.
+    assert_eq!(server.post("/shards/0/acks?enabled=false").await.0, 200);
+    send(&mut ws, json!({"op": 1, "d": 4})).await;
+    let (status, _) = server
+        .post_json("/shards/0/dispatch", json!({"t": "MARKER", "d": {}}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(next_json(&mut ws).await["t"], "MARKER");
+    assert_eq!(server.post("/shards/0/acks?enabled=true").await.0, 200);
+    send(&mut ws, json!({"op": 1, "d": 5})).await;
+    assert_eq!(next_json(&mut ws).await["op"], 11);
+
+    // op 7.
+    assert_eq!(server.post("/shards/0/reconnect").await.0, 200);
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"t": null, "s": null, "op": 7, "d": null})
+    );
+
+    // op 9 `true`, answered by Resume on the same socket, as @discordjs/ws does: RESUMED, not 4005.
+    assert_eq!(
+        server
+            .post("/shards/0/invalid-session?resumable=true")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"t": null, "s": null, "op": 9, "d": true})
+    );
+    send(
+        &mut ws,
+        json!({"op": 6, "d": {"token": "fake-token", "session_id": session_id, "seq": 5}}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"t": "RESUMED", "s": 6, "op": 0, "d": {}})
+    );
+
+    // A close code, with the reason in the close frame.
+    assert_eq!(server.post("/shards/0/close?code=4000").await.0, 200);
+    assert_eq!(
+        next(&mut ws).await,
+        Next::Closed(Some(4000), Some("closed by the test script".into()))
+    );
+
+    // Resume on a new connection, then a drop without a close frame.
+    let mut ws = server.connect("/resume", "v=10&encoding=json").await;
+    assert_eq!(next_json(&mut ws).await["op"], 10);
+    send(
+        &mut ws,
+        json!({"op": 6, "d": {"token": "fake-token", "session_id": session_id, "seq": 6}}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["t"], "RESUMED");
+    assert_eq!(server.post("/shards/0/drop").await.0, 200);
+    assert_eq!(next(&mut ws).await, Next::Ended);
+
+    // Nothing is connected now: a fault has nowhere to go.
+    let (status, body) = server.post("/shards/0/reconnect").await;
+    assert_eq!(status, 409, "{body}");
+
+    // The record of what the client sent, per shard, in order.
+    let frames = server.get("/frames?shard=0").await;
+    let ops: Vec<(u64, u64)> = frames
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|f| (f["connection"].as_u64().unwrap(), f["op"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(ops, [(1, 2), (1, 1), (1, 1), (1, 1), (1, 6), (2, 6)]);
+    assert_eq!(frames[4]["frame"]["d"]["seq"], 5);
+    let connections = server.get("/connections").await;
+    assert_eq!(connections.as_array().map(Vec::len), Some(2));
+    assert_eq!(connections[0]["server_close_code"], 4000);
+    assert_eq!(
+        connections[0]["outcome"],
+        json!({"resumed": session_id, "seq": 5})
+    );
+    assert_eq!(connections[1]["path"], "/resume");
+    assert_eq!(connections[1]["server_close_code"], Value::Null);
+
+    let log = server.stop();
+    for line in [
+        "websocket connection accepted",
+        "identified, READY sent",
+        "invalid session (op 9)",
+        "resumed, RESUMED sent",
+        "reason=\"closed by the test script\"",
+        "code=4000",
+    ] {
+        assert!(log.contains(line), "the log lacks {line:?}:\n{log}");
+    }
+    assert!(!log.contains("fake-token"), "the token is in the log");
+}
+
+#[actix_rt::test]
+async fn compress_only_refuses_a_plain_client_and_says_why() {
+    let server = Server::start(&["--compress-only"]);
+    let mut plain = server.connect("/", "v=10&encoding=json").await;
+    let Next::Closed(code, Some(reason)) = next(&mut plain).await else {
+        panic!("a plain client is closed with a reason");
+    };
+    assert_eq!(code, Some(4002));
+    assert!(
+        reason.contains("requires transport compression"),
+        "{reason}"
+    );
+    let mut zlib = server
+        .connect("/", "v=10&encoding=json&compress=zlib-stream")
+        .await;
+    assert_eq!(next(&mut zlib).await, Next::Binary, "Hello, compressed");
+    let connections = server.get("/connections").await;
+    assert_eq!(connections[0]["server_close_code"], 4002);
+    assert_eq!(connections[1]["compress"], "zlib-stream");
+    let log = server.stop();
+    assert!(
+        log.contains("refusing the connection's query")
+            && log.contains("requires transport compression"),
+        "{log}"
+    );
+}
+
+#[actix_rt::test]
+async fn unknown_arguments_are_refused_and_documented_ones_accepted() {
+    let output = Command::new(example("fake_gateway"))
+        .args(["--port", "0", "--compres-only"])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown argument \"--compres-only\""));
+    // Every flag in the example's header is one it accepts.
+    let server = Server::start(&[
+        "--shards",
+        "2",
+        "--max-concurrency",
+        "2",
+        "--heartbeat-interval-ms",
+        "1000",
+        "--identify-window-ms",
+        "100",
+        "--rest-rate-limit",
+        "2/100",
+        "--token",
+        "other-token",
+        "--compress-only",
+        "--flood-event",
+        "MESSAGE_CREATE",
+        "--flood-count",
+        "3",
+    ]);
+    assert_eq!(
+        server.get("/shards").await,
+        json!({"ready": [], "sessions": {}})
+    );
+    server.stop();
+}
