@@ -294,7 +294,7 @@ pub struct Config {
     /// In a fleet, this process's name.
     pub(crate) fleet_owner: Option<String>,
     /// The TLS settings of the websockets and `GET /gateway/bot`.
-    pub(crate) tls: crate::shard::client::Tls,
+    pub(crate) tls: crate::client::Tls,
 }
 
 impl std::fmt::Debug for Config {
@@ -355,7 +355,7 @@ pub struct ConfigBuilder {
     intent_bits: u64,
     large_threshold: u16,
     router: Router,
-    root_certificates: Vec<crate::shard::client::RootCertificate>,
+    root_certificates: Vec<crate::client::RootCertificate>,
 }
 
 impl ConfigBuilder {
@@ -386,7 +386,7 @@ impl ConfigBuilder {
                 identify_queue: None,
                 dynamic_shards: false,
                 fleet_owner: None,
-                tls: crate::shard::client::Tls::default(),
+                tls: crate::client::Tls::default(),
             },
             intent_bits: 0,
             large_threshold: 50,
@@ -637,7 +637,7 @@ impl ConfigBuilder {
     /// ```
     pub fn add_root_certificate(mut self, der: Vec<u8>) -> Self {
         self.root_certificates
-            .push(crate::shard::client::RootCertificate::Der(der));
+            .push(crate::client::RootCertificate::Der(der));
         self
     }
 
@@ -646,7 +646,7 @@ impl ConfigBuilder {
     /// certificate is an error from [`build`](Self::build).
     pub fn add_root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.root_certificates
-            .push(crate::shard::client::RootCertificate::Pem(pem.into()));
+            .push(crate::client::RootCertificate::Pem(pem.into()));
         self
     }
 
@@ -764,7 +764,7 @@ impl ConfigBuilder {
         if config.identify_window.is_zero() {
             return Err(ConfigError::InvalidLimit("identify_window", "zero".into()));
         }
-        config.tls = crate::shard::client::Tls::with_roots(&self.root_certificates)?;
+        config.tls = crate::client::Tls::with_roots(&self.root_certificates)?;
         config.router = Arc::new(self.router.finish());
         Ok(config)
     }

@@ -125,7 +125,7 @@ pub enum StartError {
     },
     /// The fleet's Redis cannot be reached, or the fleet options are unusable (feature `redis`).
     #[cfg(feature = "redis")]
-    Fleet(crate::fleet::FleetError),
+    Fleet(FleetError),
 }
 
 impl fmt::Display for StartError {
@@ -193,3 +193,35 @@ impl fmt::Display for RestError {
 }
 
 impl std::error::Error for RestError {}
+
+/// What went wrong talking to the fleet's Redis.
+#[cfg(feature = "redis")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FleetError {
+    /// Redis could not be reached or did not answer (at start).
+    Connect {
+        /// The URL, without its password.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A command failed (Redis went away, timed out, or refused it).
+    Command(String),
+    /// The fleet's settings are not usable (which one, then why).
+    Config(&'static str, String),
+}
+
+#[cfg(feature = "redis")]
+impl fmt::Display for FleetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Connect { url, reason } => write!(f, "cannot reach Redis at {url}: {reason}"),
+            Self::Command(why) => write!(f, "Redis command failed: {why}"),
+            Self::Config(what, why) => write!(f, "invalid fleet setting {what}: {why}"),
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl std::error::Error for FleetError {}

@@ -4,6 +4,7 @@
 // Nothing that comes from the network may panic the process: no unwrap/expect outside tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod client;
 pub mod config;
 pub mod error;
 pub mod event;

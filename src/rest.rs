@@ -34,7 +34,7 @@ pub struct SessionStartLimit {
 pub async fn gateway_bot(config: &Config) -> Result<GatewayBot, RestError> {
     let url = format!("{}/gateway/bot", config.api_base.trim_end_matches('/'));
     let token = &config.token;
-    let client = crate::shard::client::rest_client(&config.tls, config.timeouts.connect);
+    let client = crate::client::rest_client(&config.tls, config.timeouts.connect);
     let mut response = client
         .get(url.as_str())
         .insert_header(("Authorization", format!("Bot {}", token.expose())))

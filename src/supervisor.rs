@@ -485,6 +485,21 @@ impl Handler<ShutdownAll> for Supervisor {
     }
 }
 
+/// Something a gateway belongs to beyond its own shards (a fleet, feature `redis`): it decides how
+/// the shards leave. Defined here, implemented above (`fleet`), so the supervisor names no fleet
+/// type.
+// Implemented only by the fleet (feature `redis`).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) trait Membership: Send + Sync {
+    /// Leaves: every shard handed over (`resumable`) or ended, then the supervisor stopped.
+    fn leave(
+        &self,
+        resumable: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>;
+    /// For the member's own accessor on [`Gateway`].
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
 /// A running gateway runtime: the handle a bot keeps.
 ///
 /// ```
@@ -512,9 +527,8 @@ impl Handler<ShutdownAll> for Supervisor {
 pub struct Gateway {
     supervisor: Addr<Supervisor>,
     plan: Arc<ResolvedPlan>,
-    /// The fleet this process is part of, if any.
-    #[cfg(feature = "redis")]
-    pub(crate) fleet: Option<crate::fleet::FleetHandle>,
+    /// What this gateway belongs to beyond its own shards (a fleet), if anything.
+    pub(crate) membership: Option<Arc<dyn Membership>>,
 }
 
 impl Gateway {
@@ -629,8 +643,7 @@ impl Gateway {
         Ok(Self {
             supervisor,
             plan: Arc::new(plan),
-            #[cfg(feature = "redis")]
-            fleet: None,
+            membership: None,
         })
     }
 
@@ -673,20 +686,17 @@ impl Gateway {
     /// Whether this gateway is a member of a fleet (feature `redis`,
     /// [`start_fleet`](Self::start_fleet)).
     pub fn fleet_member(&self) -> bool {
-        #[cfg(feature = "redis")]
-        return self.fleet.is_some();
-        #[cfg(not(feature = "redis"))]
-        false
+        self.membership.is_some()
     }
 
     /// Shuts every shard down and waits until their connections are closed. A call while a
     /// shutdown is under way (from any clone of this handle) waits for that one to end; the first
     /// call's `resumable` is what the shards close with.
     pub async fn shutdown(&self, resumable: bool) {
-        #[cfg(feature = "redis")]
-        if let Some(fleet) = &self.fleet {
-            // Hands every shard over (or ends it), releases the leases, then stops the supervisor.
-            fleet.leave(resumable).await;
+        if let Some(membership) = &self.membership {
+            // A fleet hands every shard over (or ends it), releases the leases, then stops the
+            // supervisor.
+            membership.leave(resumable).await;
             return;
         }
         let _ = self.supervisor.send(ShutdownAll { resumable }).await;

@@ -160,7 +160,7 @@ impl FleetHandle {
         &self.sessions
     }
 
-    pub(crate) async fn leave(&self, resumable: bool) {
+    async fn leave_fleet(&self, resumable: bool) {
         let (done, left) = tokio::sync::oneshot::channel();
         if self
             .commands
@@ -170,6 +170,19 @@ impl FleetHandle {
         {
             let _ = left.await;
         }
+    }
+}
+
+impl crate::supervisor::Membership for FleetHandle {
+    fn leave(
+        &self,
+        resumable: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
+        Box::pin(self.leave_fleet(resumable))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
@@ -291,19 +304,19 @@ impl crate::Gateway {
             redis_ok: true,
         };
         actix_rt::spawn(keeper.run(receiver));
-        gateway.fleet = Some(FleetHandle {
+        gateway.membership = Some(Arc::new(FleetHandle {
             commands,
             owner: options.owner.as_str().into(),
             redis,
             total,
             sessions,
-        });
+        }));
         Ok(gateway)
     }
 
     /// This process's place in its fleet, when started with [`start_fleet`](Self::start_fleet).
     pub fn fleet(&self) -> Option<&FleetHandle> {
-        self.fleet.as_ref()
+        self.membership.as_ref()?.as_any().downcast_ref()
     }
 }
 

@@ -151,7 +151,7 @@ pub(crate) struct ShardShared {
     /// Permits for handshakes in flight (`Limits::concurrent_handshakes`).
     pub handshakes: Arc<tokio::sync::Semaphore>,
     /// The TLS settings of every connection (the thread's client for them).
-    pub tls: crate::shard::client::Tls,
+    pub tls: crate::client::Tls,
 }
 
 /// A connection's transport decompression (docs/protocol.md §6): a fresh context per connection.
@@ -353,7 +353,7 @@ impl ShardActor {
             // Held until the upgrade is done (or failed): the timeout covers the handshake, not the
             // wait for a turn.
             let _turn = handshakes.acquire_owned().await;
-            let request = crate::shard::client::ws_client(&tls)
+            let request = crate::client::ws_client(&tls)
                 .ws(url.as_str())
                 .max_frame_size(max_frame);
             actix_rt::time::timeout(timeout, request.connect()).await

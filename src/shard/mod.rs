@@ -7,7 +7,6 @@ pub(crate) mod state;
 pub use state::{Phase, RESUME_HOST_ATTEMPTS};
 pub(crate) mod actor;
 pub(crate) mod backoff;
-pub(crate) mod client;
 pub(crate) mod delivery;
 pub(crate) mod framing;
 pub(crate) mod heartbeat_grid;

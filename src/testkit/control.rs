@@ -26,7 +26,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::server::Shared;
+use super::state::Shared;
 use super::state::{Command, State};
 use super::ConnectionOutcome;
 

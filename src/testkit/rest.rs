@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
-use super::server::Shared;
+use super::state::Shared;
 use super::state::State;
 
 /// One REST call the fake received.

@@ -11,7 +11,7 @@ use super::connection::Connection;
 use super::state::State;
 use crate::protocol::CloseCode;
 
-pub(crate) type Shared = web::Data<Mutex<State>>;
+pub(crate) use super::state::Shared;
 
 fn lock(shared: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     shared.lock().unwrap_or_else(|p| p.into_inner())

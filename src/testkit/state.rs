@@ -339,3 +339,6 @@ impl State {
         })
     }
 }
+
+/// The fake's state as the HTTP handlers share it.
+pub(crate) type Shared = actix_web::web::Data<std::sync::Mutex<State>>;
