@@ -77,7 +77,7 @@ pub struct ResolvedPlan {
     pub gateway_bot: Option<GatewayBot>,
 }
 
-async fn resolve(config: &Config) -> Result<ResolvedPlan, StartError> {
+pub(crate) async fn resolve(config: &Config) -> Result<ResolvedPlan, StartError> {
     let needs_rest = config.plan == ShardPlan::Recommended
         || config.gateway_url.is_none()
         || (config.max_concurrency.is_none() && config.identify_queue.is_none());

@@ -221,33 +221,16 @@ impl crate::Gateway {
         let redis = FleetRedis::connect(&options.redis_url, &options.prefix)
             .await
             .map_err(StartError::Fleet)?;
-        let needs_rest = config.plan == ShardPlan::Recommended
-            || config.gateway_url.is_none()
-            || config.max_concurrency.is_none();
-        let gateway_bot = if needs_rest {
-            Some(crate::rest::gateway_bot(&config).await?)
-        } else {
-            None
-        };
-        let (total, placement) = match (&config.plan, &options.placement) {
-            (ShardPlan::Count(n), placement) => (*n, placement.clone()),
-            (ShardPlan::Recommended, placement) => (
-                gateway_bot.as_ref().map_or(1, |g| g.shards.max(1)),
-                placement.clone(),
-            ),
+        // The same resolution as a single process: GET /gateway/bot for what the config leaves open.
+        let plan = crate::supervisor::resolve(&config).await?;
+        let placement = match &config.plan {
             // A range in the config pins this process to it.
-            (ShardPlan::Range { ids, total }, _) => (*total, Placement::Pinned(ids.clone())),
+            ShardPlan::Range { ids, .. } => Placement::Pinned(ids.clone()),
+            _ => options.placement.clone(),
         };
+        let (total, max_concurrency, gateway_bot) =
+            (plan.total, plan.max_concurrency, plan.gateway_bot);
         options.validate(total).map_err(StartError::Fleet)?;
-        let max_concurrency = config
-            .max_concurrency
-            .or_else(|| {
-                gateway_bot
-                    .as_ref()
-                    .map(|g| g.session_start_limit.max_concurrency)
-            })
-            .unwrap_or(1)
-            .max(1);
         let queue = RedisIdentifyQueue::new(
             redis.clone(),
             max_concurrency,
@@ -280,10 +263,7 @@ impl crate::Gateway {
         }
         let leases = lease::Leases::new(redis.clone(), &options.owner, options.lease_time)
             .map_err(StartError::Fleet)?;
-        config.gateway_url = config
-            .gateway_url
-            .take()
-            .or_else(|| gateway_bot.as_ref().map(|g| g.url.clone()));
+        config.gateway_url = Some(plan.gateway_url);
         config.max_concurrency = Some(max_concurrency);
         config.plan = ShardPlan::Count(total);
         config.identify_queue = Some(Arc::new(queue));
