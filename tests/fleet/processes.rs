@@ -469,6 +469,7 @@ async fn a_paused_process_gives_its_shards_up_without_a_frame() {
     wait_long("all 4 ready again", || fake.ready_shards().len() == 4).await;
     let woke_at = Instant::now();
     let connections_before = fake.connections().len();
+    let lines_before = a.lines().len();
     a.signal("-CONT");
     wait_long("a gave its shards up", || a.shards_in("lost").len() == 2).await;
     // A marker through every shard: b is settled and a had its chance to misbehave.
@@ -488,11 +489,23 @@ async fn a_paused_process_gives_its_shards_up_without_a_frame() {
         late.is_empty(),
         "the paused process sent on its old connections: {late:?}"
     );
-    assert_eq!(
-        fake.connections().len(),
-        connections_before,
-        "a connection opened after the wake-up"
+    // Awake, `a` is a live member again and may be given shards anew, under new leases: but
+    // only after it gave the old ones up.
+    let after_wake: Vec<Value> = a.lines()[lines_before..].to_vec();
+    let first_claim = after_wake.iter().position(|l| l["state"] == "claimed");
+    let last_loss = after_wake.iter().rposition(|l| l["state"] == "lost");
+    assert!(last_loss.is_some(), "{after_wake:?}");
+    assert!(
+        first_claim.is_none() || first_claim > last_loss,
+        "claimed before giving the old leases up: {after_wake:?}"
     );
+    // Connections opened since the wake-up are for shards claimed since (by `a` or `b`).
+    let claimed_since = after_wake
+        .iter()
+        .filter(|l| l["state"] == "claimed")
+        .count()
+        + b.lines().iter().filter(|l| l["state"] == "claimed").count();
+    assert!(fake.connections().len() - connections_before <= claimed_since);
     fake.stop().await;
 }
 
@@ -637,5 +650,68 @@ async fn tail_joins_a_fleet_with_redis() {
     assert!(view.iter().all(|s| s.owner.is_some()), "{view:?}");
     let _ = tail.kill();
     let _ = tail.wait();
+    fake.stop().await;
+}
+
+/// The strict form of the pause: one process, and a gateway that keeps silent connections open.
+/// Paused past its lease, the process wakes with its connections still open and its heartbeats
+/// overdue: it writes nothing on them (not a heartbeat, not a close frame), and only then claims
+/// the shards again and resumes them on new connections.
+#[actix_rt::test]
+async fn a_process_woken_past_its_lease_writes_nothing_on_its_open_connections() {
+    let redis = RedisServer::start();
+    let fake = FakeGateway::start(FakeConfig {
+        heartbeat_timeout: Duration::from_secs(60),
+        ..fleet_fake(2)
+    })
+    .await
+    .unwrap();
+    let a = Proc::gateway(&redis, &fake, "a", 2, &[]);
+    wait_long("both ready", || {
+        fake.ready_shards().len() == 2 && a.shards_in("ready").len() == 2
+    })
+    .await;
+    let open: BTreeSet<u64> = fake
+        .connections()
+        .iter()
+        .filter(|c| c.closed_at.is_none() && c.shard.is_some())
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(open.len(), 2);
+    a.signal("-STOP");
+    // Past the lease and past a heartbeat interval: on waking, every timer is overdue.
+    actix_rt::time::sleep(Duration::from_millis(LEASE_MS * 2 + 500)).await;
+    assert!(
+        fake.connections()
+            .iter()
+            .filter(|c| open.contains(&c.id))
+            .all(|c| c.closed_at.is_none()),
+        "the gateway kept the paused connections open"
+    );
+    let woke_at = Instant::now();
+    a.signal("-CONT");
+    wait_long("resumed on new connections", || {
+        a.shards_in("resumed").len() == 2
+    })
+    .await;
+    let late: Vec<_> = fake
+        .frames()
+        .into_iter()
+        .filter(|f| open.contains(&f.connection) && f.at >= woke_at)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "wrote on a connection whose lease had passed: {late:?}"
+    );
+    let closed_by_client: Vec<_> = fake
+        .connections()
+        .into_iter()
+        .filter(|c| open.contains(&c.id) && c.client_close_code.is_some())
+        .collect();
+    assert!(
+        closed_by_client.is_empty(),
+        "sent a close frame: {closed_by_client:?}"
+    );
+    assert_eq!(a.shards_in("lost").len(), 2);
     fake.stop().await;
 }
