@@ -127,6 +127,11 @@ pub(crate) fn id_of<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     IdOf::deserialize(d).map(|i| i.0)
 }
 
+/// The `id` of an object that may be `null` or absent.
+pub(crate) fn opt_id_of<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Option::<IdOf>::deserialize(d).map(|i| i.map(|i| i.0))
+}
+
 /// The ids of a list of objects (e.g. a message's `mentions`, which are whole users).
 pub(crate) fn ids_of<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
     Option::<Vec<IdOf>>::deserialize(d)

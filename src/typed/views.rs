@@ -218,9 +218,12 @@ pub struct InteractionCreate<'a> {
     /// The guild it came from; absent in DMs.
     #[serde(default, deserialize_with = "de::opt_snowflake")]
     pub guild_id: Option<u64>,
-    /// The channel it came from.
-    #[serde(default, deserialize_with = "de::opt_snowflake")]
-    pub channel_id: Option<u64>,
+    /// `channel.id`: Discord sends the channel as an object, and `channel_id` beside it only as a
+    /// deprecated field; [`channel_id`](Self::channel_id) reads either.
+    #[serde(default, rename = "channel", deserialize_with = "de::opt_id_of")]
+    channel: Option<u64>,
+    #[serde(default, rename = "channel_id", deserialize_with = "de::opt_snowflake")]
+    deprecated_channel_id: Option<u64>,
     /// Who started it, in a guild.
     #[serde(default, borrow)]
     pub member: Option<InteractionMember<'a>>,
@@ -236,6 +239,11 @@ pub struct InteractionCreate<'a> {
 }
 
 impl InteractionCreate<'_> {
+    /// The channel it came from (from `channel`, or the older `channel_id`).
+    pub fn channel_id(&self) -> Option<u64> {
+        self.channel.or(self.deprecated_channel_id)
+    }
+
     /// Who started it: the member's user in a guild, else the user.
     pub fn author(&self) -> Option<&User<'_>> {
         self.member
