@@ -13,9 +13,9 @@
 //! `flood`: twilight's raw messages (`Stream::next`) and its typed events (`next_event`), against
 //! shardline delivering to a counting handler actor, per event (`shardline`), in batches
 //! (`shardline-batch`) and per event to a counter on each shard thread (`shardline-thread`); and
-//! the typed path: a handler that reads the content, author and channel of every MESSAGE_CREATE
-//! through shardline's lean view (`shardline-view`), against twilight's typed events, whose
-//! handler reads the same three fields.
+//! the typed path: the same three handlers reading the content, author and channel of every
+//! MESSAGE_CREATE through shardline's lean view (`shardline-view`, `shardline-batch-view`,
+//! `shardline-thread-view`), against twilight's typed events, whose handler reads the same fields.
 //! `scale`: idle shards, memory per shard, idle CPU.
 
 #[path = "../../benches/common/mod.rs"]
@@ -67,9 +67,12 @@ fn main() {
                 args.push("thread".into());
                 common::flood::client(&args)
             }
-            ("shardline-view", "flood") => {
+            (
+                view @ ("shardline-view" | "shardline-batch-view" | "shardline-thread-view"),
+                "flood",
+            ) => {
                 let mut args = rest[2..].to_vec();
-                args.push("view".into());
+                args.push(view.trim_start_matches("shardline-").into());
                 common::flood::client(&args)
             }
             ("shardline", "scale") => common::scale::client(&rest[2..]),
@@ -104,13 +107,15 @@ fn main() {
     for shards in flood_shards {
         let n: usize = shards.parse().expect("shards");
         let per_shard = (events / n).to_string();
-        const ALL: [&str; 6] = [
+        const ALL: [&str; 8] = [
             "shardline",
             "shardline-batch",
             "shardline-thread",
             "twilight-raw",
             "twilight-typed",
             "shardline-view",
+            "shardline-batch-view",
+            "shardline-thread-view",
         ];
         let chosen = common::env_list("PEERS_FLOOD_CLIENTS", &ALL.join(","));
         let clients: Vec<&str> = ALL
@@ -176,11 +181,17 @@ fn main() {
             }
         }
         // The typed path: both handlers read content, author and channel of every message.
-        if median("shardline-view") > 0.0 && typed > 0.0 {
-            println!(
-                "  {shards:>5} shards  ratio shardline-view / twilight typed = {:.2}",
-                median("shardline-view") / typed
-            );
+        for name in [
+            "shardline-view",
+            "shardline-batch-view",
+            "shardline-thread-view",
+        ] {
+            if median(name) > 0.0 && typed > 0.0 {
+                println!(
+                    "  {shards:>5} shards  ratio {name} / twilight typed = {:.2}",
+                    median(name) / typed
+                );
+            }
         }
     }
 
