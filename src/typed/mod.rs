@@ -1,7 +1,7 @@
 //! Typed events: lean views of the hot dispatch events, borrowed from the frame.
 //!
 //! A view holds the fields most handlers read, nothing more: strings borrow from the received
-//! frame (a [`Cow`] owns a copy only when the JSON string held escapes), snowflakes are `u64`
+//! frame (a [`Cow`](std::borrow::Cow) owns a copy only when the JSON string held escapes), snowflakes are `u64`
 //! (read from a JSON string or number, as Discord sends either), keys a view does not know are
 //! skipped (a field Discord adds never breaks it), and a field Discord may omit is an `Option`.
 //! Nothing is parsed until a handler asks: [`Dispatch::view`](crate::Dispatch::view) (or
