@@ -173,6 +173,22 @@ fn unknown_events_wrong_views_and_bad_payloads_are_errors_not_panics() {
         matches!(probe.to_twilight(), Err(TwilightError::UnknownEvent(n)) if n == "LATENCY_PROBE")
     );
 
+    // twilight-model 0.18 has a GUILD_STICKERS_UPDATE type but no UNAVAILABLE_GUILD one (though
+    // its `EventType` names the latter and not the former): what decides is its deserializer.
+    let stickers = dispatch("GUILD_STICKERS_UPDATE", r#"{"guild_id":"5","stickers":[]}"#);
+    assert!(
+        matches!(stickers.to_twilight(), Ok(Event::GuildStickersUpdate(s)) if s.guild_id.get() == 5)
+    );
+    let bad_stickers = dispatch("GUILD_STICKERS_UPDATE", r#"{"guild_id":"5"}"#);
+    assert!(matches!(
+        bad_stickers.to_twilight(),
+        Err(TwilightError::Json(_))
+    ));
+    let unavailable = dispatch("UNAVAILABLE_GUILD", r#"{"id":"5","unavailable":true}"#);
+    assert!(
+        matches!(unavailable.to_twilight(), Err(TwilightError::UnknownEvent(n)) if n == "UNAVAILABLE_GUILD")
+    );
+
     let delete = dispatch("MESSAGE_DELETE", r#"{"id":"1","channel_id":"2"}"#);
     match MessageCreate::from_dispatch(&delete) {
         Err(ViewError::OtherEvent { expected, found }) => {

@@ -137,18 +137,50 @@ pub(crate) fn to_twilight(
     dispatch: &Dispatch,
 ) -> Result<twilight_model::gateway::event::Event, TwilightError> {
     use serde::de::DeserializeSeed;
-    use twilight_model::gateway::event::{DispatchEventWithTypeDeserializer, EventType};
+    use twilight_model::gateway::event::DispatchEventWithTypeDeserializer;
 
     let name = dispatch.event();
-    // twilight reports a name it lacks as a bare serde error; telling it apart lets a handler
-    // skip events twilight cannot type without mistaking a malformed payload for one.
-    if EventType::try_from(name).is_err() {
-        return Err(TwilightError::UnknownEvent(name.to_owned()));
-    }
     let mut de = serde_json::Deserializer::from_slice(dispatch.data());
-    let event = DispatchEventWithTypeDeserializer::new(name)
+    let parsed = DispatchEventWithTypeDeserializer::new(name)
         .deserialize(&mut de)
-        .map_err(TwilightError::Json)?;
-    de.end().map_err(TwilightError::Json)?;
-    Ok(event.into())
+        .and_then(|event| de.end().map(|()| event));
+    match parsed {
+        Ok(event) => Ok(event.into()),
+        // twilight reports a name it lacks as a bare serde error; telling it apart lets a handler
+        // skip events twilight cannot type without mistaking a malformed payload for one. Asked
+        // only once the parse failed, so a success pays nothing for it.
+        Err(_) if !twilight_knows(name) => Err(TwilightError::UnknownEvent(name.to_owned())),
+        Err(e) => Err(TwilightError::Json(e)),
+    }
+}
+
+/// Whether twilight-model's dispatch deserializer has a type for `name`: it reads its input only
+/// for a name it knows, so a deserializer that notes being read tells. (`EventType::try_from` is
+/// not the same list: in 0.18 it lacks GUILD_STICKERS_UPDATE, which the deserializer reads.)
+#[cfg(feature = "twilight-model")]
+fn twilight_knows(name: &str) -> bool {
+    use serde::de::{DeserializeSeed, Deserializer, Visitor};
+    use std::cell::Cell;
+    use twilight_model::gateway::event::DispatchEventWithTypeDeserializer;
+
+    struct Probe<'a>(&'a Cell<bool>);
+
+    impl<'de> Deserializer<'de> for Probe<'_> {
+        type Error = serde::de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            self.0.set(true);
+            Err(serde::de::Error::custom("probe"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map struct enum
+            identifier ignored_any
+        }
+    }
+
+    let read = Cell::new(false);
+    let _ = DispatchEventWithTypeDeserializer::new(name).deserialize(Probe(&read));
+    read.get()
 }
