@@ -7,12 +7,19 @@
 //! - `ignored_any` — `serde_json` into `IgnoredAny`, validation only;
 //! - `envelope_rawvalue` — an envelope struct with a borrowed `&RawValue` for `d`.
 //!
+//! `typed/<event>`: reading a dispatch's `d` into a type, from a received `Dispatch`:
+//! - `view` — the lean borrowed view (`Dispatch::view`, e.g. `shardline::typed::MessageCreate`);
+//! - `twilight` — twilight-model's event (`Dispatch::to_twilight`, feature `twilight-model`: run
+//!   with `--all-features`), the baseline the view is compared with.
+//!
 //! Throughput is in bytes (criterion prints MB/s); events/s is 1 / time per iteration.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde::de::IgnoredAny;
 use serde_json::Value;
 use shardline::protocol::Envelope;
+use shardline::typed::{MessageCreate, PresenceUpdate, TypingStart};
+use shardline::Dispatch;
 
 const CORPUS: [(&str, &[u8]); 5] = [
     (
@@ -62,5 +69,32 @@ fn parse(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, parse);
+fn typed(c: &mut Criterion) {
+    // A macro, not a generic function: a borrowed view's type names the lifetime of the dispatch
+    // it borrows from, which a generic over `V` cannot leave open.
+    macro_rules! case {
+        ($view:ty, $name:literal, $frame:expr) => {{
+            let dispatch = Dispatch::from_frame(0, $frame.to_vec().into()).expect("a dispatch");
+            let mut group = c.benchmark_group(concat!("typed/", $name));
+            group.throughput(Throughput::Bytes(dispatch.data().len() as u64));
+            assert!(dispatch.view::<$view>().is_ok());
+            group.bench_function(BenchmarkId::from_parameter("view"), |b| {
+                b.iter(|| std::hint::black_box(&dispatch).view::<$view>().map(|_| ()))
+            });
+            #[cfg(feature = "twilight-model")]
+            {
+                assert!(dispatch.to_twilight().is_ok());
+                group.bench_function(BenchmarkId::from_parameter("twilight"), |b| {
+                    b.iter(|| std::hint::black_box(&dispatch).to_twilight().map(|_| ()))
+                });
+            }
+            group.finish();
+        }};
+    }
+    case!(MessageCreate<'_>, "message_create", CORPUS[0].1);
+    case!(TypingStart, "typing_start", CORPUS[1].1);
+    case!(PresenceUpdate<'_>, "presence_update", CORPUS[2].1);
+}
+
+criterion_group!(benches, parse, typed);
 criterion_main!(benches);

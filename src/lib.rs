@@ -22,6 +22,7 @@ pub mod supervisor;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod token;
+pub mod typed;
 mod url;
 
 #[cfg(test)]

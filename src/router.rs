@@ -185,6 +185,38 @@ impl Dispatch {
         }
         serde_json::from_slice(self.data())
     }
+
+    /// `d` as a lean view borrowed from the frame (see [`typed`](crate::typed)); an error if this
+    /// dispatch is another event than the view's or `d` lacks what the view needs.
+    ///
+    /// ```
+    /// use shardline::typed::TypingStart;
+    /// let frame = br#"{"op":0,"s":4,"t":"TYPING_START","d":{"channel_id":"8","user_id":"7","timestamp":1715690096}}"#;
+    /// let dispatch = shardline::Dispatch::from_frame(0, frame.to_vec().into()).unwrap();
+    /// let typing = dispatch.view::<TypingStart>().unwrap();
+    /// assert_eq!((typing.channel_id, typing.user_id, typing.guild_id), (8, 7, None));
+    /// ```
+    pub fn view<'a, V: crate::typed::View<'a>>(&'a self) -> Result<V, crate::typed::ViewError> {
+        V::from_dispatch(self)
+    }
+
+    /// `d` as twilight-model's typed event (feature `twilight-model`): every field of every payload
+    /// twilight-model knows, owned. Slower than a [view](Self::view); an error for an event name
+    /// twilight-model does not know or a `d` it cannot read.
+    ///
+    /// ```
+    /// use twilight_model::gateway::event::Event;
+    /// let frame = br#"{"op":0,"s":5,"t":"MESSAGE_DELETE","d":{"id":"9","channel_id":"8"}}"#;
+    /// let dispatch = shardline::Dispatch::from_frame(0, frame.to_vec().into()).unwrap();
+    /// let Ok(Event::MessageDelete(deleted)) = dispatch.to_twilight() else { panic!() };
+    /// assert_eq!((deleted.id.get(), deleted.channel_id.get()), (9, 8));
+    /// ```
+    #[cfg(feature = "twilight-model")]
+    pub fn to_twilight(
+        &self,
+    ) -> Result<twilight_model::gateway::event::Event, crate::typed::TwilightError> {
+        crate::typed::to_twilight(self)
+    }
 }
 
 /// The event name of a dispatch as shared bytes of the frame (or, if it held escapes, its own copy).

@@ -6,12 +6,16 @@
 //! cargo run -p shardline-bench-peers --release --features zlib      # zlib-stream
 //! cargo run -p shardline-bench-peers --release --features zstd      # zstd-stream
 //! PEERS_SECTIONS=prescan,flood,scale PEERS_FLOOD_EVENTS=200000 PEERS_FLOOD_SHARDS=1,16 PEERS_SCALE_SHARDS=1000,10000 PEERS_IDLE_SECS=60 PEERS_REPEATS=5
+//! PEERS_FLOOD_CLIENTS=shardline-view,twilight-typed   # a subset of the flood's clients
 //! ```
 //! twilight picks its compression when it is compiled, so one build compares one compression.
 //! `prescan`: reading op/s/t of each corpus frame, shardline's prescan against twilight's.
 //! `flood`: twilight's raw messages (`Stream::next`) and its typed events (`next_event`), against
 //! shardline delivering to a counting handler actor, per event (`shardline`), in batches
-//! (`shardline-batch`) and per event to a counter on each shard thread (`shardline-thread`).
+//! (`shardline-batch`) and per event to a counter on each shard thread (`shardline-thread`); and
+//! the typed path: the same three handlers reading the content, author and channel of every
+//! MESSAGE_CREATE through shardline's lean view (`shardline-view`, `shardline-batch-view`,
+//! `shardline-thread-view`), against twilight's typed events, whose handler reads the same fields.
 //! `scale`: idle shards, memory per shard, idle CPU.
 
 #[path = "../../benches/common/mod.rs"]
@@ -63,6 +67,14 @@ fn main() {
                 args.push("thread".into());
                 common::flood::client(&args)
             }
+            (
+                view @ ("shardline-view" | "shardline-batch-view" | "shardline-thread-view"),
+                "flood",
+            ) => {
+                let mut args = rest[2..].to_vec();
+                args.push(view.trim_start_matches("shardline-").into());
+                common::flood::client(&args)
+            }
             ("shardline", "scale") => common::scale::client(&rest[2..]),
             ("twilight-raw", "flood") => twilight_flood(&rest[2..], false),
             ("twilight-typed", "flood") => twilight_flood(&rest[2..], true),
@@ -95,21 +107,27 @@ fn main() {
     for shards in flood_shards {
         let n: usize = shards.parse().expect("shards");
         let per_shard = (events / n).to_string();
-        const CLIENTS: [&str; 5] = [
+        const ALL: [&str; 8] = [
             "shardline",
             "shardline-batch",
             "shardline-thread",
             "twilight-raw",
             "twilight-typed",
+            "shardline-view",
+            "shardline-batch-view",
+            "shardline-thread-view",
         ];
-        const RAW: usize = 3;
-        const TYPED: usize = 4;
+        let chosen = common::env_list("PEERS_FLOOD_CLIENTS", &ALL.join(","));
+        let clients: Vec<&str> = ALL
+            .into_iter()
+            .filter(|c| chosen.iter().any(|x| x == c))
+            .collect();
         // Repeats are interleaved (every client once, then again), so a drift in the machine's
         // speed during the run lands on every client alike.
-        let mut rates = vec![Vec::new(); CLIENTS.len()];
-        let mut p99s = vec![Vec::new(); CLIENTS.len()];
+        let mut rates = vec![Vec::new(); clients.len()];
+        let mut p99s = vec![Vec::new(); clients.len()];
         for _ in 0..repeats {
-            for (i, client) in CLIENTS.iter().enumerate() {
+            for (i, client) in clients.iter().enumerate() {
                 let fake = common::FakeProcess::start(&[
                     "flood".into(),
                     shards.clone(),
@@ -130,7 +148,7 @@ fn main() {
             }
         }
         let mut medians = Vec::new();
-        for (i, client) in CLIENTS.iter().enumerate() {
+        for (i, client) in clients.iter().enumerate() {
             if rates[i].is_empty() {
                 medians.push(0.0);
                 continue;
@@ -146,12 +164,32 @@ fn main() {
             println!("  {shards:>5} shards  {client:<15} {m:>9.0} ({lo:.0}-{hi:.0})  p99 {p99}");
             medians.push(m);
         }
-        if medians[RAW] > 0.0 && medians[TYPED] > 0.0 {
-            for (i, name) in CLIENTS[..RAW].iter().enumerate() {
+        let median = |name: &str| {
+            clients
+                .iter()
+                .position(|c| *c == name)
+                .map_or(0.0, |i| medians[i])
+        };
+        let (raw, typed) = (median("twilight-raw"), median("twilight-typed"));
+        for name in ["shardline", "shardline-batch", "shardline-thread"] {
+            if median(name) > 0.0 && raw > 0.0 && typed > 0.0 {
                 println!(
                     "  {shards:>5} shards  ratio {name} / twilight raw = {:.2}, / twilight typed = {:.2}",
-                    medians[i] / medians[RAW],
-                    medians[i] / medians[TYPED]
+                    median(name) / raw,
+                    median(name) / typed
+                );
+            }
+        }
+        // The typed path: both handlers read content, author and channel of every message.
+        for name in [
+            "shardline-view",
+            "shardline-batch-view",
+            "shardline-thread-view",
+        ] {
+            if median(name) > 0.0 && typed > 0.0 {
+                println!(
+                    "  {shards:>5} shards  ratio {name} / twilight typed = {:.2}",
+                    median(name) / typed
                 );
             }
         }
@@ -396,7 +434,10 @@ fn twilight_flood(args: &[String], typed: bool) {
                 while mine < per_shard {
                     if typed {
                         match shard.next_event(EventTypeFlags::MESSAGE_CREATE).await {
-                            Some(Ok(twilight_gateway::Event::MessageCreate(_))) => {}
+                            Some(Ok(twilight_gateway::Event::MessageCreate(m))) => {
+                                // What the typed-view handler reads, read here too.
+                                std::hint::black_box((&*m.content, m.author.id, m.channel_id));
+                            }
                             Some(_) => continue,
                             None => return,
                         }

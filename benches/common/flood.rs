@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use shardline::testkit::{FakeConfig, FakeGateway, Flood};
+use shardline::typed::MessageCreate;
 use shardline::{Compression, Config, Dispatch, DispatchBatch, Gateway, ShardPlan};
 
 /// The corpus MESSAGE_CREATE (2.6 KB).
@@ -51,8 +52,10 @@ pub struct Tally {
     done: Mutex<Option<Done>>,
 }
 
-/// Counts messages and collects probe latencies.
-pub struct Counter(Arc<Tally>);
+/// Counts messages and collects probe latencies; with `read`, it also reads the content, author and
+/// channel of every MESSAGE_CREATE through the lean typed view, as a handler that acts on messages
+/// does.
+pub struct Counter(Arc<Tally>, bool);
 
 impl Actor for Counter {
     type Context = Context<Self>;
@@ -66,6 +69,14 @@ impl Counter {
         let tally = &*self.0;
         match d.event() {
             "MESSAGE_CREATE" => {
+                if self.1 {
+                    match d.view::<MessageCreate<'_>>() {
+                        Ok(m) => {
+                            std::hint::black_box((&*m.content, m.author.id, m.channel_id));
+                        }
+                        Err(e) => panic!("the flood's MESSAGE_CREATE reads as a view: {e}"),
+                    }
+                }
                 // The clock is read at the first and the last event only, as the twilight
                 // counter in the peer bench does.
                 tally.first.get_or_init(Instant::now);
@@ -114,9 +125,10 @@ impl Handler<DispatchBatch> for Counter {
     }
 }
 
-/// One run: `--client <shards> <compression> <events per shard> <gateway url> [each|batch|thread]`:
-/// the counter is a per-event handler (`each`, the default), a batch handler, or a per-event handler
-/// per shard thread (`thread`: one counter beside the shards of each arbiter).
+/// One run: `--client <shards> <compression> <events per shard> <gateway url> [MODE]`: the counter
+/// is a per-event handler (`each`, the default), a batch handler (`batch`), or a per-event handler
+/// per shard thread (`thread`: one counter beside the shards of each arbiter); `view`, `batch-view`
+/// and `thread-view` are the same three reading each message through its typed view.
 pub fn client(args: &[String]) {
     let n: u32 = args[0].parse().expect("shards");
     let compression = match args[1].as_str() {
@@ -129,6 +141,13 @@ pub fn client(args: &[String]) {
     let per_shard: usize = args[2].parse().expect("events");
     let url = args[3].clone();
     let mode = args.get(4).map_or("each", String::as_str).to_owned();
+    // `view`, `batch-view`, `thread-view`: the same handler kinds, reading every message's view.
+    let read = mode.ends_with("view");
+    let kind = match mode.trim_end_matches("view").trim_end_matches('-') {
+        "" => "each",
+        other => other,
+    }
+    .to_owned();
     actix_rt::System::new().block_on(async move {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let tally = Arc::new(Tally {
@@ -144,21 +163,21 @@ pub fn client(args: &[String]) {
             .max_concurrency(n)
             .identify_window(Duration::from_millis(5))
             .compression(compression);
-        let builder = match mode.as_str() {
+        let builder = match kind.as_str() {
             "batch" => {
-                let counter = Counter(tally).start();
+                let counter = Counter(tally, read).start();
                 builder
                     .batch_handler("MESSAGE_CREATE", counter.clone().recipient())
                     .batch_handler("LATENCY_PROBE", counter.recipient())
             }
             "thread" => builder.handlers_per_thread(move |thread| {
-                let counter = Counter(tally.clone()).start();
+                let counter = Counter(tally.clone(), read).start();
                 thread
                     .handler("MESSAGE_CREATE", counter.clone().recipient())
                     .handler("LATENCY_PROBE", counter.recipient());
             }),
             _ => {
-                let counter = Counter(tally).start();
+                let counter = Counter(tally, read).start();
                 builder
                     .handler("MESSAGE_CREATE", counter.clone().recipient())
                     .handler("LATENCY_PROBE", counter.recipient())
@@ -180,9 +199,8 @@ pub fn client(args: &[String]) {
         let result = serde_json::json!({
             "bench": "flood",
             "library": match mode.as_str() {
-                "batch" => "shardline-batch",
-                "thread" => "shardline-thread",
-                _ => "shardline",
+                "each" => "shardline".to_owned(),
+                other => format!("shardline-{other}"),
             },
             "shards": n,
             "compression": args[1],

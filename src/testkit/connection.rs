@@ -582,7 +582,10 @@ impl Conn {
         let identified = state.identifies.iter().filter(|i| i.0 == shard).count();
         let mut ready = json!({
             "v": 10,
-            "user": {"id": "1000", "username": "fake-bot", "discriminator": "0", "bot": true},
+            // The fields Discord's READY user has (what a typed client such as twilight-model
+            // requires, e.g. `mfa_enabled`).
+            "user": {"id": "1000", "username": "fake-bot", "global_name": null, "discriminator": "0",
+                     "avatar": null, "bot": true, "verified": true, "mfa_enabled": false, "flags": 0},
             "guilds": guild_ids.iter().map(|id| json!({"id": id, "unavailable": true})).collect::<Vec<_>>(),
             "session_id": session_id,
             "resume_gateway_url": resume_url,
@@ -605,7 +608,23 @@ impl Conn {
         };
         push("READY", ready.to_string());
         for id in &guild_ids {
-            let guild = json!({"id": id, "name": format!("guild {id}"), "member_count": 2, "channels": [], "roles": [], "members": [], "unavailable": false});
+            // Every field Discord's GUILD_CREATE always carries (docs/protocol.md §8), so a typed
+            // client (twilight-model) reads it as it reads Discord's.
+            let guild = json!({
+                "id": id, "name": format!("guild {id}"), "icon": null, "splash": null,
+                "discovery_splash": null, "owner_id": "1001", "afk_channel_id": null,
+                "afk_timeout": 300, "verification_level": 0, "default_message_notifications": 0,
+                "explicit_content_filter": 0, "roles": [], "emojis": [], "features": [],
+                "mfa_level": 0, "application_id": null, "system_channel_id": null,
+                "system_channel_flags": 0, "rules_channel_id": null, "vanity_url_code": null,
+                "description": null, "banner": null, "premium_tier": 0,
+                "preferred_locale": "en-US", "public_updates_channel_id": null, "nsfw_level": 0,
+                "premium_progress_bar_enabled": false, "stickers": [],
+                "safety_alerts_channel_id": null, "joined_at": "2024-01-01T00:00:00.000000+00:00",
+                "large": false, "unavailable": false, "member_count": 2, "voice_states": [],
+                "members": [], "channels": [], "threads": [], "presences": [],
+                "stage_instances": [], "guild_scheduled_events": [], "soundboard_sounds": [],
+            });
             push("GUILD_CREATE", guild.to_string());
         }
         state.sessions.insert(
