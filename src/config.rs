@@ -291,6 +291,8 @@ pub struct Config {
     pub(crate) identify_queue: Option<Arc<dyn IdentifyQueue>>,
     /// The TLS settings of the websockets and `GET /gateway/bot`.
     pub(crate) tls: crate::shard::client::Tls,
+    /// Where the shards record metrics (nowhere unless the bot gave a `Metrics`).
+    pub(crate) metrics: crate::metrics::Sink,
 }
 
 impl std::fmt::Debug for Config {
@@ -381,6 +383,7 @@ impl ConfigBuilder {
                 sessions: Arc::new(MemorySessionStore::new()),
                 identify_queue: None,
                 tls: crate::shard::client::Tls::default(),
+                metrics: crate::metrics::Sink::default(),
             },
             intent_bits: 0,
             large_threshold: 50,
@@ -614,6 +617,14 @@ impl ConfigBuilder {
     /// The identify queue (default: an in-process queue sized by `max_concurrency`).
     pub fn identify_queue(mut self, queue: Arc<dyn IdentifyQueue>) -> Self {
         self.config.identify_queue = Some(queue);
+        self
+    }
+
+    /// Records Prometheus metrics into `metrics` (feature `metrics`; default: none are kept).
+    /// Keep a clone to [`render`](crate::metrics::Metrics::render) or serve them.
+    #[cfg(feature = "metrics")]
+    pub fn metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.config.metrics = crate::metrics::Sink(Some(metrics));
         self
     }
 

@@ -8,6 +8,10 @@ pub mod config;
 pub mod error;
 pub mod event;
 mod fast_hash;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 pub mod protocol;
 pub mod queue;
 pub mod rest;

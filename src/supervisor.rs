@@ -537,6 +537,7 @@ impl Gateway {
                 Arc::new(queue)
             }
         };
+        config.metrics.watch_queue(&queue);
         let params = IdentifyParams {
             token: config.token.clone(),
             intents: config.intents.bits(),
@@ -562,6 +563,7 @@ impl Gateway {
                 config.limits.concurrent_handshakes,
             )),
             tls: config.tls.clone(),
+            metrics: config.metrics.clone(),
         });
         let arbiter_count = config.arbiters.min(plan.ids.len()).max(1);
         let arbiters: Vec<Arbiter> = (0..arbiter_count).map(|_| Arbiter::new()).collect();

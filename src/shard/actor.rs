@@ -18,6 +18,7 @@ use futures_util::stream::StreamExt;
 use crate::config::{Compression, Limits, SlowHandlers, Timeouts};
 use crate::error::FatalError;
 use crate::event::ShardEvent;
+use crate::metrics::{ReconnectCause, ShardMetrics};
 use crate::protocol::{CommandError, Envelope};
 use crate::queue::IdentifyQueue;
 use crate::router::Router;
@@ -151,6 +152,7 @@ pub(crate) struct ShardShared {
     pub handshakes: Arc<tokio::sync::Semaphore>,
     /// The TLS settings of every connection (the thread's client for them).
     pub tls: crate::shard::client::Tls,
+    pub metrics: crate::metrics::Sink,
 }
 
 /// A connection's transport decompression (docs/protocol.md §6): a fresh context per connection.
@@ -282,6 +284,8 @@ pub struct ShardActor {
     /// During a shutdown: told when the gateway has answered our close (or the socket ended).
     close_answered: Option<tokio::sync::oneshot::Sender<()>>,
     span: tracing::Span,
+    /// `None` unless the bot enabled metrics.
+    metrics: Option<ShardMetrics>,
 }
 
 impl ShardActor {
@@ -301,6 +305,7 @@ impl ShardActor {
             Arc::clone(&shared.sessions),
             span.clone(),
         );
+        let metrics = shared.metrics.for_shard(id);
         Self {
             id,
             total,
@@ -322,6 +327,7 @@ impl ShardActor {
             close_code: None,
             close_answered: None,
             span,
+            metrics,
         }
     }
 
@@ -376,6 +382,8 @@ impl ShardActor {
             .connect_base_after(self.failed_connects)
             .to_owned();
         self.failed_connects = self.failed_connects.saturating_add(1);
+        self.metrics_cause(ReconnectCause::ConnectFailed);
+        self.metrics_reconnected();
         if self.state.connect_base_after(self.failed_connects) != base {
             tracing::warn!(
                 attempts = self.failed_connects,
@@ -440,6 +448,7 @@ impl ShardActor {
             if act.generation == generation && act.state.phase() == phase {
                 let _span = act.span.clone().entered();
                 tracing::warn!(?phase, ?after, "timed out; reconnecting");
+                act.metrics_cause(ReconnectCause::Timeout);
                 act.state.on_connection_failed();
                 act.drain(ctx);
             }
@@ -529,13 +538,23 @@ impl ShardActor {
         ctx: &mut Context<Self>,
     ) {
         match frame {
-            None => self.state.on_close(None),
+            None => {
+                self.metrics_cause(ReconnectCause::Dropped);
+                self.state.on_close(None)
+            }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "websocket protocol error; reconnecting");
+                self.metrics_cause(ReconnectCause::TransportError);
                 self.state.on_connection_failed();
             }
-            Some(Ok(Frame::Text(bytes))) => self.on_message(bytes),
-            Some(Ok(Frame::Binary(bytes))) => self.on_binary(bytes),
+            Some(Ok(Frame::Text(bytes))) => {
+                self.metrics_wire(bytes.len());
+                self.on_message(bytes)
+            }
+            Some(Ok(Frame::Binary(bytes))) => {
+                self.metrics_wire(bytes.len());
+                self.on_binary(bytes)
+            }
             Some(Ok(Frame::Continuation(item))) => self.on_continuation(item),
             Some(Ok(Frame::Ping(payload))) => {
                 if let Some(conn) = &mut self.conn {
@@ -548,6 +567,7 @@ impl ShardActor {
             Some(Ok(Frame::Close(reason))) => {
                 let code = reason.map(|r| u16::from(r.code));
                 tracing::info!(?code, "gateway closed the connection");
+                self.metrics_cause(ReconnectCause::GatewayClose);
                 self.close_code = code;
                 self.state.on_close(code);
             }
@@ -559,6 +579,9 @@ impl ShardActor {
     fn on_continuation(&mut self, item: Item) {
         let max = self.shared.limits.max_message_size;
         let Some(conn) = &mut self.conn else { return };
+        if let Some(m) = &mut self.metrics {
+            m.wire(item_len(&item));
+        }
         let (chunk, last) = match item {
             Item::FirstText(chunk) => {
                 conn.partial = Some((true, BytesMut::from(&chunk[..])));
@@ -577,6 +600,9 @@ impl ShardActor {
         };
         if buf.len() + chunk.len() > max {
             tracing::warn!(max, "message over the size limit; reconnecting");
+            if let Some(m) = &mut self.metrics {
+                m.cause(ReconnectCause::BadMessage);
+            }
             conn.partial = None;
             self.state.on_connection_failed();
             return;
@@ -601,14 +627,21 @@ impl ShardActor {
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "cannot inflate; reconnecting");
+                self.metrics_cause(ReconnectCause::BadMessage);
                 self.state.on_connection_failed();
             }
         }
     }
 
     fn on_message(&mut self, frame: Bytes) {
+        if let Some(m) = &mut self.metrics {
+            m.message(frame.len());
+        }
         match Envelope::parse(&frame) {
             Ok(env) => {
+                if let Some(cause) = ReconnectCause::for_op(env.op) {
+                    self.metrics_cause(cause);
+                }
                 // §3.2: the first heartbeat is jittered; only Hello needs the random draw.
                 let jitter = if env.op == 10 {
                     rand::random::<f64>()
@@ -633,7 +666,12 @@ impl ShardActor {
                     self.start_heartbeat(first, interval, ctx)
                 }
                 Action::RequestIdentify => self.request_identify(ctx),
-                Action::Deliver(dispatch) => self.delivery.deliver(dispatch, ctx),
+                Action::Deliver(dispatch) => {
+                    if let Some(m) = &mut self.metrics {
+                        m.event(dispatch.event());
+                    }
+                    self.delivery.deliver(dispatch, ctx)
+                }
                 Action::StoreSession(Some(session)) => {
                     // A new session (READY): what is still queued from the old one is not its.
                     self.delivery.new_session();
@@ -673,6 +711,7 @@ impl ShardActor {
                     close_code,
                     at_once,
                 } => {
+                    self.metrics_reconnected();
                     self.disconnect(close_code, ctx);
                     self.schedule_reconnect(at_once, ctx);
                 }
@@ -689,6 +728,9 @@ impl ShardActor {
                     ctx.stop();
                 }
             }
+        }
+        if let Some(m) = &mut self.metrics {
+            m.observe(self.state.phase(), self.state.latency());
         }
     }
 
@@ -754,6 +796,7 @@ impl ShardActor {
             return;
         }
         let _span = self.span.clone().entered();
+        self.metrics_cause(ReconnectCause::Zombie);
         // Zombie detection waits while reads are paused: an ACK may be sitting unread.
         self.state
             .set_reading_paused(self.delivery.reading_paused());
@@ -764,7 +807,11 @@ impl ShardActor {
     fn request_identify(&mut self, ctx: &mut Context<Self>) {
         let generation = self.generation;
         let request = self.shared.queue.acquire(self.id, self.total);
+        let asked = Instant::now();
         let handle = ctx.spawn(request.into_actor(self).map(move |permit, act, ctx| {
+            if let Some(m) = &act.metrics {
+                m.identify_waited(asked.elapsed());
+            }
             if let Some(conn) = &mut act.conn {
                 conn.identify = None;
             }
@@ -840,6 +887,7 @@ impl ShardActor {
         }
         let _span = self.span.clone().entered();
         tracing::warn!(%error, unsent = self.in_flight, "websocket write failed; reconnecting");
+        self.metrics_cause(ReconnectCause::TransportError);
         self.state.on_connection_failed();
         self.drain(ctx);
     }
@@ -873,10 +921,14 @@ impl Actor for ShardActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let _span = self.span.clone().entered();
+        if let Some(m) = &self.metrics {
+            ctx.run_interval(m.flush_every(), |act, _| act.flush_metrics());
+        }
         self.connect(ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.flush_metrics();
         if let Some(supervisor) = &self.supervisor {
             supervisor.do_send(ShardNotice::Stopped {
                 id: self.id,
@@ -909,6 +961,43 @@ impl ShardActor {
     fn hand_over(&mut self, ctx: &mut Context<Self>) {
         self.delivery.hand_over(ctx);
         self.state.release_buffers();
+    }
+}
+
+/// Metrics hooks: each does nothing unless the bot enabled metrics (and compiles to nothing
+/// without the `metrics` feature).
+impl ShardActor {
+    /// Notes why the state machine is about to reconnect, if what it is told next makes it.
+    fn metrics_cause(&mut self, cause: ReconnectCause) {
+        if let Some(m) = &mut self.metrics {
+            m.cause(cause);
+        }
+    }
+
+    fn metrics_reconnected(&mut self) {
+        if let Some(m) = &mut self.metrics {
+            m.reconnected();
+        }
+    }
+
+    fn metrics_wire(&mut self, bytes: usize) {
+        if let Some(m) = &mut self.metrics {
+            m.wire(bytes);
+        }
+    }
+
+    fn flush_metrics(&mut self) {
+        if let Some(m) = &mut self.metrics {
+            m.observe(self.state.phase(), self.state.latency());
+            m.flush(self.delivery.pending(), self.delivery.dropped());
+        }
+    }
+}
+
+/// The payload bytes of a continuation frame.
+fn item_len(item: &Item) -> usize {
+    match item {
+        Item::FirstText(b) | Item::FirstBinary(b) | Item::Continue(b) | Item::Last(b) => b.len(),
     }
 }
 
