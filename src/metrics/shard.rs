@@ -129,10 +129,13 @@ impl ShardMetrics {
         self.shared.identify_wait.observe(wait.as_secs_f64());
     }
 
-    /// The shard's phase and last heartbeat latency now: written out only if they changed (a new
-    /// latency is a new heartbeat ACK, and goes into the histogram).
+    /// The shard has carried out what the state machine asked: its phase and last heartbeat
+    /// latency now are written out if they changed (a new latency is a new heartbeat ACK, and goes
+    /// into the histogram). A cause noted for a reconnect that did not happen (a Hello that was
+    /// fine) is forgotten, so that it never labels a later one.
     #[inline]
     pub(crate) fn observe(&mut self, phase: Phase, latency: Option<Duration>) {
+        self.cause = ReconnectCause::Other;
         if phase == self.phase && latency == self.latency {
             return;
         }
