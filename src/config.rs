@@ -383,7 +383,7 @@ impl ConfigBuilder {
                 sessions: Arc::new(MemorySessionStore::new()),
                 identify_queue: None,
                 tls: crate::shard::client::Tls::default(),
-                metrics: crate::metrics::Sink::default(),
+                metrics: Default::default(),
             },
             intent_bits: 0,
             large_threshold: 50,

@@ -264,7 +264,7 @@ pub(crate) struct Inner {
 /// A process's shardline metrics, in a registry of their own: pass a clone to
 /// [`ConfigBuilder::metrics`](crate::ConfigBuilder::metrics), read them with
 /// [`render`](Self::render) (or serve them with `serve`, feature `metrics-endpoint`). See the
-/// [module docs](self) for what is exported.
+/// [module docs](crate::metrics) for what is exported.
 ///
 /// ```
 /// use shardline::metrics::{Metrics, MetricsOptions};
