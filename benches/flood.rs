@@ -5,7 +5,10 @@
 //! ```text
 //! cargo bench --features testkit,zstd --bench flood
 //! FLOOD_EVENTS=200000 FLOOD_SHARDS=1,16 FLOOD_COMPRESSION=none,zlib-stream,zstd-stream FLOOD_REPEATS=3 cargo bench ... --bench flood
+//! FLOOD_METRICS=off,on cargo bench --features testkit,metrics --bench flood   # the cost of metrics
 //! ```
+//! With `FLOOD_METRICS=off,on` each repeat runs both, one after the other, so that both see the
+//! same machine; the last column is the median of on/off over the repeats.
 //! The events are the corpus MESSAGE_CREATE (2.6 KB), split evenly over the shards; every 1000th
 //! event is followed by a `LATENCY_PROBE` carrying the fake's send time. Each run is a fresh client
 //! process; results also go to `target/bench-results/flood.jsonl`.
@@ -15,7 +18,7 @@ mod common;
 
 use std::io::Write;
 
-use common::flood::{client, serve};
+use common::flood::{client_with, serve};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -23,7 +26,15 @@ fn main() {
         return serve(&args[i + 1..]);
     }
     if let Some(i) = args.iter().position(|a| a == "--client") {
-        return client(&args[i + 1..]);
+        let args = &args[i + 1..];
+        return match args.get(5).map(String::as_str) {
+            #[cfg(feature = "metrics")]
+            Some("metrics") => client_with(args, "metrics", |c| {
+                c.metrics(shardline::metrics::Metrics::default())
+            }),
+            Some(other) => panic!("unknown variant {other} (metrics need the metrics feature)"),
+            None => client_with(args, "", |c| c),
+        };
     }
     if args.iter().any(|a| a == "--test" || a == "--list") {
         return;
@@ -41,10 +52,18 @@ fn main() {
     } else {
         "none,zlib-stream"
     };
+    let variants = common::env_list("FLOOD_METRICS", "off");
     let mut lines = Vec::new();
     println!(
-        "{:>6} {:>12} {:>8} {:>22} {:>10} {:>10}",
-        "shards", "compression", "handler", "events/s (min-max)", "p50 ms", "p99 ms"
+        "{:>6} {:>12} {:>8} {:>7} {:>22} {:>10} {:>10} {:>8}",
+        "shards",
+        "compression",
+        "handler",
+        "metrics",
+        "events/s (min-max)",
+        "p50 ms",
+        "p99 ms",
+        "vs off"
     );
     for shards in common::env_list("FLOOD_SHARDS", "1,16") {
         for (compression, mode) in common::env_list("FLOOD_COMPRESSION", default_compression)
@@ -53,49 +72,45 @@ fn main() {
         {
             let n: usize = shards.parse().expect("shard count");
             let per_shard = events / n;
-            let mut rates = Vec::new();
-            let mut p50s = Vec::new();
-            let mut p99s = Vec::new();
+            // Per variant: (events/s, p50, p99) of each repeat, `None` where the run failed.
+            let mut runs: Vec<Vec<Option<(f64, f64, f64)>>> = vec![Vec::new(); variants.len()];
             for _ in 0..repeats {
-                let fake = common::FakeProcess::start(&[shards.clone(), per_shard.to_string()]);
-                let output = std::process::Command::new(std::env::current_exe().expect("own path"))
-                    .args([
-                        "--client",
-                        &shards,
-                        &compression,
-                        &per_shard.to_string(),
-                        &fake.gateway_url(),
-                        mode,
-                    ])
-                    .output()
-                    .expect("client runs");
-                let Some(line) = String::from_utf8_lossy(&output.stdout)
-                    .lines()
-                    .find(|l| l.starts_with('{'))
-                    .map(str::to_owned)
-                else {
-                    eprintln!(
-                        "{shards} shards {compression}: client failed: {}",
-                        String::from_utf8_lossy(&output.stderr)
-                    );
+                for (variant, runs) in variants.iter().zip(&mut runs) {
+                    let run = run_once(&shards, &compression, per_shard, mode, variant);
+                    runs.push(run.as_ref().map(|(r, _)| *r));
+                    lines.extend(run.map(|(_, line)| line));
+                }
+            }
+            let off = variants.iter().position(|v| v == "off");
+            for (variant, results) in variants.iter().zip(&runs) {
+                let ok: Vec<(f64, f64, f64)> = results.iter().flatten().copied().collect();
+                if ok.is_empty() {
                     continue;
+                }
+                let (rate, lo, hi) =
+                    common::median(&mut ok.iter().map(|r| r.0).collect::<Vec<f64>>());
+                let (p50, _, _) = common::median(&mut ok.iter().map(|r| r.1).collect::<Vec<f64>>());
+                let (p99, _, _) = common::median(&mut ok.iter().map(|r| r.2).collect::<Vec<f64>>());
+                // The ratio of each repeat's pair (run back to back), then their median.
+                let mut ratios: Vec<f64> = off
+                    .map(|off| {
+                        results
+                            .iter()
+                            .zip(&runs[off])
+                            .filter_map(|(x, o)| Some(x.as_ref()?.0 / o.as_ref()?.0))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let ratio = if ratios.is_empty() {
+                    String::new()
+                } else {
+                    format!("{:.3}", common::median(&mut ratios).0)
                 };
-                let v: serde_json::Value = serde_json::from_str(&line).expect("result");
-                rates.push(v["events_per_sec"].as_f64().unwrap_or(0.0));
-                p50s.push(v["p50_ms"].as_f64().unwrap_or(0.0));
-                p99s.push(v["p99_ms"].as_f64().unwrap_or(0.0));
-                lines.push(line);
+                println!(
+                    "{:>6} {:>12} {:>8} {:>7} {:>9.0} ({:.0}-{:.0}) {:>10.2} {:>10.2} {:>8}",
+                    shards, compression, mode, variant, rate, lo, hi, p50, p99, ratio
+                );
             }
-            if rates.is_empty() {
-                continue;
-            }
-            let (rate, lo, hi) = common::median(&mut rates);
-            let (p50, _, _) = common::median(&mut p50s);
-            let (p99, _, _) = common::median(&mut p99s);
-            println!(
-                "{:>6} {:>12} {:>8} {:>9.0} ({:.0}-{:.0}) {:>10.2} {:>10.2}",
-                shards, compression, mode, rate, lo, hi, p50, p99
-            );
         }
     }
     let _ = std::fs::create_dir_all("target/bench-results");
@@ -104,4 +119,42 @@ fn main() {
             let _ = writeln!(f, "{line}");
         }
     }
+}
+
+/// One client process against a fresh fake process: (events/s, p50 ms, p99 ms) and its result line.
+fn run_once(
+    shards: &str,
+    compression: &str,
+    per_shard: usize,
+    mode: &str,
+    variant: &str,
+) -> Option<((f64, f64, f64), String)> {
+    let fake = common::FakeProcess::start(&[shards.to_owned(), per_shard.to_string()]);
+    let mut command = std::process::Command::new(std::env::current_exe().expect("own path"));
+    command.args([
+        "--client",
+        shards,
+        compression,
+        &per_shard.to_string(),
+        &fake.gateway_url(),
+        mode,
+    ]);
+    if variant == "on" {
+        command.arg("metrics");
+    }
+    let output = command.output().expect("client runs");
+    let Some(line) = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .map(str::to_owned)
+    else {
+        eprintln!(
+            "{shards} shards {compression} metrics {variant}: client failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        return None;
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).expect("result");
+    let f = |key: &str| v[key].as_f64().unwrap_or(0.0);
+    Some(((f("events_per_sec"), f("p50_ms"), f("p99_ms")), line))
 }

@@ -117,7 +117,18 @@ impl Handler<DispatchBatch> for Counter {
 /// One run: `--client <shards> <compression> <events per shard> <gateway url> [each|batch|thread]`:
 /// the counter is a per-event handler (`each`, the default), a batch handler, or a per-event handler
 /// per shard thread (`thread`: one counter beside the shards of each arbiter).
+#[allow(dead_code, reason = "the peer comparison's entry point")]
 pub fn client(args: &[String]) {
+    client_with(args, "", |builder| builder);
+}
+
+/// [`client`], with the config changed by `tweak` and `variant` in the result line (e.g. metrics
+/// on against off).
+pub fn client_with(
+    args: &[String],
+    variant: &str,
+    tweak: impl FnOnce(shardline::ConfigBuilder) -> shardline::ConfigBuilder + 'static,
+) {
     let n: u32 = args[0].parse().expect("shards");
     let compression = match args[1].as_str() {
         "none" => Compression::None,
@@ -129,6 +140,7 @@ pub fn client(args: &[String]) {
     let per_shard: usize = args[2].parse().expect("events");
     let url = args[3].clone();
     let mode = args.get(4).map_or("each", String::as_str).to_owned();
+    let variant = variant.to_owned();
     actix_rt::System::new().block_on(async move {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let tally = Arc::new(Tally {
@@ -164,7 +176,7 @@ pub fn client(args: &[String]) {
                     .handler("LATENCY_PROBE", counter.recipient())
             }
         };
-        let config = builder.build().expect("config");
+        let config = tweak(builder).build().expect("config");
         let gateway = Gateway::start(config).await.expect("starts");
         let (elapsed, mut latencies) = actix_rt::time::timeout(Duration::from_secs(300), rx)
             .await
@@ -184,6 +196,7 @@ pub fn client(args: &[String]) {
                 "thread" => "shardline-thread",
                 _ => "shardline",
             },
+            "variant": variant,
             "shards": n,
             "compression": args[1],
             "events": total,
