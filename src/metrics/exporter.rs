@@ -102,7 +102,7 @@ struct ShardLabel {
     shard: u32,
 }
 
-const PHASES: [Phase; 7] = [
+pub(crate) const PHASES: [Phase; 7] = [
     Phase::Disconnected,
     Phase::AwaitingHello,
     Phase::AwaitingIdentify,

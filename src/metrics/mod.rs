@@ -21,7 +21,7 @@
 //!
 //! **Cardinality** does not grow with the shard count unless asked to: by default every series is
 //! an aggregate over the process's shards (7 phases, 10 causes, at most one series per documented
-//! event name plus `other`, fixed histogram buckets): about 150 series for 1 or 10 000 shards.
+//! event name plus `other`, fixed histogram buckets): at most 128 series for 1 shard or 10 000.
 //! Event names come from the network, so only the names Discord documents
 //! ([`KNOWN_EVENTS`](crate::protocol::events::KNOWN_EVENTS)) get a series of their own; anything
 //! else counts as `event="other"`. The per-shard series (phase and latency, two per shard: 20 000

@@ -216,6 +216,7 @@ impl Drop for ShardMetrics {
 
 #[cfg(test)]
 mod tests {
+    use super::super::exporter::PHASES;
     use super::super::{Metrics, MetricsOptions};
     use super::*;
 
@@ -312,5 +313,46 @@ mod tests {
             ),
             Some(1.0)
         );
+    }
+
+    fn series(text: &str) -> usize {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .count()
+    }
+
+    #[test]
+    fn ten_thousand_shards_export_as_many_series_as_a_hundred_unless_per_shard_series_are_asked_for(
+    ) {
+        let run = |options: MetricsOptions, shards: u32| {
+            let metrics = Metrics::new(options);
+            let mut recorders: Vec<ShardMetrics> =
+                (0..shards).map(|id| recorder(&metrics, id)).collect();
+            for (i, m) in recorders.iter_mut().enumerate() {
+                // Every documented name (one per shard, in turn), a name no one documents on each
+                // shard, every phase and cause, a latency each.
+                m.event(KNOWN_EVENTS[i % KNOWN_EVENTS.len()]);
+                m.event(&format!("NOT_DOCUMENTED_{i}"));
+                m.wire(10);
+                m.message(20);
+                m.cause(ReconnectCause::ALL[i % ReconnectCause::ALL.len()]);
+                m.reconnected();
+                m.identify_waited(Duration::from_millis(i as u64));
+                m.observe(
+                    PHASES[i % PHASES.len()],
+                    Some(Duration::from_millis(i as u64)),
+                );
+                m.flush(i, i as u64);
+            }
+            series(&metrics.render())
+        };
+        let one = run(MetricsOptions::default(), 100);
+        let many = run(MetricsOptions::default(), 10_000);
+        assert_eq!(one, many, "the default series do not grow with the shards");
+        // 7 phases, the backlog, 10 causes, 77 names + other, 2 byte stages, drops, and two
+        // histograms of 12 and 13 buckets with their sums and counts.
+        assert_eq!(many, 7 + 1 + 10 + KNOWN_EVENTS.len() + 1 + 2 + 1 + 14 + 15);
+        let per_shard = run(MetricsOptions::default().per_shard_series(true), 10_000);
+        assert_eq!(per_shard, many + 2 * 10_000);
     }
 }
