@@ -8,7 +8,8 @@
 //! FLOOD_METRICS=off,on cargo bench --features testkit,metrics --bench flood   # the cost of metrics
 //! ```
 //! With `FLOOD_METRICS=off,on` each repeat runs both, one after the other, so that both see the
-//! same machine; the last column is the median of on/off over the repeats.
+//! same machine; the last columns are the client's CPU time per event and, per repeat pair, on/off
+//! of events/s and of CPU per event (medians).
 //! The events are the corpus MESSAGE_CREATE (2.6 KB), split evenly over the shards; every 1000th
 //! event is followed by a `LATENCY_PROBE` carrying the fake's send time. Each run is a fresh client
 //! process; results also go to `target/bench-results/flood.jsonl`.
@@ -55,7 +56,7 @@ fn main() {
     let variants = common::env_list("FLOOD_METRICS", "off");
     let mut lines = Vec::new();
     println!(
-        "{:>6} {:>12} {:>8} {:>7} {:>22} {:>10} {:>10} {:>8}",
+        "{:>6} {:>12} {:>8} {:>7} {:>22} {:>8} {:>8} {:>8} {:>10} {:>10}",
         "shards",
         "compression",
         "handler",
@@ -63,7 +64,9 @@ fn main() {
         "events/s (min-max)",
         "p50 ms",
         "p99 ms",
-        "vs off"
+        "cpu µs/ev",
+        "rate÷off",
+        "cpu÷off"
     );
     for shards in common::env_list("FLOOD_SHARDS", "1,16") {
         for (compression, mode) in common::env_list("FLOOD_COMPRESSION", default_compression)
@@ -72,8 +75,9 @@ fn main() {
         {
             let n: usize = shards.parse().expect("shard count");
             let per_shard = events / n;
-            // Per variant: (events/s, p50, p99) of each repeat, `None` where the run failed.
-            let mut runs: Vec<Vec<Option<(f64, f64, f64)>>> = vec![Vec::new(); variants.len()];
+            // Per variant: (events/s, p50, p99, CPU µs per event) of each repeat, `None` where the
+            // run failed.
+            let mut runs: Vec<Vec<Option<Run>>> = vec![Vec::new(); variants.len()];
             for _ in 0..repeats {
                 for (variant, runs) in variants.iter().zip(&mut runs) {
                     let run = run_once(&shards, &compression, per_shard, mode, variant);
@@ -83,7 +87,7 @@ fn main() {
             }
             let off = variants.iter().position(|v| v == "off");
             for (variant, results) in variants.iter().zip(&runs) {
-                let ok: Vec<(f64, f64, f64)> = results.iter().flatten().copied().collect();
+                let ok: Vec<Run> = results.iter().flatten().copied().collect();
                 if ok.is_empty() {
                     continue;
                 }
@@ -91,24 +95,38 @@ fn main() {
                     common::median(&mut ok.iter().map(|r| r.0).collect::<Vec<f64>>());
                 let (p50, _, _) = common::median(&mut ok.iter().map(|r| r.1).collect::<Vec<f64>>());
                 let (p99, _, _) = common::median(&mut ok.iter().map(|r| r.2).collect::<Vec<f64>>());
+                let (cpu, _, _) = common::median(&mut ok.iter().map(|r| r.3).collect::<Vec<f64>>());
                 // The ratio of each repeat's pair (run back to back), then their median.
-                let mut ratios: Vec<f64> = off
-                    .map(|off| {
-                        results
-                            .iter()
-                            .zip(&runs[off])
-                            .filter_map(|(x, o)| Some(x.as_ref()?.0 / o.as_ref()?.0))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let ratio = if ratios.is_empty() {
-                    String::new()
-                } else {
-                    format!("{:.3}", common::median(&mut ratios).0)
+                let ratio = |of: fn(&Run) -> f64| {
+                    let mut ratios: Vec<f64> = off
+                        .map(|off| {
+                            results
+                                .iter()
+                                .zip(&runs[off])
+                                .filter_map(|(x, o)| Some(of(x.as_ref()?) / of(o.as_ref()?)))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if ratios.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{:.3}", common::median(&mut ratios).0)
+                    }
                 };
                 println!(
-                    "{:>6} {:>12} {:>8} {:>7} {:>9.0} ({:.0}-{:.0}) {:>10.2} {:>10.2} {:>8}",
-                    shards, compression, mode, variant, rate, lo, hi, p50, p99, ratio
+                    "{:>6} {:>12} {:>8} {:>7} {:>9.0} ({:.0}-{:.0}) {:>8.2} {:>8.2} {:>8.3} {:>10} {:>10}",
+                    shards,
+                    compression,
+                    mode,
+                    variant,
+                    rate,
+                    lo,
+                    hi,
+                    p50,
+                    p99,
+                    cpu,
+                    ratio(|r| r.0),
+                    ratio(|r| r.3)
                 );
             }
         }
@@ -121,14 +139,17 @@ fn main() {
     }
 }
 
-/// One client process against a fresh fake process: (events/s, p50 ms, p99 ms) and its result line.
+/// events/s, p50 ms, p99 ms, client CPU µs per event.
+type Run = (f64, f64, f64, f64);
+
+/// One client process against a fresh fake process: its figures and its result line.
 fn run_once(
     shards: &str,
     compression: &str,
     per_shard: usize,
     mode: &str,
     variant: &str,
-) -> Option<((f64, f64, f64), String)> {
+) -> Option<(Run, String)> {
     let fake = common::FakeProcess::start(&[shards.to_owned(), per_shard.to_string()]);
     let mut command = std::process::Command::new(std::env::current_exe().expect("own path"));
     command.args([
@@ -156,5 +177,14 @@ fn run_once(
     };
     let v: serde_json::Value = serde_json::from_str(&line).expect("result");
     let f = |key: &str| v[key].as_f64().unwrap_or(0.0);
-    Some(((f("events_per_sec"), f("p50_ms"), f("p99_ms")), line))
+    let cpu_us_per_event = f("cpu_s") * 1e6 / f("events").max(1.0);
+    Some((
+        (
+            f("events_per_sec"),
+            f("p50_ms"),
+            f("p99_ms"),
+            cpu_us_per_event,
+        ),
+        line,
+    ))
 }
