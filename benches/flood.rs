@@ -6,6 +6,7 @@
 //! cargo bench --features testkit,zstd --bench flood
 //! FLOOD_EVENTS=200000 FLOOD_SHARDS=1,16 FLOOD_COMPRESSION=none,zlib-stream,zstd-stream FLOOD_REPEATS=3 cargo bench ... --bench flood
 //! FLOOD_METRICS=off,on cargo bench --features testkit,metrics --bench flood   # the cost of metrics
+//! FLOOD_HANDLERS=batch,thread ...                                              # some handler kinds only
 //! ```
 //! With `FLOOD_METRICS=off,on` each repeat runs both, one after the other, so that both see the
 //! same machine; the last columns are the client's CPU time per event and, per repeat pair, on/off
@@ -68,10 +69,11 @@ fn main() {
         "rate÷off",
         "cpu÷off"
     );
+    let handlers = common::env_list("FLOOD_HANDLERS", "each,batch,thread");
     for shards in common::env_list("FLOOD_SHARDS", "1,16") {
         for (compression, mode) in common::env_list("FLOOD_COMPRESSION", default_compression)
             .into_iter()
-            .flat_map(|c| [(c.clone(), "each"), (c.clone(), "batch"), (c, "thread")])
+            .flat_map(|c| handlers.iter().map(move |h| (c.clone(), h.as_str())))
         {
             let n: usize = shards.parse().expect("shard count");
             let per_shard = events / n;

@@ -152,6 +152,7 @@ pub(crate) struct ShardShared {
     pub handshakes: Arc<tokio::sync::Semaphore>,
     /// The TLS settings of every connection (the thread's client for them).
     pub tls: crate::shard::client::Tls,
+    /// Where each shard's metrics recorder writes (nowhere unless the bot enabled metrics).
     pub metrics: crate::metrics::Sink,
 }
 
