@@ -173,7 +173,7 @@ async fn a_scrape_over_http_counts_what_the_shards_received_and_did() {
     wait_resumed(1, 1).await;
     assert!(fake.close(0, 4000));
     wait_resumed(0, 1).await;
-    // op 9 (resumable); then no ACKs on shard 0.
+    // op 9 (resumable); then no ACKs on shard 0; then an undecodable frame on shard 1.
     assert!(fake.invalid_session(1, true));
     wait_resumed(1, 2).await;
     fake.set_ack_heartbeats(0, false);
@@ -189,6 +189,9 @@ async fn a_scrape_over_http_counts_what_the_shards_received_and_did() {
     );
     fake.set_ack_heartbeats(0, true);
     wait_resumed(0, 2).await;
+    // A binary frame that does not inflate: the connection's zlib context is lost.
+    assert!(fake.send_raw_binary(1, &[0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0xff, 0xff]));
+    wait_resumed(1, 3).await;
     // A marker on each shard after its resume: everything before it has been delivered.
     fake.dispatch_raw(0, "TYPING_START", "{}").unwrap();
     fake.dispatch_raw(1, "TYPING_START", "{}").unwrap();
@@ -234,12 +237,13 @@ async fn a_scrape_over_http_counts_what_the_shards_received_and_did() {
         "gateway_close",
         "invalid_session",
         "zombie",
+        "bad_message",
     ] {
         assert_eq!(reconnects[cause], 1.0, "{cause}: {reconnects:?}");
     }
     assert_eq!(
         reconnects.values().sum::<f64>(),
-        4.0,
+        5.0,
         "no other reconnect: {reconnects:?}"
     );
 
@@ -413,5 +417,46 @@ async fn the_backlog_is_what_waits_for_a_full_handler_and_drops_are_counted_exac
     .await;
     arbiter.stop();
     bot.stop().await;
+    server.stop().await;
+}
+
+#[actix_rt::test]
+async fn connects_that_fail_count_as_reconnects_caused_by_the_failed_connect() {
+    // A port nothing listens on: every connect is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = Metrics::new(options());
+    let server = metrics.serve(("127.0.0.1", 0)).unwrap();
+    let config = Config::builder(TOKEN)
+        .shards(ShardPlan::Count(1))
+        .gateway_url(format!("ws://127.0.0.1:{port}"))
+        .max_concurrency(1)
+        .backoff(
+            Backoff::default()
+                .initial(Duration::from_millis(10))
+                .max(Duration::from_millis(20)),
+        )
+        .metrics(metrics.clone())
+        .build()
+        .unwrap();
+    let gateway = Gateway::start(config).await.unwrap();
+    let scraped = scrape_until(&server, "failed connects counted", |s| {
+        s.get("shardline_reconnects_total", &[("cause", "connect_failed")]) >= Some(2.0)
+    })
+    .await;
+    let reconnects = scraped.by_label("shardline_reconnects_total", "cause");
+    assert_eq!(
+        reconnects.values().sum::<f64>(),
+        reconnects["connect_failed"],
+        "{reconnects:?}"
+    );
+    assert_eq!(
+        scraped.get("shardline_shards", &[("phase", "ready")]),
+        Some(0.0)
+    );
+    gateway.shutdown(false).await;
     server.stop().await;
 }
