@@ -5,7 +5,12 @@
 //! ```text
 //! cargo bench --features testkit,zstd --bench flood
 //! FLOOD_EVENTS=200000 FLOOD_SHARDS=1,16 FLOOD_COMPRESSION=none,zlib-stream,zstd-stream FLOOD_REPEATS=3 cargo bench ... --bench flood
+//! FLOOD_METRICS=off,on cargo bench --features testkit,metrics --bench flood   # the cost of metrics
+//! FLOOD_HANDLERS=batch,thread ...                                              # some handler kinds only
 //! ```
+//! With `FLOOD_METRICS=off,on` each repeat runs both, one after the other, so that both see the
+//! same machine; the last columns are the client's CPU time per event and, per repeat pair, on/off
+//! of events/s and of CPU per event (medians).
 //! The events are the corpus MESSAGE_CREATE (2.6 KB), split evenly over the shards; every 1000th
 //! event is followed by a `LATENCY_PROBE` carrying the fake's send time. Each run is a fresh client
 //! process; results also go to `target/bench-results/flood.jsonl`.
@@ -15,7 +20,7 @@ mod common;
 
 use std::io::Write;
 
-use common::flood::{client, serve};
+use common::flood::{client_with, serve};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -23,7 +28,15 @@ fn main() {
         return serve(&args[i + 1..]);
     }
     if let Some(i) = args.iter().position(|a| a == "--client") {
-        return client(&args[i + 1..]);
+        let args = &args[i + 1..];
+        return match args.get(5).map(String::as_str) {
+            #[cfg(feature = "metrics")]
+            Some("metrics") => client_with(args, "metrics", |c| {
+                c.metrics(shardline::metrics::Metrics::default())
+            }),
+            Some(other) => panic!("unknown variant {other} (metrics need the metrics feature)"),
+            None => client_with(args, "", |c| c),
+        };
     }
     if args.iter().any(|a| a == "--test" || a == "--list") {
         return;
@@ -41,61 +54,83 @@ fn main() {
     } else {
         "none,zlib-stream"
     };
+    let variants = common::env_list("FLOOD_METRICS", "off");
     let mut lines = Vec::new();
     println!(
-        "{:>6} {:>12} {:>8} {:>22} {:>10} {:>10}",
-        "shards", "compression", "handler", "events/s (min-max)", "p50 ms", "p99 ms"
+        "{:>6} {:>12} {:>8} {:>7} {:>22} {:>8} {:>8} {:>8} {:>10} {:>10}",
+        "shards",
+        "compression",
+        "handler",
+        "metrics",
+        "events/s (min-max)",
+        "p50 ms",
+        "p99 ms",
+        "cpu µs/ev",
+        "rate÷off",
+        "cpu÷off"
     );
+    let handlers = common::env_list("FLOOD_HANDLERS", "each,batch,thread");
     for shards in common::env_list("FLOOD_SHARDS", "1,16") {
         for (compression, mode) in common::env_list("FLOOD_COMPRESSION", default_compression)
             .into_iter()
-            .flat_map(|c| [(c.clone(), "each"), (c.clone(), "batch"), (c, "thread")])
+            .flat_map(|c| handlers.iter().map(move |h| (c.clone(), h.as_str())))
         {
             let n: usize = shards.parse().expect("shard count");
             let per_shard = events / n;
-            let mut rates = Vec::new();
-            let mut p50s = Vec::new();
-            let mut p99s = Vec::new();
+            // Per variant: (events/s, p50, p99, CPU µs per event) of each repeat, `None` where the
+            // run failed.
+            let mut runs: Vec<Vec<Option<Run>>> = vec![Vec::new(); variants.len()];
             for _ in 0..repeats {
-                let fake = common::FakeProcess::start(&[shards.clone(), per_shard.to_string()]);
-                let output = std::process::Command::new(std::env::current_exe().expect("own path"))
-                    .args([
-                        "--client",
-                        &shards,
-                        &compression,
-                        &per_shard.to_string(),
-                        &fake.gateway_url(),
-                        mode,
-                    ])
-                    .output()
-                    .expect("client runs");
-                let Some(line) = String::from_utf8_lossy(&output.stdout)
-                    .lines()
-                    .find(|l| l.starts_with('{'))
-                    .map(str::to_owned)
-                else {
-                    eprintln!(
-                        "{shards} shards {compression}: client failed: {}",
-                        String::from_utf8_lossy(&output.stderr)
-                    );
+                for (variant, runs) in variants.iter().zip(&mut runs) {
+                    let run = run_once(&shards, &compression, per_shard, mode, variant);
+                    runs.push(run.as_ref().map(|(r, _)| *r));
+                    lines.extend(run.map(|(_, line)| line));
+                }
+            }
+            let off = variants.iter().position(|v| v == "off");
+            for (variant, results) in variants.iter().zip(&runs) {
+                let ok: Vec<Run> = results.iter().flatten().copied().collect();
+                if ok.is_empty() {
                     continue;
+                }
+                let (rate, lo, hi) =
+                    common::median(&mut ok.iter().map(|r| r.0).collect::<Vec<f64>>());
+                let (p50, _, _) = common::median(&mut ok.iter().map(|r| r.1).collect::<Vec<f64>>());
+                let (p99, _, _) = common::median(&mut ok.iter().map(|r| r.2).collect::<Vec<f64>>());
+                let (cpu, _, _) = common::median(&mut ok.iter().map(|r| r.3).collect::<Vec<f64>>());
+                // The ratio of each repeat's pair (run back to back), then their median.
+                let ratio = |of: fn(&Run) -> f64| {
+                    let mut ratios: Vec<f64> = off
+                        .map(|off| {
+                            results
+                                .iter()
+                                .zip(&runs[off])
+                                .filter_map(|(x, o)| Some(of(x.as_ref()?) / of(o.as_ref()?)))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if ratios.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{:.3}", common::median(&mut ratios).0)
+                    }
                 };
-                let v: serde_json::Value = serde_json::from_str(&line).expect("result");
-                rates.push(v["events_per_sec"].as_f64().unwrap_or(0.0));
-                p50s.push(v["p50_ms"].as_f64().unwrap_or(0.0));
-                p99s.push(v["p99_ms"].as_f64().unwrap_or(0.0));
-                lines.push(line);
+                println!(
+                    "{:>6} {:>12} {:>8} {:>7} {:>9.0} ({:.0}-{:.0}) {:>8.2} {:>8.2} {:>8.3} {:>10} {:>10}",
+                    shards,
+                    compression,
+                    mode,
+                    variant,
+                    rate,
+                    lo,
+                    hi,
+                    p50,
+                    p99,
+                    cpu,
+                    ratio(|r| r.0),
+                    ratio(|r| r.3)
+                );
             }
-            if rates.is_empty() {
-                continue;
-            }
-            let (rate, lo, hi) = common::median(&mut rates);
-            let (p50, _, _) = common::median(&mut p50s);
-            let (p99, _, _) = common::median(&mut p99s);
-            println!(
-                "{:>6} {:>12} {:>8} {:>9.0} ({:.0}-{:.0}) {:>10.2} {:>10.2}",
-                shards, compression, mode, rate, lo, hi, p50, p99
-            );
         }
     }
     let _ = std::fs::create_dir_all("target/bench-results");
@@ -104,4 +139,54 @@ fn main() {
             let _ = writeln!(f, "{line}");
         }
     }
+}
+
+/// events/s, p50 ms, p99 ms, client CPU µs per event.
+type Run = (f64, f64, f64, f64);
+
+/// One client process against a fresh fake process: its figures and its result line.
+fn run_once(
+    shards: &str,
+    compression: &str,
+    per_shard: usize,
+    mode: &str,
+    variant: &str,
+) -> Option<(Run, String)> {
+    let fake = common::FakeProcess::start(&[shards.to_owned(), per_shard.to_string()]);
+    let mut command = std::process::Command::new(std::env::current_exe().expect("own path"));
+    command.args([
+        "--client",
+        shards,
+        compression,
+        &per_shard.to_string(),
+        &fake.gateway_url(),
+        mode,
+    ]);
+    if variant == "on" {
+        command.arg("metrics");
+    }
+    let output = command.output().expect("client runs");
+    let Some(line) = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .map(str::to_owned)
+    else {
+        eprintln!(
+            "{shards} shards {compression} metrics {variant}: client failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        return None;
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).expect("result");
+    let f = |key: &str| v[key].as_f64().unwrap_or(0.0);
+    let cpu_us_per_event = f("cpu_s") * 1e6 / f("events").max(1.0);
+    Some((
+        (
+            f("events_per_sec"),
+            f("p50_ms"),
+            f("p99_ms"),
+            cpu_us_per_event,
+        ),
+        line,
+    ))
 }

@@ -295,6 +295,8 @@ pub struct Config {
     pub(crate) fleet_owner: Option<String>,
     /// The TLS settings of the websockets and `GET /gateway/bot`.
     pub(crate) tls: crate::client::Tls,
+    /// Where the shards record metrics (nowhere unless the bot gave a `Metrics`).
+    pub(crate) metrics: crate::metrics::Sink,
 }
 
 impl std::fmt::Debug for Config {
@@ -387,6 +389,7 @@ impl ConfigBuilder {
                 dynamic_shards: false,
                 fleet_owner: None,
                 tls: crate::client::Tls::default(),
+                metrics: Default::default(),
             },
             intent_bits: 0,
             large_threshold: 50,
@@ -620,6 +623,14 @@ impl ConfigBuilder {
     /// The identify queue (default: an in-process queue sized by `max_concurrency`).
     pub fn identify_queue(mut self, queue: Arc<dyn IdentifyQueue>) -> Self {
         self.config.identify_queue = Some(queue);
+        self
+    }
+
+    /// Records Prometheus metrics into `metrics` (feature `metrics`; default: none are kept).
+    /// Keep a clone to [`render`](crate::metrics::Metrics::render) or serve them.
+    #[cfg(feature = "metrics")]
+    pub fn metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.config.metrics = crate::metrics::Sink(Some(metrics));
         self
     }
 

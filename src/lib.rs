@@ -11,6 +11,10 @@ pub mod event;
 mod fast_hash;
 #[cfg(feature = "redis")]
 pub mod fleet;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 pub mod ownership;
 pub mod protocol;
 pub mod queue;

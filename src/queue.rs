@@ -81,6 +81,13 @@ pub trait IdentifyQueue: Send + Sync + 'static {
     /// Asks for a permit for `shard` (of `total`); the returned future resolves when it may
     /// identify.
     fn acquire(&self, shard: u32, total: u32) -> PermitRequest;
+
+    /// Identifies left in the current session-start budget period, if the queue keeps a budget
+    /// (exported as `shardline_session_starts_remaining` with feature `metrics`). It is asked at
+    /// each metrics scrape, so it answers from what it already holds, without IO.
+    fn session_starts_remaining(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// One process's identify queue: each bucket grants a permit at most once per window, to its
@@ -383,6 +390,10 @@ impl Drop for Waiting {
 }
 
 impl IdentifyQueue for LocalIdentifyQueue {
+    fn session_starts_remaining(&self) -> Option<u32> {
+        self.remaining()
+    }
+
     fn acquire(&self, shard: u32, _total: u32) -> PermitRequest {
         let wake = Arc::new(Notify::new());
         let ticket = lock(&self.core).enqueue(shard, Instant::now(), wake.clone());

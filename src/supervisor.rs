@@ -582,6 +582,7 @@ impl Gateway {
                 Arc::new(queue)
             }
         };
+        config.metrics.watch_queue(&queue);
         let params = IdentifyParams {
             token: config.token.clone(),
             intents: config.intents.bits(),
@@ -607,6 +608,7 @@ impl Gateway {
                 config.limits.concurrent_handshakes,
             )),
             tls: config.tls.clone(),
+            metrics: config.metrics.clone(),
         });
         let arbiter_count = config.arbiters.min(plan.ids.len()).max(1);
         let arbiters: Vec<Arbiter> = (0..arbiter_count).map(|_| Arbiter::new()).collect();

@@ -129,7 +129,18 @@ impl Handler<DispatchBatch> for Counter {
 /// is a per-event handler (`each`, the default), a batch handler (`batch`), or a per-event handler
 /// per shard thread (`thread`: one counter beside the shards of each arbiter); `view`, `batch-view`
 /// and `thread-view` are the same three reading each message through its typed view.
+#[allow(dead_code, reason = "the peer comparison's entry point")]
 pub fn client(args: &[String]) {
+    client_with(args, "", |builder| builder);
+}
+
+/// [`client`], with the config changed by `tweak` and `variant` in the result line (e.g. metrics
+/// on against off).
+pub fn client_with(
+    args: &[String],
+    variant: &str,
+    tweak: impl FnOnce(shardline::ConfigBuilder) -> shardline::ConfigBuilder + 'static,
+) {
     let n: u32 = args[0].parse().expect("shards");
     let compression = match args[1].as_str() {
         "none" => Compression::None,
@@ -148,6 +159,7 @@ pub fn client(args: &[String]) {
         other => other,
     }
     .to_owned();
+    let variant = variant.to_owned();
     actix_rt::System::new().block_on(async move {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let tally = Arc::new(Tally {
@@ -183,7 +195,7 @@ pub fn client(args: &[String]) {
                     .handler("LATENCY_PROBE", counter.recipient())
             }
         };
-        let config = builder.build().expect("config");
+        let config = tweak(builder).build().expect("config");
         let gateway = Gateway::start(config).await.expect("starts");
         let (elapsed, mut latencies) = actix_rt::time::timeout(Duration::from_secs(300), rx)
             .await
@@ -196,21 +208,39 @@ pub fn client(args: &[String]) {
                 .map_or(0.0, |&ns| ns as f64 / 1e6)
         };
         let total = per_shard * n as usize;
+        let cpu_s = cpu_seconds();
         let result = serde_json::json!({
             "bench": "flood",
             "library": match mode.as_str() {
                 "each" => "shardline".to_owned(),
                 other => format!("shardline-{other}"),
             },
+            "variant": variant,
             "shards": n,
             "compression": args[1],
             "events": total,
             "events_per_sec": total as f64 / elapsed.as_secs_f64(),
             "p50_ms": pct(0.5),
             "p99_ms": pct(0.99),
+            "cpu_s": cpu_s,
         });
         println!("{result}");
         drop(gateway);
         std::process::exit(0);
     });
+}
+
+/// CPU time of this process's threads so far (Linux `schedstat`, in nanoseconds; 0 elsewhere): the
+/// client's cost per event, which the fake gateway sharing the cores does not blur the way it blurs
+/// events/s.
+fn cpu_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum::<u64>() as f64
+        / 1e9
 }

@@ -18,6 +18,7 @@ use futures_util::stream::StreamExt;
 use crate::config::{Compression, Limits, SlowHandlers, Timeouts};
 use crate::error::FatalError;
 use crate::event::ShardEvent;
+use crate::metrics::{ReconnectCause, ShardMetrics};
 use crate::ownership::LeaseGuard;
 use crate::protocol::{CommandError, Envelope};
 use crate::queue::IdentifyQueue;
@@ -152,6 +153,8 @@ pub(crate) struct ShardShared {
     pub handshakes: Arc<tokio::sync::Semaphore>,
     /// The TLS settings of every connection (the thread's client for them).
     pub tls: crate::client::Tls,
+    /// Where each shard's metrics recorder writes (nowhere unless the bot enabled metrics).
+    pub metrics: crate::metrics::Sink,
 }
 
 /// A connection's transport decompression (docs/protocol.md §6): a fresh context per connection.
@@ -286,6 +289,8 @@ pub struct ShardActor {
     /// connection once it does not (docs/fleet.md "Ownership").
     guard: Option<LeaseGuard>,
     span: tracing::Span,
+    /// `None` unless the bot enabled metrics.
+    metrics: Option<ShardMetrics>,
 }
 
 impl ShardActor {
@@ -306,6 +311,7 @@ impl ShardActor {
             Arc::clone(&shared.sessions),
             span.clone(),
         );
+        let metrics = shared.metrics.for_shard(id);
         Self {
             id,
             total,
@@ -328,6 +334,7 @@ impl ShardActor {
             close_answered: None,
             guard,
             span,
+            metrics,
         }
     }
 
@@ -386,6 +393,8 @@ impl ShardActor {
             .connect_base_after(self.failed_connects)
             .to_owned();
         self.failed_connects = self.failed_connects.saturating_add(1);
+        self.metrics_cause(ReconnectCause::ConnectFailed);
+        self.metrics_reconnected();
         if self.state.connect_base_after(self.failed_connects) != base {
             tracing::warn!(
                 attempts = self.failed_connects,
@@ -450,6 +459,7 @@ impl ShardActor {
             if act.generation == generation && act.state.phase() == phase {
                 let _span = act.span.clone().entered();
                 tracing::warn!(?phase, ?after, "timed out; reconnecting");
+                act.metrics_cause(ReconnectCause::Timeout);
                 act.state.on_connection_failed();
                 act.drain(ctx);
             }
@@ -539,13 +549,23 @@ impl ShardActor {
         ctx: &mut Context<Self>,
     ) {
         match frame {
-            None => self.state.on_close(None),
+            None => {
+                self.metrics_cause(ReconnectCause::Dropped);
+                self.state.on_close(None)
+            }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "websocket protocol error; reconnecting");
+                self.metrics_cause(ReconnectCause::TransportError);
                 self.state.on_connection_failed();
             }
-            Some(Ok(Frame::Text(bytes))) => self.on_message(bytes),
-            Some(Ok(Frame::Binary(bytes))) => self.on_binary(bytes),
+            Some(Ok(Frame::Text(bytes))) => {
+                self.metrics_wire(bytes.len());
+                self.on_message(bytes)
+            }
+            Some(Ok(Frame::Binary(bytes))) => {
+                self.metrics_wire(bytes.len());
+                self.on_binary(bytes)
+            }
             Some(Ok(Frame::Continuation(item))) => self.on_continuation(item),
             Some(Ok(Frame::Ping(payload))) => {
                 if !self.may_write(ctx) {
@@ -561,6 +581,7 @@ impl ShardActor {
             Some(Ok(Frame::Close(reason))) => {
                 let code = reason.map(|r| u16::from(r.code));
                 tracing::info!(?code, "gateway closed the connection");
+                self.metrics_cause(ReconnectCause::GatewayClose);
                 self.close_code = code;
                 self.state.on_close(code);
             }
@@ -572,6 +593,9 @@ impl ShardActor {
     fn on_continuation(&mut self, item: Item) {
         let max = self.shared.limits.max_message_size;
         let Some(conn) = &mut self.conn else { return };
+        if let Some(m) = &mut self.metrics {
+            m.wire(item_len(&item));
+        }
         let (chunk, last) = match item {
             Item::FirstText(chunk) => {
                 conn.partial = Some((true, BytesMut::from(&chunk[..])));
@@ -590,6 +614,9 @@ impl ShardActor {
         };
         if buf.len() + chunk.len() > max {
             tracing::warn!(max, "message over the size limit; reconnecting");
+            if let Some(m) = &mut self.metrics {
+                m.cause(ReconnectCause::BadMessage);
+            }
             conn.partial = None;
             self.state.on_connection_failed();
             return;
@@ -614,14 +641,21 @@ impl ShardActor {
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "cannot inflate; reconnecting");
+                self.metrics_cause(ReconnectCause::BadMessage);
                 self.state.on_connection_failed();
             }
         }
     }
 
     fn on_message(&mut self, frame: Bytes) {
+        if let Some(m) = &mut self.metrics {
+            m.message(frame.len());
+        }
         match Envelope::parse(&frame) {
             Ok(env) => {
+                if let Some(cause) = ReconnectCause::for_op(env.op) {
+                    self.metrics_cause(cause);
+                }
                 // §3.2: the first heartbeat is jittered; only Hello needs the random draw.
                 let jitter = if env.op == 10 {
                     rand::random::<f64>()
@@ -646,7 +680,12 @@ impl ShardActor {
                     self.start_heartbeat(first, interval, ctx)
                 }
                 Action::RequestIdentify => self.request_identify(ctx),
-                Action::Deliver(dispatch) => self.delivery.deliver(dispatch, ctx),
+                Action::Deliver(dispatch) => {
+                    if let Some(m) = &mut self.metrics {
+                        m.event(dispatch.event());
+                    }
+                    self.delivery.deliver(dispatch, ctx)
+                }
                 Action::StoreSession(Some(session)) => {
                     // A new session (READY): what is still queued from the old one is not its.
                     self.delivery.new_session();
@@ -686,6 +725,7 @@ impl ShardActor {
                     close_code,
                     at_once,
                 } => {
+                    self.metrics_reconnected();
                     self.disconnect(close_code, ctx);
                     self.schedule_reconnect(at_once, ctx);
                 }
@@ -702,6 +742,9 @@ impl ShardActor {
                     ctx.stop();
                 }
             }
+        }
+        if let Some(m) = &mut self.metrics {
+            m.observe(self.state.phase(), self.state.latency());
         }
     }
 
@@ -770,6 +813,7 @@ impl ShardActor {
             return;
         }
         let _span = self.span.clone().entered();
+        self.metrics_cause(ReconnectCause::Zombie);
         // Zombie detection waits while reads are paused: an ACK may be sitting unread.
         self.state
             .set_reading_paused(self.delivery.reading_paused());
@@ -780,7 +824,11 @@ impl ShardActor {
     fn request_identify(&mut self, ctx: &mut Context<Self>) {
         let generation = self.generation;
         let request = self.shared.queue.acquire(self.id, self.total);
+        let asked = Instant::now();
         let handle = ctx.spawn(request.into_actor(self).map(move |permit, act, ctx| {
+            if let Some(m) = &act.metrics {
+                m.identify_waited(asked.elapsed());
+            }
             if let Some(conn) = &mut act.conn {
                 conn.identify = None;
             }
@@ -856,6 +904,7 @@ impl ShardActor {
         }
         let _span = self.span.clone().entered();
         tracing::warn!(%error, unsent = self.in_flight, "websocket write failed; reconnecting");
+        self.metrics_cause(ReconnectCause::TransportError);
         self.state.on_connection_failed();
         self.drain(ctx);
     }
@@ -891,10 +940,14 @@ impl Actor for ShardActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         let _span = self.span.clone().entered();
         self.watch_guard(ctx);
+        if let Some(m) = &self.metrics {
+            ctx.run_interval(m.flush_every(), |act, _| act.flush_metrics());
+        }
         self.connect(ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.flush_metrics();
         if let Some(supervisor) = &self.supervisor {
             supervisor.do_send(ShardNotice::Stopped {
                 id: self.id,
@@ -927,6 +980,43 @@ impl ShardActor {
     fn hand_over(&mut self, ctx: &mut Context<Self>) {
         self.delivery.hand_over(ctx);
         self.state.release_buffers();
+    }
+}
+
+/// Metrics hooks: each does nothing unless the bot enabled metrics (and compiles to nothing
+/// without the `metrics` feature).
+impl ShardActor {
+    /// Notes why the state machine is about to reconnect, if what it is told next makes it.
+    fn metrics_cause(&mut self, cause: ReconnectCause) {
+        if let Some(m) = &mut self.metrics {
+            m.cause(cause);
+        }
+    }
+
+    fn metrics_reconnected(&mut self) {
+        if let Some(m) = &mut self.metrics {
+            m.reconnected();
+        }
+    }
+
+    fn metrics_wire(&mut self, bytes: usize) {
+        if let Some(m) = &mut self.metrics {
+            m.wire(bytes);
+        }
+    }
+
+    fn flush_metrics(&mut self) {
+        if let Some(m) = &mut self.metrics {
+            m.observe(self.state.phase(), self.state.latency());
+            m.flush(self.delivery.pending(), self.delivery.dropped());
+        }
+    }
+}
+
+/// The payload bytes of a continuation frame.
+fn item_len(item: &Item) -> usize {
+    match item {
+        Item::FirstText(b) | Item::FirstBinary(b) | Item::Continue(b) | Item::Last(b) => b.len(),
     }
 }
 
