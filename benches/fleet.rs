@@ -485,8 +485,9 @@ fn worker(args: &[String]) {
     });
 }
 
-/// `INFO commandstats` as command → calls.
-fn command_stats(conn: &mut redis::Connection) -> BTreeMap<String, u64> {
+/// `INFO commandstats` as command → (calls, µs Redis spent in them). Commands that scripts call
+/// are counted too (a session write is an `evalsha` plus its `hset` and `pexpire`).
+fn command_stats(conn: &mut redis::Connection) -> BTreeMap<String, (u64, u64)> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query(conn)
@@ -494,27 +495,52 @@ fn command_stats(conn: &mut redis::Connection) -> BTreeMap<String, u64> {
     info.lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
+            let field = |key: &str| -> Option<u64> {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?
+                    .parse()
+                    .ok()
+            };
+            Some((name.to_owned(), (field("calls")?, field("usec")?)))
         })
         .collect()
 }
 
-/// Commands sent between two snapshots, without the bench's own (INFO, FLUSHALL).
+/// The CPU time (user + system) the Redis server has used: what the run cost Redis, networking
+/// included. (`commandstats`'s times count a command inside `MULTI` or a script twice.)
+fn redis_cpu(conn: &mut redis::Connection) -> Duration {
+    let info: String = redis::cmd("INFO").arg("cpu").query(conn).expect("INFO");
+    let secs: f64 = info
+        .lines()
+        .filter_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            matches!(name, "used_cpu_user" | "used_cpu_sys")
+                .then(|| value.trim().parse::<f64>().ok())
+                .flatten()
+        })
+        .sum();
+    Duration::from_secs_f64(secs)
+}
+
+/// Commands sent between two snapshots, without the bench's own (INFO, FLUSHALL, and the reads
+/// of the stream's length and ends).
 fn commands_between(
-    before: &BTreeMap<String, u64>,
-    after: &BTreeMap<String, u64>,
-) -> BTreeMap<String, u64> {
+    before: &BTreeMap<String, (u64, u64)>,
+    after: &BTreeMap<String, (u64, u64)>,
+) -> BTreeMap<String, (u64, u64)> {
     after
         .iter()
-        .filter(|(name, _)| !matches!(name.as_str(), "info" | "flushall"))
-        .map(|(name, calls)| (name.clone(), calls - before.get(name).copied().unwrap_or(0)))
-        .filter(|(_, calls)| *calls > 0)
+        .filter(|(name, _)| {
+            !matches!(
+                name.as_str(),
+                "info" | "flushall" | "xlen" | "xrange" | "xrevrange"
+            )
+        })
+        .map(|(name, (calls, usec))| {
+            let (c0, u0) = before.get(name).copied().unwrap_or((0, 0));
+            (name.clone(), (calls - c0, usec - u0))
+        })
+        .filter(|(_, (calls, _))| *calls > 0)
         .collect()
 }
 
@@ -532,6 +558,7 @@ fn flood_run(
     let prefix = format!("bench{run}");
     let total = per_shard * shards as usize;
     let before = command_stats(conn);
+    let cpu_before = redis_cpu(conn);
     let fake = common::FakeProcess::start(&[shards.to_string(), per_shard.to_string()]);
     let client_args = |store: &str| {
         vec![
@@ -628,8 +655,12 @@ fn flood_run(
     };
     drop(fake);
     let commands = commands_between(&before, &command_stats(conn));
-    let count: u64 = commands.values().sum();
-    result["commands"] = json!(commands);
+    let count: u64 = commands.values().map(|(calls, _)| calls).sum();
+    result["commands"] = json!(commands
+        .iter()
+        .map(|(name, (calls, _))| (name.clone(), *calls))
+        .collect::<BTreeMap<_, _>>());
+    result["redis_cpu_ms"] = json!(ms(redis_cpu(conn).saturating_sub(cpu_before)));
     result["commands_total"] = json!(count);
     result["commands_per_1000_events"] = json!(count as f64 * 1000.0 / total as f64);
     result["bench"] = json!("fleet-flood");
@@ -649,13 +680,14 @@ fn store(results: &mut Vec<String>) {
     println!();
     println!("session store: flood of {events} MESSAGE_CREATE (no compression), in-memory store vs Redis store (start_fleet), {repeats} turns each");
     println!(
-        "{:>6} {:>8} {:>24} {:>24} {:>8} {:>28}",
+        "{:>6} {:>8} {:>24} {:>24} {:>8} {:>28} {:>12}",
         "shards",
         "handler",
         "memory events/s",
         "redis events/s",
         "ratio",
-        "Redis commands per run (per 1000 events)"
+        "Redis commands per run (per 1000 events)",
+        "Redis CPU ms"
     );
     let mut run = 0;
     for shards in common::env_list("FLEET_FLOOD_SHARDS", "1,16") {
@@ -666,6 +698,7 @@ fn store(results: &mut Vec<String>) {
             let mut ratios = Vec::new();
             let mut commands = Vec::new();
             let mut per_1000 = Vec::new();
+            let mut cpu = Vec::new();
             let mut breakdown: BTreeMap<String, u64> = BTreeMap::new();
             for _ in 0..repeats {
                 run += 1;
@@ -698,6 +731,7 @@ fn store(results: &mut Vec<String>) {
                 ratios.push(rr / mr);
                 commands.push(r["commands_total"].as_f64().unwrap_or(0.0));
                 per_1000.push(r["commands_per_1000_events"].as_f64().unwrap_or(0.0));
+                cpu.push(r["redis_cpu_ms"].as_f64().unwrap_or(0.0));
                 if let Some(cmds) = r["commands"].as_object() {
                     for (name, calls) in cmds {
                         *breakdown.entry(name.clone()).or_default() += calls.as_u64().unwrap_or(0);
@@ -715,16 +749,21 @@ fn store(results: &mut Vec<String>) {
             let (ratio, ratio_lo, ratio_hi) = common::median(&mut ratios);
             let (c, _, _) = common::median(&mut commands);
             let (p, _, _) = common::median(&mut per_1000);
+            let (u, _, _) = common::median(&mut cpu);
             println!(
-                "{:>6} {:>8} {:>7.0}k ({:.0}-{:.0}k) {:>7.0}k ({:.0}-{:.0}k) {:>5.3} ({:.2}-{:.2}) {:>10.0} ({:.2})",
+                "{:>6} {:>8} {:>7.0}k ({:.0}-{:.0}k) {:>7.0}k ({:.0}-{:.0}k) {:>5.3} ({:.2}-{:.2}) {:>10.0} ({:.2}) {:>8.0}",
                 shards, mode, m / 1e3, m_lo / 1e3, m_hi / 1e3, r / 1e3, r_lo / 1e3, r_hi / 1e3,
-                ratio, ratio_lo, ratio_hi, c, p
+                ratio, ratio_lo, ratio_hi, c, p, u
             );
             let per_run: Vec<String> = breakdown
                 .iter()
                 .map(|(name, calls)| format!("{name} {:.1}", *calls as f64 / turns as f64))
                 .collect();
-            println!("{:>15} commands per Redis run: {}", "", per_run.join(", "));
+            println!(
+                "{:>15} commands per Redis run (inside scripts counted too): {}",
+                "",
+                per_run.join(", ")
+            );
         }
     }
 }
@@ -740,14 +779,16 @@ fn stream(results: &mut Vec<String>) {
     println!();
     println!("event stream: flood of {events} MESSAGE_CREATE, 1 shard, to an in-process batch handler vs published to the stream and consumed by one worker process, {repeats} turns each");
     println!(
-        "{:>24} {:>24} {:>24} {:>22}",
+        "{:>24} {:>24} {:>24} {:>22} {:>16}",
         "in-process events/s",
         "into Redis events/s",
         "out to worker events/s",
-        "Redis commands per run"
+        "Redis commands per run",
+        "Redis CPU ms"
     );
-    let (mut local, mut into, mut out, mut commands) = (vec![], vec![], vec![], vec![]);
-    let mut breakdown: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut local, mut into, mut out, mut commands, mut busy) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let mut breakdown: BTreeMap<String, f64> = BTreeMap::new();
     for i in 0..repeats {
         let base = 10_000 + i * 2;
         let l = flood_run(&redis, &mut conn, base, "memory", "batch", 1, events);
@@ -757,9 +798,10 @@ fn stream(results: &mut Vec<String>) {
         into.push(s["events_per_sec"].as_f64().unwrap_or(0.0));
         out.push(s["worker_events_per_sec"].as_f64().unwrap_or(0.0));
         commands.push(s["commands_total"].as_f64().unwrap_or(0.0));
+        busy.push(s["redis_cpu_ms"].as_f64().unwrap_or(0.0));
         if let Some(cmds) = s["commands"].as_object() {
             for (name, calls) in cmds {
-                *breakdown.entry(name.clone()).or_default() += calls.as_u64().unwrap_or(0);
+                *breakdown.entry(name.clone()).or_default() += calls.as_f64().unwrap_or(0.0);
             }
         }
         results.push(l.to_string());
@@ -773,8 +815,9 @@ fn stream(results: &mut Vec<String>) {
     let (i, i_lo, i_hi) = common::median(&mut into);
     let (o, o_lo, o_hi) = common::median(&mut out);
     let (c, _, _) = common::median(&mut commands);
+    let (b, _, _) = common::median(&mut busy);
     println!(
-        "{:>7.0}k ({:.0}-{:.0}k) {:>9.0}k ({:.0}-{:.0}k) {:>9.0}k ({:.0}-{:.0}k) {:>22.0}",
+        "{:>7.0}k ({:.0}-{:.0}k) {:>9.0}k ({:.0}-{:.0}k) {:>9.0}k ({:.0}-{:.0}k) {:>22.0} {:>16.0}",
         l / 1e3,
         l_lo / 1e3,
         l_hi / 1e3,
@@ -784,11 +827,16 @@ fn stream(results: &mut Vec<String>) {
         o / 1e3,
         o_lo / 1e3,
         o_hi / 1e3,
-        c
+        c,
+        b
     );
     let per_run: Vec<String> = breakdown
         .iter()
-        .map(|(name, calls)| format!("{name} {:.0}", *calls as f64 / turns))
+        .map(|(name, calls)| format!("{name} {:.0}", calls / turns))
         .collect();
-    println!("{:>15} commands per stream run: {}", "", per_run.join(", "));
+    println!(
+        "{:>15} commands per stream run (inside MULTI and scripts counted too): {}",
+        "",
+        per_run.join(", ")
+    );
 }
