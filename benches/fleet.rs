@@ -13,8 +13,9 @@
 //!   binary in `target/release/examples/`, or at `FLEET_EXAMPLE`) share `FLEET_SHARDS` shards of the
 //!   fake gateway (in this process). `FLEET_KILLS` times: `kill -9` one process and time until every
 //!   shard it held has been RESUMED by a survivor (the survivors' JSON lines, read as they are
-//!   printed), split into kill → claimed (lease expiry and the next keeper tick) and claimed →
-//!   RESUMED (connect, Hello, Resume, replay); then start a process again and wait until the fleet
+//!   printed), split at the moment the new owner's connection reached the fake: kill → connected
+//!   (the lease running out, the next keeper tick, the claim, the session read) and connected →
+//!   RESUMED (handshake, Hello, Resume, replay); then start a process again and wait until the fleet
 //!   is balanced (each process holds its share, every shard READY or RESUMED).
 //! - **store**: the `flood` bench's run (fake in one process, bot in another, corpus MESSAGE_CREATE
 //!   as fast as the bot reads) with the in-memory session store (`Gateway::start`) and with the
@@ -247,8 +248,8 @@ fn failover(results: &mut Vec<String>) {
         "{:>8} {:>22} {:>22} {:>22} {:>10} {:>14}",
         "lease",
         "kill→all RESUMED ms",
-        "kill→claimed ms",
-        "claimed→RESUMED ms",
+        "kill→connected ms",
+        "connected→RESUMED ms",
         "identifies",
         "rebalance ms"
     );
@@ -330,12 +331,20 @@ async fn failover_runs(shards: u32, kills: usize, lease_ms: u64) -> FailoverRow 
         let mut last_claim = Duration::ZERO;
         let mut last_up = Duration::ZERO;
         let mut longest_resume = Duration::ZERO;
+        let connections = fake.connections();
         for &s in &moved {
-            let claimed = first(s, &["claimed"]).expect("claimed before resumed");
+            // The moment the new owner's connection reached the gateway (the fake's record): what
+            // comes before is the lease running out and the claim, what comes after the resume.
+            let connected = connections
+                .iter()
+                .filter(|c| c.shard == Some(s) && c.opened_at >= killed_at)
+                .map(|c| c.opened_at)
+                .min()
+                .expect("the new owner connected");
             let up = first(s, &["resumed", "ready"]).expect("resumed");
-            last_claim = last_claim.max(claimed - killed_at);
+            last_claim = last_claim.max(connected - killed_at);
             last_up = last_up.max(up - killed_at);
-            longest_resume = longest_resume.max(up.saturating_duration_since(claimed));
+            longest_resume = longest_resume.max(up.saturating_duration_since(connected));
         }
         total.push(ms(last_up));
         claim.push(ms(last_claim));
@@ -417,7 +426,8 @@ fn client(args: &[String]) {
         let total = per_shard * n as usize;
         println!(
             "{}",
-            json!({"events": total, "events_per_sec": total as f64 / elapsed.as_secs_f64()})
+            json!({"events": total, "events_per_sec": total as f64 / elapsed.as_secs_f64(),
+                   "bot_cpu_ms": ms(common::cpu_time())})
         );
         drop(gateway);
         std::process::exit(0);
@@ -453,7 +463,8 @@ impl Handler<DispatchBatch> for WorkerCount {
             let last_ns = epoch_ns();
             println!(
                 "{}",
-                json!({"handled": self.count, "first_ns": self.first_ns as u64, "last_ns": last_ns as u64})
+                json!({"handled": self.count, "first_ns": self.first_ns as u64, "last_ns": last_ns as u64,
+                       "cpu_ms": ms(common::cpu_time())})
             );
             std::process::exit(0);
         }
@@ -585,6 +596,7 @@ fn flood_run(
             .spawn()
             .expect("client runs");
         let output = worker.wait_with_output().expect("worker ends");
+        let client_cpu = common::cpu_time_of(&client.id().to_string());
         let _ = client.kill();
         let _ = client.wait();
         let line = String::from_utf8_lossy(&output.stdout)
@@ -634,6 +646,8 @@ fn flood_run(
             "events_per_sec": total as f64 / publish_secs,
             "worker_events_per_sec": total as f64 / worker_secs,
             "stream_len": len,
+            "bot_cpu_ms": ms(client_cpu),
+            "worker_cpu_ms": w["cpu_ms"],
         })
     } else {
         let output = Command::new(&own)
@@ -653,6 +667,7 @@ fn flood_run(
         };
         serde_json::from_str(&line).expect("client result")
     };
+    result["fake_cpu_ms"] = json!(ms(common::cpu_time_of(&fake.pid().to_string())));
     drop(fake);
     let commands = commands_between(&before, &command_stats(conn));
     let count: u64 = commands.values().map(|(calls, _)| calls).sum();
@@ -668,6 +683,28 @@ fn flood_run(
     result["handler"] = json!(mode);
     result["shards"] = json!(shards);
     Some(result)
+}
+
+/// CPU µs per event of one process of a run (`key` in ms), or NaN when unknown.
+fn us_per_event(run: &Value, key: &str) -> f64 {
+    let events = run["events"].as_f64().unwrap_or(0.0);
+    match run[key].as_f64() {
+        Some(ms) if events > 0.0 => ms * 1000.0 / events,
+        _ => f64::NAN,
+    }
+}
+
+/// The median of each named CPU figure over the runs, as `name x.xx µs`.
+fn cpu_line(figures: &[(&str, Vec<f64>)]) -> String {
+    figures
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(name, v)| {
+            let mut v = v.clone();
+            format!("{name} {:.2}", common::median(&mut v).0)
+        })
+        .collect::<Vec<_>>()
+        .join(" · ")
 }
 
 fn store(results: &mut Vec<String>) {
@@ -699,6 +736,8 @@ fn store(results: &mut Vec<String>) {
             let mut commands = Vec::new();
             let mut per_1000 = Vec::new();
             let mut cpu = Vec::new();
+            let (mut bot_m, mut bot_r, mut fake_m, mut fake_r, mut redis_r) =
+                (vec![], vec![], vec![], vec![], vec![]);
             let mut breakdown: BTreeMap<String, u64> = BTreeMap::new();
             for _ in 0..repeats {
                 run += 1;
@@ -732,6 +771,11 @@ fn store(results: &mut Vec<String>) {
                 commands.push(r["commands_total"].as_f64().unwrap_or(0.0));
                 per_1000.push(r["commands_per_1000_events"].as_f64().unwrap_or(0.0));
                 cpu.push(r["redis_cpu_ms"].as_f64().unwrap_or(0.0));
+                bot_m.push(us_per_event(&m, "bot_cpu_ms"));
+                bot_r.push(us_per_event(&r, "bot_cpu_ms"));
+                fake_m.push(us_per_event(&m, "fake_cpu_ms"));
+                fake_r.push(us_per_event(&r, "fake_cpu_ms"));
+                redis_r.push(us_per_event(&r, "redis_cpu_ms"));
                 if let Some(cmds) = r["commands"].as_object() {
                     for (name, calls) in cmds {
                         *breakdown.entry(name.clone()).or_default() += calls.as_u64().unwrap_or(0);
@@ -764,6 +808,17 @@ fn store(results: &mut Vec<String>) {
                 "",
                 per_run.join(", ")
             );
+            println!(
+                "{:>15} CPU µs per event (whole run, start-up included): {}",
+                "",
+                cpu_line(&[
+                    ("bot memory", bot_m),
+                    ("bot redis", bot_r),
+                    ("fake memory", fake_m),
+                    ("fake redis", fake_r),
+                    ("Redis", redis_r),
+                ])
+            );
         }
     }
 }
@@ -789,6 +844,8 @@ fn stream(results: &mut Vec<String>) {
     let (mut local, mut into, mut out, mut commands, mut busy) =
         (vec![], vec![], vec![], vec![], vec![]);
     let mut breakdown: BTreeMap<String, f64> = BTreeMap::new();
+    let (mut bot_l, mut bot_s, mut worker_s, mut redis_s, mut fake_l, mut fake_s) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     for i in 0..repeats {
         let base = 10_000 + i * 2;
         let l = flood_run(&redis, &mut conn, base, "memory", "batch", 1, events);
@@ -799,6 +856,12 @@ fn stream(results: &mut Vec<String>) {
         out.push(s["worker_events_per_sec"].as_f64().unwrap_or(0.0));
         commands.push(s["commands_total"].as_f64().unwrap_or(0.0));
         busy.push(s["redis_cpu_ms"].as_f64().unwrap_or(0.0));
+        bot_l.push(us_per_event(&l, "bot_cpu_ms"));
+        bot_s.push(us_per_event(&s, "bot_cpu_ms"));
+        worker_s.push(us_per_event(&s, "worker_cpu_ms"));
+        redis_s.push(us_per_event(&s, "redis_cpu_ms"));
+        fake_l.push(us_per_event(&l, "fake_cpu_ms"));
+        fake_s.push(us_per_event(&s, "fake_cpu_ms"));
         if let Some(cmds) = s["commands"].as_object() {
             for (name, calls) in cmds {
                 *breakdown.entry(name.clone()).or_default() += calls.as_f64().unwrap_or(0.0);
@@ -838,5 +901,17 @@ fn stream(results: &mut Vec<String>) {
         "{:>15} commands per stream run (inside MULTI and scripts counted too): {}",
         "",
         per_run.join(", ")
+    );
+    println!(
+        "{:>15} CPU µs per event (whole run, start-up included): {}",
+        "",
+        cpu_line(&[
+            ("bot in-process", bot_l),
+            ("bot publishing", bot_s),
+            ("worker", worker_s),
+            ("Redis", redis_s),
+            ("fake in-process run", fake_l),
+            ("fake stream run", fake_s),
+        ])
     );
 }
