@@ -44,10 +44,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use serde_json::{json, Value};
+use shardline::fleet::sessions::SessionStoreOptions;
 use shardline::fleet::stream::StreamConsumer;
+use shardline::fleet::RedisSessionStore;
 use shardline::fleet::{FleetOptions, FleetRedis, Placement};
 use shardline::testkit::{FakeConfig, FakeGateway};
-use shardline::{Compression, Config, DispatchBatch, Gateway, ShardPlan};
+use shardline::{
+    Compression, Config, DispatchBatch, Gateway, MemorySessionStore, SessionInfo, SessionStore,
+    ShardPlan,
+};
 
 use common::flood::{Counter, Tally};
 use redis_server::RedisServer;
@@ -746,6 +751,43 @@ fn cpu_line(figures: &[(&str, Vec<f64>)]) -> String {
         .join(" · ")
 }
 
+/// ns per `set_seq`, the one call a session store gets per event (docs: `SessionStore::set_seq`),
+/// through `dyn SessionStore` as the shard calls it, with the store's flush task running.
+fn set_seq_ns(store: &dyn SessionStore, calls: u64) -> f64 {
+    store.save(
+        0,
+        SessionInfo {
+            session_id: "bench".into(),
+            seq: 1,
+            resume_url: None,
+        },
+    );
+    let start = Instant::now();
+    for seq in 1..=calls {
+        store.set_seq(std::hint::black_box(0), seq);
+    }
+    start.elapsed().as_nanos() as f64 / calls as f64
+}
+
+/// `set_seq` on the in-memory store and on the Redis one, taking turns: median ns per call.
+fn set_seq_costs(redis_url: &str, turns: usize) -> (f64, f64) {
+    actix_rt::System::new().block_on(async move {
+        let redis = FleetRedis::connect(redis_url, "setseq")
+            .await
+            .expect("redis");
+        let in_redis = RedisSessionStore::new(redis, SessionStoreOptions::default());
+        let in_memory = MemorySessionStore::new();
+        let (mut memory, mut redis) = (Vec::new(), Vec::new());
+        for _ in 0..turns {
+            memory.push(set_seq_ns(&in_memory, 5_000_000));
+            redis.push(set_seq_ns(&in_redis, 5_000_000));
+            // The flush task (on this thread) gets its turn between the measurements.
+            actix_rt::time::sleep(Duration::from_millis(150)).await;
+        }
+        (common::median(&mut memory).0, common::median(&mut redis).0)
+    })
+}
+
 fn store(results: &mut Vec<String>) {
     let events = env_num("FLEET_FLOOD_EVENTS", 200_000) as usize;
     let repeats = env_num("FLEET_REPEATS", 5) as usize;
@@ -753,7 +795,14 @@ fn store(results: &mut Vec<String>) {
     let mut conn = redis::Client::open(redis.url())
         .and_then(|c| c.get_connection())
         .expect("redis connection");
+    let (memory_ns, redis_ns) = set_seq_costs(&redis.url(), 7);
+    results.push(
+        json!({"bench": "fleet-set-seq", "memory_ns": memory_ns, "redis_ns": redis_ns}).to_string(),
+    );
     println!();
+    println!(
+        "session store: set_seq (its one call per event), 5 M calls, 7 turns: in-memory {memory_ns:.1} ns, Redis store {redis_ns:.1} ns per call"
+    );
     println!("session store: flood of {events} MESSAGE_CREATE (no compression), in-memory store vs Redis store (start_fleet), {repeats} turns each");
     println!(
         "{:>6} {:>8} {:>24} {:>24} {:>8} {:>28} {:>12}",
