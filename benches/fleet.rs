@@ -315,6 +315,9 @@ async fn failover_runs(shards: u32, kills: usize, lease_ms: u64) -> FailoverRow 
     let mut identifies = 0;
     for k in 0..kills {
         let victim = k % procs.len();
+        // At a random point of the keeper's cycle (a tick every lease/4), as a crash would be.
+        let phase = rand::random::<u64>() % (lease_ms / 4).max(1);
+        actix_rt::time::sleep(Duration::from_millis(phase)).await;
         let moved: Vec<u32> = procs[victim].held().into_keys().collect();
         let identified_before = fake.identifies().len();
         let killed_at = Instant::now();
