@@ -40,7 +40,7 @@ pub fn serve(args: &[String]) {
 }
 
 /// Where the run's result goes: time from the first to the last event, and probe latencies.
-type Done = tokio::sync::oneshot::Sender<(Duration, Vec<u64>)>;
+pub type Done = tokio::sync::oneshot::Sender<(Duration, Vec<u64>)>;
 
 /// What every counter of a run adds to: with handlers per thread there is one counter per shard
 /// thread, as there is one count per shard task in the twilight client.
@@ -52,10 +52,23 @@ pub struct Tally {
     done: Mutex<Option<Done>>,
 }
 
+impl Tally {
+    /// A tally that sends the run's result to `done` once `expected` MESSAGE_CREATEs are counted.
+    pub fn new(expected: usize, done: Done) -> Arc<Tally> {
+        Arc::new(Tally {
+            expected,
+            count: AtomicUsize::new(0),
+            first: OnceLock::new(),
+            latencies_ns: Mutex::new(Vec::new()),
+            done: Mutex::new(Some(done)),
+        })
+    }
+}
+
 /// Counts messages and collects probe latencies; with `read`, it also reads the content, author and
 /// channel of every MESSAGE_CREATE through the lean typed view, as a handler that acts on messages
 /// does.
-pub struct Counter(Arc<Tally>, bool);
+pub struct Counter(pub Arc<Tally>, pub bool);
 
 impl Actor for Counter {
     type Context = Context<Self>;
@@ -162,13 +175,7 @@ pub fn client_with(
     let variant = variant.to_owned();
     actix_rt::System::new().block_on(async move {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let tally = Arc::new(Tally {
-            expected: per_shard * n as usize,
-            count: AtomicUsize::new(0),
-            first: OnceLock::new(),
-            latencies_ns: Mutex::new(Vec::new()),
-            done: Mutex::new(Some(tx)),
-        });
+        let tally = Tally::new(per_shard * n as usize, tx);
         let builder = Config::builder("fake-token")
             .shards(ShardPlan::Count(n))
             .gateway_url(url)

@@ -34,6 +34,10 @@ impl FakeProcess {
         FakeProcess { child, port }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn gateway_url(&self) -> String {
         format!("ws://127.0.0.1:{}", self.port)
     }
@@ -70,7 +74,12 @@ pub fn rss_bytes() -> u64 {
 
 /// CPU time (user + system) this process has used.
 pub fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_time_of("self")
+}
+
+/// CPU time (user + system) the process `pid` (a number, or `self`) has used so far.
+pub fn cpu_time_of(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let fields: Vec<&str> = stat
         .rsplit_once(')')
