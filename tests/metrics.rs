@@ -6,16 +6,13 @@
 mod harness;
 
 use std::collections::BTreeMap;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use prometheus_parse::{Sample, Scrape, Value};
 use shardline::metrics::{Metrics, MetricsOptions, MetricsServer};
 use shardline::testkit::{FakeConfig, FakeGateway, SessionStartLimit};
-use shardline::{
-    Backoff, Compression, Config, Dispatch, Gateway, Intents, Phase, ShardPlan, SlowHandlers,
-};
+use shardline::{Backoff, Compression, Config, Gateway, Intents, Phase, ShardPlan, SlowHandlers};
 
 use harness::*;
 
@@ -305,41 +302,6 @@ async fn a_scrape_over_http_counts_what_the_shards_received_and_did() {
 
 async fn recorder_until(recorder: &Recorder, what: &str, f: impl Fn(&Recorder) -> bool) {
     wait_until(what, || f(recorder)).await;
-}
-
-/// A handler with a 4-slot mailbox whose first `handle()` blocks its thread until the gate opens.
-struct Hung {
-    seen: Recorder,
-    gate: Option<mpsc::Receiver<()>>,
-}
-
-impl Actor for Hung {
-    type Context = Context<Self>;
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(4);
-    }
-}
-
-impl Handler<Dispatch> for Hung {
-    type Result = ();
-    fn handle(&mut self, d: Dispatch, _: &mut Context<Self>) {
-        if let Some(gate) = self.gate.take() {
-            let _ = gate.recv();
-        }
-        self.seen.record(&d);
-    }
-}
-
-fn hung() -> (Addr<Hung>, Recorder, mpsc::Sender<()>, Arbiter) {
-    let seen = Recorder::default();
-    let (open, gate) = mpsc::channel();
-    let arbiter = Arbiter::new();
-    let s = seen.clone();
-    let addr = Hung::start_in_arbiter(&arbiter.handle(), move |_| Hung {
-        seen: s,
-        gate: Some(gate),
-    });
-    (addr, seen, open, arbiter)
 }
 
 #[actix_rt::test]

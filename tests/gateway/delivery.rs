@@ -1,52 +1,12 @@
 //! Delivery under handlers that hang: reads never stay paused past `max_pause`, and events of an
 //! ended session never move the new session's stored sequence.
 
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix::prelude::*;
-use shardline::{
-    Dispatch, MemorySessionStore, SessionInfo, SessionStore, ShardEvent, SlowHandlers,
-};
+use shardline::{MemorySessionStore, SessionInfo, SessionStore, ShardEvent, SlowHandlers};
 
 use crate::harness::*;
-
-/// A handler with a 4-slot mailbox whose first `handle()` blocks its thread until the gate opens
-/// (a handler stuck on a lock or a dead dependency); afterwards it records what it gets.
-struct Hung {
-    seen: Recorder,
-    gate: Option<mpsc::Receiver<()>>,
-}
-
-impl Actor for Hung {
-    type Context = Context<Self>;
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(4);
-    }
-}
-
-impl Handler<Dispatch> for Hung {
-    type Result = ();
-    fn handle(&mut self, d: Dispatch, _: &mut Context<Self>) {
-        if let Some(gate) = self.gate.take() {
-            let _ = gate.recv();
-        }
-        self.seen.record(&d);
-    }
-}
-
-/// A `Hung` handler on an arbiter of its own; send on the sender to let it go.
-fn hung() -> (Addr<Hung>, Recorder, mpsc::Sender<()>, Arbiter) {
-    let seen = Recorder::default();
-    let (open, gate) = mpsc::channel();
-    let arbiter = Arbiter::new();
-    let s = seen.clone();
-    let addr = Hung::start_in_arbiter(&arbiter.handle(), move |_| Hung {
-        seen: s,
-        gate: Some(gate),
-    });
-    (addr, seen, open, arbiter)
-}
 
 #[actix_rt::test]
 async fn a_hung_handler_holds_reads_back_for_max_pause_only_then_misses_events_until_it_recovers() {

@@ -308,3 +308,40 @@ impl std::io::Write for LogCapture {
         Ok(())
     }
 }
+
+/// A handler with a 4-slot mailbox whose first `handle()` blocks its thread until the gate opens
+/// (a handler stuck on a lock or a dead dependency); afterwards it records what it gets.
+pub struct Hung {
+    seen: Recorder,
+    gate: Option<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Actor for Hung {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(4);
+    }
+}
+
+impl Handler<Dispatch> for Hung {
+    type Result = ();
+    fn handle(&mut self, d: Dispatch, _: &mut Context<Self>) {
+        if let Some(gate) = self.gate.take() {
+            let _ = gate.recv();
+        }
+        self.seen.record(&d);
+    }
+}
+
+/// A [`Hung`] handler on an arbiter of its own; send on the sender to let it go.
+pub fn hung() -> (Addr<Hung>, Recorder, std::sync::mpsc::Sender<()>, Arbiter) {
+    let seen = Recorder::default();
+    let (open, gate) = std::sync::mpsc::channel();
+    let arbiter = Arbiter::new();
+    let s = seen.clone();
+    let addr = Hung::start_in_arbiter(&arbiter.handle(), move |_| Hung {
+        seen: s,
+        gate: Some(gate),
+    });
+    (addr, seen, open, arbiter)
+}
