@@ -6,27 +6,12 @@
 #[allow(dead_code)]
 mod harness;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
 use shardline::{Dispatch, SlowHandlers};
 
 use harness::*;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// A handler with a 4-slot mailbox that takes 1 ms per event.
 struct Slow(Recorder);
@@ -48,13 +33,8 @@ impl Handler<Dispatch> for Slow {
 
 #[actix_rt::test]
 async fn drops_under_a_flood_are_counted_exactly_and_logged_in_summaries() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .init();
+    let capture = LogCapture::default();
+    capture.install(tracing::Level::WARN);
     let slow = Recorder::default();
     let arbiter = Arbiter::new();
     let s = slow.clone();
@@ -81,7 +61,7 @@ async fn drops_under_a_flood_are_counted_exactly_and_logged_in_summaries() {
         status.dropped > 1000,
         "a 4-slot mailbox drops most: {status:?}"
     );
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     let lines = logs
         .lines()
         .filter(|l| l.contains("not delivered to"))

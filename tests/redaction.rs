@@ -5,8 +5,6 @@
 #[allow(dead_code)]
 mod harness;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
@@ -17,28 +15,10 @@ use harness::*;
 
 const SECRET: &str = "MTA5ODc2NTQzMjEw.Gx7kQz.s3cr3t-t0k3n-v4lu3";
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[actix_rt::test]
 async fn the_token_never_appears_in_trace_logs() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .init();
+    let capture = LogCapture::default();
+    capture.install(tracing::Level::TRACE);
 
     let fake_config = FakeConfig {
         token: SECRET.to_owned(),
@@ -105,7 +85,7 @@ async fn the_token_never_appears_in_trace_logs() {
     gateway.shutdown(true).await;
     fake.stop().await;
 
-    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    let logs = capture.text();
     let lines = logs.lines().count();
     assert!(lines > 200, "TRACE logging ran ({lines} lines)");
     assert!(

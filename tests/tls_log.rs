@@ -5,8 +5,6 @@
 #[allow(dead_code)]
 mod harness;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shardline::testkit::FakeGateway;
@@ -14,34 +12,10 @@ use shardline::{Backoff, Gateway};
 
 use harness::*;
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[actix_rt::test]
 async fn an_untrusted_certificate_is_logged_as_the_reason_the_connect_failed() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .init();
+    let capture = LogCapture::default();
+    capture.install(tracing::Level::TRACE);
 
     let fake_config = fast_fake(1, 1);
     let fake = FakeGateway::start_tls(fake_config.clone()).await.unwrap();

@@ -285,12 +285,28 @@ pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
 impl LogCapture {
     /// A subscriber writing every record at DEBUG and above into this capture.
     pub fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync {
+        self.subscriber_at(tracing::Level::DEBUG)
+    }
+
+    /// A subscriber writing every record at `level` and above into this capture.
+    pub fn subscriber_at(&self, level: tracing::Level) -> impl tracing::Subscriber + Send + Sync {
         let sink = self.clone();
         tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
+            .with_max_level(level)
             .with_ansi(false)
             .with_writer(move || sink.clone())
             .finish()
+    }
+
+    /// Captures every record at `level` and above from every thread of the process (a test
+    /// binary of its own: there is one global subscriber).
+    #[allow(
+        dead_code,
+        reason = "used by the test binaries that capture logs process-wide"
+    )]
+    pub fn install(&self, level: tracing::Level) {
+        tracing::subscriber::set_global_default(self.subscriber_at(level))
+            .expect("the only global subscriber of this test binary");
     }
 
     /// Everything captured so far.
