@@ -16,6 +16,7 @@ pub mod metrics;
 #[cfg(not(feature = "metrics"))]
 mod metrics;
 pub mod ownership;
+mod phase;
 pub mod protocol;
 pub mod queue;
 pub mod rest;

@@ -197,7 +197,14 @@ impl Dispatch {
     /// assert_eq!((typing.channel_id, typing.user_id, typing.guild_id), (8, 7, None));
     /// ```
     pub fn view<'a, V: crate::typed::View<'a>>(&'a self) -> Result<V, crate::typed::ViewError> {
-        V::from_dispatch(self)
+        if self.event() != V::EVENT {
+            return Err(crate::typed::ViewError::OtherEvent {
+                expected: V::EVENT,
+                found: self.event().to_owned(),
+            });
+        }
+        // The tail-first read: `d` is not scanned for its end before serde reads it.
+        self.parse_borrowed().map_err(crate::typed::ViewError::Json)
     }
 
     /// `d` as twilight-model's typed event (feature `twilight-model`): every field of every payload
@@ -215,7 +222,7 @@ impl Dispatch {
     pub fn to_twilight(
         &self,
     ) -> Result<twilight_model::gateway::event::Event, crate::typed::TwilightError> {
-        crate::typed::to_twilight(self)
+        crate::typed::to_twilight(self.event(), self.data())
     }
 }
 

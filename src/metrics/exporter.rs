@@ -13,8 +13,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::phase::Phase;
 use crate::queue::IdentifyQueue;
-use crate::shard::Phase;
 
 use super::{ReconnectCause, ShardMetrics, DEFAULT_FLUSH_EVERY};
 

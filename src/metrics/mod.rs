@@ -125,8 +125,8 @@ mod off {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use crate::phase::Phase;
     use crate::queue::IdentifyQueue;
-    use crate::shard::Phase;
 
     use super::ReconnectCause;
 

@@ -5,8 +5,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use crate::fast_hash::FastHash;
+use crate::phase::Phase;
 use crate::protocol::events::KNOWN_EVENTS;
-use crate::shard::Phase;
 
 use super::exporter::{lock, CauseLabel, EventLabel, Inner, Row, StageLabel};
 use super::ReconnectCause;

@@ -28,24 +28,7 @@ pub const FINAL_CLOSE_CODE: u16 = 1000;
 /// the backoff between them, is a few seconds of trying before the gateway URL is used.
 pub const RESUME_HOST_ATTEMPTS: u32 = 3;
 
-/// Where a shard is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// No connection; one will be opened (after a backoff delay, if reconnecting).
-    Disconnected,
-    /// The socket is open; waiting for Hello.
-    AwaitingHello,
-    /// Hello received; waiting for an identify permit.
-    AwaitingIdentify,
-    /// Identify sent; waiting for READY.
-    Identifying,
-    /// Resume sent; waiting for RESUMED.
-    Resuming,
-    /// READY or RESUMED received: events flow.
-    Ready,
-    /// Stopped for good (fatal close code or final shutdown).
-    Stopped,
-}
+pub use crate::phase::Phase;
 
 /// What kind of frame is being sent, for the rate limiter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -41,7 +41,7 @@ use actix_web::{web, App, HttpServer};
 use serde_json::Value;
 
 use crate::protocol::Intents;
-pub use rest::RestCall;
+pub use state::RestCall;
 use state::{Command, State};
 
 /// How the fake gateway behaves. Tests shorten the intervals and windows; the defaults are Discord's.

@@ -12,32 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
-use super::state::Shared;
-use super::state::State;
-
-/// One REST call the fake received.
-#[derive(Debug, Clone)]
-pub struct RestCall {
-    /// `GET`, `POST`, `DELETE`, ...
-    pub method: String,
-    /// The path, e.g. `/api/v10/channels/1/messages/2`.
-    pub path: String,
-    /// The status the fake answered.
-    pub status: u16,
-    /// The JSON body sent (`Null` if none or not JSON).
-    pub body: Value,
-    /// When it arrived.
-    pub at: Instant,
-}
-
-/// A rate-limit bucket: a fixed window opened by its first request.
-#[derive(Debug, Clone)]
-pub(crate) struct RestBucket {
-    /// The bucket's id, as sent in `X-RateLimit-Bucket`.
-    hash: String,
-    window_start: Instant,
-    used: u32,
-}
+use super::state::{RestBucket, RestCall, Shared, State};
 
 fn lock(shared: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     shared.lock().unwrap_or_else(|p| p.into_inner())

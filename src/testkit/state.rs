@@ -7,7 +7,6 @@ use std::time::Instant;
 use bytestring::ByteString;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::rest::{RestBucket, RestCall};
 use super::{ConnectionOutcome, ConnectionRecord, FakeConfig, FakeSession, RecordedFrame};
 
 /// What a test (or the gateway itself) tells a live connection's task to do.
@@ -342,3 +341,27 @@ impl State {
 
 /// The fake's state as the HTTP handlers share it.
 pub(crate) type Shared = actix_web::web::Data<std::sync::Mutex<State>>;
+
+/// One REST call the fake received.
+#[derive(Debug, Clone)]
+pub struct RestCall {
+    /// `GET`, `POST`, `DELETE`, ...
+    pub method: String,
+    /// The path, e.g. `/api/v10/channels/1/messages/2`.
+    pub path: String,
+    /// The status the fake answered.
+    pub status: u16,
+    /// The JSON body sent (`Null` if none or not JSON).
+    pub body: serde_json::Value,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+/// A rate-limit bucket: a fixed window opened by its first request.
+#[derive(Debug, Clone)]
+pub(crate) struct RestBucket {
+    /// The bucket's id, as sent in `X-RateLimit-Bucket`.
+    pub(crate) hash: String,
+    pub(crate) window_start: Instant,
+    pub(crate) used: u32,
+}

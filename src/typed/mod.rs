@@ -5,14 +5,14 @@
 //! (read from a JSON string or number, as Discord sends either), keys a view does not know are
 //! skipped (a field Discord adds never breaks it), and a field Discord may omit is an `Option`.
 //! Nothing is parsed until a handler asks: [`Dispatch::view`](crate::Dispatch::view) (or
-//! [`View::from_dispatch`]) reads `d` on demand, and a handler that never asks pays nothing.
+//! [`View::read`]) reads `d` on demand, and a handler that never asks pays nothing.
 //!
 //! For every field of every payload, the feature `twilight-model` converts any dispatch into
 //! twilight-model's owned `Event` ([`Dispatch::to_twilight`](crate::Dispatch::to_twilight)); a view
 //! is several times faster to read (BENCHMARKS.md, "Typed path").
 //!
 //! ```
-//! use shardline::typed::{MessageCreate, View};
+//! use shardline::typed::MessageCreate;
 //! use shardline::Dispatch;
 //!
 //! let frame = br#"{"op":0,"s":3,"t":"MESSAGE_CREATE","d":{"id":"1201","channel_id":"77",
@@ -28,7 +28,7 @@
 //! assert!(message.author.global_name.is_none());
 //!
 //! // Asking a dispatch for the view of another event is an error, not a misread.
-//! assert!(shardline::typed::TypingStart::from_dispatch(&dispatch).is_err());
+//! assert!(dispatch.view::<shardline::typed::TypingStart>().is_err());
 //! ```
 
 mod de;
@@ -37,8 +37,6 @@ mod views;
 use std::fmt;
 
 use serde::Deserialize;
-
-use crate::Dispatch;
 
 pub use views::{
     GuildMemberAdd, GuildMemberRemove, InteractionCreate, InteractionData, InteractionMember,
@@ -50,16 +48,17 @@ pub trait View<'a>: Deserialize<'a> {
     /// The event name (`t`) whose `d` this view reads, e.g. `MESSAGE_CREATE`.
     const EVENT: &'static str;
 
-    /// Reads `dispatch`'s `d`, borrowing from its frame; an error if the dispatch is another event
-    /// or its `d` does not have this event's shape.
-    fn from_dispatch(dispatch: &'a Dispatch) -> Result<Self, ViewError> {
-        if dispatch.event() != Self::EVENT {
+    /// Reads the `d` of an `event` dispatch (`data`, the raw JSON), borrowing from it; an error if
+    /// the dispatch is another event or its `d` does not have this event's shape.
+    /// [`Dispatch::view`](crate::Dispatch::view) is the way in from a handler.
+    fn read(event: &str, data: &'a [u8]) -> Result<Self, ViewError> {
+        if event != Self::EVENT {
             return Err(ViewError::OtherEvent {
                 expected: Self::EVENT,
-                found: dispatch.event().to_owned(),
+                found: event.to_owned(),
             });
         }
-        dispatch.parse_borrowed().map_err(ViewError::Json)
+        serde_json::from_slice(data).map_err(ViewError::Json)
     }
 }
 
@@ -134,13 +133,13 @@ impl std::error::Error for TwilightError {
 /// dispatch (`DispatchEventWithTypeDeserializer`, seeded with the event name).
 #[cfg(feature = "twilight-model")]
 pub(crate) fn to_twilight(
-    dispatch: &Dispatch,
+    name: &str,
+    data: &[u8],
 ) -> Result<twilight_model::gateway::event::Event, TwilightError> {
     use serde::de::DeserializeSeed;
     use twilight_model::gateway::event::DispatchEventWithTypeDeserializer;
 
-    let name = dispatch.event();
-    let mut de = serde_json::Deserializer::from_slice(dispatch.data());
+    let mut de = serde_json::Deserializer::from_slice(data);
     let parsed = DispatchEventWithTypeDeserializer::new(name)
         .deserialize(&mut de)
         .and_then(|event| de.end().map(|()| event));
