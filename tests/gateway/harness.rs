@@ -125,7 +125,7 @@ pub fn fast_fake(shards: u32, max_concurrency: u32) -> FakeConfig {
 
 /// A client config pointed at `fake`, with the same short windows and fast reconnects.
 pub fn client(fake: &FakeGateway, fake_config: &FakeConfig, shards: u32) -> ConfigBuilder {
-    Config::builder(TOKEN)
+    let builder = Config::builder(TOKEN)
         .intents(Intents::GUILDS | Intents::GUILD_MESSAGES)
         .shards(ShardPlan::Count(shards))
         .api_base(fake.api_base())
@@ -134,7 +134,13 @@ pub fn client(fake: &FakeGateway, fake_config: &FakeConfig, shards: u32) -> Conf
         .identify_window(fake_config.identify_window)
         .command_limit(fake_config.command_limit.0, fake_config.command_limit.1)
         .compression(Compression::None)
-        .arbiters(2)
+        .arbiters(2);
+    fast_reconnects(builder)
+}
+
+/// Fast reconnects and short handshake timeouts, so no test waits out the defaults.
+pub fn fast_reconnects(builder: ConfigBuilder) -> ConfigBuilder {
+    builder
         .backoff(
             Backoff::default()
                 .initial(Duration::from_millis(20))

@@ -6,7 +6,7 @@ use actix::prelude::*;
 use shardline::testkit::{ConnectionOutcome, FakeConfig, FakeGateway};
 use shardline::{
     Backoff, Compression, Config, ConfigBuilder, Gateway, Intents, Phase, RestError, ShardEvent,
-    ShardPlan, StartError, Timeouts,
+    ShardPlan, StartError,
 };
 
 use crate::harness::*;
@@ -23,27 +23,15 @@ async fn tls_fake(config: &FakeConfig) -> FakeGateway {
 
 /// A one-shard client of `fake` that asks `GET /gateway/bot` (over https) for its plan and URL.
 fn recommended(fake: &FakeGateway, fake_config: &FakeConfig) -> ConfigBuilder {
-    Config::builder(TOKEN)
+    let builder = Config::builder(TOKEN)
         .intents(Intents::GUILDS | Intents::GUILD_MESSAGES)
         .shards(ShardPlan::Recommended)
         .api_base(fake.api_base())
         .identify_window(fake_config.identify_window)
         .command_limit(fake_config.command_limit.0, fake_config.command_limit.1)
         .compression(Compression::ZlibStream)
-        .arbiters(1)
-        .backoff(
-            Backoff::default()
-                .initial(Duration::from_millis(20))
-                .max(Duration::from_millis(200))
-                .multiplier(2.0)
-                .randomization(0.5),
-        )
-        .timeouts(
-            Timeouts::default()
-                .connect(Duration::from_secs(2))
-                .hello(Duration::from_secs(2))
-                .ready(Duration::from_secs(5)),
-        )
+        .arbiters(1);
+    fast_reconnects(builder)
 }
 
 #[actix_rt::test]
