@@ -2,6 +2,11 @@
 //! another language would: the server is a subprocess, the client a raw websocket, every fault is
 //! triggered and every record read through the control API over plain HTTP.
 
+#[path = "gateway/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+
+use harness::example;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -15,16 +20,6 @@ use serde_json::{json, Value};
 type Ws = Framed<BoxedSocket, Codec>;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// The example binary `cargo test` built next to this test.
-fn example(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    dir.join("examples").join(name)
-}
 
 /// The server process, its URLs, and its log (stderr), read on a thread until it exits.
 struct Server {

@@ -2,6 +2,11 @@
 //! twilight-http client deletes exactly the banned ones through the fake's REST routes, retrying
 //! the one that met a 429; the fake's REST routes are as strict as Discord's.
 
+#[path = "gateway/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+
+use harness::example;
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -16,16 +21,6 @@ const GUILD: u64 = 1_000_000_000_000_000_000;
 const A: u64 = 1_000_000_000_000_000_001;
 const B: u64 = 1_000_000_000_000_000_002;
 const C: u64 = 1_000_000_000_000_000_003;
-
-/// The example binary `cargo test` built next to this test.
-fn example(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    dir.join("examples").join(name)
-}
 
 fn fake_config() -> FakeConfig {
     FakeConfig {

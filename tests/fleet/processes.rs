@@ -19,16 +19,6 @@ use crate::redis_server::RedisServer;
 
 const LEASE_MS: u64 = 1000;
 
-/// The example binary `cargo test` built next to this test.
-fn example(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir")
-        .join("examples")
-        .join(name)
-}
-
 /// One fleet process and every JSON line it printed.
 struct Proc {
     child: Child,

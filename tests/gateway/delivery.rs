@@ -11,8 +11,15 @@ use crate::harness::*;
 #[actix_rt::test]
 async fn a_hung_handler_holds_reads_back_for_max_pause_only_then_misses_events_until_it_recovers() {
     let (handler, hung_seen, open, arbiter) = hung();
-    let max_pause = Duration::from_millis(300);
-    let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
+    let max_pause = Duration::from_millis(600);
+    // The fake ends a connection that sends no heartbeat for 450 ms, less than the pause: the
+    // connection survives only if heartbeats go on while reads are paused. (Its default, 250 ms,
+    // left too little room for a loaded machine's scheduling.)
+    let fake = shardline::testkit::FakeConfig {
+        heartbeat_timeout: Duration::from_millis(450),
+        ..fast_fake(1, 1)
+    };
+    let bot = Bot::start(fake, 1, move |c| {
         c.handler("MESSAGE_CREATE", handler.recipient())
             .slow_handlers(SlowHandlers::Backpressure {
                 max_pending: 16,

@@ -9,16 +9,6 @@ use shardline::testkit::{FakeConfig, FakeGateway};
 
 use crate::harness::*;
 
-/// The example binary `cargo test` built next to this test.
-fn example(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    dir.join("examples").join(name)
-}
-
 #[actix_rt::test]
 async fn tail_prints_each_dispatch_as_one_json_line_and_never_the_token() {
     let fake = FakeGateway::start(fast_fake(2, 2)).await.unwrap();

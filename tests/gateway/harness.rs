@@ -367,3 +367,13 @@ pub fn hung() -> (Addr<Hung>, Recorder, std::sync::mpsc::Sender<()>, Arbiter) {
     });
     (addr, seen, open, arbiter)
 }
+
+/// The example binary `cargo test` built next to this test binary.
+pub fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .join("examples")
+        .join(name)
+}
