@@ -733,10 +733,14 @@ impl Conn {
                 seq,
             };
         }
+        // Tagged under the same lock that attaches the session: whoever sees the shard ready on
+        // this connection also sees its Resume recorded for the shard.
+        if let Some(frame) = state.frames.iter_mut().rev().find(|f| f.connection == id) {
+            frame.shard = Some(shard);
+        }
         drop(state);
         tracing::info!(conn = self.id, shard, session = %session_id, seq, replayed = frames.len() - 1, "fake gateway: resumed, RESUMED sent");
         self.shard = Some(shard);
-        self.tag_last_frame(shard);
         self.authenticated = true;
         self.session_id = Some(session_id);
         Reply::Send(frames)
