@@ -627,6 +627,7 @@ impl Conn {
             });
             push("GUILD_CREATE", guild.to_string());
         }
+        let replaced = state.snapshot(shard);
         state.sessions.insert(
             session_id.clone(),
             super::state::Session {
@@ -644,6 +645,9 @@ impl Conn {
             record.outcome = ConnectionOutcome::Identified {
                 session_id: session_id.clone(),
             };
+            record.attached_at = Some(Instant::now());
+            record.attached_seq = Some(seq);
+            record.replaced = replaced;
         }
         if let Some(flood) = self.flood.as_ref().filter(|f| f.event == "MESSAGE_CREATE") {
             state.remember_message(shard, &flood.d);
@@ -714,6 +718,7 @@ impl Conn {
             .filter(|(s, _)| *s > seq)
             .map(|(_, f)| f.clone())
             .collect();
+        let replayed_through = session.seq;
         session.seq += 1;
         let resumed = ByteString::from(format!(
             r#"{{"t":"RESUMED","s":{},"op":0,"d":{{}}}}"#,
@@ -732,6 +737,8 @@ impl Conn {
                 session_id: session_id.clone(),
                 seq,
             };
+            record.attached_at = Some(Instant::now());
+            record.attached_seq = Some(replayed_through);
         }
         // Tagged under the same lock that attaches the session: whoever sees the shard ready on
         // this connection also sees its Resume recorded for the shard.

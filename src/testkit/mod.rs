@@ -213,6 +213,16 @@ pub struct ConnectionRecord {
     pub server_close_code: Option<u16>,
     /// How its handshake ended.
     pub outcome: ConnectionOutcome,
+    /// The client's address (its local port tells which process opened it).
+    pub peer: Option<std::net::SocketAddr>,
+    /// When a session was attached to it (READY or RESUMED sent): from then it is authenticated.
+    pub attached_at: Option<Instant>,
+    /// The session's last seq when it was attached (READY and its GUILD_CREATEs, or the last
+    /// event replayed before RESUMED): later events were sent on it live.
+    pub attached_seq: Option<u64>,
+    /// For an Identify, the shard's session it replaced, as it was at that moment (`resumable`
+    /// tells whether a Resume would still have been accepted).
+    pub replaced: Option<FakeSession>,
 }
 
 /// A session as the fake sees it.
@@ -365,6 +375,15 @@ impl FakeGateway {
     /// Returns its seq, or `None` if the shard has no live session.
     pub fn dispatch(&self, shard: u32, event: &str, d: Value) -> Option<u64> {
         self.dispatch_raw(shard, event, &d.to_string())
+    }
+
+    /// [`dispatch`](Self::dispatch), also answering the session the event was appended to, read
+    /// under the same lock: `(session id, seq)`.
+    pub fn dispatch_in_session(&self, shard: u32, event: &str, d: Value) -> Option<(String, u64)> {
+        let mut state = self.state();
+        let (seq, _) =
+            state.dispatch(shard, event, &mut std::iter::once(d.to_string().as_str()))?;
+        Some((state.current.get(&shard)?.clone(), seq))
     }
 
     /// [`dispatch`](Self::dispatch) with `d` already serialized.

@@ -114,7 +114,7 @@ async fn websocket(
     let (response, out, stream) = super::wire::accept(&req, body, 1 << 20)?;
     let (tx, commands) = tokio::sync::mpsc::unbounded_channel();
     let shared: Arc<Mutex<State>> = shared.into_inner();
-    let id = lock(&shared).open(req.path(), &query, compress.clone(), tx);
+    let id = lock(&shared).open(req.path(), &query, compress.clone(), req.peer_addr(), tx);
     tracing::info!(conn = id, path = req.path(), query = %query, compress, peer = ?req.peer_addr(), "fake gateway: websocket connection accepted");
     if let Some((code, reason)) = refuse {
         tracing::info!(

@@ -133,6 +133,7 @@ impl State {
         path: &str,
         query: &str,
         compress: Option<String>,
+        peer: Option<std::net::SocketAddr>,
         tx: UnboundedSender<Command>,
     ) -> u64 {
         let id = self.next_conn;
@@ -148,6 +149,10 @@ impl State {
             client_close_code: None,
             server_close_code: None,
             outcome: ConnectionOutcome::None,
+            peer,
+            attached_at: None,
+            attached_seq: None,
+            replaced: None,
         });
         self.live.insert(id, Live { tx });
         id

@@ -9,5 +9,6 @@ mod redis_server;
 mod ownership;
 mod processes;
 
+mod soak;
 mod stores;
 mod stream;
