@@ -624,3 +624,33 @@ async fn a_process_with_another_total_refuses_to_join() {
     b.shutdown(true).await;
     fake.stop().await;
 }
+
+/// A config that names everything (count, gateway URL, max_concurrency) skips `GET /gateway/bot`
+/// in a single process; a fleet still reads the session-start budget from it and keeps it, so
+/// its identifies count against the budget Discord reported.
+#[actix_rt::test]
+async fn a_fleet_keeps_the_budget_even_when_the_config_names_everything() {
+    let redis = RedisServer::start();
+    let mut fake_config = fast_fake(2, 2);
+    fake_config.session_start_limit.remaining = 50;
+    let fake = FakeGateway::start(fake_config.clone()).await.unwrap();
+    let changes = Changes::default();
+    let a = member_of(&fake, &fake_config, &redis, "a", 2, &changes).await;
+    status_until(&a, "both ready", |s| {
+        s.len() == 2 && s.iter().all(|s| s.phase == shardline::Phase::Ready)
+    })
+    .await;
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let left: Option<u32> = redis::cmd("GET")
+        .arg("shardline:ownership:identify:budget")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, Some(48), "50 reported, 2 identifies since");
+    a.shutdown(true).await;
+    fake.stop().await;
+}
