@@ -210,6 +210,15 @@ pub enum FleetError {
     Command(String),
     /// The fleet's settings are not usable (which one, then why).
     Config(&'static str, String),
+    /// The running fleet has another shard total than this process resolved (a process started
+    /// with another count, or after Discord changed its recommendation): joining would resume
+    /// sessions identified for the other total. Start it with the fleet's total, or reshard.
+    TotalMismatch {
+        /// The total of the fleet's live members.
+        fleet: u32,
+        /// The total this process resolved.
+        ours: u32,
+    },
 }
 
 #[cfg(feature = "redis")]
@@ -219,6 +228,10 @@ impl fmt::Display for FleetError {
             Self::Connect { url, reason } => write!(f, "cannot reach Redis at {url}: {reason}"),
             Self::Command(why) => write!(f, "Redis command failed: {why}"),
             Self::Config(what, why) => write!(f, "invalid fleet setting {what}: {why}"),
+            Self::TotalMismatch { fleet, ours } => write!(
+                f,
+                "the running fleet has {fleet} shards in all, this process {ours}: start it with the fleet's total"
+            ),
         }
     }
 }

@@ -734,6 +734,76 @@ pub(crate) struct ReleaseShard {
 }
 
 #[cfg(feature = "redis")]
+/// The leases the fleet's keeper holds now: the supervisor makes the shards it runs match them.
+/// A held shard that is not running (it stopped itself when its guard ran out while a renewal was
+/// still on its way, which then succeeded) is started again; a running shard whose lease is not
+/// held is abandoned. Answered from the supervisor's own state, without asking any shard.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Reconciled")]
+pub(crate) struct Reconcile {
+    pub held: Vec<(u32, LeaseGuard)>,
+}
+
+#[cfg(feature = "redis")]
+/// What a [`Reconcile`] changed.
+#[derive(Debug, Clone, Default, MessageResponse)]
+pub(crate) struct Reconciled {
+    /// Held shards found not running and started again.
+    pub restarted: Vec<u32>,
+    /// Running shards whose lease was not held, abandoned.
+    pub abandoned: Vec<u32>,
+}
+
+#[cfg(feature = "redis")]
+impl Handler<Reconcile> for Supervisor {
+    type Result = Reconciled;
+
+    fn handle(&mut self, Reconcile { held }: Reconcile, ctx: &mut Self::Context) -> Reconciled {
+        let mut done = Reconciled::default();
+        if self.shutting_down {
+            return done;
+        }
+        let held: BTreeMap<u32, LeaseGuard> = held.into_iter().collect();
+        let now = std::time::Instant::now();
+        let ids: Vec<u32> = self.slots.keys().copied().collect();
+        for id in ids {
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue;
+            };
+            // An actor that stopped but whose notice has not come yet still counts as running: its
+            // notice would clear the slot of a replacement started now. The next tick sees it.
+            let running = slot.addr.is_some() || slot.restart_timer.is_some();
+            match held.get(&id) {
+                Some(guard) => {
+                    if !running && slot.fatal.is_none() && guard.holds(now) {
+                        slot.guard = Some(guard.clone());
+                        slot.held = true;
+                        slot.stopped = false;
+                        self.start_shard(id, ctx);
+                        done.restarted.push(id);
+                    }
+                }
+                None if slot.held || running => {
+                    slot.held = false;
+                    if let Some(timer) = slot.restart_timer.take() {
+                        ctx.cancel_future(timer);
+                    }
+                    if let Some(guard) = slot.guard.take() {
+                        guard.revoke();
+                    }
+                    if let Some(addr) = slot.addr.take() {
+                        addr.do_send(Abandon);
+                    }
+                    done.abandoned.push(id);
+                }
+                None => {}
+            }
+        }
+        done
+    }
+}
+
+#[cfg(feature = "redis")]
 impl Handler<Acquire> for Supervisor {
     type Result = ();
 

@@ -2,21 +2,33 @@
 //! placement gives it, hands shards over when the fleet grows, and starts and stops them through
 //! the supervisor (docs/fleet.md "Ownership" and "Placement").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use futures_util::future::join_all;
 use redis::Script;
 
 use crate::fleet::lease::{lease_key, Lease, Leases};
 use crate::fleet::options::Placement;
 use crate::fleet::{FleetError, FleetRedis, RedisSessionStore};
 use crate::ownership::LeaseGuard;
-use crate::supervisor::{Acquire, Release, ReleaseShard, ShutdownAll, Supervisor};
+use crate::supervisor::{
+    Acquire, GetStatuses, Reconcile, Release, ReleaseShard, ShutdownAll, Supervisor,
+};
 
 /// Keeps this process in the member list (scored by Redis's clock, so no process's clock matters)
-/// and answers the live members. KEYS: members. ARGV: owner, ttl ms.
+/// and the fleet's shard total alive, and answers the live members; an error if the fleet runs
+/// another total now (every member of this one was gone long enough for another to start).
+/// KEYS: members, total. ARGV: owner, ttl ms, total.
 const HEARTBEAT: &str = r#"
+local running = redis.call('GET', KEYS[2])
+if running and running ~= ARGV[3] then
+  return redis.error_reply('the fleet runs ' .. running .. ' shards in all now')
+end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
@@ -78,6 +90,15 @@ pub(crate) enum KeeperCommand {
     },
 }
 
+/// The leases this process holds, shared by the keeper (which claims and gives them up) and the
+/// renewals (which extend their guards, and report the ones lost).
+pub(crate) type Held = Arc<Mutex<BTreeMap<u32, (Lease, LeaseGuard)>>>;
+
+fn lock(held: &Held) -> std::sync::MutexGuard<'_, BTreeMap<u32, (Lease, LeaseGuard)>> {
+    // Nothing panics while holding it; a poisoned map is still the truth.
+    held.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub(crate) struct Keeper {
     pub redis: FleetRedis,
     pub leases: Leases,
@@ -86,26 +107,45 @@ pub(crate) struct Keeper {
     pub placement: Placement,
     pub total: u32,
     pub events: Vec<Recipient<FleetEvent>>,
-    pub held: BTreeMap<u32, (Lease, LeaseGuard)>,
+    pub held: Held,
     /// Whether Redis answered the last tick (a change is logged once, not every tick).
     pub redis_ok: bool,
+    /// A status write is under way (at most one at a time; it waits for the shards, the keeper
+    /// never does).
+    pub status_busy: Arc<AtomicBool>,
 }
 
 impl Keeper {
     /// Runs until told to leave (or until every handle is gone, which leaves resumably).
     pub async fn run(mut self, mut commands: tokio::sync::mpsc::Receiver<KeeperCommand>) {
+        let (lost, mut losses) = tokio::sync::mpsc::unbounded_channel();
+        // The renewals run on a thread and a Redis connection of their own: a thread blocked by a
+        // handler, a shard actor slow to answer, a claim of thousands of shards or a large stream
+        // batch on the shared connection cannot make this process's leases run out.
+        let renewals = Arbiter::new();
+        renewals.spawn(
+            Renewer {
+                redis: self.redis.clone(),
+                leases: self.leases.clone(),
+                held: self.held.clone(),
+                lost,
+            }
+            .run(),
+        );
         // Three renewals fit in the part of a lease a holder trusts (docs/fleet.md "Ownership").
         let mut ticks = tokio::time::interval(self.leases.lease_time() / 4);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = ticks.tick() => self.tick().await,
+                Some(lease) = losses.recv() => self.lose(lease),
                 command = commands.recv() => {
                     let (resumable, done) = match command {
                         Some(KeeperCommand::Leave { resumable, done }) => (resumable, Some(done)),
                         None => (true, None),
                     };
                     self.leave(resumable).await;
+                    renewals.stop();
                     if let Some(done) = done {
                         let _ = done.send(());
                     }
@@ -116,55 +156,50 @@ impl Keeper {
     }
 
     async fn tick(&mut self) {
-        self.renew().await;
         let members = match self.heartbeat().await {
             Ok(members) => members,
             // Without Redis nothing can be claimed; held shards run on until their guards end.
             Err(_) => return,
         };
+        self.reconcile().await;
         match &self.placement {
             Placement::Pinned(ids) => {
-                let wanted: Vec<u32> = ids
-                    .clone()
-                    .filter(|id| !self.held.contains_key(id))
-                    .collect();
-                self.claim_some(&wanted, wanted.len()).await;
+                let wanted: Vec<u32> = {
+                    let held = lock(&self.held);
+                    ids.clone().filter(|id| !held.contains_key(id)).collect()
+                };
+                let count = wanted.len();
+                self.claim_some(&wanted, count).await;
             }
             Placement::Balanced => self.balance(&members).await,
         }
-        self.publish_status().await;
+        self.publish_status();
     }
 
-    /// Renews every held lease; stops the shards whose lease is gone or can no longer be trusted.
-    async fn renew(&mut self) {
-        let now = Instant::now();
-        let mut lost: Vec<u32> = self
-            .held
+    /// Makes the shards the supervisor runs match the leases held: a lease renewed after its
+    /// shard had already stopped itself (its guard ran out while the renewal was on its way) gets
+    /// its shard started again, and a shard running without a lease is stopped.
+    async fn reconcile(&mut self) {
+        let held: Vec<(u32, LeaseGuard)> = lock(&self.held)
             .iter()
-            .filter(|(_, (_, guard))| !guard.holds(now))
-            .map(|(id, _)| *id)
+            .map(|(id, (_, guard))| (*id, guard.clone()))
             .collect();
-        let leases: Vec<Lease> = self
-            .held
-            .iter()
-            .filter(|(id, _)| !lost.contains(id))
-            .map(|(_, (lease, _))| lease.clone())
-            .collect();
-        match self.leases.renew_all(&leases).await {
-            Ok(renewed) => {
-                self.note_redis(Ok(()));
-                for (lease, until) in leases.iter().zip(renewed) {
-                    match (until, self.held.get(&lease.shard)) {
-                        (Some(until), Some((_, guard))) => guard.extend_to(until),
-                        (None, _) => lost.push(lease.shard),
-                        _ => {}
-                    }
-                }
-            }
-            Err(e) => self.note_redis(Err(&e)),
+        let Ok(done) = self.supervisor.send(Reconcile { held }).await else {
+            return;
+        };
+        for id in &done.restarted {
+            tracing::warn!(
+                shard.id = id,
+                owner = self.leases.owner(),
+                "fleet: the lease is held but the shard had stopped; started again"
+            );
         }
-        for id in lost {
-            self.lose(id).await;
+        for id in &done.abandoned {
+            tracing::warn!(
+                shard.id = id,
+                owner = self.leases.owner(),
+                "fleet: a shard ran without a lease; stopped"
+            );
         }
     }
 
@@ -182,37 +217,52 @@ impl Keeper {
         }
     }
 
-    async fn lose(&mut self, id: u32) {
-        let Some((_, guard)) = self.held.remove(&id) else {
-            return;
-        };
-        guard.revoke();
+    /// The renewals found `lease` lost (not renewed in time, or taken): its guard is revoked
+    /// already, so the shard stops by itself without a frame; the supervisor is told without
+    /// waiting for it.
+    fn lose(&mut self, lease: Lease) {
+        let id = lease.shard;
         tracing::warn!(
             shard.id = id,
             owner = self.leases.owner(),
             "fleet: lease lost; shard stopped without a frame"
         );
-        let _ = self
-            .supervisor
-            .send(ReleaseShard {
-                id,
-                how: Release::Abandon,
-            })
-            .await;
         self.store.forget_local(id);
         self.emit(id, OwnershipChange::Lost);
+        let supervisor = self.supervisor.clone();
+        actix_rt::spawn(async move {
+            let _ = supervisor
+                .send(ReleaseShard {
+                    id,
+                    how: Release::Abandon,
+                })
+                .await;
+        });
     }
 
     async fn heartbeat(&mut self) -> Result<Vec<String>, FleetError> {
-        let members: Result<Vec<String>, _> = Script::new(HEARTBEAT)
-            .key(self.redis.key(format_args!("members")))
+        let script = Script::new(HEARTBEAT);
+        let mut call = script.prepare_invoke();
+        call.key(self.redis.key(format_args!("members")))
+            .key(self.redis.key(format_args!("total")))
             .arg(self.leases.owner())
             .arg(self.leases.lease_time().as_millis() as u64)
-            .invoke_async(&mut self.redis.conn())
-            .await;
-        let members = members.map_err(FleetError::from);
+            .arg(self.total);
+        let mut conn = self.redis.conn();
+        // Bounded like the renewals: while Redis stalls, the keeper goes on handling lost leases.
+        let wait = self.leases.lease_time() / 3;
+        let members: Result<Vec<String>, FleetError> =
+            match tokio::time::timeout(wait, call.invoke_async(&mut conn)).await {
+                Ok(answer) => answer.map_err(FleetError::from),
+                Err(_) => Err(FleetError::Command(format!("no answer within {wait:?}"))),
+            };
         self.note_redis(members.as_ref().map(|_| ()));
-        members
+        let mut members = members?;
+        // Positions come from names, which every member sorts alike; an order by heartbeat would
+        // put each member last right after its own heartbeat, and no one would take the
+        // remainder of an uneven split.
+        members.sort_unstable();
+        Ok(members)
     }
 
     /// Balanced placement: each of the `n` live members runs `total / n` shards, the first
@@ -225,8 +275,8 @@ impl Keeper {
             .iter()
             .position(|m| *m == me)
             .unwrap_or(members.len()) as u32;
-        let target = self.total / n + u32::from(index < self.total % n);
-        let held = self.held.len() as u32;
+        let target = share(self.total, n, index);
+        let held = lock(&self.held).len() as u32;
         let free = match self.free_shards().await {
             Ok(free) => free,
             Err(_) => return,
@@ -240,16 +290,13 @@ impl Keeper {
             });
             self.claim_some(&order, (target - held) as usize).await;
         } else if held > target && free.is_empty() {
-            let excess: Vec<u32> = self
-                .held
+            let excess: Vec<u32> = lock(&self.held)
                 .keys()
                 .rev()
                 .take((held - target) as usize)
                 .copied()
                 .collect();
-            for id in excess {
-                self.hand_over(id).await;
-            }
+            self.hand_over(&excess).await;
         }
     }
 
@@ -261,11 +308,16 @@ impl Keeper {
         let keys: Vec<String> = (0..self.total)
             .map(|id| lease_key(&self.redis, id))
             .collect();
-        let holders: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut self.redis.conn())
-            .await
-            .map_err(FleetError::from)?;
+        let mut holders: Vec<Option<String>> = Vec::with_capacity(keys.len());
+        // MGET in slices: one command of 10 000 keys would hold Redis up for everyone else.
+        for slice in keys.chunks(1024) {
+            let part: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(slice)
+                .query_async(&mut self.redis.conn())
+                .await
+                .map_err(FleetError::from)?;
+            holders.extend(part);
+        }
         Ok(holders
             .iter()
             .enumerate()
@@ -274,32 +326,37 @@ impl Keeper {
             .collect())
     }
 
-    /// Claims up to `count` of `ids` (skipping held ones) and starts them.
+    /// Claims up to `count` of `ids` (skipping held ones), in batches, and starts them.
     async fn claim_some(&mut self, ids: &[u32], count: usize) {
-        let mut claimed = 0;
-        for &id in ids {
-            if claimed == count {
-                break;
-            }
-            if self.held.contains_key(&id) {
-                continue;
-            }
-            let (lease, until) = match self.leases.claim(id).await {
-                Ok(Some(claim)) => claim,
-                Ok(None) => continue,
-                Err(e) => {
-                    self.note_redis(Err(&e));
-                    return;
-                }
-            };
-            // The session is read only now that no other process may write it.
-            self.store.set_fence(id, Some(lease.value.clone()));
-            if let Err(e) = self.store.load_from_redis(&[id]).await {
-                tracing::warn!(shard.id = id, error = %e, "fleet: cannot read the shard's session; giving the lease back");
-                self.store.forget_local(id);
-                let _ = self.leases.release(&lease).await;
+        if count == 0 || ids.is_empty() {
+            return;
+        }
+        let claimed = match self.leases.claim_many(ids, count).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                self.note_redis(Err(&e));
                 return;
             }
+        };
+        if claimed.is_empty() {
+            return;
+        }
+        let shards: Vec<u32> = claimed.iter().map(|(lease, _)| lease.shard).collect();
+        // The sessions are read only now that no other process may write them.
+        for (lease, _) in &claimed {
+            self.store.set_fence(lease.shard, Some(lease.value.clone()));
+        }
+        if let Err(e) = self.store.load_from_redis(&shards).await {
+            tracing::warn!(shards = shards.len(), error = %e, "fleet: cannot read the claimed shards' sessions; giving the leases back");
+            let leases: Vec<Lease> = claimed.into_iter().map(|(lease, _)| lease).collect();
+            for lease in &leases {
+                self.store.forget_local(lease.shard);
+            }
+            let _ = self.leases.release_all(&leases).await;
+            return;
+        }
+        for (lease, until) in claimed {
+            let id = lease.shard;
             let guard = LeaseGuard::new(until);
             tracing::info!(
                 shard.id = id,
@@ -307,88 +364,120 @@ impl Keeper {
                 token = lease.token,
                 "fleet: claimed"
             );
-            self.held.insert(id, (lease, guard.clone()));
-            let _ = self.supervisor.send(Acquire { id, guard }).await;
+            lock(&self.held).insert(id, (lease, guard.clone()));
+            // Told before the shard starts, so that what keeps per-shard state (the event stream's
+            // publisher: the shard's session) forgets an earlier ownership before the first event.
             self.emit(id, OwnershipChange::Claimed);
-            claimed += 1;
+            let _ = self.supervisor.send(Acquire { id, guard }).await;
         }
     }
 
-    /// Closes the shard resumably, writes its session, and releases its lease for the next owner.
-    async fn hand_over(&mut self, id: u32) {
-        let Some((lease, guard)) = self.held.remove(&id) else {
+    /// Closes the shards resumably, all at once (their leases renewed meanwhile), writes their
+    /// sessions, and releases their leases for the next owners.
+    async fn hand_over(&mut self, ids: &[u32]) {
+        if ids.is_empty() {
             return;
-        };
-        let _ = self
-            .supervisor
-            .send(ReleaseShard {
+        }
+        let stops = ids.iter().map(|&id| {
+            self.supervisor.send(ReleaseShard {
                 id,
                 how: Release::HandOver,
             })
-            .await;
+        });
+        join_all(stops).await;
         if let Err(e) = self.store.flush().await {
-            // The lease then runs out by itself; the next owner resumes from the last flush.
-            tracing::warn!(shard.id = id, error = %e, "fleet: could not write the session before handing over");
+            // The leases then run out by themselves; the next owners resume from the last flush.
+            tracing::warn!(shards = ids.len(), error = %e, "fleet: could not write the sessions before handing over");
         }
-        guard.revoke();
-        let _ = self.leases.release(&lease).await;
-        self.store.forget_local(id);
-        tracing::info!(
-            shard.id = id,
-            owner = self.leases.owner(),
-            "fleet: handed over"
-        );
-        self.emit(id, OwnershipChange::Released);
+        let leases: Vec<Lease> = {
+            let mut held = lock(&self.held);
+            ids.iter()
+                .filter_map(|id| held.remove(id))
+                .map(|(lease, guard)| {
+                    guard.revoke();
+                    lease
+                })
+                .collect()
+        };
+        if let Err(e) = self.leases.release_all(&leases).await {
+            tracing::warn!(shards = leases.len(), error = %e, "fleet: could not release the leases handed over; they run out by themselves");
+        }
+        for lease in &leases {
+            self.store.forget_local(lease.shard);
+            tracing::info!(
+                shard.id = lease.shard,
+                owner = self.leases.owner(),
+                "fleet: handed over"
+            );
+            self.emit(lease.shard, OwnershipChange::Released);
+        }
     }
 
     async fn leave(&mut self, resumable: bool) {
-        let ids: Vec<u32> = self.held.keys().copied().collect();
-        if resumable {
-            for id in ids {
-                self.hand_over(id).await;
-            }
-        } else {
-            // Sessions end (close 1000) and are removed from the store.
-            let _ = self.supervisor.send(ShutdownAll { resumable: false }).await;
-            let _ = self.store.flush().await;
-            for (id, (lease, guard)) in std::mem::take(&mut self.held) {
-                guard.revoke();
-                let _ = self.leases.release(&lease).await;
-                self.store.forget_local(id);
-                self.emit(id, OwnershipChange::Released);
-            }
-        }
+        // Said first: the others raise their shares now, and take each shard as soon as its
+        // lease is released, not once the last one is.
         let _: Result<i64, _> = redis::cmd("ZREM")
             .arg(self.redis.key(format_args!("members")))
             .arg(self.leases.owner())
             .query_async(&mut self.redis.conn())
             .await;
+        let ids: Vec<u32> = lock(&self.held).keys().copied().collect();
+        if resumable {
+            self.hand_over(&ids).await;
+        } else {
+            // Sessions end (close 1000) and are removed from the store.
+            let _ = self.supervisor.send(ShutdownAll { resumable: false }).await;
+            let _ = self.store.flush().await;
+            let held = std::mem::take(&mut *lock(&self.held));
+            let leases: Vec<Lease> = held
+                .into_values()
+                .map(|(lease, guard)| {
+                    guard.revoke();
+                    lease
+                })
+                .collect();
+            let _ = self.leases.release_all(&leases).await;
+            for lease in &leases {
+                self.store.forget_local(lease.shard);
+                self.emit(lease.shard, OwnershipChange::Released);
+            }
+        }
         let _ = self.supervisor.send(ShutdownAll { resumable: true }).await;
     }
 
-    /// Writes each held shard's status for the fleet-wide view.
-    async fn publish_status(&mut self) {
-        if self.held.is_empty() {
+    /// Writes each held shard's status for the fleet-wide view, in a task of its own: it asks every
+    /// shard, and a shard on a blocked thread must not hold up the keeper.
+    fn publish_status(&mut self) {
+        let held: BTreeSet<u32> = lock(&self.held).keys().copied().collect();
+        if held.is_empty() || self.status_busy.swap(true, Ordering::AcqRel) {
             return;
         }
-        let Ok(statuses) = self.supervisor.send(crate::supervisor::GetStatuses).await else {
-            return;
-        };
-        let script = Script::new(STATUS);
-        let mut pipe = redis::pipe();
-        pipe.load_script(&script).ignore();
-        let ttl = (self.leases.lease_time() * 3).as_millis() as u64;
-        for status in statuses.iter().filter(|s| self.held.contains_key(&s.id)) {
-            let mut call = script.prepare_invoke();
-            call.key(self.redis.key(format_args!("status:{}", status.id)))
-                .arg(self.leases.owner())
-                .arg(format!("{:?}", status.phase))
-                .arg(status.latency.map_or(-1, |l| l.as_millis() as i64))
-                .arg(status.seq.map_or(-1, |s| s as i64))
-                .arg(ttl);
-            pipe.invoke_script(&call).ignore();
-        }
-        let _: Result<(), _> = pipe.query_async(&mut self.redis.conn()).await;
+        let busy = self.status_busy.clone();
+        let supervisor = self.supervisor.clone();
+        let redis = self.redis.clone();
+        let owner = self.leases.owner().to_owned();
+        let lease_time = self.leases.lease_time();
+        actix_rt::spawn(async move {
+            let asked = tokio::time::timeout(lease_time, supervisor.send(GetStatuses)).await;
+            if let Ok(Ok(statuses)) = asked {
+                let script = Script::new(STATUS);
+                let mut pipe = redis::pipe();
+                pipe.load_script(&script).ignore();
+                let ttl = (lease_time * 3).as_millis() as u64;
+                for status in statuses.iter().filter(|s| held.contains(&s.id)) {
+                    let mut call = script.prepare_invoke();
+                    call.key(redis.shard_key("status", status.id))
+                        .arg(&owner)
+                        .arg(format!("{:?}", status.phase))
+                        .arg(status.latency.map_or(-1, |l| l.as_millis() as i64))
+                        .arg(status.seq.map_or(-1, |s| s as i64))
+                        .arg(ttl);
+                    pipe.invoke_script(&call).ignore();
+                }
+                let _: Result<(), _> = pipe.query_async(&mut redis.conn()).await;
+            }
+            busy.store(false, Ordering::Release);
+        });
     }
 
     fn emit(&self, shard: u32, change: OwnershipChange) {
@@ -398,6 +487,140 @@ impl Keeper {
                 change,
                 owner: self.leases.owner().to_owned(),
             });
+        }
+    }
+}
+
+/// The number of shards the member at `index` (in name order) of `members` runs: an even split,
+/// the first `total % members` one more.
+fn share(total: u32, members: u32, index: u32) -> u32 {
+    let members = members.max(1);
+    total / members + u32::from(index < total % members)
+}
+
+/// Renews the held leases every quarter of a lease time, on a thread and a connection of its own,
+/// and reports the ones lost: not renewed before their guard ran out (Redis unreachable, or the
+/// process paused), or held by another process now.
+struct Renewer {
+    redis: FleetRedis,
+    leases: Leases,
+    held: Held,
+    lost: tokio::sync::mpsc::UnboundedSender<Lease>,
+}
+
+impl Renewer {
+    async fn run(self) {
+        let redis = loop {
+            match self.redis.isolated().await {
+                Ok(redis) => break redis,
+                Err(e) => {
+                    tracing::warn!(error = %e, "fleet: cannot open the lease renewals' connection; retrying");
+                    tokio::time::sleep(self.leases.lease_time() / 4).await;
+                }
+            }
+        };
+        let leases = self.leases.on(redis);
+        let mut ticks = tokio::time::interval(self.leases.lease_time() / 4);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            ticks.tick().await;
+            if self.lost.is_closed() {
+                return;
+            }
+            let now = Instant::now();
+            let (expired, due): (Vec<Lease>, Vec<Lease>) = {
+                let held = lock(&self.held);
+                let (expired, due): (Vec<_>, Vec<_>) =
+                    held.values().partition(|(_, guard)| !guard.holds(now));
+                (
+                    expired.into_iter().map(|(l, _)| l.clone()).collect(),
+                    due.into_iter().map(|(l, _)| l.clone()).collect(),
+                )
+            };
+            for lease in expired {
+                self.report_lost(lease);
+            }
+            if due.is_empty() {
+                continue;
+            }
+            // Bounded: a renewal stuck in a stalled Redis must not keep this loop from noticing the
+            // guards that ran out meanwhile. One that lands later extended a lease nobody counts
+            // on; the next renewal that gets through is what counts.
+            let wait = self.leases.lease_time() / 3;
+            let answer = match tokio::time::timeout(wait, leases.renew_all(&due)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(FleetError::Command(format!(
+                    "no answer to the renewals within {wait:?}"
+                ))),
+            };
+            match answer {
+                Ok(renewed) => {
+                    if failing {
+                        failing = false;
+                        tracing::info!(
+                            owner = leases.owner(),
+                            "fleet: lease renewals get through again"
+                        );
+                    }
+                    for (lease, until) in due.into_iter().zip(renewed) {
+                        match until {
+                            Some(until) => {
+                                // Extended under the lock, and only if it is still the same
+                                // lease: one handed over meanwhile stays revoked.
+                                let held = lock(&self.held);
+                                if let Some((current, guard)) = held.get(&lease.shard) {
+                                    if current.token == lease.token {
+                                        guard.extend_to(until);
+                                    }
+                                }
+                            }
+                            None => self.report_lost(lease),
+                        }
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(owner = leases.owner(), error = %e, "fleet: lease renewals fail; shards run on until their leases can no longer be trusted");
+                    }
+                }
+            }
+        }
+    }
+
+    fn report_lost(&self, lease: Lease) {
+        let mut held = lock(&self.held);
+        let same = held
+            .get(&lease.shard)
+            .is_some_and(|(current, _)| current.token == lease.token);
+        if same {
+            if let Some((_, guard)) = held.remove(&lease.shard) {
+                guard.revoke();
+            }
+            drop(held);
+            let _ = self.lost.send(lease);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_uneven_split_gives_the_remainder_to_the_first_members_by_name() {
+        for (total, members) in [(8u32, 3u32), (3, 2), (7, 3), (13, 5), (1, 4), (0, 2)] {
+            let shares: Vec<u32> = (0..members)
+                .map(|i| super::share(total, members, i))
+                .collect();
+            assert_eq!(
+                shares.iter().sum::<u32>(),
+                total,
+                "{total} over {members}: {shares:?}"
+            );
+            assert!(
+                shares.windows(2).all(|w| w[0] >= w[1] && w[0] - w[1] <= 1),
+                "{shares:?}"
+            );
         }
     }
 }
@@ -430,8 +653,7 @@ pub async fn fleet_view(redis: &FleetRedis, total: u32) -> Result<Vec<FleetShard
     pipe.cmd("TIME");
     for id in 0..total {
         pipe.cmd("GET").arg(lease_key(redis, id));
-        pipe.cmd("HGETALL")
-            .arg(redis.key(format_args!("status:{id}")));
+        pipe.cmd("HGETALL").arg(redis.shard_key("status", id));
     }
     let mut values: Vec<redis::Value> = pipe.query_async(&mut redis.conn()).await?;
     let time: (u64, u64) = redis::from_redis_value(values.remove(0))?;

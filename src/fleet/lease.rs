@@ -29,6 +29,27 @@ redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
 return token
 "#;
 
+/// Claims free leases from a list, in its order, up to a count: answers the claimed ones as a flat
+/// list of (position in the list, fencing token). KEYS: lease and fence counter of each shard, in
+/// pairs. ARGV: owner, lease ms, count.
+const CLAIM_MANY: &str = r#"
+local claimed = {}
+local want = tonumber(ARGV[3])
+for i = 1, #KEYS, 2 do
+  if #claimed >= 2 * want then break end
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    local token = redis.call('INCR', KEYS[i + 1])
+    redis.call('SET', KEYS[i], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
+    claimed[#claimed + 1] = (i - 1) / 2
+    claimed[#claimed + 1] = token
+  end
+end
+return claimed
+"#;
+
+/// Shards claimed per script call: one call holds Redis for as long as it runs.
+const CLAIM_CHUNK: usize = 512;
+
 /// Renews a lease still held with this value: 1 when renewed, 0 when lost.
 /// KEYS: lease. ARGV: value, lease ms.
 const RENEW: &str = r#"
@@ -54,11 +75,11 @@ return 0
 pub const SAFETY_FRACTION: u32 = 5;
 
 pub(crate) fn lease_key(redis: &FleetRedis, shard: u32) -> String {
-    redis.key(format_args!("lease:{shard}"))
+    redis.shard_key("lease", shard)
 }
 
 fn fence_key(redis: &FleetRedis, shard: u32) -> String {
-    redis.key(format_args!("fence:{shard}"))
+    redis.shard_key("fence", shard)
 }
 
 /// A lease this process holds on one shard.
@@ -146,6 +167,53 @@ impl Leases {
         }))
     }
 
+    /// Claims up to `count` of `shards` that no one holds, in their order, in one round trip per
+    /// few hundred shards (a process taking thousands of shards must hold the first before their
+    /// lease runs out). Answers each lease claimed with the instant until which it surely holds.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached; the leases claimed before the error are answered with it
+    /// lost, and run out by themselves.
+    pub async fn claim_many(
+        &self,
+        shards: &[u32],
+        count: usize,
+    ) -> Result<Vec<(Lease, Instant)>, FleetError> {
+        let mut claimed = Vec::new();
+        let script = Script::new(CLAIM_MANY);
+        for chunk in shards.chunks(CLAIM_CHUNK) {
+            if claimed.len() >= count {
+                break;
+            }
+            let sent = Instant::now();
+            let mut call = script.prepare_invoke();
+            for &shard in chunk {
+                call.key(lease_key(&self.redis, shard))
+                    .key(fence_key(&self.redis, shard));
+            }
+            call.arg(&*self.owner)
+                .arg(self.lease_time.as_millis() as u64)
+                .arg(count - claimed.len());
+            let answer: Vec<u64> = call.invoke_async(&mut self.redis.conn()).await?;
+            let until = sent + self.trusted_for();
+            for pair in answer.chunks_exact(2) {
+                let Some(&shard) = chunk.get(pair[0] as usize) else {
+                    continue;
+                };
+                let token = pair[1];
+                claimed.push((
+                    Lease {
+                        shard,
+                        token,
+                        value: format!("{}:{token}", self.owner),
+                    },
+                    until,
+                ));
+            }
+        }
+        Ok(claimed)
+    }
+
     /// Renews `lease`. Answers the instant until which it surely holds, or `None` when it was lost
     /// (another process holds the shard now).
     ///
@@ -201,6 +269,36 @@ impl Leases {
             .invoke_async(&mut self.redis.conn())
             .await?;
         Ok(released == 1)
+    }
+
+    /// Releases many leases in one round trip; answers how many were still held.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached (the leases then end with their TTL).
+    pub async fn release_all(&self, leases: &[Lease]) -> Result<usize, FleetError> {
+        if leases.is_empty() {
+            return Ok(0);
+        }
+        let script = Script::new(RELEASE);
+        let mut pipe = redis::pipe();
+        pipe.load_script(&script).ignore();
+        for lease in leases {
+            let mut call = script.prepare_invoke();
+            call.key(lease_key(&self.redis, lease.shard))
+                .arg(&lease.value);
+            pipe.invoke_script(&call);
+        }
+        let released: Vec<u8> = pipe.query_async(&mut self.redis.conn()).await?;
+        Ok(released.into_iter().filter(|r| *r == 1).count())
+    }
+
+    /// The same leases over another connection (e.g. one of the renewals' own).
+    pub(crate) fn on(&self, redis: FleetRedis) -> Self {
+        Self {
+            redis,
+            owner: self.owner.clone(),
+            lease_time: self.lease_time,
+        }
     }
 
     /// Who holds `shard` now (`owner:token`), if anyone.

@@ -35,12 +35,15 @@ pub struct FleetRedis {
     /// For connections of their own (a blocking read must not hold up the shared one).
     client: redis::Client,
     prefix: Arc<str>,
+    /// The bot's shard total, part of every per-shard key once known ([`for_total`](Self::for_total)).
+    total: Option<u32>,
 }
 
 impl std::fmt::Debug for FleetRedis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FleetRedis")
             .field("prefix", &self.prefix)
+            .field("total", &self.total)
             .finish_non_exhaustive()
     }
 }
@@ -95,12 +98,36 @@ impl FleetRedis {
             conn,
             client,
             prefix: prefix.into(),
+            total: None,
         })
+    }
+
+    /// The same connection, for a bot of `total` shards: every per-shard key (lease, fencing
+    /// counter, session, status) then carries the total, so processes that disagree on it never
+    /// share a shard's lease or session, and a fleet resharded to another total keeps its keys
+    /// apart from the old ones (docs/fleet.md "Keys").
+    pub fn for_total(mut self, total: u32) -> Self {
+        self.total = Some(total);
+        self
+    }
+
+    /// The shard total per-shard keys carry, if set.
+    pub fn total(&self) -> Option<u32> {
+        self.total
     }
 
     /// The key `prefix:part`.
     pub(crate) fn key(&self, part: std::fmt::Arguments<'_>) -> String {
         format!("{}:{}", self.prefix, part)
+    }
+
+    /// The key of one shard's `kind` of state: `prefix:<total>:kind:<shard>` (or
+    /// `prefix:kind:<shard>` while no total is set).
+    pub(crate) fn shard_key(&self, kind: &str, shard: u32) -> String {
+        match self.total {
+            Some(total) => format!("{}:{total}:{kind}:{shard}", self.prefix),
+            None => format!("{}:{kind}:{shard}", self.prefix),
+        }
     }
 
     /// The bot's key prefix.
@@ -111,6 +138,19 @@ impl FleetRedis {
     /// A handle on the shared connection, for one command or pipeline.
     pub(crate) fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// The same bot over a connection of its own, driven by the runtime this is called in: the
+    /// lease renewals run on a thread of their own, so that nothing else the process does (a
+    /// blocked thread, a large batch on the shared connection) can hold them up.
+    pub(crate) async fn isolated(&self) -> Result<FleetRedis, FleetError> {
+        let conn = self.dedicated(Duration::ZERO).await?;
+        Ok(Self {
+            conn,
+            client: self.client.clone(),
+            prefix: self.prefix.clone(),
+            total: self.total,
+        })
     }
 
     /// A connection of its own, reconnecting like the shared one, whose commands may take up to
@@ -214,7 +254,7 @@ impl crate::Gateway {
     pub async fn start_fleet(
         mut config: crate::Config,
         options: FleetOptions,
-        events: Vec<actix::Recipient<FleetEvent>>,
+        mut events: Vec<actix::Recipient<FleetEvent>>,
     ) -> Result<Self, crate::StartError> {
         use crate::config::ShardPlan;
         use crate::StartError;
@@ -231,22 +271,42 @@ impl crate::Gateway {
         let (total, max_concurrency, gateway_bot) =
             (plan.total, plan.max_concurrency, plan.gateway_bot);
         options.validate(total).map_err(StartError::Fleet)?;
+        // Every per-shard key carries the total from here on.
+        let redis = redis.for_total(total);
+        join_generation(&redis, total, options.lease_time)
+            .await
+            .map_err(StartError::Fleet)?;
+        // The session-start budget is read from Discord even when the config names everything
+        // else: a fleet that does not know it could not keep it.
+        let limit = match gateway_bot {
+            Some(bot) => bot.session_start_limit,
+            None => crate::rest::gateway_bot(&config).await?.session_start_limit,
+        };
+        let rest_config = config.clone();
+        let source: identify::BudgetSource = Arc::new(move || {
+            let config = rest_config.clone();
+            Box::pin(async move {
+                crate::rest::gateway_bot(&config)
+                    .await
+                    .map(|bot| bot.session_start_limit)
+                    .map_err(|e| e.to_string())
+            })
+        });
         let queue = RedisIdentifyQueue::new(
             redis.clone(),
             max_concurrency,
             config.identify_window,
             &options.owner,
-        );
-        if let Some(bot) = &gateway_bot {
-            let limit = bot.session_start_limit;
-            queue
-                .set_budget(
-                    limit.remaining,
-                    Duration::from_millis(limit.reset_after.max(1)),
-                )
-                .await
-                .map_err(StartError::Fleet)?;
-        }
+        )
+        .budget_source(source);
+        queue
+            .set_budget(
+                limit.remaining,
+                limit.total,
+                Duration::from_millis(limit.reset_after.max(1)),
+            )
+            .await
+            .map_err(StartError::Fleet)?;
         let publishing = !options.stream_events.is_empty();
         let sessions =
             RedisSessionStore::new(redis.clone(), options.sessions.gate_on_publish(publishing));
@@ -257,6 +317,8 @@ impl crate::Gateway {
                 .events(&options.stream_events)
                 .session_store(sessions.clone())
                 .start();
+            // It forgets a shard's session whenever the shard changes hands.
+            events.push(publisher.clone().recipient());
             let mut router = (*config.router).clone();
             router.add_batch_all(publisher.recipient());
             config.router = Arc::new(router.finish());
@@ -282,6 +344,7 @@ impl crate::Gateway {
             events,
             held: Default::default(),
             redis_ok: true,
+            status_busy: Default::default(),
         };
         actix_rt::spawn(keeper.run(receiver));
         gateway.membership = Some(Arc::new(FleetHandle {
@@ -298,6 +361,36 @@ impl crate::Gateway {
     pub fn fleet(&self) -> Option<&FleetHandle> {
         self.membership.as_ref()?.as_any().downcast_ref()
     }
+}
+
+/// Joins the fleet's generation: the shard total its live members run (kept while any member
+/// heartbeats). KEYS: total. ARGV: total, ttl ms. Answers 0, or the other total running.
+const JOIN_GENERATION: &str = r#"
+local running = redis.call('GET', KEYS[1])
+if running and running ~= ARGV[1] then return tonumber(running) end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 0
+"#;
+
+/// Refuses to join a fleet whose live members run another shard total.
+async fn join_generation(
+    redis: &FleetRedis,
+    total: u32,
+    lease: Duration,
+) -> Result<(), FleetError> {
+    let running: u32 = redis::Script::new(JOIN_GENERATION)
+        .key(redis.key(format_args!("total")))
+        .arg(total)
+        .arg(lease.as_millis() as u64)
+        .invoke_async(&mut redis.conn())
+        .await?;
+    if running != 0 {
+        return Err(FleetError::TotalMismatch {
+            fleet: running,
+            ours: total,
+        });
+    }
+    Ok(())
 }
 
 /// A Redis URL without its password, for errors and logs.

@@ -300,7 +300,7 @@ impl RedisSessionStore {
 }
 
 fn session_key(redis: &FleetRedis, shard: u32) -> String {
-    redis.key(format_args!("session:{shard}"))
+    redis.shard_key("session", shard)
 }
 
 fn lease_key(redis: &FleetRedis, shard: u32) -> String {

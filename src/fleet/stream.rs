@@ -250,6 +250,17 @@ struct ReadySession<'a> {
     session_id: Cow<'a, str>,
 }
 
+/// A shard changed hands: its session is read anew (from its next READY, or from the session store
+/// the new ownership loaded), never carried over from an earlier ownership, whose session another
+/// process may have replaced since.
+impl Handler<crate::fleet::FleetEvent> for StreamPublisher {
+    type Result = ();
+
+    fn handle(&mut self, event: crate::fleet::FleetEvent, _: &mut Context<Self>) {
+        self.sessions.remove(&event.shard);
+    }
+}
+
 impl Handler<DispatchBatch> for StreamPublisher {
     type Result = AtomicResponse<Self, ()>;
 

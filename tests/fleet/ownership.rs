@@ -422,3 +422,235 @@ async fn pinned_ranges_run_only_their_ids_and_a_restarted_range_resumes() {
     again.shutdown(true).await;
     fake.stop().await;
 }
+
+/// A member of `total` shards (balanced), with its own recorder and changes.
+async fn member_of(
+    fake: &FakeGateway,
+    fake_config: &FakeConfig,
+    redis: &RedisServer,
+    owner: &str,
+    total: u32,
+    changes: &Changes,
+) -> Gateway {
+    let config = client(fake, fake_config, total).build().unwrap();
+    Gateway::start_fleet(
+        config,
+        options(redis, owner),
+        vec![changes.clone().start().recipient()],
+    )
+    .await
+    .unwrap()
+}
+
+/// Uneven counts: 7 shards over 3 members, and 3 over 2. Every shard runs, split by names (the
+/// first members by name one more), never one left dark for want of a member taking the
+/// remainder.
+#[actix_rt::test]
+async fn uneven_shard_counts_leave_no_shard_dark() {
+    for (total, names) in [(7u32, &["a", "b", "c"][..]), (3, &["a", "b"][..])] {
+        let redis = RedisServer::start();
+        let fake_config = fast_fake(total, total);
+        let fake = FakeGateway::start(fake_config.clone()).await.unwrap();
+        let changes = Changes::default();
+        let mut members = Vec::new();
+        for name in names {
+            members.push(member_of(&fake, &fake_config, &redis, name, total, &changes).await);
+        }
+        assert!(
+            fake.wait_for(WAIT, "every shard ready", |f| f.ready_shards().len()
+                == total as usize)
+                .await,
+            "{total} shards over {}: ready {:?}",
+            names.len(),
+            fake.ready_shards()
+        );
+        let n = names.len() as u32;
+        for (i, (name, member)) in names.iter().zip(&members).enumerate() {
+            let share = (total / n + u32::from((i as u32) < total % n)) as usize;
+            status_until(member, "its share ready", |s| {
+                s.len() == share && s.iter().all(|s| s.phase == shardline::Phase::Ready)
+            })
+            .await;
+            assert!(changes.count(name, OwnershipChange::Lost) == 0);
+        }
+        assert_one_connection_at_a_time(&fake);
+        for member in &members {
+            member.shutdown(true).await;
+        }
+        fake.stop().await;
+    }
+}
+
+/// Redis stalls for most of a lease, again and again: when a renewal sent before the guard ran out
+/// gets through after the shard had stopped itself, the lease is this process's and the shard runs
+/// again (or the lease is given up); never a lease held for a shard that no longer runs.
+#[actix_rt::test]
+async fn a_renewal_that_lands_after_its_shard_stopped_does_not_strand_the_lease() {
+    let redis = RedisServer::start();
+    let (fake, gateway, _recorder, _changes) =
+        one_member(&redis, Duration::from_millis(1200)).await;
+    for _ in 0..4 {
+        redis.pause(true);
+        actix_rt::time::sleep(Duration::from_millis(1000)).await;
+        redis.pause(false);
+        actix_rt::time::sleep(Duration::from_millis(400)).await;
+    }
+    status_until(&gateway, "both shards run again", |s| {
+        s.len() == 2 && s.iter().all(|s| s.phase == shardline::Phase::Ready)
+    })
+    .await;
+    // Every lease this process holds in Redis is a shard it runs.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let view = gateway.fleet().unwrap().view().await.unwrap();
+        let status = gateway.status().await;
+        let held: Vec<u32> = view
+            .iter()
+            .filter(|s| s.owner.as_ref().is_some_and(|(o, _)| o == "solo"))
+            .map(|s| s.shard)
+            .collect();
+        let running: Vec<u32> = status
+            .iter()
+            .filter(|s| s.phase == shardline::Phase::Ready)
+            .map(|s| s.id)
+            .collect();
+        if held == running && held.len() == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "leases held {held:?}, shards running {running:?}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_one_connection_at_a_time(&fake);
+    gateway.shutdown(true).await;
+    fake.stop().await;
+}
+
+/// A handler that blocks the process's main thread for three lease times: the leases are renewed
+/// all the same (on a thread of their own), so no shard is lost and no connection replaced.
+#[actix_rt::test]
+async fn a_blocked_thread_costs_no_lease() {
+    struct Blocker;
+    impl Actor for Blocker {
+        type Context = Context<Self>;
+    }
+    impl Handler<shardline::Dispatch> for Blocker {
+        type Result = ();
+        fn handle(&mut self, d: shardline::Dispatch, _: &mut Context<Self>) {
+            if d.data().windows(5).any(|w| w == b"block") {
+                std::thread::sleep(Duration::from_millis(3000));
+            }
+        }
+    }
+    let redis = RedisServer::start();
+    let fake_config = fast_fake(4, 4);
+    let fake = FakeGateway::start(fake_config.clone()).await.unwrap();
+    let changes = Changes::default();
+    let config = client(&fake, &fake_config, 4)
+        .handler("MESSAGE_CREATE", Blocker.start().recipient())
+        .build()
+        .unwrap();
+    let gateway = Gateway::start_fleet(
+        config,
+        options(&redis, "solo").lease_time(Duration::from_millis(1000)),
+        vec![changes.clone().start().recipient()],
+    )
+    .await
+    .unwrap();
+    status_until(&gateway, "all four ready", |s| {
+        s.len() == 4 && s.iter().all(|s| s.phase == shardline::Phase::Ready)
+    })
+    .await;
+    let connections = fake.connections().len();
+    fake.dispatch(0, "MESSAGE_CREATE", serde_json::json!({"block": true}));
+    // The blocker holds this thread (the test's, the supervisor's and the keeper's) for 3 s.
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    status_until(&gateway, "all four still ready", |s| {
+        s.len() == 4 && s.iter().all(|s| s.phase == shardline::Phase::Ready)
+    })
+    .await;
+    assert_eq!(changes.count("solo", OwnershipChange::Lost), 0);
+    assert_eq!(
+        fake.connections().len(),
+        connections,
+        "a connection was replaced"
+    );
+    assert!(fake.connections().iter().all(|c| c.closed_at.is_none()));
+    gateway.shutdown(true).await;
+    fake.stop().await;
+}
+
+/// A process that resolved another shard total than the running fleet's refuses to start, and
+/// says why; once the fleet is gone, another total may start (its keys are its own).
+#[actix_rt::test]
+async fn a_process_with_another_total_refuses_to_join() {
+    let redis = RedisServer::start();
+    let fake_config = fast_fake(4, 4);
+    let fake = FakeGateway::start(fake_config.clone()).await.unwrap();
+    let changes = Changes::default();
+    let a = member_of(&fake, &fake_config, &redis, "a", 4, &changes).await;
+    let config = client(&fake, &fake_config, 6).build().unwrap();
+    let err = Gateway::start_fleet(config, options(&redis, "b"), Vec::new())
+        .await
+        .err()
+        .expect("another total must not join");
+    assert!(
+        matches!(
+            err,
+            shardline::StartError::Fleet(shardline::fleet::FleetError::TotalMismatch {
+                fleet: 4,
+                ours: 6
+            })
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("4 shards"), "{err}");
+    a.shutdown(true).await;
+    // The fleet's total is kept only while a member heartbeats.
+    let deadline = std::time::Instant::now() + WAIT;
+    let b = loop {
+        let config = client(&fake, &fake_config, 6).build().unwrap();
+        match Gateway::start_fleet(config, options(&redis, "b"), Vec::new()).await {
+            Ok(b) => break b,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "{e}");
+                actix_rt::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    b.shutdown(true).await;
+    fake.stop().await;
+}
+
+/// A config that names everything (count, gateway URL, max_concurrency) skips `GET /gateway/bot`
+/// in a single process; a fleet still reads the session-start budget from it and keeps it, so
+/// its identifies count against the budget Discord reported.
+#[actix_rt::test]
+async fn a_fleet_keeps_the_budget_even_when_the_config_names_everything() {
+    let redis = RedisServer::start();
+    let mut fake_config = fast_fake(2, 2);
+    fake_config.session_start_limit.remaining = 50;
+    let fake = FakeGateway::start(fake_config.clone()).await.unwrap();
+    let changes = Changes::default();
+    let a = member_of(&fake, &fake_config, &redis, "a", 2, &changes).await;
+    status_until(&a, "both ready", |s| {
+        s.len() == 2 && s.iter().all(|s| s.phase == shardline::Phase::Ready)
+    })
+    .await;
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let left: Option<u32> = redis::cmd("GET")
+        .arg("shardline:ownership:identify:budget")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, Some(48), "50 reported, 2 identifies since");
+    a.shutdown(true).await;
+    fake.stop().await;
+}

@@ -44,9 +44,19 @@ async fn two_queues_share_buckets_and_one_budget() {
     let window = Duration::from_millis(300);
     let a = RedisIdentifyQueue::new(connect(&server).await, 2, window, "a");
     let b = RedisIdentifyQueue::new(connect(&server).await, 2, window, "b");
-    assert_eq!(a.set_budget(10, Duration::from_secs(60)).await.unwrap(), 10);
+    assert_eq!(
+        a.set_budget(10, 1000, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        10
+    );
     // A second reading of Discord's figure cannot raise what the fleet has counted.
-    assert_eq!(b.set_budget(12, Duration::from_secs(60)).await.unwrap(), 10);
+    assert_eq!(
+        b.set_budget(12, 1000, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        10
+    );
 
     let start = Instant::now();
     let grants = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -85,7 +95,7 @@ async fn an_exhausted_budget_holds_permits_until_it_resets() {
     let server = RedisServer::start();
     let queue = RedisIdentifyQueue::new(connect(&server).await, 1, Duration::from_millis(10), "a");
     queue
-        .set_budget(1, Duration::from_millis(400))
+        .set_budget(1, 1, Duration::from_millis(400))
         .await
         .unwrap();
     queue.acquire(0, 1).await.used();
@@ -101,6 +111,119 @@ async fn an_exhausted_budget_holds_permits_until_it_resets() {
         .used();
 }
 
+/// Once Discord's period ends (the count's TTL), the count starts again from the daily total and is
+/// kept: never a grant past it, as there was when the count simply expired.
+#[actix_rt::test]
+async fn after_a_reset_the_budget_restarts_from_the_total_and_still_holds() {
+    let server = RedisServer::start();
+    let queue = RedisIdentifyQueue::new(connect(&server).await, 1, Duration::from_millis(5), "a");
+    queue
+        .set_budget(1, 2, Duration::from_millis(300))
+        .await
+        .unwrap();
+    queue.acquire(0, 1).await.used();
+    assert_eq!(queue.remaining().await.unwrap(), Some(0));
+    // Past the reset: the whole daily total (2) again, and then nothing.
+    tokio::time::timeout(Duration::from_secs(5), queue.acquire(0, 1))
+        .await
+        .expect("a permit after the reset")
+        .used();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    queue.acquire(0, 1).await.used();
+    assert_eq!(queue.remaining().await.unwrap(), Some(0));
+    assert_eq!(queue.session_starts_remaining(), Some(0));
+    let third = tokio::time::timeout(Duration::from_millis(500), queue.acquire(0, 1)).await;
+    assert!(
+        third.is_err(),
+        "a permit was granted past the total after a reset"
+    );
+}
+
+/// A reading of Discord's budget taken after its reset replaces a stale low count of the period
+/// before; within one period the lower count stands.
+#[actix_rt::test]
+async fn a_new_periods_budget_replaces_a_stale_count_and_a_same_period_one_does_not_raise_it() {
+    let server = RedisServer::start();
+    let queue = RedisIdentifyQueue::new(connect(&server).await, 1, Duration::from_millis(5), "a");
+    // The end of a day: 3 left, resetting in 2 s.
+    assert_eq!(
+        queue
+            .set_budget(3, 1000, Duration::from_secs(2))
+            .await
+            .unwrap(),
+        3
+    );
+    // A process starting right after Discord's reset reads the whole budget for a new day.
+    assert_eq!(
+        queue
+            .set_budget(1000, 1000, Duration::from_secs(86_400))
+            .await
+            .unwrap(),
+        1000,
+        "a stale low count was pinned for a day"
+    );
+    // Another reading of the same day cannot raise what the fleet has counted.
+    assert_eq!(
+        queue
+            .set_budget(990, 1000, Duration::from_secs(86_400))
+            .await
+            .unwrap(),
+        990
+    );
+    assert_eq!(
+        queue
+            .set_budget(995, 1000, Duration::from_secs(86_399))
+            .await
+            .unwrap(),
+        990
+    );
+}
+
+/// With a budget source (what `start_fleet` gives its queue: `GET /gateway/bot`), a queue that
+/// knows no budget (Redis restarted empty) reads Discord's before it grants anything, and grants
+/// nothing while it cannot; a count that rolled over is corrected from the source.
+#[actix_rt::test]
+async fn with_a_source_no_permit_is_granted_before_a_budget_is_known() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::Arc;
+    let server = RedisServer::start();
+    let calls = Arc::new(AtomicU32::new(0));
+    let answering = Arc::new(AtomicBool::new(false));
+    let source: shardline::fleet::identify::BudgetSource = {
+        let (calls, answering) = (calls.clone(), answering.clone());
+        Arc::new(move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let answering = answering.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if answering {
+                    Ok(serde_json::from_value(serde_json::json!({
+                        "total": 1000, "remaining": 7, "reset_after": 60_000, "max_concurrency": 1
+                    }))
+                    .unwrap())
+                } else {
+                    Err("GET /gateway/bot: 503".to_owned())
+                }
+            })
+        })
+    };
+    let queue = RedisIdentifyQueue::new(connect(&server).await, 1, Duration::from_millis(5), "a")
+        .budget_source(source);
+    let mut request = queue.acquire(0, 1);
+    let early = tokio::time::timeout(Duration::from_millis(400), &mut request).await;
+    assert!(early.is_err(), "granted with no budget known");
+    assert!(
+        calls.load(Ordering::SeqCst) >= 1,
+        "the source was not asked"
+    );
+    assert_eq!(queue.remaining().await.unwrap(), None);
+    answering.store(true, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .expect("granted once the budget is known")
+        .used();
+    assert_eq!(queue.remaining().await.unwrap(), Some(6));
+}
+
 /// A permit whose Identify never went out (its connection died first) gives its budget unit back,
 /// but not its bucket's window; a request dropped before its grant reserves nothing.
 #[actix_rt::test]
@@ -109,7 +232,10 @@ async fn unused_permits_give_the_budget_back_and_withdrawn_requests_cost_nothing
     // A window long enough that nothing in this test can outlast it.
     let window = Duration::from_secs(30);
     let queue = RedisIdentifyQueue::new(connect(&server).await, 1, window, "a");
-    queue.set_budget(5, Duration::from_secs(60)).await.unwrap();
+    queue
+        .set_budget(5, 1000, Duration::from_secs(60))
+        .await
+        .unwrap();
     let unused = queue.acquire(0, 1).await;
     assert_eq!(queue.remaining().await.unwrap(), Some(4));
     drop(unused);

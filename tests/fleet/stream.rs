@@ -16,7 +16,7 @@ use shardline::fleet::stream::{
 use shardline::fleet::{FleetRedis, RedisSessionStore};
 use shardline::{Dispatch, Gateway, SessionInfo, SessionStore};
 
-use crate::harness::{client, fast_fake, sent, wait_until, Bot, WAIT};
+use crate::harness::{client, fast_fake, sent, status_until, wait_until, Bot, WAIT};
 use crate::redis_server::RedisServer;
 
 const PREFIX: &str = "shardline:streamtest";
@@ -680,4 +680,85 @@ async fn events_of_a_resumed_session_carry_the_stored_session() {
     .await;
     gateway.shutdown(false).await;
     bot.fake.stop().await;
+}
+
+/// A shard that moves to another process, starts a new session there and comes back: the events
+/// its first owner publishes after the return carry the new session, not the one it had before
+/// (workers deduplicate by session and sequence, and the publish gate follows the session).
+#[actix_rt::test]
+async fn a_shard_that_comes_back_is_published_under_its_new_session() {
+    use shardline::fleet::FleetOptions;
+    let server = RedisServer::start();
+    let fake_config = fast_fake(2, 2);
+    let fake = shardline::testkit::FakeGateway::start(fake_config.clone())
+        .await
+        .unwrap();
+    let options = |owner: &str| {
+        FleetOptions::new(server.url())
+            .prefix(PREFIX)
+            .owner(owner)
+            .lease_time(Duration::from_millis(1200))
+            .sessions(SessionStoreOptions::default().flush_every(Duration::from_millis(20)))
+            .stream_events(["MESSAGE_CREATE"])
+    };
+    let member = |owner: &'static str| {
+        let config = client(&fake, &fake_config, 2).build().unwrap();
+        Gateway::start_fleet(config, options(owner), Vec::new())
+    };
+    let ready = |n: usize| {
+        move |s: &[shardline::ShardStatus]| {
+            s.len() == n && s.iter().all(|s| s.phase == shardline::Phase::Ready)
+        }
+    };
+    let a = member("a").await.unwrap();
+    status_until(&a, "a runs both", ready(2)).await;
+    let first = fake.session(1).unwrap().id;
+
+    let b = member("b").await.unwrap();
+    status_until(&b, "b took shard 1 over", ready(1)).await;
+    // A new session for shard 1 while b runs it.
+    fake.invalid_session(1, false);
+    wait_until("shard 1 identified again", || {
+        fake.session(1).is_some_and(|s| s.id != first) && fake.ready_shards().contains(&1)
+    })
+    .await;
+    let second = fake.session(1).unwrap().id;
+    status_until(&b, "b runs the new session", |s| {
+        s.len() == 1 && s[0].session_id.as_deref() == Some(second.as_str())
+    })
+    .await;
+    b.shutdown(true).await;
+    status_until(&a, "a runs both again", |s| {
+        s.len() == 2
+            && s.iter().all(|s| s.phase == shardline::Phase::Ready)
+            && s[1].session_id.as_deref() == Some(second.as_str())
+    })
+    .await;
+
+    let seq = fake
+        .dispatch_raw(1, "MESSAGE_CREATE", r#"{"back":true}"#)
+        .unwrap();
+    let mut conn = inspect(&server).await;
+    until_async("the event is published", || {
+        let mut conn = conn.clone();
+        async move {
+            stream_entries(&mut conn)
+                .await
+                .iter()
+                .any(|e| key_of(e).shard == 1 && key_of(e).seq == seq)
+        }
+    })
+    .await;
+    let entry = stream_entries(&mut conn)
+        .await
+        .into_iter()
+        .map(|e| key_of(&e))
+        .find(|k| k.shard == 1 && k.seq == seq)
+        .unwrap();
+    assert_eq!(
+        entry.session, second,
+        "published under the session shard 1 had before it moved"
+    );
+    a.shutdown(true).await;
+    fake.stop().await;
 }
