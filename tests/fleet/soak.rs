@@ -19,7 +19,7 @@
 //!   twice across a graceful hand-over (close 4000, session written, lease released).
 //!
 //! `SHARDLINE_SOAK_SEED=N` replays a seed's faults (their timing depends on the machine);
-//! `SHARDLINE_SOAK_SECS=N` makes the fault phase longer (default 35 s). The processes' logs are kept
+//! `SHARDLINE_SOAK_SECS=N` makes the fault phase longer (default 40 s). The processes' logs are kept
 //! in a temporary directory named in the failure message.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
+use shardline::fleet::{fleet_view, FleetRedis};
 use shardline::testkit::{ConnectionOutcome, ConnectionRecord, FakeConfig, FakeGateway};
 
 use crate::harness::{example, fast_fake, TOKEN};
@@ -102,6 +103,8 @@ impl SoakProc {
                 &IDENTIFY_WINDOW.as_millis().to_string(),
                 "--flush-ms",
                 "20",
+                "--prefix",
+                PREFIX,
             ])
             .env("DISCORD_TOKEN", TOKEN)
             .env("RUST_LOG", "info")
@@ -221,29 +224,22 @@ fn tcp_ports_of(pid: u32) -> BTreeSet<u16> {
     ports
 }
 
-/// `GET key` on the Redis at `port`, in plain RESP (the test is synchronous): the value, if any.
-fn redis_get(port: u16, key: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let command = format!("*2\r\n$3\r\nGET\r\n${}\r\n{key}\r\n", key.len());
-    stream.write_all(command.as_bytes()).ok()?;
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 512];
-    loop {
-        let n = stream.read(&mut buf).ok()?;
-        reply.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&reply);
-        if text.starts_with("$-1") || n == 0 {
-            return None;
-        }
-        if let Some((len, rest)) = text.strip_prefix('$').and_then(|t| t.split_once("\r\n")) {
-            let len: usize = len.parse().ok()?;
-            if rest.len() >= len {
-                return Some(rest[..len].to_owned());
-            }
-        }
-    }
+/// The prefix of the soak's keys in Redis.
+const PREFIX: &str = "shardline-soak";
+
+/// Each shard's lease holder in Redis (`owner:token`), through the fleet's own view.
+fn lease_holders(url: &str, total: u32) -> Result<Vec<Option<String>>, String> {
+    actix_rt::System::new().block_on(async {
+        let redis = FleetRedis::connect(url, PREFIX)
+            .await
+            .map_err(|e| e.to_string())?
+            .for_total(total);
+        let view = fleet_view(&redis, total).await.map_err(|e| e.to_string())?;
+        Ok(view
+            .into_iter()
+            .map(|s| s.owner.map(|(owner, token)| format!("{owner}:{token}")))
+            .collect())
+    })
 }
 
 /// The fake gateway on a thread (and actix system) of its own, so that the test may block
@@ -759,6 +755,7 @@ impl Soak {
             .flat_map(|p| p.connections.iter().map(|c| (*c, p.from)))
             .collect();
         let mut found = Vec::new();
+        let mut holders = None;
         for shard in 0..self.shards {
             // When the shard ran, by the fake's record; a paused process's connection counts as
             // down from the pause.
@@ -804,15 +801,18 @@ impl Soak {
                     continue;
                 }
                 let back_text = if back >= end {
-                    let holder = redis_get(self.redis.port, &format!("shardline:lease:{shard}"));
-                    let holders: Vec<&str> = self
+                    let holder = holders
+                        .get_or_insert_with(|| lease_holders(&self.redis.url(), self.shards))
+                        .as_ref()
+                        .map(|h| h[shard as usize].clone());
+                    let claimants: Vec<&str> = self
                         .procs
                         .iter()
                         .filter(|p| !p.exited && !p.ended_by_test && p.held().contains(&shard))
                         .map(|p| p.name.as_str())
                         .collect();
                     format!(
-                        "not running at the end (its lease in Redis: {holder:?}; processes that say they hold it: {holders:?})"
+                        "not running at the end (its lease in Redis: {holder:?}; processes that say they hold it: {claimants:?})"
                     )
                 } else {
                     format!("running again at {} ms", self.ms(back))
@@ -1030,7 +1030,7 @@ fn env_u64(name: &str) -> Option<u64> {
 #[test]
 fn a_seeded_fleet_soak_keeps_every_promise() {
     let seed = env_u64("SHARDLINE_SOAK_SEED").unwrap_or_else(rand::random);
-    let secs = env_u64("SHARDLINE_SOAK_SECS").unwrap_or(35);
+    let secs = env_u64("SHARDLINE_SOAK_SECS").unwrap_or(40);
     let mut rng = StdRng::seed_from_u64(seed);
     let shards = [7, 11, 13][rng.gen_range(0..3)];
     let processes = rng.gen_range(3..=5);
