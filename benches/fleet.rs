@@ -29,6 +29,12 @@
 //!   time Redis appended them); out to the worker: the events over the time from the first append
 //!   to the worker's last handled event. At most 100 000 events (the stream's default length
 //!   bound), so that no entry is trimmed before the worker reads it.
+//! - **scale** (not in the default sections: `FLEET_SECTIONS=scale`): one process (in this one)
+//!   joins a fleet of `FLEET_SCALE_SHARDS` (2 000) shards with the default 10 s lease: the time
+//!   until it holds every lease (the claims), until every shard is READY (bounded by the fake's
+//!   identify buckets and the handshakes in flight, not by the fleet), and, from
+//!   `shutdown(true)` (what SIGTERM does in the fleet example), until every shard is closed
+//!   resumably, its session written and its lease released.
 //!
 //! Raw results go to `target/bench-results/fleet.jsonl`.
 
@@ -86,7 +92,8 @@ fn main() {
             "failover" => failover(&mut results),
             "store" => store(&mut results),
             "stream" => stream(&mut results),
-            other => eprintln!("unknown section {other:?} (failover, store, stream)"),
+            "scale" => scale(&mut results),
+            other => eprintln!("unknown section {other:?} (failover, store, stream, scale)"),
         }
     }
     let _ = std::fs::create_dir_all("target/bench-results");
@@ -95,6 +102,87 @@ fn main() {
             let _ = writeln!(f, "{line}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// scale: one process taking thousands of shards, and handing them over
+
+fn scale(results: &mut Vec<String>) {
+    let shards = env_num("FLEET_SCALE_SHARDS", 2000) as u32;
+    let lease = Duration::from_secs(10);
+    println!("scale: one process claims {shards} shards (lease {lease:?}), then shuts down resumably");
+    let system = actix_rt::System::new();
+    let (claimed, ready, handed) = system.block_on(async move {
+        let redis = RedisServer::start();
+        let fake = FakeGateway::start(FakeConfig {
+            shards,
+            max_concurrency: 64,
+            heartbeat_interval: Duration::from_secs(30),
+            identify_window: Duration::from_millis(100),
+            ..FakeConfig::default()
+        })
+        .await
+        .expect("the fake gateway starts");
+        let config = Config::builder("fake-token")
+            .shards(ShardPlan::Count(shards))
+            .api_base(fake.api_base())
+            .gateway_url(fake.gateway_url())
+            .max_concurrency(64)
+            .identify_window(Duration::from_millis(150))
+            .compression(Compression::None)
+            .build()
+            .expect("config");
+        let options = FleetOptions::new(redis.url())
+            .prefix("shardline:scale")
+            .owner("a")
+            .lease_time(lease);
+        let start = Instant::now();
+        let gateway = Gateway::start_fleet(config, options, Vec::new())
+            .await
+            .expect("joins the fleet");
+        let fleet = gateway.fleet().expect("a fleet member").clone();
+        let held = |view: &[shardline::fleet::FleetShard]| {
+            view.iter().filter(|s| s.owner.is_some()).count()
+        };
+        loop {
+            if let Ok(view) = fleet.view().await {
+                if held(&view) == shards as usize {
+                    break;
+                }
+            }
+            assert!(start.elapsed() < Duration::from_secs(120), "claims never completed");
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        let claimed = start.elapsed();
+        while fake.ready_shards().len() < shards as usize {
+            assert!(start.elapsed() < Duration::from_secs(600), "shards never all ready");
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        let ready = start.elapsed();
+        let stop = Instant::now();
+        gateway.shutdown(true).await;
+        let handed = stop.elapsed();
+        let view = fleet.view().await.expect("Redis answers");
+        assert_eq!(held(&view), 0, "leases left after the hand-over");
+        fake.stop().await;
+        (claimed, ready, handed)
+    });
+    println!(
+        "{:>8} {:>18} {:>18} {:>22}",
+        "shards", "all claimed ms", "all READY ms", "shutdown(true) ms"
+    );
+    println!(
+        "{:>8} {:>18.0} {:>18.0} {:>22.0}",
+        shards,
+        ms(claimed),
+        ms(ready),
+        ms(handed)
+    );
+    results.push(
+        json!({"bench": "fleet-scale", "shards": shards, "claimed_ms": ms(claimed),
+               "ready_ms": ms(ready), "handover_ms": ms(handed)})
+        .to_string(),
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

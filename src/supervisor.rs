@@ -774,15 +774,14 @@ impl Handler<Reconcile> for Supervisor {
             // notice would clear the slot of a replacement started now. The next tick sees it.
             let running = slot.addr.is_some() || slot.restart_timer.is_some();
             match held.get(&id) {
-                Some(guard) => {
-                    if !running && slot.fatal.is_none() && guard.holds(now) {
-                        slot.guard = Some(guard.clone());
-                        slot.held = true;
-                        slot.stopped = false;
-                        self.start_shard(id, ctx);
-                        done.restarted.push(id);
-                    }
+                Some(guard) if !running && slot.fatal.is_none() && guard.holds(now) => {
+                    slot.guard = Some(guard.clone());
+                    slot.held = true;
+                    slot.stopped = false;
+                    self.start_shard(id, ctx);
+                    done.restarted.push(id);
                 }
+                Some(_) => {}
                 None if slot.held || running => {
                     slot.held = false;
                     if let Some(timer) = slot.restart_timer.take() {
