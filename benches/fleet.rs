@@ -29,6 +29,12 @@
 //!   time Redis appended them); out to the worker: the events over the time from the first append
 //!   to the worker's last handled event. At most 100 000 events (the stream's default length
 //!   bound), so that no entry is trimmed before the worker reads it.
+//! - **handover** and **restart** (not in the default sections: `FLEET_SECTIONS=handover,restart`):
+//!   three `fleet gateway` processes over `FLEET_HANDOVER_SHARDS` (7) shards. handover:
+//!   `FLEET_HANDOVERS` times, SIGTERM one process and time until every shard it held has been
+//!   RESUMED by the other two (and until it exited), then start a new one. restart:
+//!   `FLEET_RESTARTS` times, SIGTERM all three, wait until they exited, start three new ones and
+//!   time until every shard has been RESUMED by them.
 //! - **scale** (not in the default sections: `FLEET_SECTIONS=scale`): one process (in this one)
 //!   joins a fleet of `FLEET_SCALE_SHARDS` (2 000) shards with the default 10 s lease: the time
 //!   until it holds every lease (the claims), until every shard is READY (bounded by the fake's
@@ -93,7 +99,11 @@ fn main() {
             "store" => store(&mut results),
             "stream" => stream(&mut results),
             "scale" => scale(&mut results),
-            other => eprintln!("unknown section {other:?} (failover, store, stream, scale)"),
+            "handover" => handover(&mut results),
+            "restart" => restart(&mut results),
+            other => eprintln!(
+                "unknown section {other:?} (failover, store, stream, scale, handover, restart)"
+            ),
         }
     }
     let _ = std::fs::create_dir_all("target/bench-results");
@@ -110,7 +120,9 @@ fn main() {
 fn scale(results: &mut Vec<String>) {
     let shards = env_num("FLEET_SCALE_SHARDS", 2000) as u32;
     let lease = Duration::from_secs(10);
-    println!("scale: one process claims {shards} shards (lease {lease:?}), then shuts down resumably");
+    println!(
+        "scale: one process claims {shards} shards (lease {lease:?}), then shuts down resumably"
+    );
     let system = actix_rt::System::new();
     let (claimed, ready, handed) = system.block_on(async move {
         let redis = RedisServer::start();
@@ -150,12 +162,18 @@ fn scale(results: &mut Vec<String>) {
                     break;
                 }
             }
-            assert!(start.elapsed() < Duration::from_secs(120), "claims never completed");
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "claims never completed"
+            );
             actix_rt::time::sleep(Duration::from_millis(5)).await;
         }
         let claimed = start.elapsed();
         while fake.ready_shards().len() < shards as usize {
-            assert!(start.elapsed() < Duration::from_secs(600), "shards never all ready");
+            assert!(
+                start.elapsed() < Duration::from_secs(600),
+                "shards never all ready"
+            );
             actix_rt::time::sleep(Duration::from_millis(20)).await;
         }
         let ready = start.elapsed();
@@ -458,6 +476,227 @@ async fn failover_runs(shards: u32, kills: usize, lease_ms: u64) -> FailoverRow 
     drop(procs);
     fake.stop().await;
     (total, claim, resume, identifies, rebalance)
+}
+
+// ---------------------------------------------------------------------------------------------
+// hand-over (SIGTERM of one process) and full restart (SIGTERM of all, then new ones)
+
+fn sigterm(proc: &Proc) {
+    let status = Command::new("kill")
+        .args(["-TERM", &proc.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -TERM");
+}
+
+async fn exited(proc: &mut Proc, limit: Duration) -> Instant {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = proc.child.try_wait().expect("wait") {
+            assert!(status.success(), "a process left with {status}");
+            return Instant::now();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "a process did not leave on SIGTERM"
+        );
+        actix_rt::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn leases_ms() -> Vec<u64> {
+    common::env_list("FLEET_LEASES_MS", "1000,3000")
+        .iter()
+        .map(|v| v.parse().expect("lease ms"))
+        .collect()
+}
+
+/// The fake of the process sections: heartbeats every second, as in the failover section.
+async fn process_fake(shards: u32) -> FakeGateway {
+    FakeGateway::start(FakeConfig {
+        shards,
+        max_concurrency: 2,
+        heartbeat_interval: Duration::from_secs(1),
+        identify_window: Duration::from_millis(100),
+        replay_capacity: 100_000,
+        command_limit: (120, Duration::from_secs(60)),
+        ..FakeConfig::default()
+    })
+    .await
+    .expect("fake gateway starts")
+}
+
+fn handover(results: &mut Vec<String>) {
+    let shards = env_num("FLEET_HANDOVER_SHARDS", 7) as u32;
+    let times = env_num("FLEET_HANDOVERS", 5) as usize;
+    println!(
+        "hand-over: 3 `fleet gateway` processes, {shards} shards, SIGTERM one (then a new one), {times} times per lease time"
+    );
+    println!(
+        "{:>8} {:>24} {:>22} {:>10}",
+        "lease", "SIGTERM→all RESUMED ms", "SIGTERM→exited ms", "identifies"
+    );
+    println!(
+        "{:>8} {:>24} {:>22} {:>10}",
+        "", "median (max)", "median (max)", ""
+    );
+    for lease_ms in leases_ms() {
+        let system = actix_rt::System::new();
+        let (mut moved, mut left, identifies) = system.block_on(async move {
+            let redis = RedisServer::start();
+            let fake = process_fake(shards).await;
+            let mut next_name = 0;
+            let mut name = || {
+                next_name += 1;
+                format!("p{next_name:02}")
+            };
+            let mut procs: Vec<Proc> = (0..3)
+                .map(|_| Proc::gateway(&redis, &fake, &name(), shards, lease_ms))
+                .collect();
+            let limit = Duration::from_secs(60) + Duration::from_millis(lease_ms * 10);
+            wait_until("the fleet is balanced", limit, || balanced(&procs, shards)).await;
+            let (mut moved_ms, mut left_ms) = (Vec::new(), Vec::new());
+            let identified = fake.identifies().len();
+            for k in 0..times {
+                let victim = k % procs.len();
+                let phase = rand::random::<u64>() % (lease_ms / 4).max(1);
+                actix_rt::time::sleep(Duration::from_millis(phase)).await;
+                let moving: Vec<u32> = procs[victim].held().into_keys().collect();
+                let at = Instant::now();
+                sigterm(&procs[victim]);
+                let gone = exited(&mut procs[victim], limit).await;
+                let others: Vec<usize> = (0..procs.len()).filter(|&i| i != victim).collect();
+                let first = |shard: u32| {
+                    others
+                        .iter()
+                        .filter_map(|&i| procs[i].first(shard, &["resumed", "ready"], at))
+                        .min()
+                };
+                wait_until("every handed-over shard RESUMED", limit, || {
+                    moving.iter().all(|&s| first(s).is_some())
+                })
+                .await;
+                let last = moving
+                    .iter()
+                    .filter_map(|&s| first(s))
+                    .max()
+                    .expect("moved");
+                moved_ms.push(ms(last - at));
+                left_ms.push(ms(gone - at));
+                procs[victim] = Proc::gateway(&redis, &fake, &name(), shards, lease_ms);
+                wait_until("the fleet is balanced again", limit, || {
+                    balanced(&procs, shards)
+                })
+                .await;
+            }
+            let identifies = fake.identifies().len() - identified;
+            drop(procs);
+            fake.stop().await;
+            (moved_ms, left_ms, identifies)
+        });
+        for (i, t) in moved.iter().enumerate() {
+            results.push(
+                json!({"bench": "fleet-handover", "lease_ms": lease_ms, "shards": shards,
+                       "run": i, "resumed_ms": t, "exited_ms": left[i]})
+                .to_string(),
+            );
+        }
+        let (m, _, m_max) = common::median(&mut moved);
+        let (l, _, l_max) = common::median(&mut left);
+        println!(
+            "{:>6}ms {:>15.0} ({:>5.0}) {:>13.0} ({:>5.0}) {:>10}",
+            lease_ms, m, m_max, l, l_max, identifies
+        );
+    }
+}
+
+fn restart(results: &mut Vec<String>) {
+    let shards = env_num("FLEET_HANDOVER_SHARDS", 7) as u32;
+    let times = env_num("FLEET_RESTARTS", 5) as usize;
+    println!(
+        "full restart: 3 `fleet gateway` processes, {shards} shards, SIGTERM all, then 3 new ones, {times} times per lease time"
+    );
+    println!(
+        "{:>8} {:>22} {:>24} {:>24} {:>10}",
+        "lease",
+        "SIGTERM→all exited ms",
+        "start→all RESUMED ms",
+        "SIGTERM→all RESUMED ms",
+        "identifies"
+    );
+    println!(
+        "{:>8} {:>22} {:>24} {:>24} {:>10}",
+        "", "median (max)", "median (max)", "median (max)", ""
+    );
+    for lease_ms in leases_ms() {
+        let system = actix_rt::System::new();
+        let (mut left, mut up, mut total, identifies) = system.block_on(async move {
+            let redis = RedisServer::start();
+            let fake = process_fake(shards).await;
+            let mut next_name = 0;
+            let mut name = || {
+                next_name += 1;
+                format!("p{next_name:02}")
+            };
+            let mut procs: Vec<Proc> = (0..3)
+                .map(|_| Proc::gateway(&redis, &fake, &name(), shards, lease_ms))
+                .collect();
+            let limit = Duration::from_secs(60) + Duration::from_millis(lease_ms * 10);
+            wait_until("the fleet is balanced", limit, || balanced(&procs, shards)).await;
+            let identified = fake.identifies().len();
+            let (mut left, mut up, mut total) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..times {
+                let at = Instant::now();
+                for p in &procs {
+                    sigterm(p);
+                }
+                let mut gone = at;
+                for p in &mut procs {
+                    gone = gone.max(exited(p, limit).await);
+                }
+                let started = Instant::now();
+                procs = (0..3)
+                    .map(|_| Proc::gateway(&redis, &fake, &name(), shards, lease_ms))
+                    .collect();
+                let first = |shard: u32| {
+                    procs
+                        .iter()
+                        .filter_map(|p| p.first(shard, &["resumed", "ready"], started))
+                        .min()
+                };
+                wait_until("every shard RESUMED by the new processes", limit, || {
+                    (0..shards).all(|s| first(s).is_some())
+                })
+                .await;
+                let last = (0..shards).filter_map(first).max().expect("resumed");
+                left.push(ms(gone - at));
+                up.push(ms(last - started));
+                total.push(ms(last - at));
+                wait_until("the fleet is balanced again", limit, || {
+                    balanced(&procs, shards)
+                })
+                .await;
+            }
+            let identifies = fake.identifies().len() - identified;
+            drop(procs);
+            fake.stop().await;
+            (left, up, total, identifies)
+        });
+        for i in 0..up.len() {
+            results.push(
+                json!({"bench": "fleet-restart", "lease_ms": lease_ms, "shards": shards, "run": i,
+                       "exited_ms": left[i], "resumed_after_start_ms": up[i], "total_ms": total[i]})
+                .to_string(),
+            );
+        }
+        let (l, _, l_max) = common::median(&mut left);
+        let (u, _, u_max) = common::median(&mut up);
+        let (t, _, t_max) = common::median(&mut total);
+        println!(
+            "{:>6}ms {:>13.0} ({:>5.0}) {:>15.0} ({:>5.0}) {:>15.0} ({:>5.0}) {:>10}",
+            lease_ms, l, l_max, u, u_max, t, t_max, identifies
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

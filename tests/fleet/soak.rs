@@ -182,9 +182,10 @@ impl Drop for SoakProc {
     }
 }
 
-/// The local TCP ports of a process's sockets (from /proc): which of the fake's connections it
-/// opened, by their peer port.
-fn tcp_ports_of(pid: u32) -> BTreeSet<u16> {
+/// The local ports of a process's TCP connections to `remote_port` (from /proc): which of the
+/// fake's connections it opened, by their peer port. The remote port must match too: Linux hands
+/// out one local port to several connections when their destinations differ.
+fn tcp_ports_of(pid: u32, remote_port: u16) -> BTreeSet<u16> {
     let mut inodes = BTreeSet::new();
     if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
         for fd in fds.flatten() {
@@ -200,6 +201,12 @@ fn tcp_ports_of(pid: u32) -> BTreeSet<u16> {
             }
         }
     }
+    let port = |address: &str| {
+        address
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
     let mut ports = BTreeSet::new();
     for table in ["tcp", "tcp6"] {
         let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
@@ -207,16 +214,16 @@ fn tcp_ports_of(pid: u32) -> BTreeSet<u16> {
         };
         for line in text.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(inode)) = (fields.get(1), fields.get(9)) else {
+            let (Some(local), Some(remote), Some(inode)) =
+                (fields.get(1), fields.get(2), fields.get(9))
+            else {
                 continue;
             };
-            let port = local
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if let (Some(port), Ok(inode)) = (port, inode.parse::<u64>()) {
-                if inodes.contains(&inode) {
-                    ports.insert(port);
+            if let (Some(local), Some(remote), Ok(inode)) =
+                (port(local), port(remote), inode.parse::<u64>())
+            {
+                if remote == remote_port && inodes.contains(&inode) {
+                    ports.insert(local);
                 }
             }
         }
@@ -559,7 +566,7 @@ impl Soak {
                 let from = Instant::now();
                 self.procs[i].signal("-STOP");
                 // Its connections to the fake, open now: it must write nothing on them once woken.
-                let ports = tcp_ports_of(self.procs[i].pid());
+                let ports = tcp_ports_of(self.procs[i].pid(), self.fake.port());
                 let connections: BTreeSet<u64> = self
                     .fake
                     .connections()
@@ -571,11 +578,20 @@ impl Soak {
                 self.sleep(pause.saturating_sub(from.elapsed()));
                 let to = Instant::now();
                 self.procs[i].signal("-CONT");
+                let shards_of: Vec<String> = self
+                    .fake
+                    .connections()
+                    .iter()
+                    .filter(|c| connections.contains(&c.id))
+                    .map(|c| format!("{}: shard {:?}", c.id, c.shard))
+                    .collect();
+                // By now it has surely printed (and the reader read) every line from before the
+                // stop.
                 let what = format!(
-                    "SIGSTOP {} for {} ms (connections {:?})",
+                    "SIGSTOP {} for {} ms (its connections then: {shards_of:?}; it held {:?})",
                     self.procs[i].name,
                     pause.as_millis(),
-                    connections
+                    self.procs[i].held()
                 );
                 let name = self.procs[i].name.clone();
                 let n = self.record(what, from, Some(bound), false);
