@@ -245,6 +245,7 @@ impl Conn {
         let mut state = lock(&self.shared);
         if let Some(record) = state.conn_mut(self.id) {
             record.client_close_code = code;
+            record.client_closed_at = Some(Instant::now());
         }
         // §4: closing with 1000 or 1001 ends the session.
         if matches!(code, Some(1000 | 1001)) {

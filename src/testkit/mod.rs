@@ -209,6 +209,9 @@ pub struct ConnectionRecord {
     pub closed_at: Option<Instant>,
     /// The code of the client's close frame, if it sent one.
     pub client_close_code: Option<u16>,
+    /// When the client's close frame arrived (the connection ends a moment later, at
+    /// `closed_at`, once the fake has answered it).
+    pub client_closed_at: Option<Instant>,
     /// The code the fake closed it with, if it did.
     pub server_close_code: Option<u16>,
     /// How its handshake ended.

@@ -147,6 +147,7 @@ impl State {
             opened_at: Instant::now(),
             closed_at: None,
             client_close_code: None,
+            client_closed_at: None,
             server_close_code: None,
             outcome: ConnectionOutcome::None,
             peer,

@@ -576,6 +576,9 @@ impl Soak {
                     .map(|c| c.id)
                     .collect();
                 self.sleep(pause.saturating_sub(from.elapsed()));
+                // What it held when stopped: every line from before the stop has been read by now,
+                // and it prints nothing until woken.
+                let held = self.procs[i].held();
                 let to = Instant::now();
                 self.procs[i].signal("-CONT");
                 let shards_of: Vec<String> = self
@@ -585,13 +588,10 @@ impl Soak {
                     .filter(|c| connections.contains(&c.id))
                     .map(|c| format!("{}: shard {:?}", c.id, c.shard))
                     .collect();
-                // By now it has surely printed (and the reader read) every line from before the
-                // stop.
                 let what = format!(
-                    "SIGSTOP {} for {} ms (its connections then: {shards_of:?}; it held {:?})",
+                    "SIGSTOP {} for {} ms (its connections then: {shards_of:?}; it held {held:?})",
                     self.procs[i].name,
                     pause.as_millis(),
-                    self.procs[i].held()
                 );
                 let name = self.procs[i].name.clone();
                 let n = self.record(what, from, Some(bound), false);
@@ -675,10 +675,10 @@ fn spans(
     let mut spans: BTreeMap<u32, Vec<(Instant, Instant, u64)>> = BTreeMap::new();
     for c in connections {
         if let (Some(shard), Some(at)) = (c.shard, c.attached_at) {
-            spans
-                .entry(shard)
-                .or_default()
-                .push((at, c.closed_at.unwrap_or(end), c.id));
+            // A graceful close ends it when the client's close frame arrives: the fake's answer
+            // and its own end of the connection come a moment later.
+            let to = c.client_closed_at.or(c.closed_at).unwrap_or(end);
+            spans.entry(shard).or_default().push((at, to, c.id));
         }
     }
     for list in spans.values_mut() {
