@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,8 @@ const STARTUP: Duration = Duration::from_secs(15);
 const LEAVE: Duration = Duration::from_secs(10);
 /// A dispatch to every shard this often.
 const FLOOD_EVERY: Duration = Duration::from_millis(20);
+/// Events sent at once to each shard of a process about to be killed.
+const BURST: usize = 300;
 
 /// What a process printed, kept compactly (a soak prints tens of thousands of lines).
 #[derive(Default)]
@@ -296,6 +298,34 @@ struct Sent {
     at: Instant,
 }
 
+/// What the fake sent: every event carries a nonce (`{"n": nonce}`) the processes print back.
+#[derive(Clone)]
+struct Events {
+    fake: FakeGateway,
+    sent: Arc<Mutex<HashMap<u64, Sent>>>,
+    nonce: Arc<AtomicU64>,
+}
+
+impl Events {
+    /// One MESSAGE_CREATE to `shard`, if it has a live session (attached or not).
+    fn send(&self, shard: u32) {
+        let nonce = self.nonce.fetch_add(1, Ordering::Relaxed) + 1;
+        let at = Instant::now();
+        if let Some((session, seq)) =
+            self.fake
+                .dispatch_in_session(shard, "MESSAGE_CREATE", json!({ "n": nonce }))
+        {
+            let sent = Sent {
+                shard,
+                session,
+                seq,
+                at,
+            };
+            self.sent.lock().unwrap().insert(nonce, sent);
+        }
+    }
+}
+
 /// A fault, and the moment from which the shards it disturbed must run again within `bound`.
 #[derive(Debug, Clone)]
 struct Fault {
@@ -330,6 +360,7 @@ struct Soak {
     pauses: Vec<Pause>,
     violations: Vec<String>,
     logs: PathBuf,
+    events: Events,
 }
 
 impl Soak {
@@ -536,6 +567,13 @@ impl Soak {
                 let at = Instant::now();
                 let what;
                 if kind == 0 {
+                    // A burst to its shards first, so that the crash finds events received and
+                    // not yet handled: none of them may be lost (issue 15, item 2).
+                    for shard in self.procs[i].held() {
+                        for _ in 0..BURST {
+                            self.events.send(shard);
+                        }
+                    }
                     self.procs[i].ended_by_test = true;
                     let _ = self.procs[i].child.kill();
                     let _ = self.procs[i].child.wait();
@@ -1079,33 +1117,21 @@ fn a_seeded_fleet_soak_keeps_every_promise() {
         pauses: Vec::new(),
         violations: Vec::new(),
         logs: logs.clone(),
+        events: Events {
+            fake: fake.clone(),
+            sent: Arc::default(),
+            nonce: Arc::default(),
+        },
     };
 
-    // The flood: one event to every shard with a live session every FLOOD_EVERY, each with a
-    // nonce the processes print back.
-    let sent: Arc<Mutex<HashMap<u64, Sent>>> = Arc::default();
+    // The flood: one event to every shard with a live session every FLOOD_EVERY.
     let flooding = Arc::new(AtomicBool::new(true));
     let flood = {
-        let (fake, sent, flooding) = (fake.clone(), sent.clone(), flooding.clone());
+        let (events, flooding) = (soak.events.clone(), flooding.clone());
         std::thread::spawn(move || {
-            let mut nonce = 0u64;
             while flooding.load(Ordering::Relaxed) {
                 for shard in 0..shards {
-                    nonce += 1;
-                    let at = Instant::now();
-                    if let Some((session, seq)) =
-                        fake.dispatch_in_session(shard, "MESSAGE_CREATE", json!({ "n": nonce }))
-                    {
-                        sent.lock().unwrap().insert(
-                            nonce,
-                            Sent {
-                                shard,
-                                session,
-                                seq,
-                                at,
-                            },
-                        );
-                    }
+                    events.send(shard);
                 }
                 std::thread::sleep(FLOOD_EVERY);
             }
@@ -1152,7 +1178,7 @@ fn a_seeded_fleet_soak_keeps_every_promise() {
     soak.sleep(last_bound.saturating_duration_since(Instant::now()));
     flooding.store(false, Ordering::Relaxed);
     flood.join().unwrap();
-    let sent = std::mem::take(&mut *sent.lock().unwrap());
+    let sent = std::mem::take(&mut *soak.events.sent.lock().unwrap());
     let all_printed = |soak: &Soak| {
         let printed: BTreeSet<u64> = soak
             .procs
