@@ -969,7 +969,7 @@ impl Soak {
         }
         // (session, seq) → the Resumes that replayed it, each with whether the connection before
         // it ended gracefully (the client's close 4000).
-        let replays = |session: &str, seq: u64| -> Vec<(u64, bool)> {
+        let replays = |session: &str, seq: u64| -> Vec<(u64, bool, Instant)> {
             let Some(list) = by_session.get(session) else {
                 return Vec::new();
             };
@@ -978,7 +978,7 @@ impl Soak {
                 if let ConnectionOutcome::Resumed { seq: from, .. } = c.outcome {
                     if from < seq && seq <= c.attached_seq.unwrap_or(0) {
                         let graceful = j > 0 && list[j - 1].client_close_code == Some(4000);
-                        out.push((c.id, graceful));
+                        out.push((c.id, graceful, c.attached_at.unwrap_or(end)));
                     }
                 }
             }
@@ -1003,11 +1003,26 @@ impl Soak {
             let replayed = replays(&s.session, s.seq);
             let ungraceful = replayed.iter().filter(|r| !r.1).count();
             if n > 1 + ungraceful {
+                let resumes: Vec<String> = replayed
+                    .iter()
+                    .map(|(c, graceful, at)| {
+                        format!(
+                            "connection {c} at {} ms after {}",
+                            self.ms(*at),
+                            if *graceful {
+                                "a graceful close 4000"
+                            } else {
+                                "an ungraceful end"
+                            }
+                        )
+                    })
+                    .collect();
+                let at = replayed.iter().find(|r| r.1).map_or(s.at, |r| r.2);
                 twice.entry(s.shard).or_default().push(format!(
-                    "seq {} (nonce {nonce}, sent at {} ms) printed {n} times; replayed by Resumes {:?} (connection, after a graceful close 4000)",
+                    "seq {} (nonce {nonce}, sent at {} ms) printed {n} times, replayed by Resumes {resumes:?}; {}",
                     s.seq,
                     self.ms(s.at),
-                    replayed
+                    self.preceding(at)
                 ));
             }
         }
@@ -1019,33 +1034,53 @@ impl Soak {
         );
         let mut found = Vec::new();
         for (shard, events) in lost {
-            // Why each was not printed: a Resume that started after it (the stored sequence ran
-            // ahead of what the handlers printed), or a shard not running when the soak ended.
+            // What became of each: the connection it was sent on live (the last attached before
+            // it was sent), and the next connection of its session.
             let mut by_cause: BTreeMap<String, Vec<&Sent>> = BTreeMap::new();
             for (_, s) in events {
-                let skipped_by = by_session.get(s.session.as_str()).and_then(|list| {
-                    list.iter().find(|c| {
-                        matches!(c.outcome, ConnectionOutcome::Resumed { seq, .. } if seq >= s.seq)
-                            && c.attached_at.is_some_and(|a| a >= s.at)
-                    })
-                });
-                let cause = match skipped_by {
-                    Some(c) => {
-                        let ConnectionOutcome::Resumed { seq, .. } = c.outcome else {
-                            unreachable!()
-                        };
-                        format!(
-                            "skipped: the session was resumed after it from seq {seq} on connection {} at {} ms, and no process printed it before",
-                            c.id,
-                            self.ms(c.attached_at.unwrap_or(end))
-                        )
-                    }
-                    None if !ready_at_end.contains(&shard) => {
-                        "not delivered: the shard was not running at the end".to_owned()
-                    }
-                    None => "never printed, though the shard runs".to_owned(),
+                let list = by_session
+                    .get(s.session.as_str())
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]);
+                let on = list
+                    .iter()
+                    .rev()
+                    .find(|c| c.attached_at.is_some_and(|a| a <= s.at));
+                let next = list
+                    .iter()
+                    .find(|c| c.attached_at.is_some_and(|a| a > s.at));
+                let on_text = match on {
+                    Some(c) => format!(
+                        "sent on connection {}, which {}",
+                        c.id,
+                        match (c.client_close_code, c.closed_at) {
+                            (Some(code), _) => format!("the client closed with {code}"),
+                            (None, Some(_)) => "ended without a close from the client".to_owned(),
+                            (None, None) => "is still open".to_owned(),
+                        }
+                    ),
+                    None => "sent while no connection was attached".to_owned(),
                 };
-                by_cause.entry(cause).or_default().push(s);
+                let next_text = match next.map(|c| (c, &c.outcome)) {
+                    Some((c, ConnectionOutcome::Resumed { seq, .. })) if *seq >= s.seq => format!(
+                        "the session's next connection {} resumed at {} ms from seq {seq}, past it: the stored sequence was ahead of what any process printed",
+                        c.id,
+                        self.ms(c.attached_at.unwrap_or(end))
+                    ),
+                    Some((c, _)) => format!(
+                        "then replayed on connection {} at {} ms, and still not printed",
+                        c.id,
+                        self.ms(c.attached_at.unwrap_or(end))
+                    ),
+                    None if !ready_at_end.contains(&shard) => {
+                        "no later connection: the shard was not running at the end".to_owned()
+                    }
+                    None => "no later connection of its session".to_owned(),
+                };
+                by_cause
+                    .entry(format!("{on_text}; {next_text}"))
+                    .or_default()
+                    .push(s);
             }
             for (cause, mut events) in by_cause {
                 events.sort_by_key(|s| (s.at, s.seq));
