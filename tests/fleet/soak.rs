@@ -56,7 +56,7 @@ const LEAVE: Duration = Duration::from_secs(10);
 /// A dispatch to every shard this often.
 const FLOOD_EVERY: Duration = Duration::from_millis(20);
 /// Events sent at once to each shard of a process about to be killed.
-const BURST: usize = 300;
+const BURST: usize = 1000;
 
 /// What a process printed, kept compactly (a soak prints tens of thousands of lines).
 #[derive(Default)]
@@ -569,11 +569,16 @@ impl Soak {
                 if kind == 0 {
                     // A burst to its shards first, so that the crash finds events received and
                     // not yet handled: none of them may be lost (issue 15, item 2).
+                    // The kill comes a few flush intervals later: the burst has been received,
+                    // its sequence flushed, and part of it still waits to be printed (the pipe to
+                    // this test fills up).
                     for shard in self.procs[i].held() {
                         for _ in 0..BURST {
                             self.events.send(shard);
                         }
                     }
+                    let delay = Duration::from_millis(self.rng.gen_range(10..80));
+                    std::thread::sleep(delay);
                     self.procs[i].ended_by_test = true;
                     let _ = self.procs[i].child.kill();
                     let _ = self.procs[i].child.wait();
