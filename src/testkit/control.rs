@@ -8,7 +8,7 @@
 //! | `GET /_fake/connections` | every connection: shard, path, query, close codes, outcome |
 //! | `GET /_fake/frames[?shard=N]` | every frame clients sent (for shard N) |
 //! | `GET /_fake/rest` | every REST call and the status answered |
-//! | `POST /_fake/shards/{n}/dispatch` body `{"t", "d", "count"?}` | dispatches (`count` times) |
+//! | `POST /_fake/shards/{n}/dispatch[?strict=true]` body `{"t", "d", "count"?}` | dispatches (`count` times) |
 //! | `POST /_fake/shards/{n}/reconnect` | op 7 |
 //! | `POST /_fake/shards/{n}/invalid-session?resumable=true\|false` | op 9 |
 //! | `POST /_fake/shards/{n}/request-heartbeat` | op 1 |
@@ -17,8 +17,14 @@
 //! | `POST /_fake/shards/{n}/acks?enabled=false\|true` | stops or resumes heartbeat ACKs |
 //! | `POST /_fake/drop-all` | drops every connection |
 //!
-//! A call on a shard without a live connection answers 409; times are milliseconds since the fake
-//! started.
+//! A dispatch goes into the shard's session: sent now if a connection is attached to it, and
+//! otherwise kept for the replay when the client resumes; it answers 409 only when the shard has no
+//! session or its session ended (op 9 `false`, a close that ends it). The other shard calls act on
+//! the live connection and answer 409 when there is none. A dispatch whose `d` lacks a field
+//! Discord always sends in that event ([`missing_fields`](super::missing_fields)) is logged as a
+//! warning and the answer lists the fields in `missing`; with `?strict=true` it is refused (422)
+//! and nothing is sent. Times are milliseconds since the fake started. docs/fake-gateway.md lists
+//! every route of the fake.
 
 use std::sync::Mutex;
 
@@ -157,9 +163,16 @@ struct DispatchBody {
     count: Option<usize>,
 }
 
+#[derive(Deserialize)]
+struct DispatchQuery {
+    #[serde(default)]
+    strict: bool,
+}
+
 async fn dispatch(
     shared: Shared,
     shard: web::Path<u32>,
+    query: web::Query<DispatchQuery>,
     body: web::Json<DispatchBody>,
 ) -> HttpResponse {
     let shard = shard.into_inner();
@@ -168,14 +181,31 @@ async fn dispatch(
     if count == 0 {
         return HttpResponse::BadRequest().json(json!({"error": "count must be at least 1"}));
     }
+    let missing = super::missing_fields(&t, &d);
+    if !missing.is_empty() {
+        if query.strict {
+            tracing::warn!(shard, event = %t, ?missing, "fake control: dispatch refused (strict): fields Discord always sends are missing");
+            return HttpResponse::UnprocessableEntity().json(json!({
+                "error": format!("{t} lacks fields Discord always sends"),
+                "missing": missing,
+            }));
+        }
+        tracing::warn!(shard, event = %t, ?missing, "fake control: dispatch lacks fields Discord always sends; typed clients may reject it");
+    }
     let d = d.to_string();
     let seqs = lock(&shared).dispatch(shard, &t, &mut std::iter::repeat_n(d.as_str(), count));
     match seqs {
         Some((first, last)) => {
             tracing::info!(shard, event = %t, count, first, last, "fake control: dispatched");
-            HttpResponse::Ok().json(json!({"first_seq": first, "last_seq": last}))
+            let mut answer = json!({"first_seq": first, "last_seq": last});
+            if !missing.is_empty() {
+                answer["missing"] = json!(missing);
+            }
+            HttpResponse::Ok().json(answer)
         }
-        None => no_session(shard),
+        None => HttpResponse::Conflict().json(json!({
+            "error": format!("shard {shard} has no session that can take a dispatch (none yet, or it ended)")
+        })),
     }
 }
 

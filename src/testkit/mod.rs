@@ -4,7 +4,7 @@
 //! It checks Identify (token, intents, shard, properties), enforces identify buckets (op 9 when
 //! broken), 120 commands / 60 s (close 4008), the 4096-byte limit (close 4002) and the session-start
 //! budget, closes connections that stop heartbeating (4009), keeps each session's events for replay
-//! on resume, sends `RESUMED`, and speaks zlib-stream (and zstd-stream with feature `zstd`). Tests
+//! on resume, sends `RESUMED`, and speaks zlib-stream and zstd-stream. Tests
 //! script it and read back every frame each client sent.
 //!
 //! ```no_run
@@ -27,6 +27,7 @@
 mod compress;
 mod connection;
 mod control;
+mod payloads;
 mod rest;
 mod server;
 mod state;
@@ -41,6 +42,7 @@ use actix_web::{web, App, HttpServer};
 use serde_json::Value;
 
 use crate::protocol::Intents;
+pub use payloads::{message, missing_fields, FakeBotUser};
 pub use state::RestCall;
 use state::{Command, State};
 
@@ -94,6 +96,9 @@ pub struct FakeConfig {
     /// Requests per REST rate-limit bucket (one per route and channel) per window (default 5 per
     /// 5 s); the next is answered 429.
     pub rest_rate_limit: (u32, Duration),
+    /// The bot user: READY's `user`, `GET /users/@me`, `GET /oauth2/applications/@me` and the
+    /// author of messages created over REST (default id 1000, `fake-bot`).
+    pub bot_user: FakeBotUser,
 }
 
 /// A stream of dispatches generated as it is sent (never all in memory), for benchmarks.
@@ -149,6 +154,7 @@ impl Default for FakeConfig {
             flood_on_ready: None,
             require_compression: false,
             rest_rate_limit: (5, Duration::from_secs(5)),
+            bot_user: FakeBotUser::default(),
         }
     }
 }
