@@ -9,7 +9,7 @@
 //! | `GET /_fake/frames[?shard=N]` | every frame clients sent (for shard N) |
 //! | `GET /_fake/rest` | every REST call and the status answered |
 //! | `POST /_fake/shards/{n}/dispatch[?strict=true]` body `{"t", "d", "count"?}` | dispatches (`count` times) |
-//! | `POST /_fake/shards/{n}/reconnect` | op 7 |
+//! | `POST /_fake/shards/{n}/reconnect[?hold=true]` | op 7; `hold`: nothing more on that connection, later dispatches wait for the resume's replay |
 //! | `POST /_fake/shards/{n}/invalid-session?resumable=true\|false` | op 9 |
 //! | `POST /_fake/shards/{n}/request-heartbeat` | op 1 |
 //! | `POST /_fake/shards/{n}/close?code=4000` | closes with that code |
@@ -214,6 +214,8 @@ struct ActionQuery {
     resumable: Option<bool>,
     code: Option<u16>,
     enabled: Option<bool>,
+    #[serde(default)]
+    hold: bool,
 }
 
 async fn action(
@@ -225,6 +227,7 @@ async fn action(
     let mut state = lock(&shared);
     let op = |frame: &'static str| Command::Send(vec![frame.into()]);
     let sent = match action.as_str() {
+        "reconnect" if query.hold => state.reconnect_holding(shard),
         "reconnect" => state.send_to_shard(shard, op(r#"{"t":null,"s":null,"op":7,"d":null}"#)),
         "request-heartbeat" => {
             state.send_to_shard(shard, op(r#"{"t":null,"s":null,"op":1,"d":null}"#))

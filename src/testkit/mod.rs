@@ -401,6 +401,14 @@ impl FakeGateway {
         self.send_op(shard, r#"{"t":null,"s":null,"op":7,"d":null}"#)
     }
 
+    /// op 7, and nothing more on that connection: what is dispatched next is kept for the replay
+    /// when the client resumes, however long the client takes to close the old connection. A
+    /// test of the replay itself uses this; [`reconnect`](Self::reconnect) keeps sending on the
+    /// old connection until the client closes it.
+    pub fn reconnect_holding(&self, shard: u32) -> bool {
+        self.state().reconnect_holding(shard)
+    }
+
     /// op 9 Invalid Session; `false` also ends the session, as on Discord. The connection stays
     /// open but no longer authenticated: the client may Resume (after `true`) or Identify on it, or
     /// reconnect (docs/protocol.md §3.8).
