@@ -130,10 +130,14 @@ class Bot(discord.AutoShardedClient):
         self.contents[m.content] += 1
 
 
-async def until(what, condition):
+async def until(what, condition, client=None):
+    """Waits for `condition`; fails at once if the client stopped with an error meanwhile."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + WAIT
     while not condition():
+        if client is not None and client.done() and client.exception() is not None:
+            e = client.exception()
+            raise AssertionError(f"discord.py stopped waiting for {what}: {type(e).__name__}: {e}")
         if loop.time() > deadline:
             raise AssertionError(f"not within {WAIT:.0f} s: {what}")
         await asyncio.sleep(0.02)
@@ -154,7 +158,7 @@ async def run(binary, compress):
     sessions = {}
 
     async def two_shards_ready():
-        await until("READY on shards 0 and 1", lambda: bot.readies[0] == 1 and bot.readies[1] == 1)
+        await until("READY on shards 0 and 1", lambda: bot.readies[0] == 1 and bot.readies[1] == 1, task)
         shards = await fake.get("/shards")
         assert shards["ready"] == [0, 1], shards
         sessions.update({s: shards["sessions"][str(s)]["id"] for s in (0, 1)})
