@@ -46,8 +46,8 @@ pub(crate) fn routes(config: &mut web::ServiceConfig) {
         );
 }
 
-/// Any route the fake does not serve: Discord's JSON error, recorded and logged, so that a bot
-/// author sees which route their client wanted.
+/// Any route the fake does not serve: Discord's JSON error (docs/protocol.md §10), recorded and
+/// logged, so that a bot author sees which route their client wanted.
 pub(crate) async fn not_found(req: HttpRequest, body: web::Bytes, shared: Shared) -> HttpResponse {
     unknown(&req, &body, &shared, 404, "404: Not Found")
 }
@@ -82,7 +82,8 @@ fn unknown(
     HttpResponse::build(status).json(json!({"message": message, "code": 0}))
 }
 
-/// `GET /users/@me`: the bot user, which clients such as discord.py ask for when they log in.
+/// `GET /users/@me`: the bot user, which clients such as discord.py ask for when they log in
+/// (docs/protocol.md §10).
 async fn current_user(req: HttpRequest, shared: Shared) -> HttpResponse {
     let mut state = lock(&shared);
     handle(&mut state, &req, Value::Null, "GET /users/@me", |state| {
