@@ -17,7 +17,9 @@
 //!     .unwrap();
 //! // … start a client at fake.api_base() / fake.gateway_url(), then:
 //! fake.wait_for(Duration::from_secs(5), "shard 0 ready", |f| f.ready_shards() == [0]).await;
-//! fake.dispatch(0, "MESSAGE_CREATE", serde_json::json!({"content": "hi"}));
+//! // A whole Message object, as Discord sends it (`message` fills in every field it always has).
+//! let d = shardline::testkit::message(1_200_000_000_000_000_001, 1_100_000_000_000_000_002, "hi");
+//! fake.dispatch(0, "MESSAGE_CREATE", d);
 //! let identifies = fake.frames_of(0).into_iter().filter(|f| f.op == Some(2)).count();
 //! assert_eq!(identifies, 1);
 //! fake.stop().await;

@@ -108,7 +108,7 @@ async fn websocket(
             if c.is_none() {
                 refuse = refuse.or(Some((
                     CloseCode::DecodeError.code(),
-                    "unknown compress value",
+                    "unknown compress value (the fake speaks zlib-stream and zstd-stream)",
                 )));
             }
             c
