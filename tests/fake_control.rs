@@ -545,6 +545,48 @@ async fn a_dispatch_between_connections_waits_for_the_resume_and_409_comes_once_
     }
     assert_eq!(next_json(&mut ws).await["t"], "RESUMED");
 
+    // op 7 with dispatches in the same call: none on the old connection, all in the replay.
+    let d = shardline::testkit::message(5, 6, "replayed");
+    let (status, seqs) = server
+        .post_json(
+            "/shards/0/reconnect?strict=true",
+            json!({"t": "MESSAGE_CREATE", "d": d, "count": 2}),
+        )
+        .await;
+    assert_eq!(
+        (status, seqs),
+        (200, json!({"first_seq": 5, "last_seq": 6}))
+    );
+    assert_eq!(next_json(&mut ws).await["op"], 7);
+    send(&mut ws, json!({"op": 1, "d": 4})).await;
+    assert_eq!(
+        next_json(&mut ws).await["op"],
+        11,
+        "the ACK, not the dispatches"
+    );
+    let (status, refused) = server
+        .post_json(
+            "/shards/0/reconnect?strict=true",
+            json!({"t": "MESSAGE_CREATE", "d": {"id": "1"}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    drop(ws);
+    let mut ws = server.connect("/resume", "v=10&encoding=json").await;
+    assert_eq!(next_json(&mut ws).await["op"], 10);
+    send(
+        &mut ws,
+        json!({"op": 6, "d": {"token": "fake-token", "session_id": session_id, "seq": 4}}),
+    )
+    .await;
+    for s in [5, 6] {
+        assert_eq!(
+            next_json(&mut ws).await,
+            json!({"t": "MESSAGE_CREATE", "s": s, "op": 0, "d": d})
+        );
+    }
+    assert_eq!(next_json(&mut ws).await["t"], "RESUMED");
+
     // op 9 `false` ends the session: now a dispatch has nowhere to go.
     assert_eq!(
         server

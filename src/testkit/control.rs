@@ -10,6 +10,7 @@
 //! | `GET /_fake/rest` | every REST call and the status answered |
 //! | `POST /_fake/shards/{n}/dispatch[?strict=true]` body `{"t", "d", "count"?}` | dispatches (`count` times) |
 //! | `POST /_fake/shards/{n}/reconnect[?hold=true]` | op 7; `hold`: nothing more on that connection, later dispatches wait for the resume's replay |
+//! | `POST /_fake/shards/{n}/reconnect[?strict=true]` body `{"t", "d", "count"?}` | op 7 held, and these dispatches right behind it, in one step: they reach the client only in the resume's replay |
 //! | `POST /_fake/shards/{n}/invalid-session?resumable=true\|false` | op 9 |
 //! | `POST /_fake/shards/{n}/request-heartbeat` | op 1 |
 //! | `POST /_fake/shards/{n}/close?code=4000` | closes with that code |
@@ -48,6 +49,7 @@ pub(crate) fn routes(config: &mut web::ServiceConfig) {
         .route("/_fake/rest", web::get().to(rest_calls))
         .route("/_fake/drop-all", web::post().to(drop_all))
         .route("/_fake/shards/{shard}/dispatch", web::post().to(dispatch))
+        .route("/_fake/shards/{shard}/reconnect", web::post().to(reconnect))
         .route("/_fake/shards/{shard}/{action}", web::post().to(action));
 }
 
@@ -176,36 +178,108 @@ async fn dispatch(
     body: web::Json<DispatchBody>,
 ) -> HttpResponse {
     let shard = shard.into_inner();
-    let DispatchBody { t, d, count } = body.into_inner();
-    let count = count.unwrap_or(1);
-    if count == 0 {
-        return HttpResponse::BadRequest().json(json!({"error": "count must be at least 1"}));
-    }
-    let missing = super::missing_fields(&t, &d);
-    if !missing.is_empty() {
-        if query.strict {
-            tracing::warn!(shard, event = %t, ?missing, "fake control: dispatch refused (strict): fields Discord always sends are missing");
-            return HttpResponse::UnprocessableEntity().json(json!({
-                "error": format!("{t} lacks fields Discord always sends"),
-                "missing": missing,
-            }));
-        }
-        tracing::warn!(shard, event = %t, ?missing, "fake control: dispatch lacks fields Discord always sends; typed clients may reject it");
-    }
-    let d = d.to_string();
+    let body = body.into_inner();
+    let (d, count, missing) = match check(shard, &body, query.strict) {
+        Ok(checked) => checked,
+        Err(refused) => return refused,
+    };
+    let t = body.t;
     let seqs = lock(&shared).dispatch(shard, &t, &mut std::iter::repeat_n(d.as_str(), count));
     match seqs {
         Some((first, last)) => {
             tracing::info!(shard, event = %t, count, first, last, "fake control: dispatched");
-            let mut answer = json!({"first_seq": first, "last_seq": last});
-            if !missing.is_empty() {
-                answer["missing"] = json!(missing);
-            }
-            HttpResponse::Ok().json(answer)
+            HttpResponse::Ok().json(seqs_answer(first, last, &missing))
         }
         None => HttpResponse::Conflict().json(json!({
             "error": format!("shard {shard} has no session that can take a dispatch (none yet, or it ended)")
         })),
+    }
+}
+
+/// A dispatch body's `d` serialized, its count, and the fields it lacks; or the refusal.
+fn check(
+    shard: u32,
+    body: &DispatchBody,
+    strict: bool,
+) -> Result<(String, usize, Vec<String>), HttpResponse> {
+    let count = body.count.unwrap_or(1);
+    if count == 0 {
+        return Err(bad_request("count must be at least 1"));
+    }
+    let t = &body.t;
+    let missing = super::missing_fields(t, &body.d);
+    if !missing.is_empty() {
+        if strict {
+            tracing::warn!(shard, event = %t, ?missing, "fake control: dispatch refused (strict): fields Discord always sends are missing");
+            return Err(HttpResponse::UnprocessableEntity().json(json!({
+                "error": format!("{t} lacks fields Discord always sends"),
+                "missing": missing,
+            })));
+        }
+        tracing::warn!(shard, event = %t, ?missing, "fake control: dispatch lacks fields Discord always sends; typed clients may reject it");
+    }
+    Ok((body.d.to_string(), count, missing))
+}
+
+fn seqs_answer(first: u64, last: u64, missing: &[String]) -> Value {
+    let mut answer = json!({"first_seq": first, "last_seq": last});
+    if !missing.is_empty() {
+        answer["missing"] = json!(missing);
+    }
+    answer
+}
+
+#[derive(Deserialize)]
+struct ReconnectQuery {
+    #[serde(default)]
+    hold: bool,
+    #[serde(default)]
+    strict: bool,
+}
+
+/// op 7; held (nothing more on that connection) with `hold` or a body, whose dispatches then go
+/// into the session under the same lock: no resume can come between, so they reach the client
+/// only in the replay, however fast it reconnects.
+async fn reconnect(
+    shared: Shared,
+    shard: web::Path<u32>,
+    query: web::Query<ReconnectQuery>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let shard = shard.into_inner();
+    let replay = if body.is_empty() {
+        None
+    } else {
+        let Ok(replay) = serde_json::from_slice::<DispatchBody>(&body) else {
+            return bad_request("the body, if any, is a dispatch: {\"t\", \"d\", \"count\"?}");
+        };
+        match check(shard, &replay, query.strict) {
+            Ok((d, count, missing)) => Some((replay.t, d, count, missing)),
+            Err(refused) => return refused,
+        }
+    };
+    let mut state = lock(&shared);
+    let sent = if replay.is_some() || query.hold {
+        state.reconnect_holding(shard)
+    } else {
+        state.send_to_shard(
+            shard,
+            Command::Send(vec![r#"{"t":null,"s":null,"op":7,"d":null}"#.into()]),
+        )
+    };
+    if !sent {
+        return no_session(shard);
+    }
+    let Some((t, d, count, missing)) = replay else {
+        tracing::info!(shard, hold = query.hold, "fake control: op 7 sent");
+        return HttpResponse::Ok().json(json!({"ok": true}));
+    };
+    match state.dispatch(shard, &t, &mut std::iter::repeat_n(d.as_str(), count)) {
+        Some((first, last)) => {
+            tracing::info!(shard, event = %t, count, first, last, "fake control: op 7 sent, dispatches kept for the replay");
+            HttpResponse::Ok().json(seqs_answer(first, last, &missing))
+        }
+        None => no_session(shard),
     }
 }
 
@@ -214,8 +288,6 @@ struct ActionQuery {
     resumable: Option<bool>,
     code: Option<u16>,
     enabled: Option<bool>,
-    #[serde(default)]
-    hold: bool,
 }
 
 async fn action(
@@ -227,8 +299,6 @@ async fn action(
     let mut state = lock(&shared);
     let op = |frame: &'static str| Command::Send(vec![frame.into()]);
     let sent = match action.as_str() {
-        "reconnect" if query.hold => state.reconnect_holding(shard),
-        "reconnect" => state.send_to_shard(shard, op(r#"{"t":null,"s":null,"op":7,"d":null}"#)),
         "request-heartbeat" => {
             state.send_to_shard(shard, op(r#"{"t":null,"s":null,"op":1,"d":null}"#))
         }

@@ -403,10 +403,10 @@ impl FakeGateway {
         self.send_op(shard, r#"{"t":null,"s":null,"op":7,"d":null}"#)
     }
 
-    /// op 7, and nothing more on that connection: what is dispatched next is kept for the replay
-    /// when the client resumes, however long the client takes to close the old connection. A
-    /// test of the replay itself uses this; [`reconnect`](Self::reconnect) keeps sending on the
-    /// old connection until the client closes it.
+    /// op 7, and nothing more on that connection: what is dispatched next waits in the session
+    /// for the client's Resume, however long the client takes to close the old connection (and
+    /// goes out on the new connection if it resumed already). [`reconnect`](Self::reconnect)
+    /// keeps sending on the old connection until the client closes it.
     pub fn reconnect_holding(&self, shard: u32) -> bool {
         self.state().reconnect_holding(shard)
     }

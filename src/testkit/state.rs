@@ -293,8 +293,7 @@ impl State {
     }
 
     /// op 7 on `shard`'s live connection, then nothing more on it: the session is detached, so
-    /// what is dispatched next is kept for the replay when the client resumes, whenever the client
-    /// gets to close the old connection.
+    /// what is dispatched next waits in its log for the client's Resume.
     pub fn reconnect_holding(&mut self, shard: u32) -> bool {
         let Some(conn) = self.live_conn_of(shard) else {
             return false;

@@ -174,11 +174,14 @@ async function run(binary, compression, results) {
 			assert(seen.duplicates.length === 0, `seqs delivered twice: ${JSON.stringify(seen.duplicates)}`);
 		}],
 		['op 7 resume with replay', async () => {
-			// `hold`: nothing more goes out on the old connection, so what is dispatched now reaches
-			// the client only as the resume's replay.
-			const [status, answer] = await fake.post('/shards/0/reconnect?hold=true');
-			assert(status === 200, JSON.stringify(answer));
-			const seqs = await fake.dispatch(0, message(20, 'replayed'), REPLAY);
+			// op 7 with dispatches: the fake sends nothing more on the old connection and keeps
+			// these in the session in the same step, so they reach the client only in the replay.
+			const [status, seqs] = await fake.post('/shards/0/reconnect?strict=true', {
+				t: 'MESSAGE_CREATE',
+				d: message(20, 'replayed'),
+				count: REPLAY,
+			});
+			assert(status === 200, JSON.stringify(seqs));
 			await fake.dispatch(0, message(21, 'after-resume'));
 			await until('the marker after the resume', () => count(seen.contents, 'after-resume') === 1);
 			await until('the resumed event', () => count(seen.resumes, 0) === 1);

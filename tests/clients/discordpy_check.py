@@ -183,11 +183,13 @@ async def run(binary, compress):
             assert got == FLOOD, f"shard {s}: {got} flood messages delivered, {FLOOD} sent"
 
     async def op7_resume_with_replay():
-        # `hold`: nothing more goes out on the old connection, so what is dispatched now reaches
-        # the client only as the resume's replay.
-        status, answer = await fake.post("/shards/0/reconnect?hold=true")
-        assert status == 200, answer
-        seqs = await fake.dispatch(0, message(20, "replayed"), REPLAY)
+        # op 7 with dispatches: the fake sends nothing more on the old connection and keeps
+        # these in the session in the same step, so they reach the client only in the replay.
+        status, seqs = await fake.post(
+            "/shards/0/reconnect?strict=true",
+            {"t": "MESSAGE_CREATE", "d": message(20, "replayed"), "count": REPLAY},
+        )
+        assert status == 200, seqs
         await fake.dispatch(0, message(21, "after-resume"))
         await until("the marker after the resume", lambda: bot.contents["after-resume"] == 1)
         await until("on_shard_resumed", lambda: bot.resumes[0] == 1)
