@@ -181,7 +181,7 @@ async fn dispatch(
     let body = body.into_inner();
     let (d, count, missing) = match check(shard, &body, query.strict) {
         Ok(checked) => checked,
-        Err(refused) => return refused,
+        Err(refused) => return refused.response(),
     };
     let t = body.t;
     let seqs = lock(&shared).dispatch(shard, &t, &mut std::iter::repeat_n(d.as_str(), count));
@@ -196,25 +196,49 @@ async fn dispatch(
     }
 }
 
-/// A dispatch body's `d` serialized, its count, and the fields it lacks; or the refusal.
+/// Why a dispatch body was refused.
+enum Refusal {
+    ZeroCount,
+    /// `?strict=true` and these fields Discord always sends are missing.
+    Incomplete {
+        event: String,
+        missing: Vec<String>,
+    },
+}
+
+impl Refusal {
+    fn response(self) -> HttpResponse {
+        match self {
+            Self::ZeroCount => bad_request("count must be at least 1"),
+            Self::Incomplete { event, missing } => {
+                HttpResponse::UnprocessableEntity().json(json!({
+                    "error": format!("{event} lacks fields Discord always sends"),
+                    "missing": missing,
+                }))
+            }
+        }
+    }
+}
+
+/// A dispatch body's `d` serialized, its count, and the fields it lacks; or why it is refused.
 fn check(
     shard: u32,
     body: &DispatchBody,
     strict: bool,
-) -> Result<(String, usize, Vec<String>), HttpResponse> {
+) -> Result<(String, usize, Vec<String>), Refusal> {
     let count = body.count.unwrap_or(1);
     if count == 0 {
-        return Err(bad_request("count must be at least 1"));
+        return Err(Refusal::ZeroCount);
     }
     let t = &body.t;
     let missing = super::missing_fields(t, &body.d);
     if !missing.is_empty() {
         if strict {
             tracing::warn!(shard, event = %t, ?missing, "fake control: dispatch refused (strict): fields Discord always sends are missing");
-            return Err(HttpResponse::UnprocessableEntity().json(json!({
-                "error": format!("{t} lacks fields Discord always sends"),
-                "missing": missing,
-            })));
+            return Err(Refusal::Incomplete {
+                event: t.clone(),
+                missing,
+            });
         }
         tracing::warn!(shard, event = %t, ?missing, "fake control: dispatch lacks fields Discord always sends; typed clients may reject it");
     }
@@ -255,7 +279,7 @@ async fn reconnect(
         };
         match check(shard, &replay, query.strict) {
             Ok((d, count, missing)) => Some((replay.t, d, count, missing)),
-            Err(refused) => return refused,
+            Err(refused) => return refused.response(),
         }
     };
     let mut state = lock(&shared);
