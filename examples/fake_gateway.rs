@@ -24,6 +24,9 @@
 //!
 //! ```text
 //! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/reconnect'              # op 7
+//! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/reconnect' -H 'content-type: application/json' \
+//!      -d '{"t":"TYPING_START","d":{"channel_id":"2","user_id":"3","timestamp":1700000000},"count":5}'
+//!      # op 7, then these 5 only in the resume's replay (docs/fake-gateway.md)
 //! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/invalid-session?resumable=true'  # op 9
 //! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/request-heartbeat'      # op 1
 //! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/close?code=4000'        # close code

@@ -361,6 +361,10 @@ async fn unknown_arguments_are_refused_and_documented_ones_accepted() {
         "2/100",
         "--token",
         "other-token",
+        "--bot-name",
+        "moderator",
+        "--bot-id",
+        "1100000000000000042",
         "--compress-only",
         "--flood-event",
         "MESSAGE_CREATE",
@@ -370,6 +374,23 @@ async fn unknown_arguments_are_refused_and_documented_ones_accepted() {
     assert_eq!(
         server.get("/shards").await,
         json!({"ready": [], "sessions": {}})
+    );
+    let api = server.urls["api_base"]
+        .as_str()
+        .expect("api_base")
+        .to_owned();
+    let me: Value = awc::Client::new()
+        .get(format!("{api}/users/@me"))
+        .insert_header(("Authorization", "Bot other-token"))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        (&me["id"], &me["username"]),
+        (&json!("1100000000000000042"), &json!("moderator"))
     );
     server.stop();
 }
