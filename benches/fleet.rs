@@ -125,12 +125,18 @@ fn scale(results: &mut Vec<String>) {
     );
     let system = actix_rt::System::new();
     let (claimed, ready, handed) = system.block_on(async move {
+        // The ready/shutdown lines are printed as they come: a run that stalls shows where.
         let redis = RedisServer::start();
         let fake = FakeGateway::start(FakeConfig {
             shards,
             max_concurrency: 64,
             heartbeat_interval: Duration::from_secs(30),
             identify_window: Duration::from_millis(100),
+            session_start_limit: shardline::testkit::SessionStartLimit {
+                total: 10_000,
+                remaining: 10_000,
+                reset_after: 86_400_000,
+            },
             ..FakeConfig::default()
         })
         .await
@@ -169,6 +175,7 @@ fn scale(results: &mut Vec<String>) {
             actix_rt::time::sleep(Duration::from_millis(5)).await;
         }
         let claimed = start.elapsed();
+        eprintln!("  every lease held after {claimed:?}");
         while fake.ready_shards().len() < shards as usize {
             assert!(
                 start.elapsed() < Duration::from_secs(600),
@@ -177,6 +184,7 @@ fn scale(results: &mut Vec<String>) {
             actix_rt::time::sleep(Duration::from_millis(20)).await;
         }
         let ready = start.elapsed();
+        eprintln!("  every shard READY after {ready:?}");
         let stop = Instant::now();
         gateway.shutdown(true).await;
         let handed = stop.elapsed();

@@ -5,6 +5,7 @@
 //! cargo run --example fake_gateway --features testkit -- [--port 7878] [--shards 1]
 //!     [--max-concurrency 1] [--heartbeat-interval-ms 41250] [--identify-window-ms 5000]
 //!     [--rest-rate-limit 5/5000] [--token fake-token] [--compress-only]
+//!     [--bot-name fake-bot] [--bot-id 1000]
 //!     [--flood-event MESSAGE_CREATE --flood-count N [--flood-file d.json]]
 //! ```
 //! REST at `http://127.0.0.1:PORT/api/v10`, gateway at `ws://127.0.0.1:PORT`, and the control API
@@ -14,25 +15,34 @@
 //! so a client that silently falls back to plain text is caught. `--rest-rate-limit N/MS` sets
 //! the requests per REST bucket (route and channel) per window. In flood mode, every shard gets
 //! `--flood-count` dispatches of `--flood-event` (with `d` from `--flood-file`, which may hold a
-//! whole frame or just its `d`) as soon as it is READY. Logs go to stderr (`RUST_LOG=debug` for
+//! whole frame or just its `d`; by default a whole Message object) as soon as it is READY.
+//! `--bot-name NAME` and `--bot-id ID` set the bot user (READY, `GET /users/@me`,
+//! `GET /oauth2/applications/@me`). Logs go to stderr (`RUST_LOG=debug` for
 //! more): every connection, handshake, op 9 and close, with the reason. Runs until Ctrl-C.
 //!
 //! The control API scripts faults per shard and reads back what clients sent, from any language:
 //!
 //! ```text
 //! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/reconnect'              # op 7
+//! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/reconnect' -H 'content-type: application/json' \
+//!      -d '{"t":"TYPING_START","d":{"channel_id":"2","user_id":"3","timestamp":1700000000},"count":5}'
+//!      # op 7, then these 5 only in the resume's replay (docs/fake-gateway.md)
 //! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/invalid-session?resumable=true'  # op 9
 //! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/request-heartbeat'      # op 1
 //! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/close?code=4000'        # close code
 //! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/drop'                   # no close frame
 //! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/acks?enabled=false'     # stop ACKs
 //! curl -X POST 'http://127.0.0.1:7878/_fake/drop-all'
-//! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/dispatch' \
-//!      -H 'content-type: application/json' -d '{"t":"MESSAGE_CREATE","d":{"id":"1","channel_id":"2","content":"hi"},"count":1000}'
+//! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/dispatch?strict=true' \
+//!      -H 'content-type: application/json' -d '{"t":"MESSAGE_CREATE","count":1000,"d":{
+//!   "id":"1200000000000000001","channel_id":"1100000000000000002","content":"hi","type":0,
+//!   "author":{"id":"1100000000000000003","username":"someone","discriminator":"0","global_name":null,"avatar":null},
+//!   "timestamp":"2024-01-01T00:00:00.000+00:00","edited_timestamp":null,"tts":false,"mention_everyone":false,
+//!   "mentions":[],"mention_roles":[],"attachments":[],"embeds":[],"pinned":false}}'
 //! curl 'http://127.0.0.1:7878/_fake/frames?shard=0'   # every frame the client sent
 //! curl 'http://127.0.0.1:7878/_fake/connections'      # paths, queries, close codes, outcomes
 //! curl 'http://127.0.0.1:7878/_fake/shards'           # ready shards and sessions
-//! curl 'http://127.0.0.1:7878/_fake/rest'             # REST calls and the statuses answered
+//! curl 'http://127.0.0.1:7878/_fake/rest'             # REST calls (unknown routes too), statuses answered
 //! ```
 
 use std::collections::HashSet;
@@ -76,6 +86,8 @@ fn parse_args() -> Result<Args, String> {
             }
             "--compress-only" => config.require_compression = true,
             "--token" => config.token = value()?,
+            "--bot-name" => config.bot_user.username = value()?,
+            "--bot-id" => config.bot_user.id = number(value()?)?,
             "--flood-event" => event = Some(value()?),
             "--flood-count" => count = Some(number(value()?)? as usize),
             "--flood-file" => file = Some(value()?),
@@ -89,12 +101,20 @@ fn parse_args() -> Result<Args, String> {
         (Some(event), Some(count)) => {
             let d = match file {
                 Some(path) => {
-                    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
-                    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+                    let text =
+                        std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+                    let value: serde_json::Value =
+                        serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
                     // A whole frame's `d`, or the file itself.
                     value.get("d").cloned().unwrap_or(value).to_string()
                 }
-                None => r#"{"id":"1","channel_id":"2","content":"flood","author":{"id":"3","username":"fake"}}"#.to_owned(),
+                // A whole Message, as typed clients (discord.py, twilight-model) require.
+                None => shardline::testkit::message(
+                    1_200_000_000_000_000_001,
+                    1_100_000_000_000_000_002,
+                    "flood",
+                )
+                .to_string(),
             };
             Some((event, count, d))
         }

@@ -189,7 +189,7 @@ async fn every_fault_is_triggered_and_every_frame_read_back_over_http() {
     assert_eq!(shards["sessions"]["0"]["id"], json!(session_id));
 
     // Dispatches, three at once.
-    let d = json!({"id": "11", "channel_id": "22", "content": "hi"});
+    let d = shardline::testkit::message(11, 22, "hi");
     let (status, seqs) = server
         .post_json(
             "/shards/0/dispatch",
@@ -361,6 +361,10 @@ async fn unknown_arguments_are_refused_and_documented_ones_accepted() {
         "2/100",
         "--token",
         "other-token",
+        "--bot-name",
+        "moderator",
+        "--bot-id",
+        "1100000000000000042",
         "--compress-only",
         "--flood-event",
         "MESSAGE_CREATE",
@@ -371,5 +375,278 @@ async fn unknown_arguments_are_refused_and_documented_ones_accepted() {
         server.get("/shards").await,
         json!({"ready": [], "sessions": {}})
     );
+    let api = server.urls["api_base"]
+        .as_str()
+        .expect("api_base")
+        .to_owned();
+    let me: Value = awc::Client::new()
+        .get(format!("{api}/users/@me"))
+        .insert_header(("Authorization", "Bot other-token"))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        (&me["id"], &me["username"]),
+        (&json!("1100000000000000042"), &json!("moderator"))
+    );
     server.stop();
+}
+
+/// The JSON after `-d '` in the first dispatch `curl` of `text` (a README or the example's header,
+/// whose lines may carry a `//! ` prefix).
+fn documented_dispatch(text: &str) -> (String, Value) {
+    let text: String = text
+        .lines()
+        .map(|l| l.strip_prefix("//! ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let start = text.find("/dispatch").expect("a dispatch example");
+    let url_end = text[start..].find('\'').expect("quoted URL") + start;
+    let path = text[start..url_end].to_owned();
+    let body_start = text[url_end..].find("-d '").expect("a -d body") + url_end + 4;
+    let body_end = text[body_start..].find('\'').expect("closing quote") + body_start;
+    let body = serde_json::from_str(&text[body_start..body_end])
+        .unwrap_or_else(|e| panic!("{e}: {}", &text[body_start..body_end]));
+    (path, body)
+}
+
+/// Connects and identifies shard 0 of 1 on a raw websocket; READY's `d`.
+async fn identified(server: &Server) -> (Ws, Value) {
+    let mut ws = server.connect("/", "v=10&encoding=json").await;
+    assert_eq!(next_json(&mut ws).await["op"], 10);
+    send(
+        &mut ws,
+        json!({"op": 2, "d": {"token": "fake-token", "intents": 513, "shard": [0, 1],
+            "properties": {"os": "linux", "browser": "raw", "device": "raw"}}}),
+    )
+    .await;
+    let ready = next_json(&mut ws).await;
+    assert_eq!(ready["t"], "READY");
+    (ws, ready["d"].clone())
+}
+
+#[actix_rt::test]
+async fn documented_dispatches_pass_strict_mode_and_incomplete_ones_are_named() {
+    let server = Server::start(&["--heartbeat-interval-ms", "60000"]);
+    let (mut ws, _) = identified(&server).await;
+    let readme = include_str!("../README.md");
+    let header = include_str!("../examples/fake_gateway.rs");
+    for (source, text) in [("README.md", readme), ("examples/fake_gateway.rs", header)] {
+        let (path, body) = documented_dispatch(text);
+        assert!(path.ends_with("?strict=true"), "{source}: {path}");
+        assert_eq!(body["t"], "MESSAGE_CREATE", "{source}");
+        let (status, answer) = server
+            .post_json("/shards/0/dispatch?strict=true", body.clone())
+            .await;
+        assert_eq!(status, 200, "{source}: {answer}");
+        let count = body["count"].as_u64().unwrap_or(1);
+        assert_eq!(
+            answer["last_seq"].as_u64().unwrap() - answer["first_seq"].as_u64().unwrap() + 1,
+            count
+        );
+        for _ in 0..count {
+            assert_eq!(next_json(&mut ws).await["d"], body["d"]);
+        }
+    }
+
+    // The shape the README showed before: refused in strict mode, sent with a warning otherwise.
+    let bare = json!({"t": "MESSAGE_CREATE", "d": {"id": "1", "channel_id": "2", "content": "hi"}});
+    let (status, answer) = server
+        .post_json("/shards/0/dispatch?strict=true", bare.clone())
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(
+        answer["missing"],
+        json!([
+            "author",
+            "timestamp",
+            "edited_timestamp",
+            "tts",
+            "mention_everyone",
+            "mentions",
+            "mention_roles",
+            "attachments",
+            "embeds",
+            "pinned",
+            "type"
+        ])
+    );
+    let (status, answer) = server.post_json("/shards/0/dispatch", bare.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["missing"].as_array().map(Vec::len), Some(11));
+    // Nothing of the refused one was sent: the next frame is the one sent without `strict`.
+    let frame = next_json(&mut ws).await;
+    assert_eq!(
+        (&frame["d"], &frame["s"]),
+        (&bare["d"], &answer["first_seq"])
+    );
+    // Events the fake knows no rule for pass in strict mode as they are.
+    let (status, _) = server
+        .post_json(
+            "/shards/0/dispatch?strict=true",
+            json!({"t": "SOMETHING_NEW", "d": {}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let log = server.stop();
+    assert!(
+        log.contains("dispatch refused (strict)") && log.contains("dispatch lacks fields"),
+        "{log}"
+    );
+}
+
+#[actix_rt::test]
+async fn the_default_flood_is_a_whole_message() {
+    let server = Server::start(&["--flood-event", "MESSAGE_CREATE", "--flood-count", "2"]);
+    let (mut ws, _) = identified(&server).await;
+    for s in 2..=3 {
+        let frame = next_json(&mut ws).await;
+        assert_eq!(
+            (&frame["t"], &frame["s"]),
+            (&json!("MESSAGE_CREATE"), &json!(s))
+        );
+        assert_eq!(
+            shardline::testkit::missing_fields("MESSAGE_CREATE", &frame["d"]),
+            Vec::<String>::new()
+        );
+        let message: twilight_model::channel::Message =
+            serde_json::from_value(frame["d"].clone()).expect("twilight-model reads it");
+        assert_eq!(message.content, "flood");
+    }
+    server.stop();
+}
+
+#[actix_rt::test]
+async fn a_dispatch_between_connections_waits_for_the_resume_and_409_comes_once_the_session_ended()
+{
+    let server = Server::start(&["--heartbeat-interval-ms", "60000"]);
+    let (mut ws, ready) = identified(&server).await;
+    let session_id = ready["session_id"].as_str().unwrap().to_owned();
+
+    // op 7 with `hold`: the dispatch right after it never goes out on the old connection (the
+    // heartbeat's ACK comes first), and comes back as the resume's replay.
+    assert_eq!(server.post("/shards/0/reconnect?hold=true").await.0, 200);
+    assert_eq!(next_json(&mut ws).await["op"], 7);
+    let held = json!({"t": "MARKER", "d": {"n": 1}});
+    let (status, seqs) = server.post_json("/shards/0/dispatch", held).await;
+    assert_eq!((status, &seqs["first_seq"]), (200, &json!(2)));
+    send(&mut ws, json!({"op": 1, "d": 1})).await;
+    assert_eq!(
+        next_json(&mut ws).await["op"],
+        11,
+        "the ACK, not the dispatch"
+    );
+    drop(ws);
+
+    // No connection now, but the session can resume: a dispatch is kept, not refused.
+    let (status, seqs) = server
+        .post_json("/shards/0/dispatch", json!({"t": "MARKER", "d": {"n": 2}}))
+        .await;
+    assert_eq!((status, &seqs["first_seq"]), (200, &json!(3)), "{seqs}");
+    assert_eq!(
+        server.post("/shards/0/reconnect").await.0,
+        409,
+        "no live connection"
+    );
+    let mut ws = server.connect("/resume", "v=10&encoding=json").await;
+    assert_eq!(next_json(&mut ws).await["op"], 10);
+    send(
+        &mut ws,
+        json!({"op": 6, "d": {"token": "fake-token", "session_id": session_id, "seq": 1}}),
+    )
+    .await;
+    for (s, n) in [(2, 1), (3, 2)] {
+        assert_eq!(
+            next_json(&mut ws).await,
+            json!({"t": "MARKER", "s": s, "op": 0, "d": {"n": n}})
+        );
+    }
+    assert_eq!(next_json(&mut ws).await["t"], "RESUMED");
+
+    // op 7 with dispatches in the same call: none on the old connection, all in the replay.
+    let d = shardline::testkit::message(5, 6, "replayed");
+    let (status, seqs) = server
+        .post_json(
+            "/shards/0/reconnect?strict=true",
+            json!({"t": "MESSAGE_CREATE", "d": d, "count": 2}),
+        )
+        .await;
+    assert_eq!(
+        (status, seqs),
+        (200, json!({"first_seq": 5, "last_seq": 6}))
+    );
+    assert_eq!(next_json(&mut ws).await["op"], 7);
+    send(&mut ws, json!({"op": 1, "d": 4})).await;
+    assert_eq!(
+        next_json(&mut ws).await["op"],
+        11,
+        "the ACK, not the dispatches"
+    );
+    let (status, refused) = server
+        .post_json(
+            "/shards/0/reconnect?strict=true",
+            json!({"t": "MESSAGE_CREATE", "d": {"id": "1"}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    drop(ws);
+    let mut ws = server.connect("/resume", "v=10&encoding=json").await;
+    assert_eq!(next_json(&mut ws).await["op"], 10);
+    send(
+        &mut ws,
+        json!({"op": 6, "d": {"token": "fake-token", "session_id": session_id, "seq": 4}}),
+    )
+    .await;
+    for s in [5, 6] {
+        assert_eq!(
+            next_json(&mut ws).await,
+            json!({"t": "MESSAGE_CREATE", "s": s, "op": 0, "d": d})
+        );
+    }
+    assert_eq!(next_json(&mut ws).await["t"], "RESUMED");
+
+    // op 9 `false` ends the session: now a dispatch has nowhere to go.
+    assert_eq!(
+        server
+            .post("/shards/0/invalid-session?resumable=false")
+            .await
+            .0,
+        200
+    );
+    let (status, answer) = server
+        .post_json("/shards/0/dispatch", json!({"t": "MARKER", "d": {}}))
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    server.stop();
+}
+
+#[actix_rt::test]
+async fn an_unknown_rest_route_is_logged_with_its_path() {
+    let server = Server::start(&[]);
+    let api = server.urls["api_base"]
+        .as_str()
+        .expect("api_base")
+        .to_owned();
+    let mut response = awc::Client::new()
+        .get(format!("{api}/applications/1000/commands"))
+        .insert_header(("Authorization", "Bot fake-token"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status().as_u16(), 404);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"message": "404: Not Found", "code": 0})
+    );
+    let rest = server.get("/rest").await;
+    assert_eq!(rest[0]["path"], "/api/v10/applications/1000/commands");
+    assert_eq!(rest[0]["status"], 404);
+    let log = server.stop();
+    assert!(
+        log.contains("no such route here") && log.contains("/api/v10/applications/1000/commands"),
+        "{log}"
+    );
 }

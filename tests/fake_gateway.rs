@@ -8,7 +8,7 @@ use awc::ws::{Codec, Frame, Message};
 use awc::BoxedSocket;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use shardline::testkit::{FakeConfig, FakeGateway};
+use shardline::testkit::{missing_fields, FakeBotUser, FakeConfig, FakeGateway};
 
 type Ws = Framed<BoxedSocket, Codec>;
 
@@ -367,4 +367,179 @@ async fn after_op_9_the_same_socket_takes_identify_or_resume_as_discord_does() {
     assert_eq!(ops, [2, 2, 6]);
     assert_eq!(fake.connections().len(), 1);
     fake.stop().await;
+}
+
+/// GET `path` under the REST base with the bot's token (or none): status and JSON body.
+async fn rest_get(fake: &FakeGateway, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut request = awc::Client::new().get(format!("{}{path}", fake.api_base()));
+    if let Some(token) = token {
+        request = request.insert_header(("Authorization", format!("Bot {token}")));
+    }
+    let mut response = request.send().await.expect("REST answers");
+    let body = response.json::<Value>().await.expect("a JSON body");
+    (response.status().as_u16(), body)
+}
+
+#[actix_rt::test]
+async fn zstd_stream_is_spoken_by_every_testkit_build() {
+    // Not behind `cfg(feature = "zstd")`: `testkit` alone must bring it (the README's build of the
+    // standalone fake is `--features testkit`, and clients such as discord.py ask for zstd-stream).
+    let fake = FakeGateway::start(config()).await.unwrap();
+    let mut ws = connect(&fake, "v=10&encoding=json&compress=zstd-stream").await;
+    let mut decoder = zstd::stream::raw::Decoder::new().unwrap();
+    let mut read = |bytes: &[u8]| -> Value {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        let mut out = vec![0u8; 64 * 1024];
+        let mut src = InBuffer::around(bytes);
+        let mut dst = OutBuffer::around(&mut out[..]);
+        decoder.run(&mut src, &mut dst).unwrap();
+        assert_eq!(src.pos(), bytes.len(), "one message per websocket message");
+        let n = dst.pos();
+        serde_json::from_slice(&out[..n]).expect("one whole JSON message")
+    };
+    let Some(Some(Ok(Frame::Binary(bytes)))) = tokio_timeout(ws.next()).await else {
+        panic!("a binary frame")
+    };
+    assert_eq!(read(&bytes)["op"], 10);
+    send(&mut ws, identify([0, 1], 1)).await;
+    let Some(Some(Ok(Frame::Binary(bytes)))) = tokio_timeout(ws.next()).await else {
+        panic!("a binary frame")
+    };
+    // The same zstd context goes on across messages.
+    let ready = read(&bytes);
+    assert_eq!(
+        (ready["t"].clone(), ready["s"].clone()),
+        (json!("READY"), json!(1))
+    );
+    assert_eq!(
+        fake.connections()[0].compress.as_deref(),
+        Some("zstd-stream")
+    );
+    fake.stop().await;
+}
+
+#[actix_rt::test]
+async fn the_configured_bot_user_is_in_ready_and_the_login_routes() {
+    let fake = FakeGateway::start(FakeConfig {
+        bot_user: FakeBotUser {
+            id: 1_100_000_000_000_000_042,
+            username: "moderator".into(),
+        },
+        ..config()
+    })
+    .await
+    .unwrap();
+    let (status, me) = rest_get(&fake, "/users/@me", Some("fake-token")).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(
+        (&me["id"], &me["username"], &me["bot"]),
+        (
+            &json!("1100000000000000042"),
+            &json!("moderator"),
+            &json!(true)
+        )
+    );
+    let (status, app) = rest_get(&fake, "/oauth2/applications/@me", Some("fake-token")).await;
+    assert_eq!(status, 200, "{app}");
+    assert_eq!(app["id"], "1100000000000000042");
+    assert_eq!(app["owner"]["id"], "1100000000000000042");
+    for field in [
+        "name",
+        "icon",
+        "description",
+        "bot_public",
+        "bot_require_code_grant",
+        "verify_key",
+        "flags",
+    ] {
+        assert!(
+            app.get(field).is_some(),
+            "the application lacks {field}: {app}"
+        );
+    }
+    assert_eq!(
+        rest_get(&fake, "/users/@me", Some("wrong")).await,
+        (401, json!({"message": "401: Unauthorized", "code": 0}))
+    );
+    assert_eq!(
+        rest_get(&fake, "/users/@me", None).await,
+        (401, json!({"message": "401: Unauthorized", "code": 0}))
+    );
+    let mut ws = hello(&fake).await;
+    let d = ready(&mut ws, [0, 1]).await;
+    assert_eq!(d["user"], me, "READY's user is the same bot user");
+    assert_eq!(d["application"]["id"], "1100000000000000042");
+    let calls: Vec<(String, u16)> = fake
+        .rest_calls()
+        .into_iter()
+        .map(|c| (c.path, c.status))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("/api/v10/users/@me".to_owned(), 200),
+            ("/api/v10/oauth2/applications/@me".to_owned(), 200),
+            ("/api/v10/users/@me".to_owned(), 401),
+            ("/api/v10/users/@me".to_owned(), 401),
+        ]
+    );
+    fake.stop().await;
+}
+
+#[actix_rt::test]
+async fn unknown_routes_get_discords_json_error_and_are_recorded() {
+    let fake = FakeGateway::start(config()).await.unwrap();
+    assert_eq!(
+        rest_get(&fake, "/applications/1000/commands", Some("fake-token")).await,
+        (404, json!({"message": "404: Not Found", "code": 0}))
+    );
+    // A path the fake serves, with a method it does not take there.
+    let mut response = awc::Client::new()
+        .patch(format!("{}/users/@me", fake.api_base()))
+        .insert_header(("Authorization", "Bot fake-token"))
+        .send_json(&json!({"username": "renamed"}))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"message": "405: Method Not Allowed", "code": 0})
+    );
+    let calls: Vec<(String, String, u16, Value)> = fake
+        .rest_calls()
+        .into_iter()
+        .map(|c| (c.method, c.path, c.status, c.body))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            (
+                "GET".to_owned(),
+                "/api/v10/applications/1000/commands".to_owned(),
+                404,
+                Value::Null
+            ),
+            (
+                "PATCH".to_owned(),
+                "/api/v10/users/@me".to_owned(),
+                405,
+                json!({"username": "renamed"})
+            ),
+        ]
+    );
+    fake.stop().await;
+}
+
+#[test]
+fn the_sample_message_is_one_twilight_model_reads() {
+    let d = shardline::testkit::message(1_200_000_000_000_000_001, 1_100_000_000_000_000_002, "hi");
+    assert!(missing_fields("MESSAGE_CREATE", &d).is_empty());
+    let message: twilight_model::channel::Message =
+        serde_json::from_value(d.clone()).expect("twilight-model reads it");
+    assert_eq!(message.content, "hi");
+    assert_eq!(message.id.get(), 1_200_000_000_000_000_001);
+    assert!(
+        !message.author.bot,
+        "a user's message, which bots do not skip"
+    );
 }

@@ -6,7 +6,6 @@ use flate2::{Compress, Compression, FlushCompress};
 /// A connection's compressor.
 pub(crate) enum Compressor {
     Zlib(Compress),
-    #[cfg(feature = "zstd")]
     Zstd(Box<zstd::stream::raw::Encoder<'static>>),
 }
 
@@ -15,7 +14,6 @@ impl Compressor {
     pub fn for_query(value: &str) -> Option<Self> {
         match value {
             "zlib-stream" => Some(Self::Zlib(Compress::new(Compression::fast(), true))),
-            #[cfg(feature = "zstd")]
             "zstd-stream" => zstd::stream::raw::Encoder::new(3)
                 .ok()
                 .map(|e| Self::Zstd(Box::new(e))),
@@ -44,7 +42,6 @@ impl Compressor {
                 }
                 out
             }
-            #[cfg(feature = "zstd")]
             Self::Zstd(encoder) => {
                 use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
                 let mut out = Vec::with_capacity(input.len() / 2 + 128);

@@ -585,13 +585,12 @@ impl Conn {
             "v": 10,
             // The fields Discord's READY user has (what a typed client such as twilight-model
             // requires, e.g. `mfa_enabled`).
-            "user": {"id": "1000", "username": "fake-bot", "global_name": null, "discriminator": "0",
-                     "avatar": null, "bot": true, "verified": true, "mfa_enabled": false, "flags": 0},
+            "user": config.bot_user.user(),
             "guilds": guild_ids.iter().map(|id| json!({"id": id, "unavailable": true})).collect::<Vec<_>>(),
             "session_id": session_id,
             "resume_gateway_url": resume_url,
             "shard": [shard, total],
-            "application": {"id": "1000", "flags": 0},
+            "application": {"id": config.bot_user.id.to_string(), "flags": 0},
         });
         if identified <= config.readies_without_session_id as usize {
             if let Some(ready) = ready.as_object_mut() {

@@ -8,8 +8,9 @@
 //! | `GET /_fake/connections` | every connection: shard, path, query, close codes, outcome |
 //! | `GET /_fake/frames[?shard=N]` | every frame clients sent (for shard N) |
 //! | `GET /_fake/rest` | every REST call and the status answered |
-//! | `POST /_fake/shards/{n}/dispatch` body `{"t", "d", "count"?}` | dispatches (`count` times) |
-//! | `POST /_fake/shards/{n}/reconnect` | op 7 |
+//! | `POST /_fake/shards/{n}/dispatch[?strict=true]` body `{"t", "d", "count"?}` | dispatches (`count` times) |
+//! | `POST /_fake/shards/{n}/reconnect[?hold=true]` | op 7; `hold`: nothing more on that connection, later dispatches wait for the resume's replay |
+//! | `POST /_fake/shards/{n}/reconnect[?strict=true]` body `{"t", "d", "count"?}` | op 7 held, and these dispatches right behind it, in one step: they reach the client only in the resume's replay |
 //! | `POST /_fake/shards/{n}/invalid-session?resumable=true\|false` | op 9 |
 //! | `POST /_fake/shards/{n}/request-heartbeat` | op 1 |
 //! | `POST /_fake/shards/{n}/close?code=4000` | closes with that code |
@@ -17,8 +18,14 @@
 //! | `POST /_fake/shards/{n}/acks?enabled=false\|true` | stops or resumes heartbeat ACKs |
 //! | `POST /_fake/drop-all` | drops every connection |
 //!
-//! A call on a shard without a live connection answers 409; times are milliseconds since the fake
-//! started.
+//! A dispatch goes into the shard's session: sent now if a connection is attached to it, and
+//! otherwise kept for the replay when the client resumes; it answers 409 only when the shard has no
+//! session or its session ended (op 9 `false`, a close that ends it). The other shard calls act on
+//! the live connection and answer 409 when there is none. A dispatch whose `d` lacks a field
+//! Discord always sends in that event ([`missing_fields`](super::missing_fields)) is logged as a
+//! warning and the answer lists the fields in `missing`; with `?strict=true` it is refused (422)
+//! and nothing is sent. Times are milliseconds since the fake started. docs/fake-gateway.md lists
+//! every route of the fake.
 
 use std::sync::Mutex;
 
@@ -42,6 +49,7 @@ pub(crate) fn routes(config: &mut web::ServiceConfig) {
         .route("/_fake/rest", web::get().to(rest_calls))
         .route("/_fake/drop-all", web::post().to(drop_all))
         .route("/_fake/shards/{shard}/dispatch", web::post().to(dispatch))
+        .route("/_fake/shards/{shard}/reconnect", web::post().to(reconnect))
         .route("/_fake/shards/{shard}/{action}", web::post().to(action));
 }
 
@@ -157,23 +165,143 @@ struct DispatchBody {
     count: Option<usize>,
 }
 
+#[derive(Deserialize)]
+struct DispatchQuery {
+    #[serde(default)]
+    strict: bool,
+}
+
 async fn dispatch(
     shared: Shared,
     shard: web::Path<u32>,
+    query: web::Query<DispatchQuery>,
     body: web::Json<DispatchBody>,
 ) -> HttpResponse {
     let shard = shard.into_inner();
-    let DispatchBody { t, d, count } = body.into_inner();
-    let count = count.unwrap_or(1);
-    if count == 0 {
-        return HttpResponse::BadRequest().json(json!({"error": "count must be at least 1"}));
-    }
-    let d = d.to_string();
+    let body = body.into_inner();
+    let (d, count, missing) = match check(shard, &body, query.strict) {
+        Ok(checked) => checked,
+        Err(refused) => return refused.response(),
+    };
+    let t = body.t;
     let seqs = lock(&shared).dispatch(shard, &t, &mut std::iter::repeat_n(d.as_str(), count));
     match seqs {
         Some((first, last)) => {
             tracing::info!(shard, event = %t, count, first, last, "fake control: dispatched");
-            HttpResponse::Ok().json(json!({"first_seq": first, "last_seq": last}))
+            HttpResponse::Ok().json(seqs_answer(first, last, &missing))
+        }
+        None => HttpResponse::Conflict().json(json!({
+            "error": format!("shard {shard} has no session that can take a dispatch (none yet, or it ended)")
+        })),
+    }
+}
+
+/// Why a dispatch body was refused.
+enum Refusal {
+    ZeroCount,
+    /// `?strict=true` and these fields Discord always sends are missing.
+    Incomplete {
+        event: String,
+        missing: Vec<String>,
+    },
+}
+
+impl Refusal {
+    fn response(self) -> HttpResponse {
+        match self {
+            Self::ZeroCount => bad_request("count must be at least 1"),
+            Self::Incomplete { event, missing } => {
+                HttpResponse::UnprocessableEntity().json(json!({
+                    "error": format!("{event} lacks fields Discord always sends"),
+                    "missing": missing,
+                }))
+            }
+        }
+    }
+}
+
+/// A dispatch body's `d` serialized, its count, and the fields it lacks; or why it is refused.
+fn check(
+    shard: u32,
+    body: &DispatchBody,
+    strict: bool,
+) -> Result<(String, usize, Vec<String>), Refusal> {
+    let count = body.count.unwrap_or(1);
+    if count == 0 {
+        return Err(Refusal::ZeroCount);
+    }
+    let t = &body.t;
+    let missing = super::missing_fields(t, &body.d);
+    if !missing.is_empty() {
+        if strict {
+            tracing::warn!(shard, event = %t, ?missing, "fake control: dispatch refused (strict): fields Discord always sends are missing");
+            return Err(Refusal::Incomplete {
+                event: t.clone(),
+                missing,
+            });
+        }
+        tracing::warn!(shard, event = %t, ?missing, "fake control: dispatch lacks fields Discord always sends; typed clients may reject it");
+    }
+    Ok((body.d.to_string(), count, missing))
+}
+
+fn seqs_answer(first: u64, last: u64, missing: &[String]) -> Value {
+    let mut answer = json!({"first_seq": first, "last_seq": last});
+    if !missing.is_empty() {
+        answer["missing"] = json!(missing);
+    }
+    answer
+}
+
+#[derive(Deserialize)]
+struct ReconnectQuery {
+    #[serde(default)]
+    hold: bool,
+    #[serde(default)]
+    strict: bool,
+}
+
+/// op 7; held (nothing more on that connection) with `hold` or a body, whose dispatches then go
+/// into the session under the same lock: no resume can come between, so they reach the client
+/// only in the replay, however fast it reconnects.
+async fn reconnect(
+    shared: Shared,
+    shard: web::Path<u32>,
+    query: web::Query<ReconnectQuery>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let shard = shard.into_inner();
+    let replay = if body.is_empty() {
+        None
+    } else {
+        let Ok(replay) = serde_json::from_slice::<DispatchBody>(&body) else {
+            return bad_request("the body, if any, is a dispatch: {\"t\", \"d\", \"count\"?}");
+        };
+        match check(shard, &replay, query.strict) {
+            Ok((d, count, missing)) => Some((replay.t, d, count, missing)),
+            Err(refused) => return refused.response(),
+        }
+    };
+    let mut state = lock(&shared);
+    let sent = if replay.is_some() || query.hold {
+        state.reconnect_holding(shard)
+    } else {
+        state.send_to_shard(
+            shard,
+            Command::Send(vec![r#"{"t":null,"s":null,"op":7,"d":null}"#.into()]),
+        )
+    };
+    if !sent {
+        return no_session(shard);
+    }
+    let Some((t, d, count, missing)) = replay else {
+        tracing::info!(shard, hold = query.hold, "fake control: op 7 sent");
+        return HttpResponse::Ok().json(json!({"ok": true}));
+    };
+    match state.dispatch(shard, &t, &mut std::iter::repeat_n(d.as_str(), count)) {
+        Some((first, last)) => {
+            tracing::info!(shard, event = %t, count, first, last, "fake control: op 7 sent, dispatches kept for the replay");
+            HttpResponse::Ok().json(seqs_answer(first, last, &missing))
         }
         None => no_session(shard),
     }
@@ -195,7 +323,6 @@ async fn action(
     let mut state = lock(&shared);
     let op = |frame: &'static str| Command::Send(vec![frame.into()]);
     let sent = match action.as_str() {
-        "reconnect" => state.send_to_shard(shard, op(r#"{"t":null,"s":null,"op":7,"d":null}"#)),
         "request-heartbeat" => {
             state.send_to_shard(shard, op(r#"{"t":null,"s":null,"op":1,"d":null}"#))
         }

@@ -4,7 +4,7 @@
 //! It checks Identify (token, intents, shard, properties), enforces identify buckets (op 9 when
 //! broken), 120 commands / 60 s (close 4008), the 4096-byte limit (close 4002) and the session-start
 //! budget, closes connections that stop heartbeating (4009), keeps each session's events for replay
-//! on resume, sends `RESUMED`, and speaks zlib-stream (and zstd-stream with feature `zstd`). Tests
+//! on resume, sends `RESUMED`, and speaks zlib-stream and zstd-stream. Tests
 //! script it and read back every frame each client sent.
 //!
 //! ```no_run
@@ -17,7 +17,9 @@
 //!     .unwrap();
 //! // … start a client at fake.api_base() / fake.gateway_url(), then:
 //! fake.wait_for(Duration::from_secs(5), "shard 0 ready", |f| f.ready_shards() == [0]).await;
-//! fake.dispatch(0, "MESSAGE_CREATE", serde_json::json!({"content": "hi"}));
+//! // A whole Message object, as Discord sends it (`message` fills in every field it always has).
+//! let d = shardline::testkit::message(1_200_000_000_000_000_001, 1_100_000_000_000_000_002, "hi");
+//! fake.dispatch(0, "MESSAGE_CREATE", d);
 //! let identifies = fake.frames_of(0).into_iter().filter(|f| f.op == Some(2)).count();
 //! assert_eq!(identifies, 1);
 //! fake.stop().await;
@@ -27,6 +29,7 @@
 mod compress;
 mod connection;
 mod control;
+mod payloads;
 mod rest;
 mod server;
 mod state;
@@ -41,6 +44,7 @@ use actix_web::{web, App, HttpServer};
 use serde_json::Value;
 
 use crate::protocol::Intents;
+pub use payloads::{message, missing_fields, FakeBotUser};
 pub use state::RestCall;
 use state::{Command, State};
 
@@ -94,6 +98,9 @@ pub struct FakeConfig {
     /// Requests per REST rate-limit bucket (one per route and channel) per window (default 5 per
     /// 5 s); the next is answered 429.
     pub rest_rate_limit: (u32, Duration),
+    /// The bot user: READY's `user`, `GET /users/@me`, `GET /oauth2/applications/@me` and the
+    /// author of messages created over REST (default id 1000, `fake-bot`).
+    pub bot_user: FakeBotUser,
 }
 
 /// A stream of dispatches generated as it is sent (never all in memory), for benchmarks.
@@ -149,6 +156,7 @@ impl Default for FakeConfig {
             flood_on_ready: None,
             require_compression: false,
             rest_rate_limit: (5, Duration::from_secs(5)),
+            bot_user: FakeBotUser::default(),
         }
     }
 }
@@ -415,6 +423,14 @@ impl FakeGateway {
     /// op 7 Reconnect.
     pub fn reconnect(&self, shard: u32) -> bool {
         self.send_op(shard, r#"{"t":null,"s":null,"op":7,"d":null}"#)
+    }
+
+    /// op 7, and nothing more on that connection: what is dispatched next waits in the session
+    /// for the client's Resume, however long the client takes to close the old connection (and
+    /// goes out on the new connection if it resumed already). [`reconnect`](Self::reconnect)
+    /// keeps sending on the old connection until the client closes it.
+    pub fn reconnect_holding(&self, shard: u32) -> bool {
+        self.state().reconnect_holding(shard)
     }
 
     /// op 9 Invalid Session; `false` also ends the session, as on Discord. The connection stays

@@ -1,7 +1,9 @@
-//! The fake's REST routes beyond `GET /gateway/bot`: the channel-message calls a bot makes when it
-//! acts on an event (delete a message, post one), as strict as Discord's on what a test can check:
-//! the token, 404 for ids it does not know, rate-limit headers on every answer and a 429 past the
-//! limit. Every call is recorded.
+//! The fake's REST routes beyond `GET /gateway/bot`: the calls clients make when they log in (the
+//! bot user, its application) and the channel-message calls a bot makes when it acts on an event
+//! (delete a message, post one), as strict as Discord's on what a test can check: the token, 404
+//! for ids it does not know, rate-limit headers on every answer and a 429 past the limit. Any
+//! other route is answered with Discord's JSON 404 (or 405 for a known path and another method).
+//! Every call is recorded, the unknown ones logged as warnings. docs/fake-gateway.md lists them.
 //!
 //! The fake knows the messages it dispatched as `MESSAGE_CREATE` (by `channel_id` and `id`) and
 //! the ones created here; a channel exists once one of its messages was dispatched.
@@ -19,15 +21,92 @@ fn lock(shared: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 }
 
 pub(crate) fn routes(config: &mut web::ServiceConfig) {
+    // A known path with a method it does not take is answered as Discord does (405, JSON), and
+    // recorded like any other call.
     config
-        .route(
-            "/api/v10/channels/{channel}/messages/{message}",
-            web::delete().to(delete_message),
+        .service(
+            web::resource("/api/v10/channels/{channel}/messages/{message}")
+                .route(web::delete().to(delete_message))
+                .default_service(web::to(method_not_allowed)),
         )
-        .route(
-            "/api/v10/channels/{channel}/messages",
-            web::post().to(create_message),
+        .service(
+            web::resource("/api/v10/channels/{channel}/messages")
+                .route(web::post().to(create_message))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v10/users/@me")
+                .route(web::get().to(current_user))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/api/v10/oauth2/applications/@me")
+                .route(web::get().to(current_application))
+                .default_service(web::to(method_not_allowed)),
         );
+}
+
+/// Any route the fake does not serve: Discord's JSON error (docs/protocol.md §10), recorded and
+/// logged, so that a bot author sees which route their client wanted.
+pub(crate) async fn not_found(req: HttpRequest, body: web::Bytes, shared: Shared) -> HttpResponse {
+    unknown(&req, &body, &shared, 404, "404: Not Found")
+}
+
+pub(crate) async fn method_not_allowed(
+    req: HttpRequest,
+    body: web::Bytes,
+    shared: Shared,
+) -> HttpResponse {
+    unknown(&req, &body, &shared, 405, "405: Method Not Allowed")
+}
+
+fn unknown(
+    req: &HttpRequest,
+    body: &[u8],
+    shared: &Shared,
+    status: u16,
+    message: &str,
+) -> HttpResponse {
+    let method = req.method().as_str().to_owned();
+    let path = req.path().to_owned();
+    tracing::warn!(%method, %path, status, "fake REST: no such route here (see docs/fake-gateway.md for the routes the fake answers)");
+    lock(shared).rest_calls.push(RestCall {
+        method,
+        path,
+        status,
+        body: serde_json::from_slice(body).unwrap_or(Value::Null),
+        at: Instant::now(),
+    });
+    let status = actix_web::http::StatusCode::from_u16(status)
+        .unwrap_or(actix_web::http::StatusCode::NOT_FOUND);
+    HttpResponse::build(status).json(json!({"message": message, "code": 0}))
+}
+
+/// `GET /users/@me`: the bot user, which clients such as discord.py ask for when they log in
+/// (docs/protocol.md §10).
+async fn current_user(req: HttpRequest, shared: Shared) -> HttpResponse {
+    let mut state = lock(&shared);
+    handle(&mut state, &req, Value::Null, "GET /users/@me", |state| {
+        Answer {
+            status: 200,
+            body: Some(state.config.bot_user.user()),
+        }
+    })
+}
+
+/// `GET /oauth2/applications/@me`: the bot's application, which discord.py asks for at login.
+async fn current_application(req: HttpRequest, shared: Shared) -> HttpResponse {
+    let mut state = lock(&shared);
+    handle(
+        &mut state,
+        &req,
+        Value::Null,
+        "GET /oauth2/applications/@me",
+        |state| Answer {
+            status: 200,
+            body: Some(state.config.bot_user.application()),
+        },
+    )
 }
 
 /// Discord's error body.
@@ -111,24 +190,8 @@ async fn create_message(
         }
         state.last_message_id += 1;
         let id = state.last_message_id;
-        let mut message = json!({
-            "id": id.to_string(),
-            "channel_id": channel_id.to_string(),
-            "author": {"id": "1000", "username": "fake-bot", "discriminator": "0",
-                "global_name": null, "avatar": null, "bot": true},
-            "content": content,
-            "timestamp": iso8601(SystemTime::now()),
-            "edited_timestamp": null,
-            "tts": false,
-            "mention_everyone": false,
-            "mentions": [],
-            "mention_roles": [],
-            "attachments": [],
-            "embeds": [],
-            "pinned": false,
-            "type": 0,
-            "flags": 0,
-        });
+        let author = state.config.bot_user.author();
+        let mut message = super::payloads::message_by(id, channel_id, content, author);
         if let Some(guild) = &guild_id {
             message["guild_id"] = json!(guild);
         }
@@ -269,42 +332,4 @@ fn rate_limit_headers(
             format!("{:.3}", seconds(reset_after)),
         ))
         .insert_header(("X-RateLimit-Bucket", bucket.to_owned()));
-}
-
-/// `at` as ISO 8601 in UTC with milliseconds and an offset, as Discord writes timestamps.
-fn iso8601(at: SystemTime) -> String {
-    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Days to a civil date (Howard Hinnant's algorithm), for dates after 1970.
-    let z = days as i64 + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}+00:00",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn iso8601_matches_known_dates() {
-        let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        assert_eq!(iso8601(at), "2023-11-14T22:13:20.123+00:00");
-        assert_eq!(iso8601(UNIX_EPOCH), "1970-01-01T00:00:00.000+00:00");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(iso8601(leap), "2000-02-29T00:00:00.000+00:00");
-    }
 }

@@ -1,5 +1,6 @@
 //! The fake gateway's HTTP side: `GET /api/v10/gateway`, `GET /api/v10/gateway/bot` and the websocket
-//! at `/` and `/resume` (docs/protocol.md §1).
+//! at `/` and `/resume` (docs/protocol.md §1), beside the REST and control routes; anything else is
+//! Discord's JSON 404.
 
 use std::sync::{Arc, Mutex};
 
@@ -20,11 +21,14 @@ fn lock(shared: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 pub(crate) fn routes(config: &mut web::ServiceConfig) {
     super::rest::routes(config);
     super::control::routes(config);
+    let resource =
+        |path: &str| web::resource(path).default_service(web::to(super::rest::method_not_allowed));
     config
-        .route("/api/v10/gateway", web::get().to(gateway))
-        .route("/api/v10/gateway/bot", web::get().to(gateway_bot))
-        .route("/", web::get().to(websocket))
-        .route("/resume", web::get().to(websocket));
+        .service(resource("/api/v10/gateway").route(web::get().to(gateway)))
+        .service(resource("/api/v10/gateway/bot").route(web::get().to(gateway_bot)))
+        .service(resource("/").route(web::get().to(websocket)))
+        .service(resource("/resume").route(web::get().to(websocket)))
+        .default_service(web::to(super::rest::not_found));
 }
 
 async fn gateway(shared: Shared) -> HttpResponse {
@@ -104,7 +108,7 @@ async fn websocket(
             if c.is_none() {
                 refuse = refuse.or(Some((
                     CloseCode::DecodeError.code(),
-                    "unknown compress value",
+                    "unknown compress value (the fake speaks zlib-stream and zstd-stream)",
                 )));
             }
             c

@@ -298,6 +298,18 @@ impl State {
         sent
     }
 
+    /// op 7 on `shard`'s live connection, then nothing more on it: the session is detached, so
+    /// what is dispatched next waits in its log for the client's Resume.
+    pub fn reconnect_holding(&mut self, shard: u32) -> bool {
+        let Some(conn) = self.live_conn_of(shard) else {
+            return false;
+        };
+        let op7 = ByteString::from_static(r#"{"t":null,"s":null,"op":7,"d":null}"#);
+        let sent = self.send_to_shard(shard, Command::Send(vec![op7]));
+        self.detach(conn);
+        sent
+    }
+
     /// Stops (`false`) or resumes answering the shard's heartbeats with ACKs.
     pub fn set_ack_heartbeats(&mut self, shard: u32, ack: bool) {
         if ack {
