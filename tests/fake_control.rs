@@ -297,6 +297,18 @@ async fn every_fault_is_triggered_and_every_frame_read_back_over_http() {
     );
     assert_eq!(connections[1]["path"], "/resume");
     assert_eq!(connections[1]["server_close_code"], Value::Null);
+    // When and from where each was attached: the last seq replayed before its RESUMED.
+    assert_eq!(connections[0]["attached_seq"], 5);
+    assert_eq!(connections[1]["attached_seq"], 6);
+    assert!(connections[1]["attached_ms"].as_u64() >= connections[0]["attached_ms"].as_u64());
+    assert_eq!(
+        connections[0]["replaced"],
+        Value::Null,
+        "a Resume replaces nothing"
+    );
+    assert!(connections[0]["peer"]
+        .as_str()
+        .is_some_and(|p| p.starts_with("127.0.0.1:")));
 
     let log = server.stop();
     for line in [

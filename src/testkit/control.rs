@@ -5,7 +5,7 @@
 //! | call | effect |
 //! |---|---|
 //! | `GET /_fake/shards` | ready shards and each shard's session |
-//! | `GET /_fake/connections` | every connection: shard, path, query, close codes, outcome |
+//! | `GET /_fake/connections` | every connection: shard, path, query, close codes, outcome, peer, when and at which seq a session was attached, the session an Identify replaced |
 //! | `GET /_fake/frames[?shard=N]` | every frame clients sent (for shard N) |
 //! | `GET /_fake/rest` | every REST call and the status answered |
 //! | `POST /_fake/shards/{n}/dispatch[?strict=true]` body `{"t", "d", "count"?}` | dispatches (`count` times) |
@@ -101,8 +101,15 @@ async fn connections(shared: Shared) -> HttpResponse {
                 "opened_ms": state.millis_since_start(c.opened_at),
                 "closed_ms": c.closed_at.map(|t| state.millis_since_start(t)),
                 "client_close_code": c.client_close_code,
+                "client_closed_ms": c.client_closed_at.map(|t| state.millis_since_start(t)),
                 "server_close_code": c.server_close_code,
                 "outcome": outcome,
+                "peer": c.peer.map(|p| p.to_string()),
+                "attached_ms": c.attached_at.map(|t| state.millis_since_start(t)),
+                "attached_seq": c.attached_seq,
+                "replaced": c.replaced.as_ref().map(|r| {
+                    json!({"session_id": r.id, "seq": r.seq, "resumable": r.resumable})
+                }),
             })
         })
         .collect();
