@@ -4,10 +4,10 @@
 //! ```text
 //! DISCORD_TOKEN=... cargo run --example fleet --features redis -- gateway --redis URL --shards N
 //!     [--api-base URL] [--gateway-url URL] [--compress none|zlib-stream] [--lease-ms MS]
-//!     [--range A..B] [--owner NAME] [--prefix P] [--flush-ms MS] [--identify-window-ms MS]
-//!     [--max-concurrency N] [--stream EVENT,...]
-//! cargo run --example fleet --features redis -- worker --redis URL [--prefix P] [--consumer NAME]
-//!     [--group G] [--claim-idle-ms MS]
+//!     [--range A..B] [--owner NAME] [--prefix P] [--redis-ca FILE] [--flush-ms MS]
+//!     [--identify-window-ms MS] [--max-concurrency N] [--stream EVENT,...]
+//! cargo run --example fleet --features redis -- worker --redis URL [--prefix P] [--redis-ca FILE]
+//!     [--consumer NAME] [--group G] [--claim-idle-ms MS]
 //! ```
 //! `gateway` joins the fleet and runs the shards it claims, printing one JSON line per shard change
 //! on stdout (`{"shard":3,"state":"claimed"|"ready"|"resumed"|"released"|"lost","owner":"..."}`)
@@ -107,7 +107,8 @@ struct GatewayArgs {
     lease: Duration,
     range: Option<std::ops::Range<u32>>,
     owner: Option<String>,
-    prefix: String,
+    prefix: Option<String>,
+    redis_ca: Option<Vec<u8>>,
     flush: Option<Duration>,
     identify_window: Option<Duration>,
     max_concurrency: Option<u32>,
@@ -115,13 +116,18 @@ struct GatewayArgs {
 }
 
 const USAGE: &str = "usage: fleet gateway --redis URL --shards N [--api-base URL] [--gateway-url URL] \
-[--compress none|zlib-stream] [--lease-ms MS] [--range A..B] [--owner NAME] [--prefix P] [--flush-ms MS] \
-[--identify-window-ms MS] [--max-concurrency N] [--stream EVENT,...]\n       fleet worker --redis URL [--prefix P] [--consumer NAME] [--group G] [--claim-idle-ms MS]";
+[--compress none|zlib-stream] [--lease-ms MS] [--range A..B] [--owner NAME] [--prefix P] [--redis-ca FILE] \
+[--flush-ms MS] [--identify-window-ms MS] [--max-concurrency N] [--stream EVENT,...]\n       \
+fleet worker --redis URL [--prefix P] [--redis-ca FILE] [--consumer NAME] [--group G] [--claim-idle-ms MS]";
 
 fn millis(flag: &str, v: String) -> Result<Duration, String> {
     v.parse()
         .map(Duration::from_millis)
         .map_err(|e| format!("{flag}: {e}"))
+}
+
+fn read_file(flag: &str, path: String) -> Result<Vec<u8>, String> {
+    std::fs::read(&path).map_err(|e| format!("{flag} {path}: {e}"))
 }
 
 fn parse_gateway(mut it: impl Iterator<Item = String>) -> Result<GatewayArgs, String> {
@@ -136,7 +142,8 @@ fn parse_gateway(mut it: impl Iterator<Item = String>) -> Result<GatewayArgs, St
         lease: Duration::from_secs(10),
         range: None,
         owner: None,
-        prefix: "shardline".into(),
+        prefix: None,
+        redis_ca: None,
         flush: None,
         identify_window: None,
         max_concurrency: None,
@@ -167,7 +174,8 @@ fn parse_gateway(mut it: impl Iterator<Item = String>) -> Result<GatewayArgs, St
                 args.range = Some(a..b);
             }
             "--owner" => args.owner = Some(value()?),
-            "--prefix" => args.prefix = value()?,
+            "--prefix" => args.prefix = Some(value()?),
+            "--redis-ca" => args.redis_ca = Some(read_file(&flag, value()?)?),
             "--flush-ms" => args.flush = Some(millis(&flag, value()?)?),
             "--identify-window-ms" => args.identify_window = Some(millis(&flag, value()?)?),
             "--max-concurrency" => {
@@ -193,9 +201,13 @@ fn parse_gateway(mut it: impl Iterator<Item = String>) -> Result<GatewayArgs, St
 }
 
 async fn run_gateway(args: GatewayArgs, token: String) -> Result<(), Box<dyn std::error::Error>> {
-    let mut options = FleetOptions::new(args.redis)
-        .prefix(args.prefix)
-        .lease_time(args.lease);
+    let mut options = FleetOptions::new(args.redis).lease_time(args.lease);
+    if let Some(prefix) = args.prefix {
+        options = options.prefix(prefix);
+    }
+    if let Some(pem) = args.redis_ca {
+        options = options.redis_ca_pem(pem);
+    }
     if let Some(owner) = args.owner {
         options = options.owner(owner);
     }
@@ -251,7 +263,8 @@ async fn run_gateway(args: GatewayArgs, token: String) -> Result<(), Box<dyn std
 
 struct WorkerArgs {
     redis: String,
-    prefix: String,
+    prefix: Option<String>,
+    redis_ca: Option<Vec<u8>>,
     consumer: String,
     group: String,
     claim_idle: Duration,
@@ -260,7 +273,8 @@ struct WorkerArgs {
 fn parse_worker(mut it: impl Iterator<Item = String>) -> Result<WorkerArgs, String> {
     let mut args = WorkerArgs {
         redis: String::new(),
-        prefix: "shardline".into(),
+        prefix: None,
+        redis_ca: None,
         consumer: format!("worker-{}", std::process::id()),
         group: "workers".into(),
         claim_idle: Duration::from_secs(30),
@@ -270,7 +284,8 @@ fn parse_worker(mut it: impl Iterator<Item = String>) -> Result<WorkerArgs, Stri
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
             "--redis" => redis = Some(value()?),
-            "--prefix" => args.prefix = value()?,
+            "--prefix" => args.prefix = Some(value()?),
+            "--redis-ca" => args.redis_ca = Some(read_file(&flag, value()?)?),
             "--consumer" => args.consumer = value()?,
             "--group" => args.group = value()?,
             "--claim-idle-ms" => args.claim_idle = millis(&flag, value()?)?,
@@ -284,7 +299,17 @@ fn parse_worker(mut it: impl Iterator<Item = String>) -> Result<WorkerArgs, Stri
 /// A worker: consumes the fleet's event stream and prints each handled event as the gateway does.
 async fn run_worker(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> {
     use shardline::fleet::stream::{StopConsumer, StreamConsumer};
-    let redis = shardline::fleet::FleetRedis::connect(&args.redis, &args.prefix).await?;
+    // The gateways' prefix: derived from the same token unless given.
+    let prefix = args.prefix.unwrap_or_else(|| {
+        let token = std::env::var("DISCORD_TOKEN").unwrap_or_default();
+        FleetOptions::new(&args.redis).prefix_for(&shardline::Token::new(token))
+    });
+    let redis = shardline::fleet::FleetRedis::connect_with_ca(
+        &args.redis,
+        &prefix,
+        args.redis_ca.as_deref(),
+    )
+    .await?;
     let out = Out {
         out: std::io::LineWriter::new(std::io::stdout()),
         owner: args.consumer.clone(),

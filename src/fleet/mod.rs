@@ -8,6 +8,7 @@
 //! share a Redis. Time-based rules (identify windows, lease expiry, session expiry) are kept by
 //! Redis's own TTLs, never by comparing the processes' clocks (docs/fleet.md).
 
+mod connect;
 mod error;
 pub mod identify;
 mod keeper;
@@ -25,15 +26,15 @@ pub use sessions::RedisSessionStore;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 /// A connection to the fleet's Redis and the prefix of the bot's keys. Cheap to clone: clones share
-/// one multiplexed connection, which reconnects by itself after Redis comes back.
+/// one multiplexed connection, which reconnects by itself after Redis comes back. Behind Redis
+/// Sentinel, the connection follows the primary the sentinels name (docs/fleet.md, "Redis").
 #[derive(Clone)]
 pub struct FleetRedis {
-    conn: ConnectionManager,
-    /// For connections of their own (a blocking read must not hold up the shared one).
-    client: redis::Client,
+    /// The node the fleet talks to; replaced whole when Sentinel names a new primary.
+    current: Arc<std::sync::RwLock<connect::Current>>,
     prefix: Arc<str>,
 }
 
@@ -45,57 +46,48 @@ impl std::fmt::Debug for FleetRedis {
     }
 }
 
-/// How long one Redis command may take before it counts as failed: a lease renewal must know in
-/// time that it did not get through.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long connecting may take, at start and on each reconnect.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
 impl FleetRedis {
-    /// Connects to `url` (`redis://host:port/db`) and checks that Redis answers. `prefix` names the
-    /// bot: every key of it starts with `prefix:`. Must run inside a tokio (actix) runtime.
+    /// Connects to `url` and checks that Redis answers. `prefix` names the bot: every key of it
+    /// starts with `prefix:`. Must run inside a tokio (actix) runtime. The URL is one of
+    ///
+    /// - `redis://[user:password@]host:port[/db]`;
+    /// - `rediss://…`, the same over TLS (rustls; the server's certificate is checked against the
+    ///   webpki roots: see [`connect_with_ca`](Self::connect_with_ca) for a private CA);
+    /// - `redis+sentinel://[user:password@]host:port[,host:port…]/primary-name[/db]`: the
+    ///   sentinels to ask for the primary named `primary-name`; the user and password are the
+    ///   primary's (the sentinels are asked without them). The fleet follows a failover.
     ///
     /// # Errors
-    /// [`FleetError::Connect`] when Redis cannot be reached or does not answer `PING`.
+    /// [`FleetError::Connect`] when the URL is not usable, or Redis cannot be reached or does not
+    /// answer `PING`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, FleetError> {
-        let client = redis::Client::open(url).map_err(|e| FleetError::Connect {
-            url: redact_url(url),
-            reason: e.to_string(),
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let connecting = client.get_connection_manager_with_config(config);
-        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT * 3, connecting)
-            .await
-            .map_err(|_| FleetError::Connect {
-                url: redact_url(url),
-                reason: "timed out".into(),
-            })?
-            .map_err(|e| FleetError::Connect {
-                url: redact_url(url),
-                reason: e.to_string(),
-            })?;
-        let pong: String = redis::cmd("PING")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| FleetError::Connect {
-                url: redact_url(url),
-                reason: e.to_string(),
-            })?;
-        if pong != "PONG" {
-            return Err(FleetError::Connect {
-                url: redact_url(url),
-                reason: format!("unexpected answer to PING: {pong}"),
-            });
-        }
+        Self::connect_with_ca(url, prefix, None).await
+    }
+
+    /// [`connect`](Self::connect) to a `rediss://` URL whose certificate is issued by the CA in
+    /// `ca_pem` (PEM, one or more certificates): they are then the only roots trusted, as with
+    /// `redis-cli --cacert`. `None` trusts the webpki roots.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect); a CA with a URL that is not `rediss://` is refused.
+    pub async fn connect_with_ca(
+        url: &str,
+        prefix: &str,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, FleetError> {
         Ok(Self {
-            conn,
-            client,
+            current: connect::connect(url, ca_pem).await?,
             prefix: prefix.into(),
         })
+    }
+
+    /// The connection of a fleet started with `options` by the bot of `token`.
+    pub(crate) async fn for_fleet(
+        options: &FleetOptions,
+        token: &crate::Token,
+    ) -> Result<Self, FleetError> {
+        let prefix = options.prefix_for(token);
+        Self::connect_with_ca(&options.redis_url, &prefix, options.redis_ca_pem.as_deref()).await
     }
 
     /// The key `prefix:part`.
@@ -108,25 +100,27 @@ impl FleetRedis {
         &self.prefix
     }
 
-    /// A handle on the shared connection, for one command or pipeline.
+    /// `host:port` of the Redis node commands go to now (behind Sentinel, the primary it last
+    /// named).
+    pub fn node(&self) -> String {
+        connect::read(&self.current).addr.clone()
+    }
+
+    /// A handle on the shared connection, for one command or pipeline. Take one per use: behind
+    /// Sentinel, a handle kept across a failover still points at the old primary.
     pub(crate) fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+        connect::read(&self.current).conn.clone()
     }
 
     /// A connection of its own, reconnecting like the shared one, whose commands may take up to
     /// `wait` longer than usual: for blocking reads (`XREADGROUP ... BLOCK`), which would hold up
-    /// every command behind them on the shared connection.
+    /// every command behind them on the shared one. It stays on the node it was made for: make a
+    /// new one after an error, so that a failover is followed.
     pub(crate) async fn dedicated(&self, wait: Duration) -> Result<ConnectionManager, FleetError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT + wait))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let connecting = self.client.get_connection_manager_with_config(config);
-        tokio::time::timeout(CONNECT_TIMEOUT * 3, connecting)
+        let client = connect::read(&self.current).client.clone();
+        connect::manager(&client, wait)
             .await
-            .map_err(|_| FleetError::Command("connecting timed out".into()))?
-            .map_err(FleetError::from)
+            .map_err(|e| FleetError::Command(format!("connecting: {e}")))
     }
 }
 
@@ -218,7 +212,7 @@ impl crate::Gateway {
     ) -> Result<Self, crate::StartError> {
         use crate::config::ShardPlan;
         use crate::StartError;
-        let redis = FleetRedis::connect(&options.redis_url, &options.prefix)
+        let redis = FleetRedis::for_fleet(&options, &config.token)
             .await
             .map_err(StartError::Fleet)?;
         // The same resolution as a single process: GET /gateway/bot for what the config leaves open.

@@ -9,5 +9,7 @@ mod redis_server;
 mod ownership;
 mod processes;
 
+mod sentinel;
 mod stores;
 mod stream;
+mod tls;
