@@ -6,6 +6,7 @@
 //!     [--api-base URL] [--gateway-url URL] [--compress none|zlib-stream] [--lease-ms MS]
 //!     [--range A..B] [--owner NAME] [--prefix P] [--redis-ca FILE] [--flush-ms MS]
 //!     [--identify-window-ms MS] [--max-concurrency N] [--stream EVENT,...]
+//!     [--range-per-ordinal K] [--http ADDR] [--grace-ms MS]
 //! cargo run --example fleet --features redis -- worker --redis URL [--prefix P] [--redis-ca FILE]
 //!     [--consumer NAME] [--group G] [--claim-idle-ms MS]
 //! ```
@@ -17,8 +18,15 @@
 //! a worker that dies leaves its unacknowledged entries to be claimed by another after
 //! `--claim-idle-ms`.
 //! SIGTERM (or Ctrl-C) leaves resumably: every shard is closed with 4000, its session written to
-//! Redis and its lease released for another process to resume it. `kill -9` is a crash: the other
-//! processes take the shards over once the leases expire.
+//! Redis and its lease released for another process to resume it; after `--grace-ms` (default
+//! 25 000, under Kubernetes' default 30 s) it exits anyway with code 3, and the leases it still
+//! holds expire. `kill -9` is a crash: the other processes take the shards over once the leases
+//! expire.
+//!
+//! `--range-per-ordinal K` pins the process to `K` shards chosen by the number its `HOSTNAME` ends
+//! with (a StatefulSet's pod `fleet-2` runs `2K..3K`). `--http ADDR` (built with feature
+//! `metrics-endpoint`) serves `/metrics`, `/healthz` and `/readyz` (`shardline::fleet::readiness`)
+//! on `ADDR`; deploy/ has Kubernetes manifests that use these.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -113,11 +121,16 @@ struct GatewayArgs {
     identify_window: Option<Duration>,
     max_concurrency: Option<u32>,
     stream: Vec<String>,
+    /// Shards per pod: the range is the pod ordinal's (the number ending `HOSTNAME`).
+    range_per_ordinal: Option<u32>,
+    http: Option<String>,
+    grace: Duration,
 }
 
 const USAGE: &str = "usage: fleet gateway --redis URL --shards N [--api-base URL] [--gateway-url URL] \
 [--compress none|zlib-stream] [--lease-ms MS] [--range A..B] [--owner NAME] [--prefix P] [--redis-ca FILE] \
-[--flush-ms MS] [--identify-window-ms MS] [--max-concurrency N] [--stream EVENT,...]\n       \
+[--flush-ms MS] [--identify-window-ms MS] [--max-concurrency N] [--stream EVENT,...] \
+[--range-per-ordinal K] [--http ADDR] [--grace-ms MS]\n       \
 fleet worker --redis URL [--prefix P] [--redis-ca FILE] [--consumer NAME] [--group G] [--claim-idle-ms MS]";
 
 fn millis(flag: &str, v: String) -> Result<Duration, String> {
@@ -148,6 +161,9 @@ fn parse_gateway(mut it: impl Iterator<Item = String>) -> Result<GatewayArgs, St
         identify_window: None,
         max_concurrency: None,
         stream: Vec::new(),
+        range_per_ordinal: None,
+        http: None,
+        grace: Duration::from_secs(25),
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -185,6 +201,15 @@ fn parse_gateway(mut it: impl Iterator<Item = String>) -> Result<GatewayArgs, St
                         .map_err(|e| format!("--max-concurrency: {e}"))?,
                 )
             }
+            "--range-per-ordinal" => {
+                args.range_per_ordinal = Some(
+                    value()?
+                        .parse()
+                        .map_err(|e| format!("--range-per-ordinal: {e}"))?,
+                )
+            }
+            "--http" => args.http = Some(value()?),
+            "--grace-ms" => args.grace = millis(&flag, value()?)?,
             "--stream" => {
                 args.stream = value()?
                     .split(',')
@@ -197,7 +222,32 @@ fn parse_gateway(mut it: impl Iterator<Item = String>) -> Result<GatewayArgs, St
     }
     args.redis = redis.ok_or(format!("--redis is required\n{USAGE}"))?;
     args.shards = shards.ok_or(format!("--shards is required\n{USAGE}"))?;
+    if let Some(per) = args.range_per_ordinal {
+        if args.range.is_some() {
+            return Err("--range and --range-per-ordinal exclude each other".into());
+        }
+        args.range = Some(ordinal_range(per, args.shards)?);
+    }
     Ok(args)
+}
+
+/// The range of the pod whose name (`HOSTNAME`, as a StatefulSet names its pods: `name-<ordinal>`)
+/// ends with its ordinal: `per` shards from `ordinal * per`.
+fn ordinal_range(per: u32, shards: u32) -> Result<std::ops::Range<u32>, String> {
+    let host = std::env::var("HOSTNAME").map_err(|_| "--range-per-ordinal: HOSTNAME is not set")?;
+    let ordinal: u32 = host
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse().ok())
+        .ok_or(format!(
+            "--range-per-ordinal: HOSTNAME {host:?} does not end with -<ordinal>"
+        ))?;
+    let start = ordinal
+        .checked_mul(per)
+        .filter(|s| *s < shards && per > 0)
+        .ok_or(format!(
+            "--range-per-ordinal: pod {ordinal} with {per} shards each is past the {shards} shards"
+        ))?;
+    Ok(start..(start + per).min(shards))
 }
 
 async fn run_gateway(args: GatewayArgs, token: String) -> Result<(), Box<dyn std::error::Error>> {
@@ -246,7 +296,14 @@ async fn run_gateway(args: GatewayArgs, token: String) -> Result<(), Box<dyn std
     if let Some(mc) = args.max_concurrency {
         builder = builder.max_concurrency(mc);
     }
+    // Served before the fleet is joined, so a liveness probe gets its answer while it starts.
+    let started = std::sync::Arc::new(std::sync::OnceLock::new());
+    if let Some(addr) = &args.http {
+        builder = serve_http(builder, addr, started.clone())?;
+    }
     let gateway = Gateway::start_fleet(builder.build()?, options, vec![out.recipient()]).await?;
+    let _ = started.set(gateway.clone());
+    let grace = args.grace;
     actix_rt::spawn(async move {
         let mut term =
             actix_rt::signal::unix::signal(actix_rt::signal::unix::SignalKind::terminate())
@@ -255,10 +312,52 @@ async fn run_gateway(args: GatewayArgs, token: String) -> Result<(), Box<dyn std
             _ = term.recv() => {}
             _ = actix_rt::signal::ctrl_c() => {}
         }
-        gateway.shutdown(true).await;
+        // The hand-over gets the grace; whatever is left after it is left to its leases, which
+        // expire by themselves (docs/fleet.md, "Health").
+        if tokio::time::timeout(grace, gateway.shutdown(true))
+            .await
+            .is_err()
+        {
+            eprintln!("fleet: the hand-over took longer than --grace-ms {}; exiting, the remaining leases will expire", grace.as_millis());
+            System::current().stop_with_code(GRACE_RAN_OUT);
+            return;
+        }
         System::current().stop();
     });
     Ok(())
+}
+
+/// The exit code of a process whose hand-over did not finish within `--grace-ms`.
+const GRACE_RAN_OUT: i32 = 3;
+
+/// `--http`: `/metrics`, `/healthz` and `/readyz` (feature `metrics-endpoint`).
+#[cfg(feature = "metrics-endpoint")]
+fn serve_http(
+    builder: shardline::ConfigBuilder,
+    addr: &str,
+    started: std::sync::Arc<std::sync::OnceLock<Gateway>>,
+) -> Result<shardline::ConfigBuilder, Box<dyn std::error::Error>> {
+    let metrics = shardline::metrics::Metrics::default();
+    let check: shardline::metrics::ReadinessCheck = std::sync::Arc::new(move || {
+        let gateway = started.get().cloned();
+        Box::pin(async move {
+            match gateway {
+                None => Err("not ready: joining the fleet".to_owned()),
+                Some(gateway) => shardline::fleet::readiness(&gateway).await.into_result(),
+            }
+        })
+    });
+    metrics.serve_with_readiness(addr, check)?;
+    Ok(builder.metrics(metrics))
+}
+
+#[cfg(not(feature = "metrics-endpoint"))]
+fn serve_http(
+    _: shardline::ConfigBuilder,
+    _: &str,
+    _: std::sync::Arc<std::sync::OnceLock<Gateway>>,
+) -> Result<shardline::ConfigBuilder, Box<dyn std::error::Error>> {
+    Err("--http needs the example built with feature metrics-endpoint".into())
 }
 
 struct WorkerArgs {

@@ -10,6 +10,7 @@
 
 mod connect;
 mod error;
+mod health;
 pub mod identify;
 mod keeper;
 pub mod lease;
@@ -18,6 +19,7 @@ pub mod sessions;
 pub mod stream;
 
 pub use error::FleetError;
+pub use health::{readiness, Readiness};
 pub use identify::RedisIdentifyQueue;
 pub use keeper::{fleet_view, FleetEvent, FleetShard, OwnershipChange};
 pub use options::{FleetOptions, Placement};
