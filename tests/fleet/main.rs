@@ -6,6 +6,7 @@
 mod harness;
 mod redis_server;
 
+mod deploy;
 mod health;
 mod ownership;
 mod processes;
