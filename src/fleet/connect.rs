@@ -26,7 +26,7 @@ pub(crate) enum Target {
     /// One node, `redis://` or `rediss://`.
     Node(redis::Client),
     /// Whatever node the sentinels name the primary of `service`.
-    Sentinel(Box<Sentinels>),
+    Sentinel(Sentinels),
 }
 
 /// The sentinels of one monitored primary, and how to reach it.
@@ -57,7 +57,7 @@ pub(crate) fn target(url: &str, ca_pem: Option<&[u8]>) -> Result<Target, String>
                 "a CA certificate is for rediss:// only; Sentinel is reached without TLS".into(),
             );
         }
-        return sentinel_target(rest).map(|s| Target::Sentinel(Box::new(s)));
+        return sentinel_target(rest).map(Target::Sentinel);
     }
     if url.starts_with("rediss+sentinel://") {
         return Err("Sentinel over TLS (rediss+sentinel://) is not supported".into());
@@ -256,7 +256,7 @@ impl Sentinels {
 /// Follows the primary the sentinels name: every [`SENTINEL_POLL`] it asks them, and when they
 /// name another node than the one in `slot`, connects to it and puts it in `slot`, where
 /// every later command of the fleet picks it up. Ends when the fleet's connection is dropped.
-pub(crate) async fn follow_primary(mut sentinels: Box<Sentinels>, slot: Weak<RwLock<Current>>) {
+pub(crate) async fn follow_primary(mut sentinels: Sentinels, slot: Weak<RwLock<Current>>) {
     let mut logged_unreachable = false;
     loop {
         tokio::time::sleep(SENTINEL_POLL).await;
