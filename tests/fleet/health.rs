@@ -150,3 +150,50 @@ async fn sigterm_hands_over_within_the_grace() {
     redis.pause(false);
     assert_eq!(status.code(), Some(3), "{status:?} {:?}", status.signal());
 }
+
+/// Without a check, `/readyz` says so with a 503 (a probe must not pass by default); a check that
+/// does not answer is a 503 too, after 800 ms, and `/healthz` answers all along.
+#[actix_rt::test]
+async fn readyz_without_an_answer_is_not_ready() {
+    use shardline::metrics::{Metrics, ReadinessCheck};
+    let metrics = Metrics::default();
+    let plain = metrics.serve(("127.0.0.1", 0)).unwrap();
+    let hanging: ReadinessCheck = std::sync::Arc::new(|| Box::pin(std::future::pending()));
+    let stuck = metrics
+        .serve_with_readiness(("127.0.0.1", 0), hanging)
+        .unwrap();
+    let answering: ReadinessCheck =
+        std::sync::Arc::new(|| Box::pin(async { Ok("fine".to_owned()) }));
+    let fine = metrics
+        .serve_with_readiness(("127.0.0.1", 0), answering)
+        .unwrap();
+    let (plain_port, stuck_port, fine_port) = (
+        plain.local_addr().port(),
+        stuck.local_addr().port(),
+        fine.local_addr().port(),
+    );
+    let answers = actix_rt::task::spawn_blocking(move || {
+        [
+            get(plain_port, "/readyz"),
+            get(plain_port, "/healthz"),
+            get(stuck_port, "/readyz"),
+            get(stuck_port, "/healthz"),
+            get(fine_port, "/readyz"),
+        ]
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        answers,
+        [
+            Some((503, "no readiness check registered".to_owned())),
+            Some((200, "ok".to_owned())),
+            Some((503, "the readiness check did not answer in time".to_owned())),
+            Some((200, "ok".to_owned())),
+            Some((200, "fine".to_owned())),
+        ]
+    );
+    for server in [plain, stuck, fine] {
+        server.stop().await;
+    }
+}

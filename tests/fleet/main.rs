@@ -6,7 +6,10 @@
 mod harness;
 mod redis_server;
 
+// Both run the fleet example's `--http`, which needs it built with feature metrics-endpoint.
+#[cfg(feature = "metrics-endpoint")]
 mod deploy;
+#[cfg(feature = "metrics-endpoint")]
 mod health;
 mod ownership;
 mod processes;
