@@ -322,7 +322,7 @@ impl Handler<DispatchBatch> for StreamPublisher {
                 }
             }
         }
-        let mut conn = self.redis.conn();
+        let redis = self.redis.clone();
         let key = self.key.clone();
         let write = async move {
             if published == 0 {
@@ -331,7 +331,9 @@ impl Handler<DispatchBatch> for StreamPublisher {
             let mut retry = Retry::new();
             let mut log = ErrorLog::new("XADD");
             loop {
-                match pipe.query_async::<()>(&mut conn).await {
+                // A handle per attempt: behind Sentinel, a retry after a failover goes to the new
+                // primary, not again to the old one.
+                match pipe.query_async::<()>(&mut redis.conn()).await {
                     Ok(()) => break,
                     Err(e) => {
                         log.failed(&e);

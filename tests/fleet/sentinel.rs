@@ -104,7 +104,8 @@ async fn failover(crash: bool) {
         .prefix(PREFIX)
         .owner("sentinel-member")
         .lease_time(Duration::from_secs(3))
-        .sessions(SessionStoreOptions::default().flush_every(Duration::from_millis(20)));
+        .sessions(SessionStoreOptions::default().flush_every(Duration::from_millis(20)))
+        .stream_events(["MESSAGE_CREATE"]);
     let gateway = Gateway::start_fleet(config, options, Vec::new())
         .await
         .unwrap();
@@ -138,6 +139,19 @@ async fn failover(crash: bool) {
             .await
             .unwrap();
     }
+    // An event while the failover is under way: its stream batch fails on the old primary (gone,
+    // or read-only) and must be retried on the new one.
+    let mut during = Vec::new();
+    for shard in 0..2 {
+        if let Some(seq) = fake.dispatch(
+            shard,
+            "MESSAGE_CREATE",
+            serde_json::json!({"during": shard}),
+        ) {
+            during.push((shard, seq));
+        }
+    }
+    assert!(!during.is_empty(), "the shards were connected");
     until("the replica is promoted", || async {
         role(&replica).await == "master"
     })
@@ -200,10 +214,35 @@ async fn failover(crash: bool) {
         ttl > ttl_before
     })
     .await;
+    // Every event from the failover on is in the stream, on the new primary.
+    until("the events are in the new primary's stream", || async {
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(format!("{PREFIX}:events"))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn(&replica).await)
+            .await
+            .unwrap();
+        let field = |e: &redis::streams::StreamId, name: &str| -> u64 {
+            match e.map.get(name) {
+                Some(redis::Value::BulkString(b)) => {
+                    std::str::from_utf8(b).unwrap().parse().unwrap()
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        let published: std::collections::BTreeSet<(u32, u64)> = entries
+            .ids
+            .iter()
+            .map(|e| (field(e, "shard") as u32, field(e, "seq")))
+            .collect();
+        during.iter().chain(&after).all(|k| published.contains(k))
+    })
+    .await;
     // Every event reached the bot (at least once: a lease lost in the failover may replay some).
     let got: std::collections::BTreeSet<(u32, u64)> =
         recorder.seqs("MESSAGE_CREATE").into_iter().collect();
-    for key in &after {
+    for key in during.iter().chain(&after) {
         assert!(got.contains(key), "{key:?} never arrived");
     }
     gateway.shutdown(true).await;
