@@ -6,8 +6,15 @@
 mod harness;
 mod redis_server;
 
+// Both run the fleet example's `--http`, which needs it built with feature metrics-endpoint.
+#[cfg(feature = "metrics-endpoint")]
+mod deploy;
+#[cfg(feature = "metrics-endpoint")]
+mod health;
 mod ownership;
 mod processes;
 
+mod sentinel;
 mod stores;
 mod stream;
+mod tls;

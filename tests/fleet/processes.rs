@@ -20,14 +20,14 @@ use crate::redis_server::RedisServer;
 const LEASE_MS: u64 = 1000;
 
 /// One fleet process and every JSON line it printed.
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
     name: String,
     lines: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Proc {
-    fn spawn(name: &str, args: &[String]) -> Proc {
+    pub(crate) fn spawn(name: &str, args: &[String]) -> Proc {
         let mut child = Command::new(example("fleet"))
             .args(args)
             .env("DISCORD_TOKEN", TOKEN)
@@ -53,7 +53,7 @@ impl Proc {
         }
     }
 
-    fn gateway(
+    pub(crate) fn gateway(
         redis: &RedisServer,
         fake: &FakeGateway,
         name: &str,
@@ -118,7 +118,7 @@ impl Proc {
     }
 
     /// The shards it holds now: claimed and not since released or lost.
-    fn held(&self) -> BTreeSet<u32> {
+    pub(crate) fn held(&self) -> BTreeSet<u32> {
         let mut held = BTreeSet::new();
         for line in self.lines() {
             let shard = line["shard"].as_u64().unwrap_or(0) as u32;
@@ -150,7 +150,7 @@ impl Proc {
             .collect()
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([signal, &self.child.id().to_string()])
             .status()
@@ -164,7 +164,7 @@ impl Proc {
     }
 
     /// SIGTERM, then the exit status once it has left.
-    fn terminate(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
         self.signal("-TERM");
         let deadline = Instant::now() + WAIT;
         loop {
@@ -191,7 +191,7 @@ impl Drop for Proc {
     }
 }
 
-async fn wait_long(what: &str, f: impl Fn() -> bool) {
+pub(crate) async fn wait_long(what: &str, f: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
@@ -201,7 +201,7 @@ async fn wait_long(what: &str, f: impl Fn() -> bool) {
 
 /// The example keeps Discord's command limit (120 per 60 s, heartbeats included), so the fake's
 /// heartbeat interval here is 1 s rather than the 100 ms of the in-process tests.
-fn fleet_fake(shards: u32) -> FakeConfig {
+pub(crate) fn fleet_fake(shards: u32) -> FakeConfig {
     FakeConfig {
         replay_capacity: 100_000,
         heartbeat_interval: Duration::from_secs(1),
@@ -362,7 +362,8 @@ async fn kill_9_moves_the_shards_to_the_others_by_resuming() {
     let store = RedisSessionStore::new(
         FleetRedis::connect(&redis.url(), "shardline")
             .await
-            .unwrap(),
+            .unwrap()
+            .for_total(6),
         SessionStoreOptions::default(),
     );
     let mut flushed = HashMap::new();
@@ -633,7 +634,8 @@ async fn tail_joins_a_fleet_with_redis() {
     .await;
     let redis_handle = FleetRedis::connect(&redis.url(), "shardline")
         .await
-        .unwrap();
+        .unwrap()
+        .for_total(2);
     let view = shardline::fleet::fleet_view(&redis_handle, 2)
         .await
         .unwrap();
@@ -702,6 +704,6 @@ async fn a_process_woken_past_its_lease_writes_nothing_on_its_open_connections()
         closed_by_client.is_empty(),
         "sent a close frame: {closed_by_client:?}"
     );
-    assert_eq!(a.shards_in("lost").len(), 2);
+    assert_eq!(a.shards_in("lost").len(), 2, "{:?}", a.lines());
     fake.stop().await;
 }
