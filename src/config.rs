@@ -73,7 +73,9 @@ pub struct Limits {
     /// The largest websocket message accepted, assembled from its frames (default 64 MiB). A larger
     /// one closes the connection, which then resumes.
     pub max_message_size: usize,
-    /// The largest decompressed message (default 64 MiB): stops a decompression bomb.
+    /// The largest decompressed message (default 64 MiB): stops a decompression bomb. Exact: a
+    /// message of this many bytes passes, one byte more resets the connection. (A zstd-stream
+    /// connection also holds a window of at most 8 MiB, whatever this says: docs/protocol.md §6.)
     pub max_decompressed_size: usize,
     /// Commands kept for a shard while it is not connected (default 64); more is an error.
     pub command_queue: usize,

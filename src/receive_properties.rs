@@ -17,6 +17,7 @@ fn json_value() -> impl Strategy<Value = String> {
         Just("null".to_owned()),
         any::<bool>().prop_map(|b| b.to_string()),
         any::<i64>().prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
         any::<f64>()
             .prop_filter("finite", |f| f.is_finite())
             .prop_map(|f| serde_json::to_string(&f).unwrap()),
@@ -68,11 +69,15 @@ fn frame() -> impl Strategy<Value = String> {
         Just(9),
         Just(10),
         Just(11),
-        0u64..300
+        0u64..300,
+        // The whole range a JSON integer the shard reads as u64 may take, and its edges.
+        any::<u64>(),
+        Just(u64::MAX),
     ];
     let s = prop_oneof![
         Just("null".to_owned()),
-        (0u64..u64::MAX).prop_map(|n| n.to_string())
+        any::<u64>().prop_map(|n| n.to_string()),
+        prop_oneof![Just(0u64), Just(1), Just(u64::MAX - 1), Just(u64::MAX)].prop_map(|n| n.to_string()),
     ];
     let t = prop_oneof![
         Just("null".to_owned()),
@@ -294,12 +299,24 @@ proptest! {
     }
 
     #[test]
-    fn the_state_machine_takes_any_frame_without_panicking(frames in prop::collection::vec(prop_oneof![frame().prop_map(String::into_bytes), mangled(), prop::collection::vec(any::<u8>(), 0..64)], 1..20)) {
+    fn the_state_machine_takes_any_frame_without_panicking(frames in prop::collection::vec(prop_oneof![
+        frame().prop_map(String::into_bytes),
+        mangled(),
+        prop::collection::vec(any::<u8>(), 0..64),
+        // Hello and READY with numbers anywhere in their range.
+        any::<u64>().prop_map(|n| format!(r#"{{"op":10,"d":{{"heartbeat_interval":{n}}}}}"#).into_bytes()),
+        prop_oneof![any::<u64>(), Just(u64::MAX)].prop_map(|n| format!(r#"{{"t":"READY","s":{n},"op":0,"d":{{"session_id":"x"}}}}"#).into_bytes()),
+    ], 1..20)) {
         let mut state = ShardState::new(0, 1, params(), None);
         state.on_open();
         let now = Instant::now();
+        let mut last: Option<u64> = None;
         for frame in frames {
             let frame = Bytes::from(frame);
+            if state.seq().is_none() {
+                // A new session (Identify, op 9 false): numbered afresh.
+                last = None;
+            }
             if let Ok(env) = Envelope::parse(&frame) {
                 state.on_frame(&frame, &env, || now, 0.5);
                 state.on_identify_permit();
@@ -307,6 +324,12 @@ proptest! {
             }
             while let Some(action) = state.poll_action() {
                 if let Action::Deliver(d) = action {
+                    // Within a session, sequence numbers only rise; READY starts a session.
+                    if d.event() == "READY" {
+                        last = None;
+                    }
+                    prop_assert!(last.is_none_or(|l| d.seq() > l), "{} after {:?}", d.seq(), last);
+                    last = Some(d.seq());
                     let _ = d.data();
                     let whole = Envelope::parse_full(d.frame()).is_ok();
                     // A delivered event of a broken frame never reads as a value.

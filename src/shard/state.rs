@@ -460,7 +460,8 @@ impl ShardState {
             return;
         }
         if let Some(last) = self.seq {
-            if seq > last + 1 && self.phase == Phase::Ready {
+            // `s` is the gateway's number: any u64, so no arithmetic on it may overflow.
+            if seq > last.saturating_add(1) && self.phase == Phase::Ready {
                 tracing::warn!(shard.id = self.shard, seq, last, "sequence gap");
             }
         }
