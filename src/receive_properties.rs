@@ -77,7 +77,8 @@ fn frame() -> impl Strategy<Value = String> {
     let s = prop_oneof![
         Just("null".to_owned()),
         any::<u64>().prop_map(|n| n.to_string()),
-        prop_oneof![Just(0u64), Just(1), Just(u64::MAX - 1), Just(u64::MAX)].prop_map(|n| n.to_string()),
+        prop_oneof![Just(0u64), Just(1), Just(u64::MAX - 1), Just(u64::MAX)]
+            .prop_map(|n| n.to_string()),
     ];
     let t = prop_oneof![
         Just("null".to_owned()),

@@ -29,6 +29,7 @@ use crate::shard::delivery::{Deliver, Delivery};
 use crate::shard::heartbeat_grid;
 use crate::shard::inflate::Inflater;
 use crate::shard::limiter::CommandLimiter;
+use crate::shard::log_throttle::Throttles;
 use crate::shard::messages::{Abandon, GetStatus, SendCommand, ShardNotice, ShardStatus, Shutdown};
 use crate::shard::pause::Pausable;
 use crate::shard::state::{Action, IdentifyParams, Phase, SendKind, ShardState};
@@ -291,6 +292,17 @@ pub struct ShardActor {
     span: tracing::Span,
     /// `None` unless the bot enabled metrics.
     metrics: Option<ShardMetrics>,
+    /// Rate limits of the warnings the gateway's input can cause (by [`Noise`]).
+    noise: Throttles<2>,
+}
+
+/// Kinds of warning the gateway's input can cause in the actor, each rate-limited on its own.
+#[derive(Debug, Clone, Copy)]
+enum Noise {
+    /// A message skipped: not a gateway frame, or a continuation with no first frame.
+    Skipped = 0,
+    /// A frame not sent for the send limit (the gateway asking for heartbeats, say).
+    SendLimit = 1,
 }
 
 impl ShardActor {
@@ -335,6 +347,7 @@ impl ShardActor {
             guard,
             span,
             metrics,
+            noise: Throttles::default(),
         }
     }
 
@@ -609,7 +622,12 @@ impl ShardActor {
             Item::Last(chunk) => (chunk, true),
         };
         let Some((_, buf)) = &mut conn.partial else {
-            tracing::warn!("continuation frame without a first frame; skipped");
+            if let Some(suppressed) = self.noise.allow(Noise::Skipped as usize, Instant::now()) {
+                tracing::warn!(
+                    suppressed,
+                    "continuation frame without a first frame; skipped"
+                );
+            }
             return;
         };
         if buf.len() + chunk.len() > max {
@@ -665,8 +683,16 @@ impl ShardActor {
                 self.state.on_frame(&frame, &env, Instant::now, jitter);
             }
             Err(e) => {
-                let start = String::from_utf8_lossy(&frame[..frame.len().min(64)]).into_owned();
-                tracing::warn!(error = %e, bytes = frame.len(), start = %start, "skipped a malformed frame");
+                // The frame's bytes are the gateway's content (a message's text, say): only the
+                // debug level shows them.
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    let start = String::from_utf8_lossy(&frame[..frame.len().min(64)]).into_owned();
+                    tracing::debug!(bytes = frame.len(), start = %start, "the malformed frame");
+                }
+                if let Some(suppressed) = self.noise.allow(Noise::Skipped as usize, Instant::now())
+                {
+                    tracing::warn!(error = %e, bytes = frame.len(), suppressed, "skipped a malformed frame");
+                }
             }
         }
     }
@@ -759,7 +785,9 @@ impl ShardActor {
             SendKind::Handshake => conn.limiter.try_command(now).is_ok(),
         };
         if !allowed {
-            tracing::warn!(?kind, "send limit reached; frame not sent");
+            if let Some(suppressed) = self.noise.allow(Noise::SendLimit as usize, now) {
+                tracing::warn!(?kind, suppressed, "send limit reached; frame not sent");
+            }
             return;
         }
         tracing::trace!(?kind, bytes = text.len(), "sending");
@@ -965,6 +993,7 @@ impl ShardActor {
         }
         if self.conn.is_none() || self.state.phase() == Phase::Stopped {
             // A connection being closed: only the end of its close handshake matters now.
+            tracing::debug!(parent: &self.span, end = event.frame.is_none(), "read from a connection being closed");
             if matches!(event.frame, None | Some(Ok(Frame::Close(_))) | Some(Err(_))) {
                 if let Some(answered) = self.close_answered.take() {
                     let _ = answered.send(());

@@ -273,7 +273,9 @@ mod tests {
         );
         let mut small = Inflater::new(1000);
         assert_eq!(
-            small.push(&compress_each(&[&big[..1000]])[0]).map(|m| m.map(|m| m.len())),
+            small
+                .push(&compress_each(&[&big[..1000]])[0])
+                .map(|m| m.map(|m| m.len())),
             Ok(Some(1000))
         );
     }

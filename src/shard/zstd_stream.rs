@@ -112,9 +112,7 @@ mod tests {
     fn with_window(log: u32) -> Encoder<'static> {
         use zstd::stream::raw::CParameter;
         let mut encoder = Encoder::new(3).unwrap();
-        encoder
-            .set_parameter(CParameter::WindowLog(log))
-            .unwrap();
+        encoder.set_parameter(CParameter::WindowLog(log)).unwrap();
         encoder
     }
 
@@ -144,7 +142,11 @@ mod tests {
             let over = vec![b'z'; cap + 1];
             let frames = compress_each(&[&exact, &over]);
             let mut stream = ZstdStream::new(cap).unwrap();
-            assert_eq!(stream.push(&frames[0]).map(|m| m.len()), Ok(cap), "cap {cap}");
+            assert_eq!(
+                stream.push(&frames[0]).map(|m| m.len()),
+                Ok(cap),
+                "cap {cap}"
+            );
             assert_eq!(
                 stream.push(&frames[1]),
                 Err(InflateError::TooLarge(cap)),
