@@ -291,8 +291,9 @@ impl Delivery {
         // Otherwise the read loop hands the batch over when it has read what is there.
     }
 
-    /// Stops reading the socket; after `max_pause` of it, stops waiting for the handlers that hold
-    /// the shard back.
+    /// Stops reading the socket; `max_pause` after the stretch of it began, stops waiting for the
+    /// handlers that hold the shard back. Every pause is under a timer, however it began: a pause
+    /// with none would last as long as a hung handler hangs.
     fn pause<A: Deliver>(&mut self, max_pending: usize, max_pause: Duration, ctx: &mut Context<A>) {
         self.reading.set_paused(true);
         if self.behind_since.is_none() {
@@ -302,8 +303,11 @@ impl Delivery {
                 ?max_pause,
                 "handlers are behind: pausing reads until they catch up"
             );
-            self.behind_since = Some(Instant::now());
-            self.stall_timer = Some(ctx.run_later(max_pause, |act, ctx| {
+        }
+        let since = *self.behind_since.get_or_insert_with(Instant::now);
+        if self.stall_timer.is_none() {
+            let left = max_pause.saturating_sub(since.elapsed());
+            self.stall_timer = Some(ctx.run_later(left, |act, ctx| {
                 let this = act.delivery();
                 this.stall_timer = None;
                 if let Some(event) = this.stall(ctx) {
@@ -317,9 +321,16 @@ impl Delivery {
     /// stalled (they miss what finds their mailbox full, counted as drops, until they take the
     /// event they were last given) and the shard reads again. Waiting on would keep the shard deaf
     /// for as long as a hung handler hangs, with its zombie detection off.
+    ///
+    /// The stretch of pause ends here even if another handler fills up as the queue goes out (a
+    /// second hung one): reads go on, and if they fill the queue again a new stretch begins, under
+    /// a timer of its own. So no stretch lasts longer than `max_pause`, however many handlers hang,
+    /// and between two the shard reads (a dead connection stays unnoticed for no longer).
     fn stall<A: Deliver>(&mut self, ctx: &mut Context<A>) -> Option<ShardEvent> {
         let since = self.behind_since?;
         if self.waits.is_empty() {
+            self.drain(ctx);
+            self.end_stretch();
             return None;
         }
         for mut wait in std::mem::take(&mut self.waits) {
@@ -343,11 +354,27 @@ impl Delivery {
             "handlers held the shard back for max_pause: reading again, dropping what finds a stalled handler's mailbox full until it catches up"
         );
         self.drain(ctx);
+        self.end_stretch();
         Some(ShardEvent::HandlerStalled {
             shard: self.shard,
             pending,
             paused_for,
         })
+    }
+
+    /// Reads again after a stretch of pause that lasted `max_pause`, even if handlers still hold
+    /// the queue back: the next event read past `max_pending` starts a new stretch.
+    fn end_stretch(&mut self) {
+        if self.reading.is_paused() {
+            tracing::warn!(
+                parent: &self.span,
+                pending = self.pending.len(),
+                waiting_for = self.waits.len(),
+                "another handler is full as well: reading again all the same, for at most max_pause more if it stays full"
+            );
+            self.reading.set_paused(false);
+            self.behind_since = None;
+        }
     }
 
     /// Gives the handlers what the frames read so far produced, unless a full handler holds
