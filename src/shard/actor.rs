@@ -385,7 +385,7 @@ impl ShardActor {
             }
             match result {
                 Ok(Ok((_response, framed))) => {
-                    act.failed_connects = 0;
+                    // Not a success yet: only the gateway's Hello makes it one.
                     act.attach(framed, generation, ctx);
                 }
                 Ok(Err(e)) => {
@@ -401,20 +401,27 @@ impl ShardActor {
     }
 
     fn connect_failed(&mut self, ctx: &mut Context<Self>) {
+        self.count_failed_connect();
+        self.metrics_cause(ReconnectCause::ConnectFailed);
+        self.metrics_reconnected();
+        self.schedule_reconnect(false, ctx);
+    }
+
+    /// One more connect in a row that came to nothing: refused, timed out, or opened and ended
+    /// before the gateway said Hello (a host that accepts and then stays silent or closes at once
+    /// is no more use than one that refuses).
+    fn count_failed_connect(&mut self) {
         let base = self
             .state
             .connect_base_after(self.failed_connects)
             .to_owned();
         self.failed_connects = self.failed_connects.saturating_add(1);
-        self.metrics_cause(ReconnectCause::ConnectFailed);
-        self.metrics_reconnected();
         if self.state.connect_base_after(self.failed_connects) != base {
             tracing::warn!(
                 attempts = self.failed_connects,
                 "resume host keeps failing; resuming through the gateway URL"
             );
         }
-        self.schedule_reconnect(false, ctx);
     }
 
     fn attach(
@@ -703,6 +710,8 @@ impl ShardActor {
             match action {
                 Action::Send(text, kind) => self.send(text, kind, ctx),
                 Action::StartHeartbeat { first, interval } => {
+                    // Hello: the host the shard connected to is a working gateway.
+                    self.failed_connects = 0;
                     self.start_heartbeat(first, interval, ctx)
                 }
                 Action::RequestIdentify => self.request_identify(ctx),
@@ -751,6 +760,11 @@ impl ShardActor {
                     close_code,
                     at_once,
                 } => {
+                    // A connection that ends before Hello (its heartbeat never started) counts
+                    // as a failed connect.
+                    if self.conn.as_ref().is_some_and(|c| c.heartbeat.is_none()) {
+                        self.count_failed_connect();
+                    }
                     self.metrics_reconnected();
                     self.disconnect(close_code, ctx);
                     self.schedule_reconnect(at_once, ctx);
