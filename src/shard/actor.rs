@@ -36,13 +36,28 @@ use crate::shard::state::{Action, IdentifyParams, Phase, SendKind, ShardState};
 
 type WsSink = crate::shard::framing::Writer;
 
+/// What a queued message is, for where it goes in the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A bot's command (see [`ShardActor::queued`]).
+    Command,
+    /// A heartbeat (op 1): ahead of queued commands, and only the latest one while it waits.
+    Heartbeat,
+    /// The answer to a websocket Ping: ahead of queued commands, and only the latest one while it
+    /// waits (RFC 6455 §5.5.3 lets an endpoint answer only the most recent Ping).
+    Pong,
+    /// Anything else (Identify, Resume, a close frame), in order.
+    Other,
+}
+
 /// What the actor has queued for a connection's writer.
 #[derive(Default)]
 struct Outbox {
-    /// Messages not yet handed to the sink; `true` marks a command (see [`ShardActor::queued`]).
-    queue: VecDeque<(WsMessage, bool)>,
-    /// Commands handed to the sink and not yet flushed to the socket.
-    unflushed: usize,
+    /// Messages not yet handed to the sink.
+    queue: VecDeque<(WsMessage, Kind)>,
+    /// Messages handed to the sink and not yet written whole to the socket, in order (`true`
+    /// marks a command).
+    handed: VecDeque<bool>,
     /// Close the sink once everything queued is written.
     closing: bool,
     /// The sink failed: nothing more is written on this connection.
@@ -51,8 +66,31 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn push(&mut self, message: WsMessage, command: bool) {
-        self.queue.push_back((message, command));
+    /// Commands handed to the sink and not yet written whole.
+    fn unwritten_commands(&self) -> usize {
+        self.handed.iter().filter(|&&command| command).count()
+    }
+
+    fn push(&mut self, message: WsMessage, kind: Kind) {
+        match kind {
+            Kind::Command | Kind::Other => self.queue.push_back((message, kind)),
+            Kind::Heartbeat | Kind::Pong => {
+                if let Some(waiting) = self.queue.iter_mut().find(|(_, k)| *k == kind) {
+                    // One is waiting already (the socket is not taking frames): the newer one
+                    // replaces it, so a peer that keeps asking while it does not read grows
+                    // nothing here.
+                    waiting.0 = message;
+                } else {
+                    // Heartbeats and pongs are time-critical: ahead of commands waiting their turn.
+                    let at = self
+                        .queue
+                        .iter()
+                        .position(|(_, k)| *k == Kind::Command)
+                        .unwrap_or(self.queue.len());
+                    self.queue.insert(at, (message, kind));
+                }
+            }
+        }
         if let Some(waker) = self.waker.take() {
             waker.wake();
         }
@@ -60,8 +98,8 @@ impl Outbox {
 }
 
 /// Writes a connection's outbox to its socket. A command counts as sent only once the socket took
-/// all of it (its flush succeeded); a write error ends the connection, and the commands not yet
-/// flushed go out again on the next one.
+/// all of its bytes; a write error ends the connection, and the commands not yet written go out
+/// again on the next one.
 struct WriteLoop {
     sink: WsSink,
     outbox: Rc<std::cell::RefCell<Outbox>>,
@@ -90,10 +128,10 @@ impl ActorFuture<ShardActor> for WriteLoop {
                     Poll::Ready(Err(e)) => break 'write Some(e),
                     Poll::Pending => break,
                 }
-                let Some((message, command)) = out.queue.pop_front() else {
+                let Some((message, kind)) = out.queue.pop_front() else {
                     break;
                 };
-                out.unflushed += usize::from(command);
+                out.handed.push_back(kind == Kind::Command);
                 if let Err(e) = sink.as_mut().start_send(message) {
                     break 'write Some(e);
                 }
@@ -103,22 +141,17 @@ impl ActorFuture<ShardActor> for WriteLoop {
                 Poll::Ready(Err(e)) => break 'write Some(e),
                 Poll::Pending => false,
             };
-            if flushed {
-                let written = std::mem::take(&mut out.unflushed);
-                drop(out);
-                if written > 0 {
-                    act.commands_written(this.generation, written);
-                }
-                out = outbox.borrow_mut();
-                if out.closing && out.queue.is_empty() {
-                    return match sink.as_mut().poll_close(task) {
-                        Poll::Pending => {
-                            out.waker = Some(task.waker().clone());
-                            Poll::Pending
-                        }
-                        Poll::Ready(_) => Poll::Ready(()),
-                    };
-                }
+            drop(out);
+            report_written(sink.as_mut().get_mut(), &outbox, this.generation, act, ctx);
+            out = outbox.borrow_mut();
+            if flushed && out.closing && out.queue.is_empty() {
+                return match sink.as_mut().poll_close(task) {
+                    Poll::Pending => {
+                        out.waker = Some(task.waker().clone());
+                        Poll::Pending
+                    }
+                    Poll::Ready(_) => Poll::Ready(()),
+                };
             }
             out.waker = Some(task.waker().clone());
             None
@@ -126,11 +159,35 @@ impl ActorFuture<ShardActor> for WriteLoop {
         match failure {
             None => Poll::Pending,
             Some(error) => {
+                // What the socket took whole before the error was sent all the same.
+                report_written(&mut this.sink, &outbox, this.generation, act, ctx);
                 outbox.borrow_mut().failed = true;
                 act.write_failed(this.generation, error, ctx);
                 Poll::Ready(())
             }
         }
+    }
+}
+
+/// Tells the actor how many commands the socket has taken whole since the last report.
+fn report_written(
+    sink: &mut WsSink,
+    outbox: &std::cell::RefCell<Outbox>,
+    generation: u64,
+    act: &mut ShardActor,
+    ctx: &mut Context<ShardActor>,
+) {
+    let written = sink.take_written();
+    if written == 0 {
+        return;
+    }
+    let commands = {
+        let mut out = outbox.borrow_mut();
+        let n = written.min(out.handed.len());
+        out.handed.drain(..n).filter(|&command| command).count()
+    };
+    if commands > 0 {
+        act.commands_written(generation, commands, ctx);
     }
 }
 
@@ -278,6 +335,11 @@ pub struct ShardActor {
     /// current connection's outbox; a command leaves this queue only once its flush succeeded.
     queued: VecDeque<String>,
     in_flight: usize,
+    /// Commands at the front of `queued` that a connection closed with a code (generation, count)
+    /// had handed to its socket without all of their bytes written: they go out ahead of its close
+    /// frame if the socket takes them before the close grace ends, and again on the next
+    /// connection if not. Until that is known, nothing more is sent (in order, and never twice).
+    unsettled: Option<(u64, usize)>,
     flush_timer: Option<SpawnHandle>,
     fatal: Option<FatalError>,
     deliberate_stop: bool,
@@ -338,6 +400,7 @@ impl ShardActor {
             failed_connects: 0,
             queued: VecDeque::new(),
             in_flight: 0,
+            unsettled: None,
             flush_timer: None,
             fatal: None,
             deliberate_stop: false,
@@ -521,21 +584,23 @@ impl ShardActor {
         }
         let mut out = conn.outbox.borrow_mut();
         // Commands not yet handed to the sink stay queued for the next connection.
-        out.queue.retain(|(_, command)| !command);
+        out.queue.retain(|(_, kind)| *kind != Kind::Command);
         match code.filter(|_| !out.failed) {
             Some(code) => {
-                // Commands already in the sink go out ahead of the close: they count as sent.
-                let sent = std::mem::take(&mut out.unflushed);
-                self.queued.drain(..sent.min(self.queued.len()));
+                // Commands already in the sink go out ahead of the close, but count as sent only
+                // once the socket takes them whole (the writer goes on reporting for this
+                // generation until the close grace ends).
+                let unwritten = out.unwritten_commands();
+                self.unsettled = (unwritten > 0).then_some((self.generation, unwritten));
                 let reason = CloseReason {
                     code: WsCloseCode::from(code),
                     description: None,
                 };
-                out.push(WsMessage::Close(Some(reason)), false);
+                out.push(WsMessage::Close(Some(reason)), Kind::Other);
             }
             None => {
                 // The socket is gone: what it did not take goes again on the next connection.
-                out.unflushed = 0;
+                out.handed.clear();
                 ctx.cancel_future(conn.reader);
                 out.closing = true;
                 if let Some(waker) = out.waker.take() {
@@ -546,9 +611,11 @@ impl ShardActor {
         drop(out);
         self.in_flight = 0;
         let (reader, writer) = (conn.reader, conn.writer);
-        ctx.run_later(CLOSE_GRACE, move |_, ctx| {
+        let generation = self.generation;
+        ctx.run_later(CLOSE_GRACE, move |act, ctx| {
             ctx.cancel_future(reader);
             ctx.cancel_future(writer);
+            act.settle(generation, ctx);
         });
     }
 
@@ -592,9 +659,12 @@ impl ShardActor {
                     return;
                 }
                 if let Some(conn) = &mut self.conn {
-                    conn.outbox
-                        .borrow_mut()
-                        .push(WsMessage::Pong(payload), false);
+                    // A copy: the ping's bytes would keep the whole read buffer alive while the
+                    // pong waits.
+                    conn.outbox.borrow_mut().push(
+                        WsMessage::Pong(Bytes::copy_from_slice(&payload)),
+                        Kind::Pong,
+                    );
                 }
             }
             Some(Ok(Frame::Pong(_))) => {}
@@ -805,9 +875,13 @@ impl ShardActor {
             return;
         }
         tracing::trace!(?kind, bytes = text.len(), "sending");
+        let queued_as = match kind {
+            SendKind::Heartbeat => Kind::Heartbeat,
+            SendKind::Handshake => Kind::Other,
+        };
         conn.outbox
             .borrow_mut()
-            .push(WsMessage::Text(text.into()), false);
+            .push(WsMessage::Text(text.into()), queued_as);
         if kind == SendKind::Handshake {
             let phase = self.state.phase();
             self.arm_deadline(self.shared.timeouts.ready, phase, ctx);
@@ -897,7 +971,7 @@ impl ShardActor {
 
     /// Sends queued commands while the limiter allows; schedules itself for when it next will.
     fn flush_commands(&mut self, ctx: &mut Context<Self>) {
-        if self.state.phase() != Phase::Ready || !self.may_write(ctx) {
+        if self.state.phase() != Phase::Ready || self.unsettled.is_some() || !self.may_write(ctx) {
             return;
         }
         let Some(conn) = &mut self.conn else { return };
@@ -906,7 +980,7 @@ impl ShardActor {
                 Ok(()) => {
                     conn.outbox
                         .borrow_mut()
-                        .push(WsMessage::Text(text.as_str().into()), true);
+                        .push(WsMessage::Text(text.as_str().into()), Kind::Command);
                     self.in_flight += 1;
                 }
                 Err(wait) => {
@@ -922,15 +996,37 @@ impl ShardActor {
         }
     }
 
-    /// The socket took the first `count` commands of the current connection's outbox.
-    fn commands_written(&mut self, generation: u64, count: usize) {
-        if generation != self.generation || self.conn.is_none() {
-            // Settled at teardown.
+    /// The socket of connection `generation` took the next `count` commands it was given whole.
+    fn commands_written(&mut self, generation: u64, count: usize, ctx: &mut Context<Self>) {
+        if generation == self.generation && self.conn.is_some() {
+            let count = count.min(self.in_flight);
+            self.queued.drain(..count);
+            self.in_flight -= count;
             return;
         }
-        let count = count.min(self.in_flight);
+        // A connection closed with a code, taking what it held before its close frame.
+        let Some((of, left)) = &mut self.unsettled else {
+            return;
+        };
+        if *of != generation {
+            return;
+        }
+        let count = count.min(*left).min(self.queued.len());
         self.queued.drain(..count);
-        self.in_flight -= count;
+        *left -= count;
+        if *left == 0 {
+            self.unsettled = None;
+            self.flush_commands(ctx);
+        }
+    }
+
+    /// The writer of connection `generation` is done (failed, or dropped at the end of the close
+    /// grace): the commands it did not write stay queued and go out on the current connection.
+    fn settle(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        if self.unsettled.is_some_and(|(of, _)| of == generation) {
+            self.unsettled = None;
+            self.flush_commands(ctx);
+        }
     }
 
     /// The connection's writer failed: the connection is over, as if a read had failed; the
@@ -942,6 +1038,7 @@ impl ShardActor {
         ctx: &mut Context<Self>,
     ) {
         if generation != self.generation || self.conn.is_none() {
+            self.settle(generation, ctx);
             return;
         }
         let _span = self.span.clone().entered();
@@ -1193,5 +1290,47 @@ impl Handler<Shutdown> for ShardActor {
             let _ = actix_rt::time::timeout(CLOSE_GRACE, close_answered).await;
         };
         Box::pin(answered.into_actor(self).map(|(), _, ctx| ctx.stop()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(m: &WsMessage) -> String {
+        match m {
+            WsMessage::Text(t) => t.to_string(),
+            WsMessage::Pong(p) => format!("pong {}", String::from_utf8_lossy(p)),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn pings_and_heartbeats_waiting_for_the_socket_keep_one_answer_each_ahead_of_commands() {
+        let mut out = Outbox::default();
+        out.push(WsMessage::Text("identify".into()), Kind::Other);
+        for i in 0..3 {
+            out.push(
+                WsMessage::Text(format!("command {i}").into()),
+                Kind::Command,
+            );
+        }
+        // A peer that keeps pinging and asking for heartbeats while the socket takes nothing.
+        for i in 0..1000 {
+            out.push(WsMessage::Pong(Bytes::from(format!("{i}"))), Kind::Pong);
+            out.push(WsMessage::Text(format!("beat {i}").into()), Kind::Heartbeat);
+        }
+        let queued: Vec<String> = out.queue.iter().map(|(m, _)| text(m)).collect();
+        assert_eq!(
+            queued,
+            [
+                "identify",
+                "pong 999",
+                "beat 999",
+                "command 0",
+                "command 1",
+                "command 2"
+            ]
+        );
     }
 }

@@ -47,6 +47,9 @@ pub fn split(framed: Framed<BoxedSocket, Codec>, max_frame: usize) -> (Reader, W
         codec: parts.codec,
         buf: BytesMut::new(),
         queued: 0,
+        ends: std::collections::VecDeque::new(),
+        written: 0,
+        done: 0,
     };
     (reader, writer)
 }
@@ -163,12 +166,22 @@ fn frame_header(b: &[u8]) -> Option<(usize, usize)> {
     Some((header + mask, payload))
 }
 
-/// The writing half: a sink of websocket messages.
+/// The writing half: a sink of websocket messages. It tells how many of the messages it was given
+/// the socket has taken whole ([`take_written`](Self::take_written)), so that a message counts as
+/// sent exactly when all of its bytes are written, not before and not only once everything queued
+/// behind it is.
 pub struct Writer {
     io: WriteHalf<BoxedSocket>,
     codec: Codec,
     buf: BytesMut,
     queued: usize,
+    /// Where each message encoded into `buf` and not yet written whole ends, counted in bytes
+    /// from the start of `buf` as it was when it was last empty.
+    ends: std::collections::VecDeque<usize>,
+    /// Bytes of `buf` written since it was last empty.
+    written: usize,
+    /// Messages written whole since the last [`take_written`](Self::take_written).
+    done: usize,
 }
 
 impl Writer {
@@ -176,7 +189,14 @@ impl Writer {
         while self.buf.has_remaining() {
             match Pin::new(&mut self.io).poll_write(cx, &self.buf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.buf.advance(n),
+                Poll::Ready(Ok(n)) => {
+                    self.buf.advance(n);
+                    self.written += n;
+                    while self.ends.front().is_some_and(|&end| end <= self.written) {
+                        self.ends.pop_front();
+                        self.done += 1;
+                    }
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
@@ -184,7 +204,16 @@ impl Writer {
         // Written: give the memory back rather than keep it for the next heartbeat.
         self.buf = BytesMut::new();
         self.queued = 0;
+        self.written = 0;
+        self.done += self.ends.len();
+        self.ends = std::collections::VecDeque::new();
         Poll::Ready(Ok(()))
+    }
+
+    /// How many of the messages given to the sink the socket has taken whole since the last call,
+    /// in the order they were given.
+    pub fn take_written(&mut self) -> usize {
+        std::mem::take(&mut self.done)
     }
 }
 
@@ -202,7 +231,9 @@ impl Sink<Message> for Writer {
     fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
         let this = &mut *self;
         this.queued += 1;
-        this.codec.encode(item, &mut this.buf)
+        this.codec.encode(item, &mut this.buf)?;
+        this.ends.push_back(this.written + this.buf.len());
+        Ok(())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
