@@ -133,7 +133,8 @@ pub enum SlowHandlers {
     /// Wait for slow handlers (the default). The event waits for room in that handler's mailbox;
     /// later events wait in the shard, up to `max_pending`; past that the shard stops reading its
     /// socket until the handlers catch up (Discord keeps the events; if it drops the connection
-    /// meanwhile, a resume replays them). Memory per shard stays bounded by `max_pending` events.
+    /// meanwhile, a resume replays them). Memory per shard stays bounded by `max_pending` events
+    /// (twice that before READY/RESUMED, while a resume's replay is read).
     ///
     /// A shard stops reading for at most `max_pause` at a stretch. Past it, the handlers it waits
     /// for are taken as stalled: the shard reads again and, until such a handler takes the event it

@@ -234,10 +234,11 @@ impl Delivery {
     }
 
     /// A new connection is open: it reads its handshake even if handlers are still behind, up to
-    /// READY or RESUMED (a resume's replay comes before RESUMED, so the replay is read whole and
-    /// may take the queue past `max_pending`). Paused, it would wait for a Hello or a RESUMED it
-    /// never reads until its handshake timed out, over and over. How long the shard has been
-    /// behind still counts from the first pause, and `max_pause` still bounds it.
+    /// READY or RESUMED (a resume's replay comes before RESUMED, so the replay is read on past
+    /// `max_pending`, up to twice it: see [`deliver`](Self::deliver)). Paused from the start, it
+    /// would wait for a Hello or a RESUMED it never reads until its handshake timed out, over and
+    /// over. How long the shard has been behind still counts from the first pause, and
+    /// `max_pause` still bounds it.
     pub(crate) fn connection_opened(&mut self) {
         self.handshake = true;
         self.reading.set_paused(false);
@@ -273,8 +274,16 @@ impl Delivery {
                 max_pause,
             } = self.policy
             {
-                if self.pending.len() >= max_pending && !self.reading.is_paused() && !self.handshake
-                {
+                // Before READY/RESUMED the shard reads on past `max_pending`, up to twice it, so a
+                // resume's replay does not keep it from reading its RESUMED; past that it pauses
+                // as well (`max_pause` bounds it), so a gateway that streams dispatches before
+                // RESUMED cannot grow the queue for the whole handshake timeout.
+                let limit = if self.handshake {
+                    max_pending.saturating_mul(2)
+                } else {
+                    max_pending
+                };
+                if self.pending.len() >= limit && !self.reading.is_paused() {
                     self.pause(max_pending, max_pause, ctx);
                 }
             }

@@ -439,3 +439,66 @@ async fn a_failed_write_ends_the_connection_and_the_command_goes_out_on_the_next
     arbiter.stop();
     bot.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_replay_before_resumed_takes_the_queue_to_twice_max_pending_at_most() {
+    let (handler, hung_seen, open, arbiter) = hung();
+    let max_pending = 16;
+    let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
+        c.handler("MESSAGE_CREATE", handler.recipient())
+            .slow_handlers(SlowHandlers::Backpressure {
+                max_pending,
+                max_pause: Duration::from_secs(60),
+            })
+    })
+    .await;
+    // The hung handler holds a few events; the shard is behind but still reading.
+    let mut expected = messages(&bot, 0, 8);
+    status_until(&bot.gateway, "a wait for the hung handler", |s| {
+        s[0].pending > 0
+    })
+    .await;
+    // The connection drops; 400 events wait in the session, replayed before RESUMED.
+    assert!(bot.fake.drop_connection(0));
+    expected.extend(messages(&bot, 8, 400));
+    assert!(
+        bot.fake
+            .wait_for(WAIT, "the resume sent", |f| f.connections().len() == 2
+                && sent(f, 0, 6).len() == 1)
+            .await
+    );
+    // Reading the replay, the queue stops at twice max_pending and the shard pauses, RESUMED
+    // still unread.
+    let status = status_until(&bot.gateway, "paused in the handshake", |s| {
+        s[0].reading_paused_since.is_some() && s[0].phase == shardline::Phase::Resuming
+    })
+    .await
+    .remove(0);
+    assert_eq!(status.pending, 2 * max_pending, "{status:?}");
+    for _ in 0..20 {
+        let s = bot.gateway.status().await.remove(0);
+        assert!(s.pending <= 2 * max_pending, "{s:?}");
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The handler recovers: the replay and RESUMED are read, and every event arrives once.
+    open.send(()).unwrap();
+    bot.until("every event", |r| {
+        r.count("MESSAGE_CREATE") == expected.len()
+    })
+    .await;
+    let got: Vec<u64> = bot
+        .recorder
+        .seqs("MESSAGE_CREATE")
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(got, expected, "each event once, in order");
+    wait_until("the hung handler got every event", || {
+        hung_seen.count("MESSAGE_CREATE") == expected.len()
+    })
+    .await;
+    assert_eq!(bot.gateway.status().await[0].dropped, 0);
+    assert_eq!(bot.recorder.count("RESUMED"), 1);
+    arbiter.stop();
+    bot.stop().await;
+}
