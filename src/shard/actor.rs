@@ -104,6 +104,19 @@ struct WriteLoop {
     sink: WsSink,
     outbox: Rc<std::cell::RefCell<Outbox>>,
     generation: u64,
+    /// In a fleet, the shard's lease: checked as each frame is handed to the socket and before
+    /// anything buffered is written out, not only when the frame was queued (the process may have
+    /// been paused in between).
+    guard: Option<LeaseGuard>,
+}
+
+impl WriteLoop {
+    /// Whether the lease (if any) still holds now.
+    fn may_write(&self) -> bool {
+        self.guard
+            .as_ref()
+            .is_none_or(|guard| guard.holds(Instant::now()))
+    }
 }
 
 impl ActorFuture<ShardActor> for WriteLoop {
@@ -118,11 +131,22 @@ impl ActorFuture<ShardActor> for WriteLoop {
         use futures_util::Sink;
         use std::task::Poll;
         let this = &mut *self;
+        if !this.may_write() {
+            // The lease is gone: nothing more goes out; the actor drops the connection.
+            act.may_write(ctx);
+            return Poll::Ready(());
+        }
         let outbox = Rc::clone(&this.outbox);
+        let guard = this.guard.clone();
         let mut sink = std::pin::Pin::new(&mut this.sink);
         let failure = 'write: {
             let mut out = outbox.borrow_mut();
             while !out.queue.is_empty() {
+                if guard.as_ref().is_some_and(|g| !g.holds(Instant::now())) {
+                    drop(out);
+                    act.may_write(ctx);
+                    return Poll::Ready(());
+                }
                 match sink.as_mut().poll_ready(task) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => break 'write Some(e),
@@ -432,18 +456,33 @@ impl ShardActor {
         let timeout = self.shared.timeouts.connect;
         let handshakes = self.shared.handshakes.clone();
         let tls = self.shared.tls.clone();
+        let guard = self.guard.clone();
         let connecting = async move {
             // Held until the upgrade is done (or failed): the timeout covers the handshake, not the
             // wait for a turn.
             let _turn = handshakes.acquire_owned().await;
+            // The wait for a turn has no bound: the lease is checked again at the moment of
+            // connecting, not only before the wait.
+            if guard.is_some_and(|guard| !guard.holds(Instant::now())) {
+                return None;
+            }
             let request = crate::client::ws_client(&tls)
                 .ws(url.as_str())
                 .max_frame_size(max_frame);
-            actix_rt::time::timeout(timeout, request.connect()).await
+            Some(actix_rt::time::timeout(timeout, request.connect()).await)
         };
         ctx.spawn(connecting.into_actor(self).map(move |result, act, ctx| {
             let _span = act.span.clone().entered();
             if act.generation != generation || act.state.phase() == Phase::Stopped {
+                return;
+            }
+            // The lease ran out while waiting for a turn, or during the upgrade: the socket (if
+            // any) closes without a frame and the shard is abandoned.
+            let Some(result) = result else {
+                act.may_write(ctx);
+                return;
+            };
+            if !act.may_write(ctx) {
                 return;
             }
             match result {
@@ -514,6 +553,7 @@ impl ShardActor {
             sink,
             outbox: Rc::clone(&outbox),
             generation,
+            guard: self.guard.clone(),
         });
         let (limit, window) = self.shared.command_limit;
         self.conn = Some(Connection {
