@@ -630,8 +630,12 @@ impl ShardActor {
                 // Commands already in the sink go out ahead of the close, but count as sent only
                 // once the socket takes them whole (the writer goes on reporting for this
                 // generation until the close grace ends).
+                // (While an older connection's are unsettled, this one was given none: the
+                // older ones stay unsettled.)
                 let unwritten = out.unwritten_commands();
-                self.unsettled = (unwritten > 0).then_some((self.generation, unwritten));
+                if unwritten > 0 {
+                    self.unsettled = Some((self.generation, unwritten));
+                }
                 let reason = CloseReason {
                     code: WsCloseCode::from(code),
                     description: None,
