@@ -411,6 +411,9 @@ async fn a_failed_write_ends_the_connection_and_the_command_goes_out_on_the_next
         "{:?}",
         conns[1].outcome
     );
+    // The handler recovers: the replay behind it (twice max_pending at most is read before
+    // RESUMED) goes through, and the shard is ready to send again.
+    open.send(()).unwrap();
     let on = |conn: u64| -> Vec<u64> {
         sent_any(&bot.fake, 31)
             .into_iter()
@@ -435,7 +438,6 @@ async fn a_failed_write_ends_the_connection_and_the_command_goes_out_on_the_next
     );
     // The refused command went out on the new connection, once.
     assert_eq!(on(conns[1].id), [sent - 1], "sent {sent}");
-    open.send(()).unwrap();
     arbiter.stop();
     bot.stop().await;
 }
