@@ -469,7 +469,7 @@ impl ShardState {
                 };
                 // READY numbers the new session from its own `s` (1 in practice).
                 self.seq = env.seq.or(self.seq);
-                self.on_ready(data, env.seq.unwrap_or(0));
+                self.on_ready(data, env.seq.unwrap_or(0), &now);
             }
             "RESUMED" if self.phase == Phase::Resuming => {
                 // Nothing to store: the session's id and URL are unchanged, and its stored
@@ -520,38 +520,46 @@ impl ShardState {
         )));
     }
 
-    fn on_ready(&mut self, data: &[u8], seq: u64) {
+    fn on_ready(&mut self, data: &[u8], seq: u64, now: impl Fn() -> Instant) {
         let ready = match serde_json::from_slice::<Ready<'_>>(data) {
             Ok(ready) => ready,
             Err(e) => {
                 // The kind of error and where, not serde's message: it may quote the frame.
-                tracing::warn!(shard.id = self.shard, error = ?e.classify(), column = e.column(), "READY without a session id: this session cannot be resumed");
+                if let Some(suppressed) = self.noise.allow(Noise::Skipped as usize, now()) {
+                    tracing::warn!(shard.id = self.shard, error = ?e.classify(), column = e.column(), suppressed, "READY without a session id: this session cannot be resumed");
+                }
                 self.phase = Phase::Ready;
                 self.actions.push_back(Action::Ready { resumed: false });
                 return;
             }
         };
-        let resume_url = ready.resume_gateway_url.and_then(|url| {
-            let p = &self.params;
-            if crate::url::resume_url_allowed(&url, &p.gateway_url, &p.allowed_resume_domains) {
-                Some(url.into_owned())
-            } else if p.allowed_resume_domains.is_empty() {
-                // Behind a proxy of the bot's own, resuming through it is the rule, not news.
-                tracing::debug!(
-                    shard.id = self.shard,
-                    url = %url,
-                    "resume_gateway_url ignored: resumes go through the configured gateway URL"
-                );
-                None
-            } else {
-                tracing::warn!(
-                    shard.id = self.shard,
-                    url = %url,
-                    "resume_gateway_url is not on an allowed host; resuming on the gateway URL instead"
-                );
-                None
+        let resume_url = match ready.resume_gateway_url {
+            None => None,
+            Some(url) => {
+                let p = &self.params;
+                if crate::url::resume_url_allowed(&url, &p.gateway_url, &p.allowed_resume_domains) {
+                    Some(url.into_owned())
+                } else if p.allowed_resume_domains.is_empty() {
+                    // Behind a proxy of the bot's own, resuming through it is the rule, not news.
+                    tracing::debug!(
+                        shard.id = self.shard,
+                        url = %url,
+                        "resume_gateway_url ignored: resumes go through the configured gateway URL"
+                    );
+                    None
+                } else {
+                    if let Some(suppressed) = self.noise.allow(Noise::Skipped as usize, now()) {
+                        tracing::warn!(
+                            shard.id = self.shard,
+                            url = %url,
+                            suppressed,
+                            "resume_gateway_url is not on an allowed host; resuming on the gateway URL instead"
+                        );
+                    }
+                    None
+                }
             }
-        });
+        };
         let session = SessionInfo {
             session_id: ready.session_id.into_owned(),
             seq,
