@@ -325,6 +325,7 @@ impl<S: futures_util::Stream<Item = WsEvent> + Unpin> ActorFuture<ShardActor> fo
                     return Poll::Ready(());
                 }
                 Poll::Pending => {
+                    act.delivery.caught_up();
                     act.hand_over(ctx);
                     return Poll::Pending;
                 }
@@ -974,9 +975,10 @@ impl ShardActor {
         }
         let _span = self.span.clone().entered();
         self.metrics_cause(ReconnectCause::Zombie);
-        // Zombie detection waits while reads are paused: an ACK may be sitting unread.
+        // Zombie detection waits while reads are paused, and after a pause until the reader has
+        // caught up with the socket: an ACK may be sitting unread.
         self.state
-            .set_reading_paused(self.delivery.reading_paused());
+            .set_reading_paused(self.delivery.reads_held_lately());
         self.state.on_heartbeat_due(Instant::now());
         self.drain(ctx);
     }

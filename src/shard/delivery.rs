@@ -151,6 +151,9 @@ pub(crate) struct Delivery {
     behind_since: Option<Instant>,
     /// The connection is in its handshake: reads are not paused until READY or RESUMED is read.
     handshake: bool,
+    /// Reads were paused at some point and the reader has not caught up with the socket since
+    /// (see [`reads_held_lately`](Self::reads_held_lately)).
+    paused_lately: bool,
     stall_timer: Option<SpawnHandle>,
     /// Waits given up on when they held the shard back for `max_pause`: until such a handler takes
     /// what it was last given, it misses (and the shard counts) whatever finds its mailbox full,
@@ -187,6 +190,7 @@ impl Delivery {
             reading: Rc::new(PauseGate::default()),
             behind_since: None,
             handshake: false,
+            paused_lately: false,
             stall_timer: None,
             stalled: Vec::new(),
             span,
@@ -198,9 +202,19 @@ impl Delivery {
         Rc::clone(&self.reading)
     }
 
-    /// Whether reading is paused because handlers are behind.
-    pub(crate) fn reading_paused(&self) -> bool {
-        self.reading.is_paused()
+    /// Whether reads are paused, or were and the reader has not yet read all the socket held
+    /// since: an ACK that arrived meanwhile may still be sitting unread behind events (reads may
+    /// have resumed for a frame or two and paused again), so a missing one proves nothing yet.
+    pub(crate) fn reads_held_lately(&self) -> bool {
+        self.paused_lately || self.reading.is_paused()
+    }
+
+    /// The reader found nothing more in the socket: if it was reading (not paused), everything
+    /// that arrived has been read.
+    pub(crate) fn caught_up(&mut self) {
+        if !self.reading.is_paused() {
+            self.paused_lately = false;
+        }
     }
 
     /// Since when the shard has held reads back because handlers are behind.
@@ -305,6 +319,7 @@ impl Delivery {
     /// with none would last as long as a hung handler hangs.
     fn pause<A: Deliver>(&mut self, max_pending: usize, max_pause: Duration, ctx: &mut Context<A>) {
         self.reading.set_paused(true);
+        self.paused_lately = true;
         if self.behind_since.is_none() {
             tracing::warn!(
                 parent: &self.span,
