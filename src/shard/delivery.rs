@@ -151,6 +151,9 @@ pub(crate) struct Delivery {
     behind_since: Option<Instant>,
     /// The connection is in its handshake: reads are not paused until READY or RESUMED is read.
     handshake: bool,
+    /// Reads were paused at some point and the reader has not caught up with the socket since
+    /// (see [`reads_held_lately`](Self::reads_held_lately)).
+    paused_lately: bool,
     stall_timer: Option<SpawnHandle>,
     /// Waits given up on when they held the shard back for `max_pause`: until such a handler takes
     /// what it was last given, it misses (and the shard counts) whatever finds its mailbox full,
@@ -187,6 +190,7 @@ impl Delivery {
             reading: Rc::new(PauseGate::default()),
             behind_since: None,
             handshake: false,
+            paused_lately: false,
             stall_timer: None,
             stalled: Vec::new(),
             span,
@@ -198,9 +202,19 @@ impl Delivery {
         Rc::clone(&self.reading)
     }
 
-    /// Whether reading is paused because handlers are behind.
-    pub(crate) fn reading_paused(&self) -> bool {
-        self.reading.is_paused()
+    /// Whether reads are paused, or were and the reader has not yet read all the socket held
+    /// since: an ACK that arrived meanwhile may still be sitting unread behind events (reads may
+    /// have resumed for a frame or two and paused again), so a missing one proves nothing yet.
+    pub(crate) fn reads_held_lately(&self) -> bool {
+        self.paused_lately || self.reading.is_paused()
+    }
+
+    /// The reader found nothing more in the socket: if it was reading (not paused), everything
+    /// that arrived has been read.
+    pub(crate) fn caught_up(&mut self) {
+        if !self.reading.is_paused() {
+            self.paused_lately = false;
+        }
     }
 
     /// Since when the shard has held reads back because handlers are behind.
@@ -234,10 +248,11 @@ impl Delivery {
     }
 
     /// A new connection is open: it reads its handshake even if handlers are still behind, up to
-    /// READY or RESUMED (a resume's replay comes before RESUMED, so the replay is read whole and
-    /// may take the queue past `max_pending`). Paused, it would wait for a Hello or a RESUMED it
-    /// never reads until its handshake timed out, over and over. How long the shard has been
-    /// behind still counts from the first pause, and `max_pause` still bounds it.
+    /// READY or RESUMED (a resume's replay comes before RESUMED, so the replay is read on past
+    /// `max_pending`, up to twice it: see [`deliver`](Self::deliver)). Paused from the start, it
+    /// would wait for a Hello or a RESUMED it never reads until its handshake timed out, over and
+    /// over. How long the shard has been behind still counts from the first pause, and
+    /// `max_pause` still bounds it.
     pub(crate) fn connection_opened(&mut self) {
         self.handshake = true;
         self.reading.set_paused(false);
@@ -273,8 +288,16 @@ impl Delivery {
                 max_pause,
             } = self.policy
             {
-                if self.pending.len() >= max_pending && !self.reading.is_paused() && !self.handshake
-                {
+                // Before READY/RESUMED the shard reads on past `max_pending`, up to twice it, so a
+                // resume's replay does not keep it from reading its RESUMED; past that it pauses
+                // as well (`max_pause` bounds it), so a gateway that streams dispatches before
+                // RESUMED cannot grow the queue for the whole handshake timeout.
+                let limit = if self.handshake {
+                    max_pending.saturating_mul(2)
+                } else {
+                    max_pending
+                };
+                if self.pending.len() >= limit && !self.reading.is_paused() {
                     self.pause(max_pending, max_pause, ctx);
                 }
             }
@@ -291,10 +314,12 @@ impl Delivery {
         // Otherwise the read loop hands the batch over when it has read what is there.
     }
 
-    /// Stops reading the socket; after `max_pause` of it, stops waiting for the handlers that hold
-    /// the shard back.
+    /// Stops reading the socket; `max_pause` after the stretch of it began, stops waiting for the
+    /// handlers that hold the shard back. Every pause is under a timer, however it began: a pause
+    /// with none would last as long as a hung handler hangs.
     fn pause<A: Deliver>(&mut self, max_pending: usize, max_pause: Duration, ctx: &mut Context<A>) {
         self.reading.set_paused(true);
+        self.paused_lately = true;
         if self.behind_since.is_none() {
             tracing::warn!(
                 parent: &self.span,
@@ -302,8 +327,11 @@ impl Delivery {
                 ?max_pause,
                 "handlers are behind: pausing reads until they catch up"
             );
-            self.behind_since = Some(Instant::now());
-            self.stall_timer = Some(ctx.run_later(max_pause, |act, ctx| {
+        }
+        let since = *self.behind_since.get_or_insert_with(Instant::now);
+        if self.stall_timer.is_none() {
+            let left = max_pause.saturating_sub(since.elapsed());
+            self.stall_timer = Some(ctx.run_later(left, |act, ctx| {
                 let this = act.delivery();
                 this.stall_timer = None;
                 if let Some(event) = this.stall(ctx) {
@@ -317,9 +345,16 @@ impl Delivery {
     /// stalled (they miss what finds their mailbox full, counted as drops, until they take the
     /// event they were last given) and the shard reads again. Waiting on would keep the shard deaf
     /// for as long as a hung handler hangs, with its zombie detection off.
+    ///
+    /// The stretch of pause ends here even if another handler fills up as the queue goes out (a
+    /// second hung one): reads go on, and if they fill the queue again a new stretch begins, under
+    /// a timer of its own. So no stretch lasts longer than `max_pause`, however many handlers hang,
+    /// and between two the shard reads (a dead connection stays unnoticed for no longer).
     fn stall<A: Deliver>(&mut self, ctx: &mut Context<A>) -> Option<ShardEvent> {
         let since = self.behind_since?;
         if self.waits.is_empty() {
+            self.drain(ctx);
+            self.end_stretch();
             return None;
         }
         for mut wait in std::mem::take(&mut self.waits) {
@@ -343,11 +378,27 @@ impl Delivery {
             "handlers held the shard back for max_pause: reading again, dropping what finds a stalled handler's mailbox full until it catches up"
         );
         self.drain(ctx);
+        self.end_stretch();
         Some(ShardEvent::HandlerStalled {
             shard: self.shard,
             pending,
             paused_for,
         })
+    }
+
+    /// Reads again after a stretch of pause that lasted `max_pause`, even if handlers still hold
+    /// the queue back: the next event read past `max_pending` starts a new stretch.
+    fn end_stretch(&mut self) {
+        if self.reading.is_paused() {
+            tracing::warn!(
+                parent: &self.span,
+                pending = self.pending.len(),
+                waiting_for = self.waits.len(),
+                "another handler is full as well: reading again all the same, for at most max_pause more if it stays full"
+            );
+            self.reading.set_paused(false);
+            self.behind_since = None;
+        }
     }
 
     /// Gives the handlers what the frames read so far produced, unless a full handler holds

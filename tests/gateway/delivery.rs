@@ -142,6 +142,118 @@ async fn a_hung_handler_holds_reads_back_for_max_pause_only_then_misses_events_u
     bot.stop().await;
 }
 
+/// `hung` handlers of `MESSAGE_CREATE` hang at once (after the catch-all recorder): each stretch
+/// of pause ends after `max_pause`, one stalled handler at a time, until every one is stalled and
+/// the catch-all has the whole flood; every event then reaches each hung handler once it recovers,
+/// or is counted as dropped for it.
+async fn hung_handlers_never_keep_reads_paused(hung_count: usize) {
+    let max_pause = Duration::from_millis(300);
+    let fake = shardline::testkit::FakeConfig {
+        // Heartbeats every 100 ms: room for a loaded machine with many blocked threads.
+        heartbeat_timeout: Duration::from_secs(2),
+        ..fast_fake(1, 1)
+    };
+    let handlers: Vec<_> = (0..hung_count).map(|_| hung()).collect();
+    let recipients: Vec<_> = handlers.iter().map(|h| h.0.clone().recipient()).collect();
+    let bot = Bot::start(fake, 1, move |mut c| {
+        for r in recipients {
+            c = c.handler("MESSAGE_CREATE", r);
+        }
+        c.slow_handlers(SlowHandlers::Backpressure {
+            max_pending: 16,
+            max_pause,
+        })
+    })
+    .await;
+    let count = 200;
+    let seqs: Vec<u64> = bot
+        .fake
+        .flood(0, "MESSAGE_CREATE", r#"{"content":"x"}"#, count)
+        .unwrap()
+        .collect();
+    bot.until("the whole flood reached the catch-all", |r| {
+        r.count("MESSAGE_CREATE") == count
+    })
+    .await;
+    let got: Vec<u64> = bot
+        .recorder
+        .seqs("MESSAGE_CREATE")
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(
+        got, seqs,
+        "every event once, in order, to the handler that keeps up"
+    );
+    let status = status_until(
+        &bot.gateway,
+        "every hung handler stalled, reading again",
+        |s| s[0].pending == 0 && s[0].reading_paused_since.is_none(),
+    )
+    .await
+    .remove(0);
+    assert_eq!(status.stalled_handlers, hung_count, "{status:?}");
+    let stalls: Vec<ShardEvent> = bot
+        .lifecycle
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, ShardEvent::HandlerStalled { .. }))
+        .collect();
+    assert_eq!(stalls.len(), hung_count, "one stretch each: {stalls:?}");
+    for stall in &stalls {
+        let ShardEvent::HandlerStalled { paused_for, .. } = stall else {
+            unreachable!()
+        };
+        assert!(*paused_for >= max_pause, "{paused_for:?}");
+    }
+    assert_eq!(
+        bot.fake.connections().len(),
+        1,
+        "heartbeats kept the connection"
+    );
+    // They recover: each gets what reached its mailbox, in order; the rest was counted.
+    for (_, _, open, _) in &handlers {
+        open.send(()).unwrap();
+    }
+    let seen = |i: usize| -> Vec<u64> {
+        handlers[i]
+            .1
+            .seqs("MESSAGE_CREATE")
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect()
+    };
+    let dropped = status.dropped;
+    wait_until(
+        "each event delivered to each hung handler or counted",
+        || {
+            (0..hung_count).map(|i| seen(i).len() as u64).sum::<u64>() + dropped
+                == (hung_count * count) as u64
+        },
+    )
+    .await;
+    for i in 0..hung_count {
+        let got = seen(i);
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
+        assert!(!got.is_empty());
+    }
+    assert_eq!(bot.gateway.status().await[0].dropped, dropped);
+    for (_, _, _, arbiter) in handlers {
+        arbiter.stop();
+    }
+    bot.stop().await;
+}
+
+#[actix_rt::test]
+async fn two_hung_handlers_never_keep_reads_paused_past_max_pause() {
+    hung_handlers_never_keep_reads_paused(2).await;
+}
+
+#[actix_rt::test]
+async fn many_hung_handlers_never_keep_reads_paused_past_max_pause() {
+    hung_handlers_never_keep_reads_paused(6).await;
+}
+
 /// A session store that records, for every `set_seq`, the session it moved.
 #[derive(Default)]
 struct RecordingStore {
@@ -300,6 +412,9 @@ async fn a_failed_write_ends_the_connection_and_the_command_goes_out_on_the_next
         "{:?}",
         conns[1].outcome
     );
+    // The handler recovers: the replay behind it (twice max_pending at most is read before
+    // RESUMED) goes through, and the shard is ready to send again.
+    open.send(()).unwrap();
     let on = |conn: u64| -> Vec<u64> {
         sent_any(&bot.fake, 31)
             .into_iter()
@@ -324,7 +439,69 @@ async fn a_failed_write_ends_the_connection_and_the_command_goes_out_on_the_next
     );
     // The refused command went out on the new connection, once.
     assert_eq!(on(conns[1].id), [sent - 1], "sent {sent}");
+    arbiter.stop();
+    bot.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_replay_before_resumed_takes_the_queue_to_twice_max_pending_at_most() {
+    let (handler, hung_seen, open, arbiter) = hung();
+    let max_pending = 16;
+    let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
+        c.handler("MESSAGE_CREATE", handler.recipient())
+            .slow_handlers(SlowHandlers::Backpressure {
+                max_pending,
+                max_pause: Duration::from_secs(60),
+            })
+    })
+    .await;
+    // The hung handler holds a few events; the shard is behind but still reading.
+    let mut expected = messages(&bot, 0, 8);
+    status_until(&bot.gateway, "a wait for the hung handler", |s| {
+        s[0].pending > 0
+    })
+    .await;
+    // The connection drops; 400 events wait in the session, replayed before RESUMED.
+    assert!(bot.fake.drop_connection(0));
+    expected.extend(messages(&bot, 8, 400));
+    assert!(
+        bot.fake
+            .wait_for(WAIT, "the resume sent", |f| f.connections().len() == 2
+                && sent(f, 0, 6).len() == 1)
+            .await
+    );
+    // Reading the replay, the queue stops at twice max_pending and the shard pauses, RESUMED
+    // still unread.
+    let status = status_until(&bot.gateway, "paused in the handshake", |s| {
+        s[0].reading_paused_since.is_some() && s[0].phase == shardline::Phase::Resuming
+    })
+    .await
+    .remove(0);
+    assert_eq!(status.pending, 2 * max_pending, "{status:?}");
+    for _ in 0..20 {
+        let s = bot.gateway.status().await.remove(0);
+        assert!(s.pending <= 2 * max_pending, "{s:?}");
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The handler recovers: the replay and RESUMED are read, and every event arrives once.
     open.send(()).unwrap();
+    bot.until("every event", |r| {
+        r.count("MESSAGE_CREATE") == expected.len()
+    })
+    .await;
+    let got: Vec<u64> = bot
+        .recorder
+        .seqs("MESSAGE_CREATE")
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(got, expected, "each event once, in order");
+    wait_until("the hung handler got every event", || {
+        hung_seen.count("MESSAGE_CREATE") == expected.len()
+    })
+    .await;
+    assert_eq!(bot.gateway.status().await[0].dropped, 0);
+    assert_eq!(bot.recorder.count("RESUMED"), 1);
     arbiter.stop();
     bot.stop().await;
 }
