@@ -5,7 +5,7 @@
 //! DISCORD_TOKEN=... cargo run --example fleet --features redis -- gateway --redis URL --shards N
 //!     [--api-base URL] [--gateway-url URL] [--compress none|zlib-stream] [--lease-ms MS]
 //!     [--range A..B] [--owner NAME] [--prefix P] [--flush-ms MS] [--identify-window-ms MS]
-//!     [--max-concurrency N] [--stream EVENT,...]
+//!     [--max-concurrency N] [--stream EVENT,...] [--handler-ms MS]
 //! cargo run --example fleet --features redis -- worker --redis URL [--prefix P] [--consumer NAME]
 //!     [--group G] [--claim-idle-ms MS]
 //! ```
@@ -16,6 +16,8 @@
 //! `worker` consumes them (consumer group `workers`), printing each handled event the same way;
 //! a worker that dies leaves its unacknowledged entries to be claimed by another after
 //! `--claim-idle-ms`.
+//! `--handler-ms` makes the dispatch handler take that long per event (on a thread of its own), to
+//! watch a crash replay what a slow handler had not finished.
 //! SIGTERM (or Ctrl-C) leaves resumably: every shard is closed with 4000, its session written to
 //! Redis and its lease released for another process to resume it. `kill -9` is a crash: the other
 //! processes take the shards over once the leases expire.
@@ -32,6 +34,8 @@ use shardline::{Compression, Config, Dispatch, Gateway, ShardEvent, ShardPlan};
 struct Out {
     out: std::io::LineWriter<std::io::Stdout>,
     owner: String,
+    /// How long each dispatch takes it (`--handler-ms`).
+    each: Duration,
 }
 
 impl Actor for Out {
@@ -51,6 +55,10 @@ impl Handler<Dispatch> for Out {
     type Result = ();
 
     fn handle(&mut self, d: Dispatch, _: &mut Context<Self>) {
+        if !self.each.is_zero() {
+            // A slow handler: the events after this one wait in its mailbox meanwhile.
+            std::thread::sleep(self.each);
+        }
         // From the event stream, the session too: (shard, session, seq) is the idempotency key.
         let session = d
             .session()
@@ -112,11 +120,12 @@ struct GatewayArgs {
     identify_window: Option<Duration>,
     max_concurrency: Option<u32>,
     stream: Vec<String>,
+    handler_time: Duration,
 }
 
 const USAGE: &str = "usage: fleet gateway --redis URL --shards N [--api-base URL] [--gateway-url URL] \
 [--compress none|zlib-stream] [--lease-ms MS] [--range A..B] [--owner NAME] [--prefix P] [--flush-ms MS] \
-[--identify-window-ms MS] [--max-concurrency N] [--stream EVENT,...]\n       fleet worker --redis URL [--prefix P] [--consumer NAME] [--group G] [--claim-idle-ms MS]";
+[--identify-window-ms MS] [--max-concurrency N] [--stream EVENT,...] [--handler-ms MS]\n       fleet worker --redis URL [--prefix P] [--consumer NAME] [--group G] [--claim-idle-ms MS]";
 
 fn millis(flag: &str, v: String) -> Result<Duration, String> {
     v.parse()
@@ -141,6 +150,7 @@ fn parse_gateway(mut it: impl Iterator<Item = String>) -> Result<GatewayArgs, St
         identify_window: None,
         max_concurrency: None,
         stream: Vec::new(),
+        handler_time: Duration::ZERO,
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -184,6 +194,7 @@ fn parse_gateway(mut it: impl Iterator<Item = String>) -> Result<GatewayArgs, St
                     .map(str::to_owned)
                     .collect()
             }
+            "--handler-ms" => args.handler_time = millis(&flag, value()?)?,
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
@@ -209,8 +220,20 @@ async fn run_gateway(args: GatewayArgs, token: String) -> Result<(), Box<dyn std
     let out = Out {
         out: std::io::LineWriter::new(std::io::stdout()),
         owner: options.owner.clone(),
+        each: Duration::ZERO,
     }
     .start();
+    // A slow dispatch handler sleeps on a thread of its own, not on the one the fleet's keeper runs on.
+    let dispatches = if args.handler_time.is_zero() {
+        out.clone()
+    } else {
+        let (owner, each) = (options.owner.clone(), args.handler_time);
+        Out::start_in_arbiter(&Arbiter::new().handle(), move |_| Out {
+            out: std::io::LineWriter::new(std::io::stdout()),
+            owner,
+            each,
+        })
+    };
     let mut builder = Config::builder(token)
         // GUILDS | GUILD_MESSAGES | DIRECT_MESSAGES
         .intent_bits(1 | 1 << 9 | 1 << 12)
@@ -218,7 +241,7 @@ async fn run_gateway(args: GatewayArgs, token: String) -> Result<(), Box<dyn std
         .shards(ShardPlan::Count(args.shards))
         .events(out.clone().recipient());
     if args.stream.is_empty() {
-        builder = builder.handler_all(out.clone().recipient());
+        builder = builder.handler_all(dispatches.recipient());
     } else {
         options = options.stream_events(args.stream.clone());
     }
@@ -288,6 +311,7 @@ async fn run_worker(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> 
     let out = Out {
         out: std::io::LineWriter::new(std::io::stdout()),
         owner: args.consumer.clone(),
+        each: Duration::ZERO,
     }
     .start();
     let consumer = StreamConsumer::builder(redis, &args.group, &args.consumer)

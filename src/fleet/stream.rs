@@ -305,6 +305,8 @@ impl Handler<DispatchBatch> for StreamPublisher {
         let mut conn = self.redis.conn();
         let key = self.key.clone();
         let write = async move {
+            // The batch is finished (for the shard's stored sequence) once it is in the stream.
+            let _finished = batch;
             if published == 0 {
                 return;
             }
