@@ -77,10 +77,6 @@ impl Track {
         {
             self.unfinished.pop_front();
         }
-        if self.unfinished.is_empty() && self.unfinished.capacity() > 64 {
-            // A burst is over: a quiet shard keeps no large buffer.
-            self.unfinished = VecDeque::new();
-        }
         self.unfinished.front().map(|&(first, _)| first)
     }
 }
@@ -361,7 +357,17 @@ impl Delivery {
 
     /// [`advance`](Self::advance)s, and looks again later while a handler still holds events.
     fn record<A: Deliver>(&mut self, ctx: &mut Context<A>) {
-        if self.advance() && self.progress_timer.is_none() {
+        let behind = self.advance();
+        if !behind {
+            // Every handler has caught up (rarely right after a hand-over, as they run elsewhere: in
+            // practice once the shard goes quiet): an idle shard keeps no buffers for them.
+            for track in &mut self.tracks {
+                if track.unfinished.is_empty() && track.unfinished.capacity() > 0 {
+                    track.unfinished = VecDeque::new();
+                }
+            }
+        }
+        if behind && self.progress_timer.is_none() {
             self.progress_timer = Some(ctx.run_later(PROGRESS_EVERY, |act, ctx| {
                 let this = act.delivery();
                 this.progress_timer = None;
