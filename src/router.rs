@@ -404,6 +404,58 @@ impl DispatchBatch {
     }
 }
 
+/// Lets a per-event handler actor take a burst of events as one mailbox message: implements
+/// `Handler<DispatchBatch>` for the actor by running its own `Handler<Dispatch>` for each event of
+/// the batch, in order. Register the actor with
+/// [`batch_handler`](crate::ConfigBuilder::batch_handler) (or `batch_handler_all`) and its
+/// per-event code runs exactly as it would as a [`handler`](crate::ConfigBuilder::handler): each
+/// event once, in order. What changes is the delivery: one mailbox message, and one wakeup of
+/// the handler's thread, per burst a shard read instead of per event, which is most of what
+/// delivering a small event to another thread costs (BENCHMARKS.md, "flood").
+///
+/// The actor's `Handler<Dispatch>` must answer `()` (a handler whose answer is a future would
+/// have it dropped).
+///
+/// ```
+/// use actix::prelude::*;
+/// use shardline::{Config, Dispatch};
+///
+/// struct Messages;
+/// impl Actor for Messages { type Context = Context<Self>; }
+/// impl Handler<Dispatch> for Messages {
+///     type Result = ();
+///     fn handle(&mut self, event: Dispatch, _: &mut Context<Self>) {
+///         println!("{}", event.seq());
+///     }
+/// }
+/// shardline::handles_bursts!(Messages);
+///
+/// # actix_rt::System::new().block_on(async {
+/// let config = Config::builder("token")
+///     .batch_handler("MESSAGE_CREATE", Messages.start().recipient())
+///     .build()
+///     .unwrap();
+/// # });
+/// ```
+#[macro_export]
+macro_rules! handles_bursts {
+    ($actor:ty) => {
+        impl ::actix::Handler<$crate::DispatchBatch> for $actor {
+            type Result = ();
+            fn handle(
+                &mut self,
+                batch: $crate::DispatchBatch,
+                ctx: &mut <Self as ::actix::Actor>::Context,
+            ) {
+                // Taken apart, so the batch's hand-over mark rides on its last event, dropped last.
+                for event in batch.into_events() {
+                    let () = <Self as ::actix::Handler<$crate::Dispatch>>::handle(self, event, ctx);
+                }
+            }
+        }
+    };
+}
+
 /// The handlers of one event name (or of every event).
 #[derive(Clone, Default)]
 pub(crate) struct Route {
