@@ -132,6 +132,8 @@ fn main() {
         // speed during the run lands on every client alike.
         let mut rates = vec![Vec::new(); clients.len()];
         let mut p99s = vec![Vec::new(); clients.len()];
+        // The client process's CPU time per event (start-up and connect included, alike for all).
+        let mut cpus = vec![Vec::new(); clients.len()];
         for _ in 0..repeats {
             for (i, client) in clients.iter().enumerate() {
                 let fake = common::FakeProcess::start(&[
@@ -149,6 +151,11 @@ fn main() {
                 ]) {
                     rates[i].push(v["events_per_sec"].as_f64().unwrap_or(0.0));
                     p99s[i].push(v["p99_ms"].as_f64().unwrap_or(0.0));
+                    let events = v["events"].as_f64().unwrap_or(0.0);
+                    let cpu = v["cpu_s"].as_f64().unwrap_or(0.0);
+                    if events > 0.0 && cpu > 0.0 {
+                        cpus[i].push(cpu / events * 1e6);
+                    }
                     lines.push(v.to_string());
                 }
             }
@@ -167,7 +174,12 @@ fn main() {
             } else {
                 "-".to_owned()
             };
-            println!("  {shards:>5} shards  {client:<15} {m:>9.0} ({lo:.0}-{hi:.0})  p99 {p99}");
+            let cpu = if cpus[i].is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:.2}", common::median(&mut cpus[i]).0)
+            };
+            println!("  {shards:>5} shards  {client:<15} {m:>9.0} ({lo:.0}-{hi:.0})  p99 {p99}  cpu µs/event {cpu}");
             medians.push(m);
         }
         let median = |name: &str| {
@@ -511,6 +523,8 @@ fn twilight_flood(args: &[String], typed: bool) {
             "events_per_sec": total as f64 / elapsed.as_secs_f64(),
             "p50_ms": pct(0.5),
             "p99_ms": pct(0.99),
+            // Measured as the shardline clients measure it (their threads' schedstat).
+            "cpu_s": common::flood::cpu_seconds(),
         });
         println!("{result}");
         std::process::exit(0);

@@ -267,7 +267,7 @@ pub fn client_with(
 /// CPU time of this process's threads so far (Linux `schedstat`, in nanoseconds; 0 elsewhere): the
 /// client's cost per event, which the fake gateway sharing the cores does not blur the way it blurs
 /// events/s.
-fn cpu_seconds() -> f64 {
+pub fn cpu_seconds() -> f64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0.0;
     };
