@@ -104,6 +104,8 @@ struct Wait {
     handler: Handler,
     /// The handler's [`Track`], by index.
     track: usize,
+    /// The session the hand-over's events came from (see [`Delivery::new_session`]).
+    session: u32,
     /// Events in the hand-over.
     count: u64,
     /// For a per-event handler: the event, and the index of the handler after this one, to which it
@@ -478,7 +480,7 @@ impl Delivery {
                 self.pending.push_front(Pending {
                     dispatch,
                     from: next,
-                    session: self.session,
+                    session: wait.session,
                 });
             }
             self.stalled.push(wait);
@@ -632,6 +634,7 @@ impl Delivery {
             id,
             handler: Handler::Each(handler),
             track: id_of_handler,
+            session,
             count: 1,
             then: Some((dispatch, index as u32 + 1)),
         });
@@ -652,10 +655,12 @@ impl Delivery {
                 self.missed(wait.count, Missed::Stopped, seq, handler, ctx);
             }
             if let Some((dispatch, next)) = then {
+                // Still of the session it came from: an event of an ended session must not be
+                // tracked (and so move the stored sequence) as the new session's.
                 self.pending.push_front(Pending {
                     dispatch,
                     from: next,
-                    session: self.session,
+                    session: wait.session,
                 });
             }
             self.drain(ctx);
@@ -710,6 +715,7 @@ impl Delivery {
                         id,
                         handler: Handler::Batch(i),
                         track,
+                        session: self.session,
                         count,
                         then: None,
                     });
