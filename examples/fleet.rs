@@ -6,7 +6,7 @@
 //!     [--api-base URL] [--gateway-url URL] [--compress none|zlib-stream] [--lease-ms MS]
 //!     [--range A..B] [--owner NAME] [--prefix P] [--redis-ca FILE] [--flush-ms MS]
 //!     [--identify-window-ms MS] [--max-concurrency N] [--stream EVENT,...]
-//!     [--range-per-ordinal K] [--http ADDR] [--grace-ms MS]
+//!     [--range-per-ordinal K] [--http ADDR] [--grace-ms MS] [--handler-ms MS]
 //! cargo run --example fleet --features redis -- worker --redis URL [--prefix P] [--redis-ca FILE]
 //!     [--consumer NAME] [--group G] [--claim-idle-ms MS]
 //! ```
@@ -17,6 +17,8 @@
 //! `worker` consumes them (consumer group `workers`), printing each handled event the same way;
 //! a worker that dies leaves its unacknowledged entries to be claimed by another after
 //! `--claim-idle-ms`.
+//! `--handler-ms` makes the dispatch handler take that long per event (on a thread of its own), to
+//! watch a crash replay what a slow handler had not finished.
 //! SIGTERM (or Ctrl-C) leaves resumably: every shard is closed with 4000, its session written to
 //! Redis and its lease released for another process to resume it; after `--grace-ms` (default
 //! 25 000, under Kubernetes' default 30 s) it exits anyway with code 3, and the leases it still
@@ -40,6 +42,8 @@ use shardline::{Compression, Config, Dispatch, Gateway, ShardEvent, ShardPlan};
 struct Out {
     out: std::io::LineWriter<std::io::Stdout>,
     owner: String,
+    /// How long each dispatch takes it (`--handler-ms`).
+    each: Duration,
 }
 
 impl Actor for Out {
@@ -59,6 +63,10 @@ impl Handler<Dispatch> for Out {
     type Result = ();
 
     fn handle(&mut self, d: Dispatch, _: &mut Context<Self>) {
+        if !self.each.is_zero() {
+            // A slow handler: the events after this one wait in its mailbox meanwhile.
+            std::thread::sleep(self.each);
+        }
         // From the event stream, the session too: (shard, session, seq) is the idempotency key.
         let session = d
             .session()
@@ -125,12 +133,13 @@ struct GatewayArgs {
     range_per_ordinal: Option<u32>,
     http: Option<String>,
     grace: Duration,
+    handler_time: Duration,
 }
 
 const USAGE: &str = "usage: fleet gateway --redis URL --shards N [--api-base URL] [--gateway-url URL] \
 [--compress none|zlib-stream] [--lease-ms MS] [--range A..B] [--owner NAME] [--prefix P] [--redis-ca FILE] \
 [--flush-ms MS] [--identify-window-ms MS] [--max-concurrency N] [--stream EVENT,...] \
-[--range-per-ordinal K] [--http ADDR] [--grace-ms MS]\n       \
+[--range-per-ordinal K] [--http ADDR] [--grace-ms MS] [--handler-ms MS]\n       \
 fleet worker --redis URL [--prefix P] [--redis-ca FILE] [--consumer NAME] [--group G] [--claim-idle-ms MS]";
 
 fn millis(flag: &str, v: String) -> Result<Duration, String> {
@@ -164,6 +173,7 @@ fn parse_gateway(mut it: impl Iterator<Item = String>) -> Result<GatewayArgs, St
         range_per_ordinal: None,
         http: None,
         grace: Duration::from_secs(25),
+        handler_time: Duration::ZERO,
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -217,6 +227,7 @@ fn parse_gateway(mut it: impl Iterator<Item = String>) -> Result<GatewayArgs, St
                     .map(str::to_owned)
                     .collect()
             }
+            "--handler-ms" => args.handler_time = millis(&flag, value()?)?,
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
@@ -271,8 +282,20 @@ async fn run_gateway(args: GatewayArgs, token: String) -> Result<(), Box<dyn std
     let out = Out {
         out: std::io::LineWriter::new(std::io::stdout()),
         owner: options.owner.clone(),
+        each: Duration::ZERO,
     }
     .start();
+    // A slow dispatch handler sleeps on a thread of its own, not on the one the fleet's keeper runs on.
+    let dispatches = if args.handler_time.is_zero() {
+        out.clone()
+    } else {
+        let (owner, each) = (options.owner.clone(), args.handler_time);
+        Out::start_in_arbiter(&Arbiter::new().handle(), move |_| Out {
+            out: std::io::LineWriter::new(std::io::stdout()),
+            owner,
+            each,
+        })
+    };
     let mut builder = Config::builder(token)
         // GUILDS | GUILD_MESSAGES | DIRECT_MESSAGES
         .intent_bits(1 | 1 << 9 | 1 << 12)
@@ -280,7 +303,7 @@ async fn run_gateway(args: GatewayArgs, token: String) -> Result<(), Box<dyn std
         .shards(ShardPlan::Count(args.shards))
         .events(out.clone().recipient());
     if args.stream.is_empty() {
-        builder = builder.handler_all(out.clone().recipient());
+        builder = builder.handler_all(dispatches.recipient());
     } else {
         options = options.stream_events(args.stream.clone());
     }
@@ -412,6 +435,7 @@ async fn run_worker(args: WorkerArgs) -> Result<(), Box<dyn std::error::Error>> 
     let out = Out {
         out: std::io::LineWriter::new(std::io::stdout()),
         owner: args.consumer.clone(),
+        each: Duration::ZERO,
     }
     .start();
     let consumer = StreamConsumer::builder(redis, &args.group, &args.consumer)

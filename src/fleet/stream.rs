@@ -336,6 +336,8 @@ impl Handler<DispatchBatch> for StreamPublisher {
         let redis = self.redis.clone();
         let key = self.key.clone();
         let write = async move {
+            // The batch is finished (for the shard's stored sequence) once it is in the stream.
+            let _finished = batch;
             if published == 0 {
                 return;
             }

@@ -218,6 +218,10 @@ fn report_written(
 /// How long a closed connection may take to finish its close handshake before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a shard that is shutting down waits, once its connection is closed, for its handlers to
+/// finish the events it gave them.
+const HANDLERS_GRACE: Duration = Duration::from_secs(2);
+
 /// What every shard of one bot shares.
 pub(crate) struct ShardShared {
     pub params: Arc<IdentifyParams>,
@@ -1133,6 +1137,7 @@ impl Actor for ShardActor {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.flush_metrics();
+        self.delivery.stopped();
         if let Some(supervisor) = &self.supervisor {
             supervisor.do_send(ShardNotice::Stopped {
                 id: self.id,
@@ -1160,6 +1165,22 @@ impl ShardActor {
         }
         let _span = self.span.clone().entered();
         self.on_ws_event(event.frame, ctx);
+    }
+
+    /// Stops the actor once its handlers have finished every event it gave them (so the stored
+    /// sequence a graceful hand-over leaves is the last event, and the next owner repeats nothing),
+    /// or after [`HANDLERS_GRACE`]: then the next owner replays what they had not finished.
+    fn stop_once_handlers_finish(&mut self, ctx: &mut Context<Self>) {
+        if self.delivery.settled() {
+            ctx.stop();
+            return;
+        }
+        let deadline = Instant::now() + HANDLERS_GRACE;
+        ctx.run_interval(Duration::from_millis(5), move |act, ctx| {
+            if act.delivery.settled() || Instant::now() >= deadline {
+                ctx.stop();
+            }
+        });
     }
 
     /// Gives the handlers what the frames read so far produced.
@@ -1331,11 +1352,16 @@ impl Handler<Shutdown> for ShardActor {
             let _ = answered.send(());
         }
         self.teardown(Some(code), ctx);
-        // Stop once the gateway has answered the close (or after the grace period, if it never does).
+        // Stop once the gateway has answered the close (or after the grace period, if it never does)
+        // and the handlers have finished what they were given.
         let answered = async move {
             let _ = actix_rt::time::timeout(CLOSE_GRACE, close_answered).await;
         };
-        Box::pin(answered.into_actor(self).map(|(), _, ctx| ctx.stop()))
+        Box::pin(
+            answered
+                .into_actor(self)
+                .map(|(), act, ctx| act.stop_once_handlers_finish(ctx)),
+        )
     }
 }
 

@@ -435,6 +435,73 @@ async fn kill_9_moves_the_shards_to_the_others_by_resuming() {
     fake.stop().await;
 }
 
+/// A crash replays, never loses: a process whose handler is slow is killed (`kill -9`) while the
+/// handler's mailbox and the shard still hold most of a burst. The sequence it had stored trails
+/// what the handler printed, so the next owner's resume replays the rest: every event is printed
+/// by one process or the other. (With the sequence stored as events entered the mailbox, the
+/// next owner resumed after events no one ever printed.)
+#[actix_rt::test]
+async fn kill_9_of_a_process_with_a_slow_handler_loses_no_event() {
+    let redis = RedisServer::start();
+    let fake = FakeGateway::start(fleet_fake(1)).await.unwrap();
+    let mut a = Proc::gateway(&redis, &fake, "a", 1, &["--handler-ms", "20"]);
+    wait_long("a runs the shard", || {
+        fake.ready_shards().len() == 1 && a.held().len() == 1
+    })
+    .await;
+    let sent: Vec<u64> = (0..60u32)
+        .map(|i| {
+            fake.dispatch(0, "MESSAGE_CREATE", json!({ "i": i }))
+                .unwrap()
+        })
+        .collect();
+    // 20 ms an event: a has printed a few, the rest waits in its handler's mailbox and its shard,
+    // and sessions were flushed (every 20 ms) several times meanwhile.
+    wait_long("a printed 10", || a.messages().len() >= 10).await;
+    a.kill9();
+    let printed_by_a: BTreeSet<u64> = a.messages().into_iter().map(|(_, q, _)| q).collect();
+    assert!(
+        printed_by_a.len() < sent.len(),
+        "a printed everything before it died: nothing to replay"
+    );
+    let store = RedisSessionStore::new(
+        FleetRedis::connect(&redis.url(), "shardline")
+            .await
+            .unwrap(),
+        SessionStoreOptions::default(),
+    );
+    let stored = store.read_from_redis(0).await.unwrap().unwrap().seq;
+    let before = sent[0] - 1;
+    assert!(
+        (before..=sent[sent.len() - 1])
+            .filter(|&q| q <= stored && sent.contains(&q))
+            .all(|q| printed_by_a.contains(&q)),
+        "the dead process stored {stored}, past events it never printed: {printed_by_a:?}"
+    );
+    let identifies = sent_any(&fake, 2).len();
+    let b = Proc::gateway(&redis, &fake, "b", 1, &[]);
+    wait_long("b resumed the shard", || b.shards_in("resumed") == [0]).await;
+    let last = *sent.last().unwrap();
+    wait_long("b printed the last event", || {
+        b.messages().iter().any(|&(_, q, _)| q == last)
+    })
+    .await;
+    let printed: BTreeSet<u64> = printed_by_a
+        .iter()
+        .copied()
+        .chain(b.messages().into_iter().map(|(_, q, _)| q))
+        .collect();
+    let lost: Vec<u64> = sent
+        .iter()
+        .copied()
+        .filter(|q| !printed.contains(q))
+        .collect();
+    assert_eq!(lost, Vec::<u64>::new(), "events no process printed");
+    assert_eq!(sent_any(&fake, 2).len(), identifies, "b identified");
+    assert_one_connection_at_a_time(&fake);
+    fake.stop().await;
+}
+
 /// A process stopped (SIGSTOP) past its lease: the other takes its shards over; when it is let go
 /// (SIGCONT) it gives them up without sending a single frame and without opening a connection.
 #[actix_rt::test]

@@ -1,6 +1,7 @@
 //! Delivery under handlers that hang: reads never stay paused past `max_pause`, and events of an
 //! ended session never move the new session's stored sequence.
 
+use actix::Actor;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -339,6 +340,196 @@ async fn events_of_an_ended_session_never_move_the_new_sessions_stored_sequence(
         "only the new session's own READY moved its sequence"
     );
     assert_eq!(store.load(0).map(|s| (s.session_id, s.seq)), Some((new, 1)));
+    arbiter.stop();
+    bot.stop().await;
+}
+
+/// A session store that checks, at every `set_seq`, that every handler has finished every event at
+/// or below the sequence it is given, and keeps the sequences it was given.
+struct TrailingStore {
+    inner: MemorySessionStore,
+    /// The events sent, and the recorders of the handlers each went to.
+    sent: Mutex<Vec<u64>>,
+    handlers: Vec<Recorder>,
+    moved: Mutex<Vec<u64>>,
+    ahead: Mutex<Vec<String>>,
+}
+
+impl SessionStore for TrailingStore {
+    fn load(&self, shard: u32) -> Option<SessionInfo> {
+        self.inner.load(shard)
+    }
+    fn save(&self, shard: u32, session: SessionInfo) {
+        self.inner.save(shard, session);
+    }
+    fn set_seq(&self, shard: u32, seq: u64) {
+        for (i, handler) in self.handlers.iter().enumerate() {
+            let finished: Vec<u64> = handler
+                .seqs("MESSAGE_CREATE")
+                .into_iter()
+                .map(|(_, s)| s)
+                .collect();
+            for sent in self.sent.lock().unwrap().iter().filter(|&&s| s <= seq) {
+                if !finished.contains(sent) {
+                    self.ahead
+                        .lock()
+                        .unwrap()
+                        .push(format!("stored {seq} before handler {i} finished {sent}"));
+                }
+            }
+        }
+        self.moved.lock().unwrap().push(seq);
+        self.inner.set_seq(shard, seq);
+    }
+    fn remove(&self, shard: u32) {
+        self.inner.remove(shard);
+    }
+}
+
+/// A crash replays, never loses: the stored sequence (what a restarted shard, or the next owner in
+/// a fleet, resumes after) trails what every handler has finished, not what entered its mailbox.
+/// A hung handler holds the burst in its mailbox and in the shard; the stored sequence stays at
+/// READY until it lets go, then catches up with the last event, with nothing more to read.
+#[actix_rt::test]
+async fn the_stored_sequence_trails_what_every_handler_has_finished() {
+    let (handler, hung_seen, open, arbiter) = hung();
+    let quick = Recorder::default();
+    let store = Arc::new(TrailingStore {
+        inner: MemorySessionStore::new(),
+        sent: Mutex::default(),
+        handlers: vec![hung_seen.clone(), quick.clone()],
+        moved: Mutex::default(),
+        ahead: Mutex::default(),
+    });
+    let st = store.clone();
+    let q = quick.clone();
+    let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
+        c.handler("MESSAGE_CREATE", handler.recipient())
+            .handler("MESSAGE_CREATE", q.start().recipient())
+            .session_store(st)
+    })
+    .await;
+    let ready = store.load(0).unwrap().seq;
+    // Marked sent before the flood: set_seq may run as soon as the first event is read.
+    let seqs: Vec<u64> = (ready + 1..=ready + 20).collect();
+    *store.sent.lock().unwrap() = seqs.clone();
+    let flooded: Vec<u64> = bot
+        .fake
+        .flood(0, "MESSAGE_CREATE", r#"{"content":"x"}"#, 20)
+        .unwrap()
+        .collect();
+    assert_eq!(flooded, seqs);
+    // The hung handler blocks on the first event with more in its mailbox and the shard waiting to
+    // hand it the next: the quick handler has finished those (it gets each after the hung one).
+    status_until(
+        &bot.gateway,
+        "the burst read and held for the hung handler",
+        |s| s[0].seq == seqs.last().copied() && s[0].pending > 0,
+    )
+    .await;
+    wait_until("the quick handler finished what it was given", || {
+        quick.count("MESSAGE_CREATE") >= 3
+    })
+    .await;
+    // (The store also checks every sequence it is given as it is given.)
+    assert_eq!(
+        store.load(0).map(|s| s.seq),
+        Some(ready),
+        "the stored sequence moved past events in a handler's mailbox"
+    );
+    open.send(()).unwrap();
+    wait_until("both handlers finished everything", || {
+        hung_seen.count("MESSAGE_CREATE") == 20 && quick.count("MESSAGE_CREATE") == 20
+    })
+    .await;
+    // Nothing else arrives: the stored sequence still catches up with the last event.
+    wait_until("the stored sequence caught up", || {
+        store.load(0).map(|s| s.seq) == seqs.last().copied()
+    })
+    .await;
+    assert_eq!(*store.ahead.lock().unwrap(), Vec::<String>::new());
+    let moved = store.moved.lock().unwrap().clone();
+    assert!(moved.windows(2).all(|w| w[0] < w[1]), "{moved:?}");
+    arbiter.stop();
+    bot.stop().await;
+}
+
+/// A batch handler whose first batch blocks its thread until the gate opens; it records every
+/// event of the batches it finishes.
+struct HungBatches {
+    seen: Recorder,
+    gate: Option<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Actor for HungBatches {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<shardline::DispatchBatch> for HungBatches {
+    type Result = ();
+    fn handle(&mut self, batch: shardline::DispatchBatch, _: &mut actix::Context<Self>) {
+        if let Some(gate) = self.gate.take() {
+            let _ = gate.recv();
+        }
+        // Taken apart: the batch counts as finished once its last event is dropped.
+        for event in batch.into_events() {
+            self.seen.record(&event);
+        }
+    }
+}
+
+/// The same for a batch handler: the stored sequence stays behind the batches it holds.
+#[actix_rt::test]
+async fn the_stored_sequence_trails_what_a_batch_handler_has_finished() {
+    let seen = Recorder::default();
+    let (open, gate) = std::sync::mpsc::channel();
+    let arbiter = actix::Arbiter::new();
+    let s = seen.clone();
+    let handler = HungBatches::start_in_arbiter(&arbiter.handle(), move |_| HungBatches {
+        seen: s,
+        gate: Some(gate),
+    });
+    let store = Arc::new(TrailingStore {
+        inner: MemorySessionStore::new(),
+        sent: Mutex::default(),
+        handlers: vec![seen.clone()],
+        moved: Mutex::default(),
+        ahead: Mutex::default(),
+    });
+    let st = store.clone();
+    let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
+        c.batch_handler("MESSAGE_CREATE", handler.recipient())
+            .session_store(st)
+    })
+    .await;
+    let ready = store.load(0).unwrap().seq;
+    // Fewer than its mailbox holds (16): the shard never waits for it, and the catch-all
+    // recorder gets each event as it comes.
+    let seqs: Vec<u64> = (ready + 1..=ready + 10).collect();
+    *store.sent.lock().unwrap() = seqs.clone();
+    for (i, seq) in seqs.iter().enumerate() {
+        // One at a time, so they go out in several batches.
+        let sent = bot
+            .fake
+            .dispatch(0, "MESSAGE_CREATE", serde_json::json!({ "i": i }))
+            .unwrap();
+        assert_eq!(sent, *seq);
+        bot.until("the catch-all recorder has it", |r| {
+            r.seqs("MESSAGE_CREATE").last() == Some(&(0, sent))
+        })
+        .await;
+    }
+    assert_eq!(store.load(0).map(|s| s.seq), Some(ready));
+    open.send(()).unwrap();
+    wait_until("the batch handler finished everything", || {
+        seen.count("MESSAGE_CREATE") == 10
+    })
+    .await;
+    wait_until("the stored sequence caught up", || {
+        store.load(0).map(|s| s.seq) == seqs.last().copied()
+    })
+    .await;
+    assert_eq!(*store.ahead.lock().unwrap(), Vec::<String>::new());
     arbiter.stop();
     bot.stop().await;
 }
