@@ -7,6 +7,7 @@
 //! FLOOD_EVENTS=200000 FLOOD_SHARDS=1,16 FLOOD_COMPRESSION=none,zlib-stream,zstd-stream FLOOD_REPEATS=3 cargo bench ... --bench flood
 //! FLOOD_METRICS=off,on cargo bench --features testkit,metrics --bench flood   # the cost of metrics
 //! FLOOD_HANDLERS=batch,thread ...                                              # some handler kinds only
+//! FLOOD_HANDLERS=each,bursts ...      # `bursts`: the per-event counter taking bursts (`handles_bursts!`)
 //! ```
 //! With `FLOOD_METRICS=off,on` each repeat runs both, one after the other, so that both see the
 //! same machine; the last columns are the client's CPU time per event and, per repeat pair, on/off

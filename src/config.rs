@@ -73,7 +73,9 @@ pub struct Limits {
     /// The largest websocket message accepted, assembled from its frames (default 64 MiB). A larger
     /// one closes the connection, which then resumes.
     pub max_message_size: usize,
-    /// The largest decompressed message (default 64 MiB): stops a decompression bomb.
+    /// The largest decompressed message (default 64 MiB): stops a decompression bomb. Exact: a
+    /// message of this many bytes passes, one byte more resets the connection. (A zstd-stream
+    /// connection also holds a window of at most 8 MiB, whatever this says: docs/protocol.md §6.)
     pub max_decompressed_size: usize,
     /// Commands kept for a shard while it is not connected (default 64); more is an error.
     pub command_queue: usize,
@@ -131,7 +133,8 @@ pub enum SlowHandlers {
     /// Wait for slow handlers (the default). The event waits for room in that handler's mailbox;
     /// later events wait in the shard, up to `max_pending`; past that the shard stops reading its
     /// socket until the handlers catch up (Discord keeps the events; if it drops the connection
-    /// meanwhile, a resume replays them). Memory per shard stays bounded by `max_pending` events.
+    /// meanwhile, a resume replays them). Memory per shard stays bounded by `max_pending` events
+    /// (twice that before READY/RESUMED, while a resume's replay is read).
     ///
     /// A shard stops reading for at most `max_pause` at a stretch. Past it, the handlers it waits
     /// for are taken as stalled: the shard reads again and, until such a handler takes the event it

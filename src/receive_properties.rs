@@ -1,6 +1,7 @@
 //! Property tests of the receive path (unit tests: they drive the crate's internals): frame → envelope (prescan vs full parse) → state machine, and
-//! the zlib-stream inflater. Bounded by PROPTEST_CASES (default 256 per property); a failure prints
-//! the seed and the shrunk input to replay it.
+//! the zlib-stream inflater, and the whole receive path from websocket bytes to the state machine.
+//! Bounded by PROPTEST_CASES (default 256 per property; 16 for the whole path, each of whose cases
+//! runs every split point); a failure prints the seed and the shrunk input to replay it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +18,7 @@ fn json_value() -> impl Strategy<Value = String> {
         Just("null".to_owned()),
         any::<bool>().prop_map(|b| b.to_string()),
         any::<i64>().prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
         any::<f64>()
             .prop_filter("finite", |f| f.is_finite())
             .prop_map(|f| serde_json::to_string(&f).unwrap()),
@@ -68,11 +70,16 @@ fn frame() -> impl Strategy<Value = String> {
         Just(9),
         Just(10),
         Just(11),
-        0u64..300
+        0u64..300,
+        // The whole range a JSON integer the shard reads as u64 may take, and its edges.
+        any::<u64>(),
+        Just(u64::MAX),
     ];
     let s = prop_oneof![
         Just("null".to_owned()),
-        (0u64..u64::MAX).prop_map(|n| n.to_string())
+        any::<u64>().prop_map(|n| n.to_string()),
+        prop_oneof![Just(0u64), Just(1), Just(u64::MAX - 1), Just(u64::MAX)]
+            .prop_map(|n| n.to_string()),
     ];
     let t = prop_oneof![
         Just("null".to_owned()),
@@ -294,12 +301,24 @@ proptest! {
     }
 
     #[test]
-    fn the_state_machine_takes_any_frame_without_panicking(frames in prop::collection::vec(prop_oneof![frame().prop_map(String::into_bytes), mangled(), prop::collection::vec(any::<u8>(), 0..64)], 1..20)) {
+    fn the_state_machine_takes_any_frame_without_panicking(frames in prop::collection::vec(prop_oneof![
+        frame().prop_map(String::into_bytes),
+        mangled(),
+        prop::collection::vec(any::<u8>(), 0..64),
+        // Hello and READY with numbers anywhere in their range.
+        any::<u64>().prop_map(|n| format!(r#"{{"op":10,"d":{{"heartbeat_interval":{n}}}}}"#).into_bytes()),
+        prop_oneof![any::<u64>(), Just(u64::MAX)].prop_map(|n| format!(r#"{{"t":"READY","s":{n},"op":0,"d":{{"session_id":"x"}}}}"#).into_bytes()),
+    ], 1..20)) {
         let mut state = ShardState::new(0, 1, params(), None);
         state.on_open();
         let now = Instant::now();
+        let mut last: Option<u64> = None;
         for frame in frames {
             let frame = Bytes::from(frame);
+            if state.seq().is_none() {
+                // A new session (Identify, op 9 false): numbered afresh.
+                last = None;
+            }
             if let Ok(env) = Envelope::parse(&frame) {
                 state.on_frame(&frame, &env, || now, 0.5);
                 state.on_identify_permit();
@@ -307,6 +326,12 @@ proptest! {
             }
             while let Some(action) = state.poll_action() {
                 if let Action::Deliver(d) = action {
+                    // Within a session, sequence numbers only rise; READY starts a session.
+                    if d.event() == "READY" {
+                        last = None;
+                    }
+                    prop_assert!(last.is_none_or(|l| d.seq() > l), "{} after {:?}", d.seq(), last);
+                    last = Some(d.seq());
                     let _ = d.data();
                     let whole = Envelope::parse_full(d.frame()).is_ok();
                     // A delivered event of a broken frame never reads as a value.
@@ -349,5 +374,237 @@ proptest! {
         with_marker.extend_from_slice(&[0, 0, 0xff, 0xff]);
         let _ = fresh.push(&garbage);
         let _ = fresh.push(&with_marker);
+    }
+}
+
+/// The receive path as the shard runs it, without a socket: websocket bytes → frame reader →
+/// transport decompression → envelope → state machine.
+mod whole_path {
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use actix_codec::{Encoder, Framed};
+    use actix_http::ws::{Codec, Frame, Message};
+    use futures_util::{FutureExt, StreamExt};
+
+    use super::*;
+    use crate::shard::inflate::InflateError;
+
+    /// Bytes handed to the reader in the pieces given, then the end of the stream; writes vanish.
+    pub struct Pieces(pub VecDeque<Vec<u8>>);
+
+    impl tokio::io::AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            // An empty piece is no read at all (zero bytes would be the end of the stream).
+            while self.0.front().is_some_and(Vec::is_empty) {
+                self.0.pop_front();
+            }
+            if let Some(mut piece) = self.0.pop_front() {
+                let n = piece.len().min(buf.remaining());
+                buf.put_slice(&piece[..n]);
+                if n < piece.len() {
+                    self.0.push_front(piece.split_off(n));
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Pieces {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Transport compression of the messages a test sends.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Mode {
+        None,
+        Zlib,
+        #[cfg(feature = "zstd")]
+        Zstd,
+    }
+
+    pub fn mode() -> impl Strategy<Value = Mode> {
+        #[cfg(feature = "zstd")]
+        return prop_oneof![Just(Mode::None), Just(Mode::Zlib), Just(Mode::Zstd)];
+        #[cfg(not(feature = "zstd"))]
+        return prop_oneof![Just(Mode::None), Just(Mode::Zlib)];
+    }
+
+    /// The wire bytes of `messages` as the gateway sends them under `mode`, one websocket frame
+    /// each, with `garbage` (if any) after the `at`-th.
+    pub fn wire(mode: Mode, messages: &[Vec<u8>], garbage: Option<(usize, &[u8])>) -> Vec<u8> {
+        let mut codec = Codec::new();
+        let mut out = bytes::BytesMut::new();
+        let mut zlib = flate2::Compress::new(flate2::Compression::fast(), true);
+        #[cfg(feature = "zstd")]
+        let mut zstd = zstd::stream::raw::Encoder::new(3).unwrap();
+        for (i, m) in messages.iter().enumerate() {
+            let message = match mode {
+                Mode::None => Message::Text(bytestring::ByteString::from(
+                    String::from_utf8_lossy(m).into_owned(),
+                )),
+                Mode::Zlib => {
+                    let mut c = Vec::with_capacity(m.len() * 2 + 64);
+                    zlib.compress_vec(m, &mut c, flate2::FlushCompress::Sync)
+                        .unwrap();
+                    Message::Binary(c.into())
+                }
+                #[cfg(feature = "zstd")]
+                Mode::Zstd => {
+                    use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+                    let mut c = Vec::with_capacity(m.len() * 2 + 64);
+                    let mut input = InBuffer::around(m);
+                    while input.pos() < m.len() {
+                        let pos = c.len();
+                        zstd.run(&mut input, &mut OutBuffer::around_pos(&mut c, pos))
+                            .unwrap();
+                        if c.len() == c.capacity() {
+                            c.reserve(c.len());
+                        }
+                    }
+                    loop {
+                        let pos = c.len();
+                        if c.len() == c.capacity() {
+                            c.reserve(64);
+                        }
+                        if zstd.flush(&mut OutBuffer::around_pos(&mut c, pos)).unwrap() == 0 {
+                            break;
+                        }
+                    }
+                    Message::Binary(c.into())
+                }
+            };
+            codec.encode(message, &mut out).unwrap();
+            if let Some((at, bytes)) = garbage {
+                if at == i {
+                    out.extend_from_slice(bytes);
+                }
+            }
+        }
+        out.to_vec()
+    }
+
+    /// What the shard got out of `wire` delivered in `pieces`: the messages it decoded (before any
+    /// error), and whether the stream ended in an error.
+    pub fn receive(mode: Mode, pieces: VecDeque<Vec<u8>>) -> (Vec<Vec<u8>>, bool) {
+        let framed = Framed::new(
+            Box::new(Pieces(pieces)) as awc::BoxedSocket,
+            Codec::new().client_mode().max_size(1 << 20),
+        );
+        let (mut reader, _writer) = crate::shard::framing::split(framed, 1 << 20);
+        let mut zlib = crate::shard::inflate::Inflater::new(1 << 20);
+        #[cfg(feature = "zstd")]
+        let mut zstd = crate::shard::zstd_stream::ZstdStream::new(1 << 20).unwrap();
+        let mut state = ShardState::new(0, 1, params(), None);
+        state.on_open();
+        let now = Instant::now();
+        let mut got = Vec::new();
+        let mut failed = false;
+        // The pieces never run dry without ending: every poll is ready.
+        for _ in 0..100_000 {
+            let item = reader
+                .next()
+                .now_or_never()
+                .expect("an in-memory stream never waits");
+            let frame = match item {
+                None => return (got, failed),
+                Some(Err(_)) => {
+                    failed = true;
+                    continue;
+                }
+                Some(Ok(frame)) => frame,
+            };
+            assert!(!failed, "an item after the reader's error");
+            let message: Result<Option<Bytes>, InflateError> = match (frame, mode) {
+                (Frame::Text(b), _) => Ok(Some(b)),
+                (Frame::Binary(b), Mode::None) => Ok(Some(b)),
+                (Frame::Binary(b), Mode::Zlib) => zlib.push(&b),
+                #[cfg(feature = "zstd")]
+                (Frame::Binary(b), Mode::Zstd) => zstd.push(&b).map(Some),
+                _ => Ok(None),
+            };
+            match message {
+                Ok(Some(m)) => {
+                    if let Ok(env) = Envelope::parse(&m) {
+                        state.on_frame(&m, &env, || now, 0.5);
+                        state.on_identify_permit();
+                        while state.poll_action().is_some() {}
+                    }
+                    got.push(m.to_vec());
+                }
+                Ok(None) => {}
+                // The connection would be reset here; nothing after it is read.
+                Err(_) => return (got, true),
+            }
+        }
+        panic!("the reader never ended");
+    }
+}
+
+/// Cases of the whole-path property: 16 by default (each runs every split point), or
+/// `PROPTEST_CASES` for a longer run on demand (README, "Reliability").
+fn whole_path_cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(16)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: whole_path_cases(), ..ProptestConfig::default() })]
+
+    /// Gateway messages, compressed or not, with or without garbage in between, split into two
+    /// reads at every point: the shard never panics and never hangs; without garbage it decodes
+    /// exactly the messages sent, whatever the split; with garbage, the stream ends at the first
+    /// error (and everything before the garbage was decoded first).
+    #[test]
+    fn the_receive_path_takes_any_bytes_split_at_every_point(
+        mode in whole_path::mode(),
+        messages in prop::collection::vec(prop_oneof![
+            frame().prop_map(String::into_bytes),
+            prop::collection::vec(any::<u8>(), 1..48),
+        ], 1..4),
+        garbage in prop::option::weighted(0.5, (any::<prop::sample::Index>(), prop::collection::vec(any::<u8>(), 1..24))),
+    ) {
+        let garbage = garbage.map(|(at, bytes)| (at.index(messages.len()), bytes));
+        let wire = whole_path::wire(mode, &messages, garbage.as_ref().map(|(at, b)| (*at, &b[..])));
+        // Text frames carry the message as UTF-8 (lossily, for arbitrary bytes).
+        let expected: Vec<Vec<u8>> = messages
+            .iter()
+            .map(|m| match mode {
+                whole_path::Mode::None => String::from_utf8_lossy(m).into_owned().into_bytes(),
+                _ => m.clone(),
+            })
+            .collect();
+        for cut in 0..=wire.len() {
+            let pieces = [wire[..cut].to_vec(), wire[cut..].to_vec()].into_iter().collect();
+            let (got, _failed) = whole_path::receive(mode, pieces);
+            match &garbage {
+                None => prop_assert_eq!(&got, &expected, "cut {}", cut),
+                Some((at, _)) => {
+                    // Garbage may decode as frames of its own, but everything before it comes
+                    // out whole and first.
+                    prop_assert!(got.len() > *at, "cut {}: {} messages", cut, got.len());
+                    prop_assert_eq!(&got[..=*at], &expected[..=*at], "cut {}", cut);
+                }
+            }
+        }
     }
 }

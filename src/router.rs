@@ -32,7 +32,14 @@ use crate::protocol::DataSpan;
 /// assert_eq!(dispatch.parse::<Message>().unwrap().content, "hi");
 /// assert_eq!(dispatch.data(), br#"{"content":"hi","id":"1"}"#);
 /// ```
-#[derive(Clone, Message)]
+///
+/// The `Dispatch` a shard hands a handler carries a mark that tells the shard when the handler is
+/// done with the event: when that `Dispatch` is dropped (normally as `handle` returns). The shard's
+/// stored sequence trails those marks, so a crash replays what a handler had not finished and loses
+/// nothing. A clone carries no mark: keeping a clone does not hold the sequence back. A handler
+/// that keeps the `Dispatch` itself for later work holds the sequence back until it drops it, and
+/// should drop the events it keeps in the order it got them.
+#[derive(Message)]
 #[rtype(result = "()")]
 pub struct Dispatch {
     shard: u32,
@@ -45,6 +52,62 @@ pub struct Dispatch {
     /// The gateway session the event belongs to, when it came through the event stream (the
     /// gateway path leaves it `None`: a shard's handlers know their session from READY).
     session: Option<Arc<str>>,
+    /// Set only on the copy a shard hands to one handler (see [`Done`]).
+    done: Option<Done>,
+}
+
+impl Clone for Dispatch {
+    /// A copy of the event without the hand-over mark: a user's clone never counts as the
+    /// handler's progress.
+    fn clone(&self) -> Self {
+        Self {
+            shard: self.shard,
+            seq: self.seq,
+            event: self.event.clone(),
+            frame: self.frame.clone(),
+            span: self.span,
+            data: self.data.clone(),
+            session: self.session.clone(),
+            done: None,
+        }
+    }
+}
+
+/// How far one handler got with the events one shard handed it: the sequence of the last message
+/// (event or batch) it finished, written by the handler's thread as it drops the message and read by
+/// the shard (see `shard::delivery`).
+pub(crate) type Progress = Arc<AtomicU64>;
+
+/// The mark a handed-over message carries: dropping it (once the handler is done with the message)
+/// records the message's last sequence in the handler's [`Progress`].
+pub(crate) struct Done {
+    progress: Option<Progress>,
+    seq: u64,
+}
+
+impl Done {
+    pub(crate) fn new(progress: &Progress, seq: u64) -> Self {
+        Self {
+            progress: Some(Arc::clone(progress)),
+            seq,
+        }
+    }
+
+    /// The message never reached the handler (a full or closed mailbox gave it back): it records
+    /// nothing.
+    pub(crate) fn disarm(mut self) {
+        self.progress = None;
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if let Some(progress) = &self.progress {
+            // A plain store: a handler finishes its messages in order, so the last one dropped is the
+            // furthest one.
+            progress.store(self.seq, Ordering::Release);
+        }
+    }
 }
 
 impl Dispatch {
@@ -64,6 +127,21 @@ impl Dispatch {
             span,
             data: OnceLock::new(),
             session: None,
+            done: None,
+        }
+    }
+
+    /// A copy of this event for one handler, marked: `done` records when the handler dropped it.
+    pub(crate) fn marked(&self, done: Done) -> Self {
+        let mut copy = self.clone();
+        copy.done = Some(done);
+        copy
+    }
+
+    /// Takes the mark back from a message that never reached its handler.
+    pub(crate) fn disarm(mut self) {
+        if let Some(done) = self.done.take() {
+            done.disarm();
         }
     }
 
@@ -253,17 +331,56 @@ impl fmt::Debug for Dispatch {
 /// (shared, lazily parsed) dispatches; the difference is one mailbox message and one wakeup of the
 /// handler's thread per burst, which is most of what delivering a small event costs when events come
 /// by the thousand.
-#[derive(Clone, Debug, Message)]
+///
+/// Like a [`Dispatch`], the batch a shard hands a handler carries a mark: the handler is done with
+/// the whole batch when the batch is dropped, or, after [`into_events`](Self::into_events), when
+/// its last event is. A clone carries no mark.
+#[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct DispatchBatch {
     shard: u32,
     events: Vec<Dispatch>,
+    done: Option<Done>,
+}
+
+impl Clone for DispatchBatch {
+    /// A copy without the hand-over mark (see [`Dispatch`]'s `clone`).
+    fn clone(&self) -> Self {
+        Self {
+            shard: self.shard,
+            events: self.events.clone(),
+            done: None,
+        }
+    }
+}
+
+impl fmt::Debug for Done {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Done").field("seq", &self.seq).finish()
+    }
 }
 
 impl DispatchBatch {
     /// A batch of `events` read by `shard`.
     pub fn new(shard: u32, events: Vec<Dispatch>) -> Self {
-        Self { shard, events }
+        Self {
+            shard,
+            events,
+            done: None,
+        }
+    }
+
+    /// This batch, marked: `done` records when the handler dropped it.
+    pub(crate) fn marked(mut self, done: Done) -> Self {
+        self.done = Some(done);
+        self
+    }
+
+    /// Takes the mark back from a batch that never reached its handler.
+    pub(crate) fn disarm(mut self) {
+        if let Some(done) = self.done.take() {
+            done.disarm();
+        }
     }
 
     /// The id of the shard that received the events.
@@ -276,16 +393,76 @@ impl DispatchBatch {
         &self.events
     }
 
-    /// The events, owned.
-    pub fn into_events(self) -> Vec<Dispatch> {
-        self.events
+    /// The events, owned. The batch's hand-over mark moves to the last event: the handler is done
+    /// with the batch once it has dropped that one.
+    pub fn into_events(mut self) -> Vec<Dispatch> {
+        let mut events = std::mem::take(&mut self.events);
+        if let (Some(done), Some(last)) = (self.done.take(), events.last_mut()) {
+            last.done = Some(done);
+        }
+        events
     }
+}
+
+/// Lets a per-event handler actor take a burst of events as one mailbox message: implements
+/// `Handler<DispatchBatch>` for the actor by running its own `Handler<Dispatch>` for each event of
+/// the batch, in order. Register the actor with
+/// [`batch_handler`](crate::ConfigBuilder::batch_handler) (or `batch_handler_all`) and its
+/// per-event code runs exactly as it would as a [`handler`](crate::ConfigBuilder::handler): each
+/// event once, in order. What changes is the delivery: one mailbox message, and one wakeup of
+/// the handler's thread, per burst a shard read instead of per event, which is most of what
+/// delivering a small event to another thread costs (BENCHMARKS.md, "flood").
+///
+/// The actor's `Handler<Dispatch>` must answer `()` (a handler whose answer is a future would
+/// have it dropped).
+///
+/// ```
+/// use actix::prelude::*;
+/// use shardline::{Config, Dispatch};
+///
+/// struct Messages;
+/// impl Actor for Messages { type Context = Context<Self>; }
+/// impl Handler<Dispatch> for Messages {
+///     type Result = ();
+///     fn handle(&mut self, event: Dispatch, _: &mut Context<Self>) {
+///         println!("{}", event.seq());
+///     }
+/// }
+/// shardline::handles_bursts!(Messages);
+///
+/// # actix_rt::System::new().block_on(async {
+/// let config = Config::builder("token")
+///     .batch_handler("MESSAGE_CREATE", Messages.start().recipient())
+///     .build()
+///     .unwrap();
+/// # });
+/// ```
+#[macro_export]
+macro_rules! handles_bursts {
+    ($actor:ty) => {
+        impl ::actix::Handler<$crate::DispatchBatch> for $actor {
+            type Result = ();
+            fn handle(
+                &mut self,
+                batch: $crate::DispatchBatch,
+                ctx: &mut <Self as ::actix::Actor>::Context,
+            ) {
+                // Taken apart, so the batch's hand-over mark rides on its last event, dropped last.
+                for event in batch.into_events() {
+                    let () = <Self as ::actix::Handler<$crate::Dispatch>>::handle(self, event, ctx);
+                }
+            }
+        }
+    };
 }
 
 /// The handlers of one event name (or of every event).
 #[derive(Clone, Default)]
 pub(crate) struct Route {
     each: Box<[Recipient<Dispatch>]>,
+    /// For each of `each`, its index in [`Router::each_handler_count`]'s numbering (set by
+    /// [`Router::finish`]).
+    ids: Box<[u32]>,
     /// Indices into [`Router::batch`].
     batched: Box<[usize]>,
 }
@@ -294,6 +471,11 @@ impl Route {
     /// The per-event handlers.
     pub(crate) fn handlers(&self) -> &[Recipient<Dispatch>] {
         &self.each
+    }
+
+    /// The router-wide number of each of [`handlers`](Self::handlers), in the same order.
+    pub(crate) fn handler_ids(&self) -> &[u32] {
+        &self.ids
     }
 
     /// The batch handlers, as indices for [`Router::batch_handler`].
@@ -369,6 +551,8 @@ pub struct Router {
     by_event: HashMap<Box<str>, Route, FastHash>,
     all: Route,
     batch: Vec<Recipient<DispatchBatch>>,
+    /// How many distinct per-event handlers the routes hold (numbered by [`Route::handler_ids`]).
+    each_count: usize,
     /// Setups of per-thread handlers, run on each shard thread by [`Router::for_this_thread`].
     per_thread: Vec<ThreadSetup>,
     /// Tells this router's per-thread copies apart from another's on the same thread.
@@ -603,7 +787,32 @@ impl Router {
                 push_unique(&mut route.batched, i);
             }
         }
+        // Number the distinct per-event handlers, so a shard can keep per handler how far it got.
+        let mut distinct: Vec<Recipient<Dispatch>> = Vec::new();
+        for route in self
+            .by_event
+            .values_mut()
+            .chain(std::iter::once(&mut self.all))
+        {
+            route.ids = route
+                .each
+                .iter()
+                .map(|handler| match distinct.iter().position(|h| h == handler) {
+                    Some(i) => i as u32,
+                    None => {
+                        distinct.push(handler.clone());
+                        distinct.len() as u32 - 1
+                    }
+                })
+                .collect();
+        }
+        self.each_count = distinct.len();
         self
+    }
+
+    /// How many distinct per-event handlers there are.
+    pub(crate) fn each_handler_count(&self) -> usize {
+        self.each_count
     }
 
     /// Every handler of `event`, per-event and batch, from one lookup.

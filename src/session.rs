@@ -27,8 +27,10 @@ pub trait SessionStore: Send + Sync + 'static {
     fn load(&self, shard: u32) -> Option<SessionInfo>;
     /// Keeps the session of `shard` (after READY or RESUMED).
     fn save(&self, shard: u32, session: SessionInfo);
-    /// Records the sequence of the event `shard` is handing to its handlers (called once per
-    /// dispatch, in order, as it leaves the shard's queue).
+    /// Records how far the handlers of `shard` got: every event of the current session at or below
+    /// `seq` was finished by every handler it went to. It trails what the shard received (so a
+    /// shard resumed from it replays what the handlers had not finished: a crash replays, never
+    /// loses), rises with every call, and is called as it advances, not once per event.
     fn set_seq(&self, shard: u32, seq: u64);
     /// Forgets the session of `shard` (it was invalidated or closed for good).
     fn remove(&self, shard: u32);

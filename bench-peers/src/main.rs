@@ -11,8 +11,8 @@
 //! twilight picks its compression when it is compiled, so one build compares one compression.
 //! `prescan`: reading op/s/t of each corpus frame, shardline's prescan against twilight's.
 //! `flood`: twilight's raw messages (`Stream::next`) and its typed events (`next_event`), against
-//! shardline delivering to a counting handler actor, per event (`shardline`), in batches
-//! (`shardline-batch`) and per event to a counter on each shard thread (`shardline-thread`); and
+//! shardline delivering to a counting handler actor, per event (`shardline`), per event a burst at
+//! a time (`shardline-bursts`: `handles_bursts!`), in batches (`shardline-batch`) and per event to a counter on each shard thread (`shardline-thread`); and
 //! the typed path: the same three handlers reading the content, author and channel of every
 //! MESSAGE_CREATE through shardline's lean view (`shardline-view`, `shardline-batch-view`,
 //! `shardline-thread-view`), against twilight's typed events, whose handler reads the same fields.
@@ -57,6 +57,11 @@ fn main() {
         let rest = &args[i + 1..];
         return match (rest[0].as_str(), rest[1].as_str()) {
             ("shardline", "flood") => common::flood::client(&rest[2..]),
+            ("shardline-bursts", "flood") => {
+                let mut args = rest[2..].to_vec();
+                args.push("bursts".into());
+                common::flood::client(&args)
+            }
             ("shardline-batch", "flood") => {
                 let mut args = rest[2..].to_vec();
                 args.push("batch".into());
@@ -107,8 +112,9 @@ fn main() {
     for shards in flood_shards {
         let n: usize = shards.parse().expect("shards");
         let per_shard = (events / n).to_string();
-        const ALL: [&str; 8] = [
+        const ALL: [&str; 9] = [
             "shardline",
+            "shardline-bursts",
             "shardline-batch",
             "shardline-thread",
             "twilight-raw",
@@ -126,6 +132,8 @@ fn main() {
         // speed during the run lands on every client alike.
         let mut rates = vec![Vec::new(); clients.len()];
         let mut p99s = vec![Vec::new(); clients.len()];
+        // The client process's CPU time per event (start-up and connect included, alike for all).
+        let mut cpus = vec![Vec::new(); clients.len()];
         for _ in 0..repeats {
             for (i, client) in clients.iter().enumerate() {
                 let fake = common::FakeProcess::start(&[
@@ -143,6 +151,11 @@ fn main() {
                 ]) {
                     rates[i].push(v["events_per_sec"].as_f64().unwrap_or(0.0));
                     p99s[i].push(v["p99_ms"].as_f64().unwrap_or(0.0));
+                    let events = v["events"].as_f64().unwrap_or(0.0);
+                    let cpu = v["cpu_s"].as_f64().unwrap_or(0.0);
+                    if events > 0.0 && cpu > 0.0 {
+                        cpus[i].push(cpu / events * 1e6);
+                    }
                     lines.push(v.to_string());
                 }
             }
@@ -161,7 +174,12 @@ fn main() {
             } else {
                 "-".to_owned()
             };
-            println!("  {shards:>5} shards  {client:<15} {m:>9.0} ({lo:.0}-{hi:.0})  p99 {p99}");
+            let cpu = if cpus[i].is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:.2}", common::median(&mut cpus[i]).0)
+            };
+            println!("  {shards:>5} shards  {client:<15} {m:>9.0} ({lo:.0}-{hi:.0})  p99 {p99}  cpu µs/event {cpu}");
             medians.push(m);
         }
         let median = |name: &str| {
@@ -171,12 +189,22 @@ fn main() {
                 .map_or(0.0, |i| medians[i])
         };
         let (raw, typed) = (median("twilight-raw"), median("twilight-typed"));
-        for name in ["shardline", "shardline-batch", "shardline-thread"] {
+        for name in [
+            "shardline",
+            "shardline-bursts",
+            "shardline-batch",
+            "shardline-thread",
+        ] {
             if median(name) > 0.0 && raw > 0.0 && typed > 0.0 {
                 println!(
                     "  {shards:>5} shards  ratio {name} / twilight raw = {:.2}, / twilight typed = {:.2}",
                     median(name) / raw,
                     median(name) / typed
+                );
+            } else if median(name) > 0.0 && raw > 0.0 {
+                println!(
+                    "  {shards:>5} shards  ratio {name} / twilight raw = {:.2}",
+                    median(name) / raw
                 );
             }
         }
@@ -495,6 +523,8 @@ fn twilight_flood(args: &[String], typed: bool) {
             "events_per_sec": total as f64 / elapsed.as_secs_f64(),
             "p50_ms": pct(0.5),
             "p99_ms": pct(0.99),
+            // Measured as the shardline clients measure it (their threads' schedstat).
+            "cpu_s": common::flood::cpu_seconds(),
         });
         println!("{result}");
         std::process::exit(0);

@@ -138,10 +138,31 @@ impl Handler<DispatchBatch> for Counter {
     }
 }
 
+/// A per-event counter (only `Handler<Dispatch>`) that takes its events a burst at a time
+/// (`shardline::handles_bursts!`, registered with `batch_handler`).
+pub struct PerEvent(pub Counter);
+
+impl Actor for PerEvent {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(4096);
+    }
+}
+
+impl Handler<Dispatch> for PerEvent {
+    type Result = ();
+    fn handle(&mut self, d: Dispatch, _: &mut Context<Self>) {
+        self.0.take(&d);
+    }
+}
+
+shardline::handles_bursts!(PerEvent);
+
 /// One run: `--client <shards> <compression> <events per shard> <gateway url> [MODE]`: the counter
-/// is a per-event handler (`each`, the default), a batch handler (`batch`), or a per-event handler
-/// per shard thread (`thread`: one counter beside the shards of each arbiter); `view`, `batch-view`
-/// and `thread-view` are the same three reading each message through its typed view.
+/// is a per-event handler (`each`, the default), the same taking its events in bursts (`bursts`:
+/// `handles_bursts!`), a batch handler (`batch`), or a per-event handler per shard thread
+/// (`thread`: one counter beside the shards of each arbiter); `view`, `bursts-view`, `batch-view`
+/// and `thread-view` are the same reading each message through its typed view.
 #[allow(dead_code, reason = "the peer comparison's entry point")]
 pub fn client(args: &[String]) {
     client_with(args, "", |builder| builder);
@@ -185,6 +206,12 @@ pub fn client_with(
         let builder = match kind.as_str() {
             "batch" => {
                 let counter = Counter(tally, read).start();
+                builder
+                    .batch_handler("MESSAGE_CREATE", counter.clone().recipient())
+                    .batch_handler("LATENCY_PROBE", counter.recipient())
+            }
+            "bursts" => {
+                let counter = PerEvent(Counter(tally, read)).start();
                 builder
                     .batch_handler("MESSAGE_CREATE", counter.clone().recipient())
                     .batch_handler("LATENCY_PROBE", counter.recipient())
@@ -240,7 +267,7 @@ pub fn client_with(
 /// CPU time of this process's threads so far (Linux `schedstat`, in nanoseconds; 0 elsewhere): the
 /// client's cost per event, which the fake gateway sharing the cores does not blur the way it blurs
 /// events/s.
-fn cpu_seconds() -> f64 {
+pub fn cpu_seconds() -> f64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0.0;
     };

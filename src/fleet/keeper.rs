@@ -137,7 +137,7 @@ impl Keeper {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = ticks.tick() => self.tick().await,
+                _ = ticks.tick() => self.tick(&mut losses).await,
                 Some(lease) = losses.recv() => self.lose(lease),
                 command = commands.recv() => {
                     let (resumable, done) = match command {
@@ -155,7 +155,13 @@ impl Keeper {
         }
     }
 
-    async fn tick(&mut self) {
+    async fn tick(&mut self, losses: &mut tokio::sync::mpsc::UnboundedReceiver<Lease>) {
+        // Losses first: a shard whose lease the renewals gave up is out of the held map already,
+        // and must be stopped before this tick claims it again (or its stop would hit the new
+        // ownership's shard).
+        while let Ok(lease) = losses.try_recv() {
+            self.lose(lease);
+        }
         let members = match self.heartbeat().await {
             Ok(members) => members,
             // Without Redis nothing can be claimed; held shards run on until their guards end.
@@ -222,6 +228,10 @@ impl Keeper {
     /// waiting for it.
     fn lose(&mut self, lease: Lease) {
         let id = lease.shard;
+        if lock(&self.held).contains_key(&id) {
+            // Claimed again since (a later lease): that ownership's shard is not this one's.
+            return;
+        }
         tracing::warn!(
             shard.id = id,
             owner = self.leases.owner(),
@@ -229,14 +239,15 @@ impl Keeper {
         );
         self.store.forget_local(id);
         self.emit(id, OwnershipChange::Lost);
-        let supervisor = self.supervisor.clone();
+        // Sent now, waited for elsewhere: the supervisor takes it before any later claim of the
+        // same shard (one sender's messages arrive in order), so it cannot stop the shard that
+        // claim starts; and the keeper does not wait for a shard whose thread may be blocked.
+        let release = self.supervisor.send(ReleaseShard {
+            id,
+            how: Release::Abandon,
+        });
         actix_rt::spawn(async move {
-            let _ = supervisor
-                .send(ReleaseShard {
-                    id,
-                    how: Release::Abandon,
-                })
-                .await;
+            let _ = release.await;
         });
     }
 
@@ -509,17 +520,21 @@ struct Renewer {
 }
 
 impl Renewer {
-    async fn run(self) {
-        let redis = loop {
+    /// A connection of the renewals' own, on the node the shared connection uses now.
+    async fn connect(&self) -> Leases {
+        loop {
             match self.redis.isolated().await {
-                Ok(redis) => break redis,
+                Ok(redis) => return self.leases.on(redis),
                 Err(e) => {
                     tracing::warn!(error = %e, "fleet: cannot open the lease renewals' connection; retrying");
                     tokio::time::sleep(self.leases.lease_time() / 4).await;
                 }
             }
-        };
-        let leases = self.leases.on(redis);
+        }
+    }
+
+    async fn run(self) {
+        let mut leases = self.connect().await;
         let mut ticks = tokio::time::interval(self.leases.lease_time() / 4);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
@@ -527,6 +542,10 @@ impl Renewer {
             ticks.tick().await;
             if self.lost.is_closed() {
                 return;
+            }
+            // Behind Sentinel the shared connection follows a new primary; this one follows it.
+            if leases.node() != self.redis.node() {
+                leases = self.connect().await;
             }
             let now = Instant::now();
             let (expired, due): (Vec<Lease>, Vec<Lease>) = {
@@ -598,7 +617,8 @@ impl Renewer {
             if let Some((_, guard)) = held.remove(&lease.shard) {
                 guard.revoke();
             }
-            drop(held);
+            // Sent under the lock: whoever finds the lease gone from the map finds its loss in
+            // the channel.
             let _ = self.lost.send(lease);
         }
     }

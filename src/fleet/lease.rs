@@ -292,6 +292,11 @@ impl Leases {
         Ok(released.into_iter().filter(|r| *r == 1).count())
     }
 
+    /// The Redis node these leases are renewed on.
+    pub(crate) fn node(&self) -> String {
+        self.redis.node()
+    }
+
     /// The same leases over another connection (e.g. one of the renewals' own).
     pub(crate) fn on(&self, redis: FleetRedis) -> Self {
         Self {

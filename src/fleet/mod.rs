@@ -8,7 +8,9 @@
 //! share a Redis. Time-based rules (identify windows, lease expiry, session expiry) are kept by
 //! Redis's own TTLs, never by comparing the processes' clocks (docs/fleet.md).
 
+mod connect;
 mod error;
+mod health;
 pub mod identify;
 mod keeper;
 pub mod lease;
@@ -17,6 +19,7 @@ pub mod sessions;
 pub mod stream;
 
 pub use error::FleetError;
+pub use health::{readiness, Readiness};
 pub use identify::RedisIdentifyQueue;
 pub use keeper::{fleet_view, FleetEvent, FleetShard, OwnershipChange};
 pub use options::{FleetOptions, Placement};
@@ -25,15 +28,15 @@ pub use sessions::RedisSessionStore;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 /// A connection to the fleet's Redis and the prefix of the bot's keys. Cheap to clone: clones share
-/// one multiplexed connection, which reconnects by itself after Redis comes back.
+/// one multiplexed connection, which reconnects by itself after Redis comes back. Behind Redis
+/// Sentinel, the connection follows the primary the sentinels name (docs/fleet.md, "Redis").
 #[derive(Clone)]
 pub struct FleetRedis {
-    conn: ConnectionManager,
-    /// For connections of their own (a blocking read must not hold up the shared one).
-    client: redis::Client,
+    /// The node the fleet talks to; replaced whole when Sentinel names a new primary.
+    current: Arc<std::sync::RwLock<connect::Current>>,
     prefix: Arc<str>,
     /// The bot's shard total, part of every per-shard key once known ([`for_total`](Self::for_total)).
     total: Option<u32>,
@@ -48,55 +51,37 @@ impl std::fmt::Debug for FleetRedis {
     }
 }
 
-/// How long one Redis command may take before it counts as failed: a lease renewal must know in
-/// time that it did not get through.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long connecting may take, at start and on each reconnect.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
 impl FleetRedis {
-    /// Connects to `url` (`redis://host:port/db`) and checks that Redis answers. `prefix` names the
-    /// bot: every key of it starts with `prefix:`. Must run inside a tokio (actix) runtime.
+    /// Connects to `url` and checks that Redis answers. `prefix` names the bot: every key of it
+    /// starts with `prefix:`. Must run inside a tokio (actix) runtime. The URL is one of
+    ///
+    /// - `redis://[user:password@]host:port[/db]`;
+    /// - `rediss://…`, the same over TLS (rustls; the server's certificate is checked against the
+    ///   webpki roots: see [`connect_with_ca`](Self::connect_with_ca) for a private CA);
+    /// - `redis+sentinel://[user:password@]host:port[,host:port…]/primary-name[/db]`: the
+    ///   sentinels to ask for the primary named `primary-name`; the user and password are the
+    ///   primary's (the sentinels are asked without them). The fleet follows a failover.
     ///
     /// # Errors
-    /// [`FleetError::Connect`] when Redis cannot be reached or does not answer `PING`.
+    /// [`FleetError::Connect`] when the URL is not usable, or Redis cannot be reached or does not
+    /// answer `PING`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, FleetError> {
-        let client = redis::Client::open(url).map_err(|e| FleetError::Connect {
-            url: redact_url(url),
-            reason: e.to_string(),
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let connecting = client.get_connection_manager_with_config(config);
-        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT * 3, connecting)
-            .await
-            .map_err(|_| FleetError::Connect {
-                url: redact_url(url),
-                reason: "timed out".into(),
-            })?
-            .map_err(|e| FleetError::Connect {
-                url: redact_url(url),
-                reason: e.to_string(),
-            })?;
-        let pong: String = redis::cmd("PING")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| FleetError::Connect {
-                url: redact_url(url),
-                reason: e.to_string(),
-            })?;
-        if pong != "PONG" {
-            return Err(FleetError::Connect {
-                url: redact_url(url),
-                reason: format!("unexpected answer to PING: {pong}"),
-            });
-        }
+        Self::connect_with_ca(url, prefix, None).await
+    }
+
+    /// [`connect`](Self::connect) to a `rediss://` URL whose certificate is issued by the CA in
+    /// `ca_pem` (PEM, one or more certificates): they are then the only roots trusted, as with
+    /// `redis-cli --cacert`. `None` trusts the webpki roots.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect); a CA with a URL that is not `rediss://` is refused.
+    pub async fn connect_with_ca(
+        url: &str,
+        prefix: &str,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, FleetError> {
         Ok(Self {
-            conn,
-            client,
+            current: connect::connect(url, ca_pem).await?,
             prefix: prefix.into(),
             total: None,
         })
@@ -114,6 +99,15 @@ impl FleetRedis {
     /// The shard total per-shard keys carry, if set.
     pub fn total(&self) -> Option<u32> {
         self.total
+    }
+
+    /// The connection of a fleet started with `options` by the bot of `token`.
+    pub(crate) async fn for_fleet(
+        options: &FleetOptions,
+        token: &crate::Token,
+    ) -> Result<Self, FleetError> {
+        let prefix = options.prefix_for(token);
+        Self::connect_with_ca(&options.redis_url, &prefix, options.redis_ca_pem.as_deref()).await
     }
 
     /// The key `prefix:part`.
@@ -135,19 +129,37 @@ impl FleetRedis {
         &self.prefix
     }
 
-    /// A handle on the shared connection, for one command or pipeline.
+    /// `host:port` of the Redis node commands go to now (behind Sentinel, the primary it last
+    /// named).
+    pub fn node(&self) -> String {
+        connect::read(&self.current).addr.clone()
+    }
+
+    /// A handle on the shared connection, for one command or pipeline. Take one per use: behind
+    /// Sentinel, a handle kept across a failover still points at the old primary.
     pub(crate) fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+        connect::read(&self.current).conn.clone()
     }
 
     /// The same bot over a connection of its own, driven by the runtime this is called in: the
     /// lease renewals run on a thread of their own, so that nothing else the process does (a
     /// blocked thread, a large batch on the shared connection) can hold them up.
+    /// It stays on the node it was made for: compare [`node`](Self::node) with the shared one's
+    /// and make a new one when they differ (a Sentinel failover).
     pub(crate) async fn isolated(&self) -> Result<FleetRedis, FleetError> {
-        let conn = self.dedicated(Duration::ZERO).await?;
+        let (client, addr) = {
+            let current = connect::read(&self.current);
+            (current.client.clone(), current.addr.clone())
+        };
+        let conn = connect::manager(&client, Duration::ZERO)
+            .await
+            .map_err(|e| FleetError::Command(format!("connecting: {e}")))?;
         Ok(Self {
-            conn,
-            client: self.client.clone(),
+            current: Arc::new(std::sync::RwLock::new(connect::Current {
+                conn,
+                client,
+                addr,
+            })),
             prefix: self.prefix.clone(),
             total: self.total,
         })
@@ -155,18 +167,13 @@ impl FleetRedis {
 
     /// A connection of its own, reconnecting like the shared one, whose commands may take up to
     /// `wait` longer than usual: for blocking reads (`XREADGROUP ... BLOCK`), which would hold up
-    /// every command behind them on the shared connection.
+    /// every command behind them on the shared one. It stays on the node it was made for: make a
+    /// new one after an error, so that a failover is followed.
     pub(crate) async fn dedicated(&self, wait: Duration) -> Result<ConnectionManager, FleetError> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT + wait))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let connecting = self.client.get_connection_manager_with_config(config);
-        tokio::time::timeout(CONNECT_TIMEOUT * 3, connecting)
+        let client = connect::read(&self.current).client.clone();
+        connect::manager(&client, wait)
             .await
-            .map_err(|_| FleetError::Command("connecting timed out".into()))?
-            .map_err(FleetError::from)
+            .map_err(|e| FleetError::Command(format!("connecting: {e}")))
     }
 }
 
@@ -258,7 +265,7 @@ impl crate::Gateway {
     ) -> Result<Self, crate::StartError> {
         use crate::config::ShardPlan;
         use crate::StartError;
-        let redis = FleetRedis::connect(&options.redis_url, &options.prefix)
+        let redis = FleetRedis::for_fleet(&options, &config.token)
             .await
             .map_err(StartError::Fleet)?;
         // The same resolution as a single process: GET /gateway/bot for what the config leaves open.

@@ -4,9 +4,10 @@
 //!
 //! Nothing waits for Redis on the event path: [`SessionStore::set_seq`] writes a local map, and a
 //! background task writes what changed every `flush_every` (and at once after READY, on
-//! [`flush`](RedisSessionStore::flush), and at shutdown). A crash can therefore lose at most the
-//! sequence numbers of the last `flush_every`: the next owner resumes from the last flushed one and
-//! the gateway replays, so events after it may be delivered again, never lost.
+//! [`flush`](RedisSessionStore::flush), and at shutdown). The sequences a shard records trail what
+//! its handlers have finished, and a crash loses at most the sequence numbers of the last
+//! `flush_every`: the next owner resumes from the last flushed one and the gateway replays, so
+//! events after it may be delivered again, never lost.
 //!
 //! Writes are fenced: a shard's session is written only while the lease token this process holds
 //! for it is still the one in Redis (a script compares them), so a process that lost a shard while

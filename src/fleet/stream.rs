@@ -32,6 +32,26 @@ use crate::fleet::{FleetError, FleetRedis, RedisSessionStore};
 use crate::router::{Dispatch, DispatchBatch, Router};
 use crate::session::SessionStore;
 
+/// `XGROUP DELCONSUMER` of every consumer of group ARGV[1] in stream KEYS[1], other than ARGV[3],
+/// with nothing pending and idle for at least ARGV[2] ms. One script, so that no consumer can read
+/// an entry between the check and the removal (removing a consumer drops what it holds).
+static REMOVE_DEAD_CONSUMERS: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local removed = {}
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+  if info['name'] ~= ARGV[3] and info['pending'] == 0 and info['idle'] >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed[#removed + 1] = info['name']
+  end
+end
+return removed
+",
+    )
+});
+
 /// How many entries a stream keeps by default (approximately: Redis trims whole nodes).
 pub const DEFAULT_MAX_LEN: usize = 100_000;
 
@@ -313,16 +333,20 @@ impl Handler<DispatchBatch> for StreamPublisher {
                 }
             }
         }
-        let mut conn = self.redis.conn();
+        let redis = self.redis.clone();
         let key = self.key.clone();
         let write = async move {
+            // The batch is finished (for the shard's stored sequence) once it is in the stream.
+            let _finished = batch;
             if published == 0 {
                 return;
             }
             let mut retry = Retry::new();
             let mut log = ErrorLog::new("XADD");
             loop {
-                match pipe.query_async::<()>(&mut conn).await {
+                // A handle per attempt: behind Sentinel, a retry after a failover goes to the new
+                // primary, not again to the old one.
+                match pipe.query_async::<()>(&mut redis.conn()).await {
                     Ok(()) => break,
                     Err(e) => {
                         log.failed(&e);
@@ -505,6 +529,7 @@ struct Counters {
     malformed: AtomicU64,
     trimmed: AtomicU64,
     not_handled: AtomicU64,
+    removed_consumers: AtomicU64,
 }
 
 /// What a [`StreamConsumer`] has done so far (answer to [`ConsumerStatsRequest`]).
@@ -523,6 +548,9 @@ pub struct ConsumerStats {
     pub trimmed: u64,
     /// Entries left unacknowledged because one of their handlers had stopped.
     pub not_handled: u64,
+    /// Other consumers of the group removed (`XGROUP DELCONSUMER`) because they held nothing and
+    /// had been idle for `claim_idle`: workers that are gone.
+    pub removed_consumers: u64,
 }
 
 /// Asks a [`StreamConsumer`] for its [`ConsumerStats`].
@@ -643,6 +671,7 @@ impl Handler<ConsumerStatsRequest> for StreamConsumer {
             malformed: c.malformed.load(Ordering::Relaxed),
             trimmed: c.trimmed.load(Ordering::Relaxed),
             not_handled: c.not_handled.load(Ordering::Relaxed),
+            removed_consumers: c.removed_consumers.load(Ordering::Relaxed),
         })
     }
 }
@@ -685,6 +714,9 @@ impl Worker {
                         // The stream or group was deleted: create it again.
                         self.group_ready = false;
                     }
+                    // The next step connects again, to the node the fleet uses now: behind
+                    // Sentinel, the old primary may have become a replica (READONLY) or be gone.
+                    self.conn = None;
                     log.failed(&e);
                     retry.wait().await;
                 }
@@ -786,10 +818,40 @@ impl Worker {
                 self.handle(reply.claimed, conn).await;
             }
             cursor = reply.next_stream_id;
-            if cursor == "0-0" || self.stopping.load(Ordering::Relaxed) {
+            if self.stopping.load(Ordering::Relaxed) {
                 return Ok(());
             }
+            if cursor == "0-0" {
+                return self.remove_dead_consumers(conn).await;
+            }
         }
+    }
+
+    /// Removes from the group every other consumer that holds no entry and has not read or
+    /// claimed for `claim_idle`: a dead worker whose entries were just claimed, or one that died
+    /// with nothing pending. Without this, each restarted worker under a new name (a pod's) would
+    /// leave its name in the group for ever. A live consumer that has got nothing for
+    /// `claim_idle` can be removed too (before Redis 7.2, `idle` counts from the last read that
+    /// returned entries): it holds nothing, so nothing is lost, and its next read that returns
+    /// entries makes it a member again.
+    async fn remove_dead_consumers(
+        &mut self,
+        conn: &mut ConnectionManager,
+    ) -> Result<(), redis::RedisError> {
+        let removed: Vec<String> = REMOVE_DEAD_CONSUMERS
+            .key(&self.key)
+            .arg(&self.group)
+            .arg(self.claim_idle.as_millis() as u64)
+            .arg(&self.consumer)
+            .invoke_async(conn)
+            .await?;
+        if !removed.is_empty() {
+            self.stats
+                .removed_consumers
+                .fetch_add(removed.len() as u64, Ordering::Relaxed);
+            tracing::info!(consumers = ?removed, "event stream: removed consumers that were gone and held nothing");
+        }
+        Ok(())
     }
 
     /// Hands `entries` to their handlers, waits for them, and acknowledges what was handled.

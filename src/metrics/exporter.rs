@@ -404,13 +404,27 @@ impl Sink {
 
 #[cfg(feature = "metrics-endpoint")]
 mod endpoint {
+    use std::future::Future;
     use std::net::SocketAddr;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::time::Duration;
 
     use actix_web::{web, App, HttpResponse, HttpServer};
 
     use super::Metrics;
 
-    /// A running `GET /metrics` server (see [`Metrics::serve`]).
+    /// What `GET /readyz` asks (see [`Metrics::serve_with_readiness`]): `Ok(why)` answers 200,
+    /// `Err(why)` 503, each with `why` as the body. Called once per request, on the server's own
+    /// thread.
+    pub type ReadinessCheck =
+        Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<String, String>>>> + Send + Sync>;
+
+    /// How long `/readyz` waits for its check: a check that hangs (a shard actor that does not
+    /// answer, Redis that does not) is an answer too, and probes time out at 1 s by default.
+    const READINESS_TIMEOUT: Duration = Duration::from_millis(800);
+
+    /// A running `GET /metrics`, `/healthz` and `/readyz` server (see [`Metrics::serve`]).
     #[derive(Debug)]
     pub struct MetricsServer {
         addr: SocketAddr,
@@ -435,10 +449,31 @@ mod endpoint {
             .body(metrics.render())
     }
 
+    /// Alive: the process answers HTTP, so its actix system runs.
+    async fn healthz() -> HttpResponse {
+        HttpResponse::Ok().content_type("text/plain").body("ok\n")
+    }
+
+    async fn readyz(check: web::Data<Option<ReadinessCheck>>) -> HttpResponse {
+        let answer = match check.get_ref() {
+            None => Err("no readiness check registered".to_owned()),
+            Some(check) => tokio::time::timeout(READINESS_TIMEOUT, check())
+                .await
+                .unwrap_or_else(|_| Err("the readiness check did not answer in time".into())),
+        };
+        let (mut response, why) = match answer {
+            Ok(why) => (HttpResponse::Ok(), why),
+            Err(why) => (HttpResponse::ServiceUnavailable(), why),
+        };
+        response.content_type("text/plain").body(why + "\n")
+    }
+
     impl Metrics {
         /// Serves [`render`](Self::render) at `GET /metrics` on `addr` (one worker thread; port 0
-        /// picks a free port). Must run inside an actix system; the server runs until
-        /// [`MetricsServer::stop`] or the system ends.
+        /// picks a free port), and `GET /healthz` (200 while the process's actix system runs)
+        /// beside it; `GET /readyz` answers 503 (no check: see
+        /// [`serve_with_readiness`](Self::serve_with_readiness)). Must run inside an actix system;
+        /// the server runs until [`MetricsServer::stop`] or the system ends.
         ///
         /// ```no_run
         /// # actix_rt::System::new().block_on(async {
@@ -448,11 +483,34 @@ mod endpoint {
         /// # });
         /// ```
         pub fn serve(&self, addr: impl std::net::ToSocketAddrs) -> std::io::Result<MetricsServer> {
+            self.serve_inner(addr, None)
+        }
+
+        /// [`serve`](Self::serve), with `GET /readyz` answering what `check` says (200 or 503,
+        /// its text as the body; 503 when it takes more than 800 ms). For a fleet process,
+        /// `shardline::fleet::readiness` is the check (docs/fleet.md, "Health").
+        pub fn serve_with_readiness(
+            &self,
+            addr: impl std::net::ToSocketAddrs,
+            check: ReadinessCheck,
+        ) -> std::io::Result<MetricsServer> {
+            self.serve_inner(addr, Some(check))
+        }
+
+        fn serve_inner(
+            &self,
+            addr: impl std::net::ToSocketAddrs,
+            check: Option<ReadinessCheck>,
+        ) -> std::io::Result<MetricsServer> {
             let data = web::Data::new(self.clone());
+            let check = web::Data::new(check);
             let server = HttpServer::new(move || {
                 App::new()
                     .app_data(data.clone())
+                    .app_data(check.clone())
                     .route("/metrics", web::get().to(scrape))
+                    .route("/healthz", web::get().to(healthz))
+                    .route("/readyz", web::get().to(readyz))
             })
             .workers(1)
             .disable_signals()
@@ -464,11 +522,11 @@ mod endpoint {
             let server = server.run();
             let handle = server.handle();
             actix_rt::spawn(server);
-            tracing::info!(%addr, "serving metrics at /metrics");
+            tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
             Ok(MetricsServer { addr, handle })
         }
     }
 }
 
 #[cfg(feature = "metrics-endpoint")]
-pub use endpoint::MetricsServer;
+pub use endpoint::{MetricsServer, ReadinessCheck};

@@ -39,12 +39,12 @@ mod exporter;
 #[cfg(feature = "metrics")]
 mod shard;
 
-#[cfg(feature = "metrics-endpoint")]
-pub use exporter::MetricsServer;
 #[cfg(feature = "metrics")]
 pub(crate) use exporter::Sink;
 #[cfg(feature = "metrics")]
 pub use exporter::{Metrics, MetricsOptions};
+#[cfg(feature = "metrics-endpoint")]
+pub use exporter::{MetricsServer, ReadinessCheck};
 #[cfg(feature = "metrics")]
 pub(crate) use shard::ShardMetrics;
 

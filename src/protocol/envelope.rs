@@ -10,7 +10,8 @@ use serde_json::value::RawValue;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EnvelopeError {
-    /// The frame is not a JSON object with an integer `op` (the message says where it broke).
+    /// The frame is not a JSON object with an integer `op` (the message says where it broke, and
+    /// never quotes the frame).
     Malformed(String),
 }
 
@@ -173,8 +174,16 @@ impl Envelope {
         if frame.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(EnvelopeError::Malformed("not a JSON object".into()));
         }
-        let raw: RawEnvelope<'_> =
-            serde_json::from_slice(frame).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        let raw: RawEnvelope<'_> = serde_json::from_slice(frame).map_err(|e| {
+            // Where and what kind, not serde's message: it quotes the frame's content (a
+            // message's text, say), and this error is logged.
+            EnvelopeError::Malformed(format!(
+                "{:?} error at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        })?;
         let base = frame.as_ptr() as usize;
         let span = |s: &str| {
             let start = s.as_ptr() as usize - base;

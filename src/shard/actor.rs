@@ -29,19 +29,35 @@ use crate::shard::delivery::{Deliver, Delivery};
 use crate::shard::heartbeat_grid;
 use crate::shard::inflate::Inflater;
 use crate::shard::limiter::CommandLimiter;
+use crate::shard::log_throttle::Throttles;
 use crate::shard::messages::{Abandon, GetStatus, SendCommand, ShardNotice, ShardStatus, Shutdown};
 use crate::shard::pause::Pausable;
 use crate::shard::state::{Action, IdentifyParams, Phase, SendKind, ShardState};
 
 type WsSink = crate::shard::framing::Writer;
 
+/// What a queued message is, for where it goes in the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A bot's command (see [`ShardActor::queued`]).
+    Command,
+    /// A heartbeat (op 1): ahead of queued commands, and only the latest one while it waits.
+    Heartbeat,
+    /// The answer to a websocket Ping: ahead of queued commands, and only the latest one while it
+    /// waits (RFC 6455 §5.5.3 lets an endpoint answer only the most recent Ping).
+    Pong,
+    /// Anything else (Identify, Resume, a close frame), in order.
+    Other,
+}
+
 /// What the actor has queued for a connection's writer.
 #[derive(Default)]
 struct Outbox {
-    /// Messages not yet handed to the sink; `true` marks a command (see [`ShardActor::queued`]).
-    queue: VecDeque<(WsMessage, bool)>,
-    /// Commands handed to the sink and not yet flushed to the socket.
-    unflushed: usize,
+    /// Messages not yet handed to the sink.
+    queue: VecDeque<(WsMessage, Kind)>,
+    /// Messages handed to the sink and not yet written whole to the socket, in order (`true`
+    /// marks a command).
+    handed: VecDeque<bool>,
     /// Close the sink once everything queued is written.
     closing: bool,
     /// The sink failed: nothing more is written on this connection.
@@ -50,8 +66,31 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn push(&mut self, message: WsMessage, command: bool) {
-        self.queue.push_back((message, command));
+    /// Commands handed to the sink and not yet written whole.
+    fn unwritten_commands(&self) -> usize {
+        self.handed.iter().filter(|&&command| command).count()
+    }
+
+    fn push(&mut self, message: WsMessage, kind: Kind) {
+        match kind {
+            Kind::Command | Kind::Other => self.queue.push_back((message, kind)),
+            Kind::Heartbeat | Kind::Pong => {
+                if let Some(waiting) = self.queue.iter_mut().find(|(_, k)| *k == kind) {
+                    // One is waiting already (the socket is not taking frames): the newer one
+                    // replaces it, so a peer that keeps asking while it does not read grows
+                    // nothing here.
+                    waiting.0 = message;
+                } else {
+                    // Heartbeats and pongs are time-critical: ahead of commands waiting their turn.
+                    let at = self
+                        .queue
+                        .iter()
+                        .position(|(_, k)| *k == Kind::Command)
+                        .unwrap_or(self.queue.len());
+                    self.queue.insert(at, (message, kind));
+                }
+            }
+        }
         if let Some(waker) = self.waker.take() {
             waker.wake();
         }
@@ -59,12 +98,25 @@ impl Outbox {
 }
 
 /// Writes a connection's outbox to its socket. A command counts as sent only once the socket took
-/// all of it (its flush succeeded); a write error ends the connection, and the commands not yet
-/// flushed go out again on the next one.
+/// all of its bytes; a write error ends the connection, and the commands not yet written go out
+/// again on the next one.
 struct WriteLoop {
     sink: WsSink,
     outbox: Rc<std::cell::RefCell<Outbox>>,
     generation: u64,
+    /// In a fleet, the shard's lease: checked as each frame is handed to the socket and before
+    /// anything buffered is written out, not only when the frame was queued (the process may have
+    /// been paused in between).
+    guard: Option<LeaseGuard>,
+}
+
+impl WriteLoop {
+    /// Whether the lease (if any) still holds now.
+    fn may_write(&self) -> bool {
+        self.guard
+            .as_ref()
+            .is_none_or(|guard| guard.holds(Instant::now()))
+    }
 }
 
 impl ActorFuture<ShardActor> for WriteLoop {
@@ -79,20 +131,31 @@ impl ActorFuture<ShardActor> for WriteLoop {
         use futures_util::Sink;
         use std::task::Poll;
         let this = &mut *self;
+        if !this.may_write() {
+            // The lease is gone: nothing more goes out; the actor drops the connection.
+            act.may_write(ctx);
+            return Poll::Ready(());
+        }
         let outbox = Rc::clone(&this.outbox);
+        let guard = this.guard.clone();
         let mut sink = std::pin::Pin::new(&mut this.sink);
         let failure = 'write: {
             let mut out = outbox.borrow_mut();
             while !out.queue.is_empty() {
+                if guard.as_ref().is_some_and(|g| !g.holds(Instant::now())) {
+                    drop(out);
+                    act.may_write(ctx);
+                    return Poll::Ready(());
+                }
                 match sink.as_mut().poll_ready(task) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => break 'write Some(e),
                     Poll::Pending => break,
                 }
-                let Some((message, command)) = out.queue.pop_front() else {
+                let Some((message, kind)) = out.queue.pop_front() else {
                     break;
                 };
-                out.unflushed += usize::from(command);
+                out.handed.push_back(kind == Kind::Command);
                 if let Err(e) = sink.as_mut().start_send(message) {
                     break 'write Some(e);
                 }
@@ -102,22 +165,17 @@ impl ActorFuture<ShardActor> for WriteLoop {
                 Poll::Ready(Err(e)) => break 'write Some(e),
                 Poll::Pending => false,
             };
-            if flushed {
-                let written = std::mem::take(&mut out.unflushed);
-                drop(out);
-                if written > 0 {
-                    act.commands_written(this.generation, written);
-                }
-                out = outbox.borrow_mut();
-                if out.closing && out.queue.is_empty() {
-                    return match sink.as_mut().poll_close(task) {
-                        Poll::Pending => {
-                            out.waker = Some(task.waker().clone());
-                            Poll::Pending
-                        }
-                        Poll::Ready(_) => Poll::Ready(()),
-                    };
-                }
+            drop(out);
+            report_written(sink.as_mut().get_mut(), &outbox, this.generation, act, ctx);
+            out = outbox.borrow_mut();
+            if flushed && out.closing && out.queue.is_empty() {
+                return match sink.as_mut().poll_close(task) {
+                    Poll::Pending => {
+                        out.waker = Some(task.waker().clone());
+                        Poll::Pending
+                    }
+                    Poll::Ready(_) => Poll::Ready(()),
+                };
             }
             out.waker = Some(task.waker().clone());
             None
@@ -125,6 +183,8 @@ impl ActorFuture<ShardActor> for WriteLoop {
         match failure {
             None => Poll::Pending,
             Some(error) => {
+                // What the socket took whole before the error was sent all the same.
+                report_written(&mut this.sink, &outbox, this.generation, act, ctx);
                 outbox.borrow_mut().failed = true;
                 act.write_failed(this.generation, error, ctx);
                 Poll::Ready(())
@@ -133,8 +193,34 @@ impl ActorFuture<ShardActor> for WriteLoop {
     }
 }
 
+/// Tells the actor how many commands the socket has taken whole since the last report.
+fn report_written(
+    sink: &mut WsSink,
+    outbox: &std::cell::RefCell<Outbox>,
+    generation: u64,
+    act: &mut ShardActor,
+    ctx: &mut Context<ShardActor>,
+) {
+    let written = sink.take_written();
+    if written == 0 {
+        return;
+    }
+    let commands = {
+        let mut out = outbox.borrow_mut();
+        let n = written.min(out.handed.len());
+        out.handed.drain(..n).filter(|&command| command).count()
+    };
+    if commands > 0 {
+        act.commands_written(generation, commands, ctx);
+    }
+}
+
 /// How long a closed connection may take to finish its close handshake before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a shard that is shutting down waits, once its connection is closed, for its handlers to
+/// finish the events it gave them.
+const HANDLERS_GRACE: Duration = Duration::from_secs(2);
 
 /// What every shard of one bot shares.
 pub(crate) struct ShardShared {
@@ -243,6 +329,7 @@ impl<S: futures_util::Stream<Item = WsEvent> + Unpin> ActorFuture<ShardActor> fo
                     return Poll::Ready(());
                 }
                 Poll::Pending => {
+                    act.delivery.caught_up();
                     act.hand_over(ctx);
                     return Poll::Pending;
                 }
@@ -277,6 +364,11 @@ pub struct ShardActor {
     /// current connection's outbox; a command leaves this queue only once its flush succeeded.
     queued: VecDeque<String>,
     in_flight: usize,
+    /// Commands at the front of `queued` that a connection closed with a code (generation, count)
+    /// had handed to its socket without all of their bytes written: they go out ahead of its close
+    /// frame if the socket takes them before the close grace ends, and again on the next
+    /// connection if not. Until that is known, nothing more is sent (in order, and never twice).
+    unsettled: Option<(u64, usize)>,
     flush_timer: Option<SpawnHandle>,
     fatal: Option<FatalError>,
     deliberate_stop: bool,
@@ -291,6 +383,17 @@ pub struct ShardActor {
     span: tracing::Span,
     /// `None` unless the bot enabled metrics.
     metrics: Option<ShardMetrics>,
+    /// Rate limits of the warnings the gateway's input can cause (by [`Noise`]).
+    noise: Throttles<2>,
+}
+
+/// Kinds of warning the gateway's input can cause in the actor, each rate-limited on its own.
+#[derive(Debug, Clone, Copy)]
+enum Noise {
+    /// A message skipped: not a gateway frame, or a continuation with no first frame.
+    Skipped = 0,
+    /// A frame not sent for the send limit (the gateway asking for heartbeats, say).
+    SendLimit = 1,
 }
 
 impl ShardActor {
@@ -326,6 +429,7 @@ impl ShardActor {
             failed_connects: 0,
             queued: VecDeque::new(),
             in_flight: 0,
+            unsettled: None,
             flush_timer: None,
             fatal: None,
             deliberate_stop: false,
@@ -335,6 +439,7 @@ impl ShardActor {
             guard,
             span,
             metrics,
+            noise: Throttles::default(),
         }
     }
 
@@ -356,23 +461,38 @@ impl ShardActor {
         let timeout = self.shared.timeouts.connect;
         let handshakes = self.shared.handshakes.clone();
         let tls = self.shared.tls.clone();
+        let guard = self.guard.clone();
         let connecting = async move {
             // Held until the upgrade is done (or failed): the timeout covers the handshake, not the
             // wait for a turn.
             let _turn = handshakes.acquire_owned().await;
+            // The wait for a turn has no bound: the lease is checked again at the moment of
+            // connecting, not only before the wait.
+            if guard.is_some_and(|guard| !guard.holds(Instant::now())) {
+                return None;
+            }
             let request = crate::client::ws_client(&tls)
                 .ws(url.as_str())
                 .max_frame_size(max_frame);
-            actix_rt::time::timeout(timeout, request.connect()).await
+            Some(actix_rt::time::timeout(timeout, request.connect()).await)
         };
         ctx.spawn(connecting.into_actor(self).map(move |result, act, ctx| {
             let _span = act.span.clone().entered();
             if act.generation != generation || act.state.phase() == Phase::Stopped {
                 return;
             }
+            // The lease ran out while waiting for a turn, or during the upgrade: the socket (if
+            // any) closes without a frame and the shard is abandoned.
+            let Some(result) = result else {
+                act.may_write(ctx);
+                return;
+            };
+            if !act.may_write(ctx) {
+                return;
+            }
             match result {
                 Ok(Ok((_response, framed))) => {
-                    act.failed_connects = 0;
+                    // Not a success yet: only the gateway's Hello makes it one.
                     act.attach(framed, generation, ctx);
                 }
                 Ok(Err(e)) => {
@@ -388,20 +508,27 @@ impl ShardActor {
     }
 
     fn connect_failed(&mut self, ctx: &mut Context<Self>) {
+        self.count_failed_connect();
+        self.metrics_cause(ReconnectCause::ConnectFailed);
+        self.metrics_reconnected();
+        self.schedule_reconnect(false, ctx);
+    }
+
+    /// One more connect in a row that came to nothing: refused, timed out, or opened and ended
+    /// before the gateway said Hello (a host that accepts and then stays silent or closes at once
+    /// is no more use than one that refuses).
+    fn count_failed_connect(&mut self) {
         let base = self
             .state
             .connect_base_after(self.failed_connects)
             .to_owned();
         self.failed_connects = self.failed_connects.saturating_add(1);
-        self.metrics_cause(ReconnectCause::ConnectFailed);
-        self.metrics_reconnected();
         if self.state.connect_base_after(self.failed_connects) != base {
             tracing::warn!(
                 attempts = self.failed_connects,
                 "resume host keeps failing; resuming through the gateway URL"
             );
         }
-        self.schedule_reconnect(false, ctx);
     }
 
     fn attach(
@@ -431,6 +558,7 @@ impl ShardActor {
             sink,
             outbox: Rc::clone(&outbox),
             generation,
+            guard: self.guard.clone(),
         });
         let (limit, window) = self.shared.command_limit;
         self.conn = Some(Connection {
@@ -501,21 +629,27 @@ impl ShardActor {
         }
         let mut out = conn.outbox.borrow_mut();
         // Commands not yet handed to the sink stay queued for the next connection.
-        out.queue.retain(|(_, command)| !command);
+        out.queue.retain(|(_, kind)| *kind != Kind::Command);
         match code.filter(|_| !out.failed) {
             Some(code) => {
-                // Commands already in the sink go out ahead of the close: they count as sent.
-                let sent = std::mem::take(&mut out.unflushed);
-                self.queued.drain(..sent.min(self.queued.len()));
+                // Commands already in the sink go out ahead of the close, but count as sent only
+                // once the socket takes them whole (the writer goes on reporting for this
+                // generation until the close grace ends).
+                // (While an older connection's are unsettled, this one was given none: the
+                // older ones stay unsettled.)
+                let unwritten = out.unwritten_commands();
+                if unwritten > 0 {
+                    self.unsettled = Some((self.generation, unwritten));
+                }
                 let reason = CloseReason {
                     code: WsCloseCode::from(code),
                     description: None,
                 };
-                out.push(WsMessage::Close(Some(reason)), false);
+                out.push(WsMessage::Close(Some(reason)), Kind::Other);
             }
             None => {
                 // The socket is gone: what it did not take goes again on the next connection.
-                out.unflushed = 0;
+                out.handed.clear();
                 ctx.cancel_future(conn.reader);
                 out.closing = true;
                 if let Some(waker) = out.waker.take() {
@@ -526,9 +660,11 @@ impl ShardActor {
         drop(out);
         self.in_flight = 0;
         let (reader, writer) = (conn.reader, conn.writer);
-        ctx.run_later(CLOSE_GRACE, move |_, ctx| {
+        let generation = self.generation;
+        ctx.run_later(CLOSE_GRACE, move |act, ctx| {
             ctx.cancel_future(reader);
             ctx.cancel_future(writer);
+            act.settle(generation, ctx);
         });
     }
 
@@ -572,9 +708,12 @@ impl ShardActor {
                     return;
                 }
                 if let Some(conn) = &mut self.conn {
-                    conn.outbox
-                        .borrow_mut()
-                        .push(WsMessage::Pong(payload), false);
+                    // A copy: the ping's bytes would keep the whole read buffer alive while the
+                    // pong waits.
+                    conn.outbox.borrow_mut().push(
+                        WsMessage::Pong(Bytes::copy_from_slice(&payload)),
+                        Kind::Pong,
+                    );
                 }
             }
             Some(Ok(Frame::Pong(_))) => {}
@@ -609,7 +748,12 @@ impl ShardActor {
             Item::Last(chunk) => (chunk, true),
         };
         let Some((_, buf)) = &mut conn.partial else {
-            tracing::warn!("continuation frame without a first frame; skipped");
+            if let Some(suppressed) = self.noise.allow(Noise::Skipped as usize, Instant::now()) {
+                tracing::warn!(
+                    suppressed,
+                    "continuation frame without a first frame; skipped"
+                );
+            }
             return;
         };
         if buf.len() + chunk.len() > max {
@@ -665,8 +809,16 @@ impl ShardActor {
                 self.state.on_frame(&frame, &env, Instant::now, jitter);
             }
             Err(e) => {
-                let start = String::from_utf8_lossy(&frame[..frame.len().min(64)]).into_owned();
-                tracing::warn!(error = %e, bytes = frame.len(), start = %start, "skipped a malformed frame");
+                // The frame's bytes are the gateway's content (a message's text, say): only the
+                // debug level shows them.
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    let start = String::from_utf8_lossy(&frame[..frame.len().min(64)]).into_owned();
+                    tracing::debug!(bytes = frame.len(), start = %start, "the malformed frame");
+                }
+                if let Some(suppressed) = self.noise.allow(Noise::Skipped as usize, Instant::now())
+                {
+                    tracing::warn!(error = %e, bytes = frame.len(), suppressed, "skipped a malformed frame");
+                }
             }
         }
     }
@@ -677,6 +829,8 @@ impl ShardActor {
             match action {
                 Action::Send(text, kind) => self.send(text, kind, ctx),
                 Action::StartHeartbeat { first, interval } => {
+                    // Hello: the host the shard connected to is a working gateway.
+                    self.failed_connects = 0;
                     self.start_heartbeat(first, interval, ctx)
                 }
                 Action::RequestIdentify => self.request_identify(ctx),
@@ -725,6 +879,11 @@ impl ShardActor {
                     close_code,
                     at_once,
                 } => {
+                    // A connection that ends before Hello (its heartbeat never started) counts
+                    // as a failed connect.
+                    if self.conn.as_ref().is_some_and(|c| c.heartbeat.is_none()) {
+                        self.count_failed_connect();
+                    }
                     self.metrics_reconnected();
                     self.disconnect(close_code, ctx);
                     self.schedule_reconnect(at_once, ctx);
@@ -759,13 +918,19 @@ impl ShardActor {
             SendKind::Handshake => conn.limiter.try_command(now).is_ok(),
         };
         if !allowed {
-            tracing::warn!(?kind, "send limit reached; frame not sent");
+            if let Some(suppressed) = self.noise.allow(Noise::SendLimit as usize, now) {
+                tracing::warn!(?kind, suppressed, "send limit reached; frame not sent");
+            }
             return;
         }
         tracing::trace!(?kind, bytes = text.len(), "sending");
+        let queued_as = match kind {
+            SendKind::Heartbeat => Kind::Heartbeat,
+            SendKind::Handshake => Kind::Other,
+        };
         conn.outbox
             .borrow_mut()
-            .push(WsMessage::Text(text.into()), false);
+            .push(WsMessage::Text(text.into()), queued_as);
         if kind == SendKind::Handshake {
             let phase = self.state.phase();
             self.arm_deadline(self.shared.timeouts.ready, phase, ctx);
@@ -814,9 +979,10 @@ impl ShardActor {
         }
         let _span = self.span.clone().entered();
         self.metrics_cause(ReconnectCause::Zombie);
-        // Zombie detection waits while reads are paused: an ACK may be sitting unread.
+        // Zombie detection waits while reads are paused, and after a pause until the reader has
+        // caught up with the socket: an ACK may be sitting unread.
         self.state
-            .set_reading_paused(self.delivery.reading_paused());
+            .set_reading_paused(self.delivery.reads_held_lately());
         self.state.on_heartbeat_due(Instant::now());
         self.drain(ctx);
     }
@@ -855,7 +1021,7 @@ impl ShardActor {
 
     /// Sends queued commands while the limiter allows; schedules itself for when it next will.
     fn flush_commands(&mut self, ctx: &mut Context<Self>) {
-        if self.state.phase() != Phase::Ready || !self.may_write(ctx) {
+        if self.state.phase() != Phase::Ready || self.unsettled.is_some() || !self.may_write(ctx) {
             return;
         }
         let Some(conn) = &mut self.conn else { return };
@@ -864,7 +1030,7 @@ impl ShardActor {
                 Ok(()) => {
                     conn.outbox
                         .borrow_mut()
-                        .push(WsMessage::Text(text.as_str().into()), true);
+                        .push(WsMessage::Text(text.as_str().into()), Kind::Command);
                     self.in_flight += 1;
                 }
                 Err(wait) => {
@@ -880,15 +1046,37 @@ impl ShardActor {
         }
     }
 
-    /// The socket took the first `count` commands of the current connection's outbox.
-    fn commands_written(&mut self, generation: u64, count: usize) {
-        if generation != self.generation || self.conn.is_none() {
-            // Settled at teardown.
+    /// The socket of connection `generation` took the next `count` commands it was given whole.
+    fn commands_written(&mut self, generation: u64, count: usize, ctx: &mut Context<Self>) {
+        if generation == self.generation && self.conn.is_some() {
+            let count = count.min(self.in_flight);
+            self.queued.drain(..count);
+            self.in_flight -= count;
             return;
         }
-        let count = count.min(self.in_flight);
+        // A connection closed with a code, taking what it held before its close frame.
+        let Some((of, left)) = &mut self.unsettled else {
+            return;
+        };
+        if *of != generation {
+            return;
+        }
+        let count = count.min(*left).min(self.queued.len());
         self.queued.drain(..count);
-        self.in_flight -= count;
+        *left -= count;
+        if *left == 0 {
+            self.unsettled = None;
+            self.flush_commands(ctx);
+        }
+    }
+
+    /// The writer of connection `generation` is done (failed, or dropped at the end of the close
+    /// grace): the commands it did not write stay queued and go out on the current connection.
+    fn settle(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        if self.unsettled.is_some_and(|(of, _)| of == generation) {
+            self.unsettled = None;
+            self.flush_commands(ctx);
+        }
     }
 
     /// The connection's writer failed: the connection is over, as if a read had failed; the
@@ -900,6 +1088,7 @@ impl ShardActor {
         ctx: &mut Context<Self>,
     ) {
         if generation != self.generation || self.conn.is_none() {
+            self.settle(generation, ctx);
             return;
         }
         let _span = self.span.clone().entered();
@@ -948,6 +1137,7 @@ impl Actor for ShardActor {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.flush_metrics();
+        self.delivery.stopped();
         if let Some(supervisor) = &self.supervisor {
             supervisor.do_send(ShardNotice::Stopped {
                 id: self.id,
@@ -965,6 +1155,7 @@ impl ShardActor {
         }
         if self.conn.is_none() || self.state.phase() == Phase::Stopped {
             // A connection being closed: only the end of its close handshake matters now.
+            tracing::debug!(parent: &self.span, end = event.frame.is_none(), "read from a connection being closed");
             if matches!(event.frame, None | Some(Ok(Frame::Close(_))) | Some(Err(_))) {
                 if let Some(answered) = self.close_answered.take() {
                     let _ = answered.send(());
@@ -974,6 +1165,22 @@ impl ShardActor {
         }
         let _span = self.span.clone().entered();
         self.on_ws_event(event.frame, ctx);
+    }
+
+    /// Stops the actor once its handlers have finished every event it gave them (so the stored
+    /// sequence a graceful hand-over leaves is the last event, and the next owner repeats nothing),
+    /// or after [`HANDLERS_GRACE`]: then the next owner replays what they had not finished.
+    fn stop_once_handlers_finish(&mut self, ctx: &mut Context<Self>) {
+        if self.delivery.settled() {
+            ctx.stop();
+            return;
+        }
+        let deadline = Instant::now() + HANDLERS_GRACE;
+        ctx.run_interval(Duration::from_millis(5), move |act, ctx| {
+            if act.delivery.settled() || Instant::now() >= deadline {
+                ctx.stop();
+            }
+        });
     }
 
     /// Gives the handlers what the frames read so far produced.
@@ -1145,10 +1352,57 @@ impl Handler<Shutdown> for ShardActor {
             let _ = answered.send(());
         }
         self.teardown(Some(code), ctx);
-        // Stop once the gateway has answered the close (or after the grace period, if it never does).
+        // Stop once the gateway has answered the close (or after the grace period, if it never does)
+        // and the handlers have finished what they were given.
         let answered = async move {
             let _ = actix_rt::time::timeout(CLOSE_GRACE, close_answered).await;
         };
-        Box::pin(answered.into_actor(self).map(|(), _, ctx| ctx.stop()))
+        Box::pin(
+            answered
+                .into_actor(self)
+                .map(|(), act, ctx| act.stop_once_handlers_finish(ctx)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(m: &WsMessage) -> String {
+        match m {
+            WsMessage::Text(t) => t.to_string(),
+            WsMessage::Pong(p) => format!("pong {}", String::from_utf8_lossy(p)),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn pings_and_heartbeats_waiting_for_the_socket_keep_one_answer_each_ahead_of_commands() {
+        let mut out = Outbox::default();
+        out.push(WsMessage::Text("identify".into()), Kind::Other);
+        for i in 0..3 {
+            out.push(
+                WsMessage::Text(format!("command {i}").into()),
+                Kind::Command,
+            );
+        }
+        // A peer that keeps pinging and asking for heartbeats while the socket takes nothing.
+        for i in 0..1000 {
+            out.push(WsMessage::Pong(Bytes::from(format!("{i}"))), Kind::Pong);
+            out.push(WsMessage::Text(format!("beat {i}").into()), Kind::Heartbeat);
+        }
+        let queued: Vec<String> = out.queue.iter().map(|(m, _)| text(m)).collect();
+        assert_eq!(
+            queued,
+            [
+                "identify",
+                "pong 999",
+                "beat 999",
+                "command 0",
+                "command 1",
+                "command 2"
+            ]
+        );
     }
 }

@@ -1,6 +1,15 @@
 //! Handing a shard's events to its handler actors: the queue of events waiting for a handler with
-//! a full mailbox, the batches for batch handlers, the slow-handler policy and the decision to stop
-//! reading the socket while handlers are behind.
+//! a full mailbox, the batches for batch handlers, the slow-handler policy, the decision to stop
+//! reading the socket while handlers are behind, and the stored sequence, which trails what every
+//! handler has finished.
+//!
+//! Why it trails: a process that dies takes its handlers' mailboxes with it. Had the store recorded
+//! an event's sequence as it entered a mailbox, the next owner would resume after events no handler
+//! ever handled. So each message handed over carries a mark ([`crate::router::Done`]) that, dropped
+//! when the handler is done with it, records its sequence in that handler's progress; the stored
+//! sequence is the highest one with every event at or below it finished by every handler it went to
+//! (a handler given up on as stalled excepted: it misses events anyway). A crash replays what was not
+//! finished, and loses nothing.
 //!
 //! The shard actor owns one [`Delivery`] and calls it; the waits it starts run on the actor's
 //! context and come back to it through [`Deliver`].
@@ -15,7 +24,7 @@ use actix::prelude::*;
 
 use crate::config::SlowHandlers;
 use crate::event::ShardEvent;
-use crate::router::{Dispatch, DispatchBatch, Router};
+use crate::router::{Dispatch, DispatchBatch, Done, Progress, Router};
 use crate::session::SessionStore;
 use crate::shard::pause::PauseGate;
 
@@ -24,6 +33,53 @@ const FLUSH_AT: usize = 64;
 
 /// While drops go on, at most one warning per this long (besides the first drop's own line).
 const DROP_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// While a handler still holds events of this shard, how often the shard looks again at what it
+/// finished, so the stored sequence catches up when the shard goes quiet (an idle shard whose
+/// handlers are done arms nothing).
+const PROGRESS_EVERY: Duration = Duration::from_millis(20);
+
+/// What one handler was handed by this shard in the current session and is not known to have
+/// finished.
+#[derive(Default)]
+struct Track {
+    /// Written by the handler's thread as it drops a message (see [`Done`]); made on first use and
+    /// replaced at each new session, so a late mark of an old session lands in one no one reads.
+    progress: Option<Progress>,
+    /// The first and last sequence of each message handed over and not yet seen finished, oldest
+    /// first (a handler gets its messages, and finishes them, in sequence order).
+    unfinished: VecDeque<(u64, u64)>,
+}
+
+impl Track {
+    /// Notes a message of events `first..=last` about to be handed over; its mark.
+    fn mark(&mut self, first: u64, last: u64) -> Done {
+        let progress = self.progress.get_or_insert_with(Progress::default);
+        self.unfinished.push_back((first, last));
+        Done::new(progress, last)
+    }
+
+    /// The message just marked was not handed over after all.
+    fn unmark(&mut self) {
+        self.unfinished.pop_back();
+    }
+
+    /// Forgets what the handler has finished; the lowest sequence it still holds.
+    fn holds(&mut self) -> Option<u64> {
+        let done = self
+            .progress
+            .as_ref()?
+            .load(std::sync::atomic::Ordering::Acquire);
+        while self
+            .unfinished
+            .front()
+            .is_some_and(|&(_, last)| last <= done)
+        {
+            self.unfinished.pop_front();
+        }
+        self.unfinished.front().map(|&(first, _)| first)
+    }
+}
 
 /// An actor that delivers its events through a [`Delivery`] it owns.
 pub(crate) trait Deliver: Actor<Context = Context<Self>> {
@@ -46,6 +102,10 @@ struct Pending {
 struct Wait {
     id: u64,
     handler: Handler,
+    /// The handler's [`Track`], by index.
+    track: usize,
+    /// The session the hand-over's events came from (see [`Delivery::new_session`]).
+    session: u32,
     /// Events in the hand-over.
     count: u64,
     /// For a per-event handler: the event, and the index of the handler after this one, to which it
@@ -144,6 +204,16 @@ pub(crate) struct Delivery {
     next_wait: u64,
     /// Per batch handler (by router index), the events of the current hand-over.
     batches: Vec<Vec<Dispatch>>,
+    /// Per batch handler, the first and last sequence of the current session's events in its batch.
+    batch_spans: Vec<Option<(u64, u64)>>,
+    /// Per handler (per-event handlers by router number, then batch handlers by router index), what
+    /// it holds of the current session.
+    tracks: Vec<Track>,
+    /// The highest sequence of the current session offered to its handlers.
+    offered: u64,
+    /// The sequence last given to the session store for the current session.
+    recorded: u64,
+    progress_timer: Option<SpawnHandle>,
     dropped: u64,
     drops: DropLog,
     reading: Rc<PauseGate>,
@@ -151,6 +221,9 @@ pub(crate) struct Delivery {
     behind_since: Option<Instant>,
     /// The connection is in its handshake: reads are not paused until READY or RESUMED is read.
     handshake: bool,
+    /// Reads were paused at some point and the reader has not caught up with the socket since
+    /// (see [`reads_held_lately`](Self::reads_held_lately)).
+    paused_lately: bool,
     stall_timer: Option<SpawnHandle>,
     /// Waits given up on when they held the shard back for `max_pause`: until such a handler takes
     /// what it was last given, it misses (and the shard counts) whatever finds its mailbox full,
@@ -172,6 +245,10 @@ impl Delivery {
         let batches = (0..router.batch_handler_count())
             .map(|_| Vec::new())
             .collect();
+        let batch_spans = vec![None; router.batch_handler_count()];
+        let tracks = (0..router.each_handler_count() + router.batch_handler_count())
+            .map(|_| Track::default())
+            .collect();
         Self {
             shard,
             policy,
@@ -181,12 +258,18 @@ impl Delivery {
             pending: VecDeque::new(),
             waits: Vec::new(),
             next_wait: 0,
+            batch_spans,
             batches,
+            tracks,
+            offered: 0,
+            recorded: 0,
+            progress_timer: None,
             dropped: 0,
             drops: DropLog::default(),
             reading: Rc::new(PauseGate::default()),
             behind_since: None,
             handshake: false,
+            paused_lately: false,
             stall_timer: None,
             stalled: Vec::new(),
             span,
@@ -198,9 +281,19 @@ impl Delivery {
         Rc::clone(&self.reading)
     }
 
-    /// Whether reading is paused because handlers are behind.
-    pub(crate) fn reading_paused(&self) -> bool {
-        self.reading.is_paused()
+    /// Whether reads are paused, or were and the reader has not yet read all the socket held
+    /// since: an ACK that arrived meanwhile may still be sitting unread behind events (reads may
+    /// have resumed for a frame or two and paused again), so a missing one proves nothing yet.
+    pub(crate) fn reads_held_lately(&self) -> bool {
+        self.paused_lately || self.reading.is_paused()
+    }
+
+    /// The reader found nothing more in the socket: if it was reading (not paused), everything
+    /// that arrived has been read.
+    pub(crate) fn caught_up(&mut self) {
+        if !self.reading.is_paused() {
+            self.paused_lately = false;
+        }
     }
 
     /// Since when the shard has held reads back because handlers are behind.
@@ -231,13 +324,87 @@ impl Delivery {
     /// stored sequence (it would be the new session's).
     pub(crate) fn new_session(&mut self) {
         self.session = self.session.wrapping_add(1);
+        self.offered = 0;
+        self.recorded = 0;
+        for track in &mut self.tracks {
+            *track = Track::default();
+        }
+        for span in &mut self.batch_spans {
+            *span = None;
+        }
+    }
+
+    /// Gives the session store the highest sequence of the current session with every event at or
+    /// below it finished by every handler it went to. Returns whether some handler still holds an
+    /// event handed over (the stored sequence is behind what was offered).
+    fn advance(&mut self) -> bool {
+        let mut upto = self.offered;
+        if let Some(next) = self.pending.iter().find(|p| p.session == self.session) {
+            upto = upto.min(next.dispatch.seq().saturating_sub(1));
+        }
+        for wait in &self.waits {
+            if let Some((dispatch, _)) = &wait.then {
+                // Not yet given to the handlers after the full one.
+                upto = upto.min(dispatch.seq().saturating_sub(1));
+            }
+        }
+        for (i, track) in self.tracks.iter_mut().enumerate() {
+            if let Some(first) = track.holds() {
+                if !self.stalled.iter().any(|w| w.track == i) {
+                    upto = upto.min(first.saturating_sub(1));
+                }
+            }
+        }
+        if upto > self.recorded {
+            self.recorded = upto;
+            self.sessions.set_seq(self.shard, upto);
+        }
+        upto < self.offered
+    }
+
+    /// The shard stopped: the last word on the stored sequence is what the handlers finished by now.
+    /// Not while a hand-over waits for a full mailbox: the stopping actor drops that message, and
+    /// its mark would count it as finished.
+    pub(crate) fn stopped(&mut self) {
+        if self.waits.is_empty() {
+            self.advance();
+        }
+    }
+
+    /// [`advance`](Self::advance)s, and looks again later while a handler still holds events.
+    fn record<A: Deliver>(&mut self, ctx: &mut Context<A>) {
+        let behind = self.advance();
+        if !behind {
+            // Every handler has caught up (rarely right after a hand-over, as they run elsewhere: in
+            // practice once the shard goes quiet): an idle shard keeps no buffers for them.
+            for track in &mut self.tracks {
+                if track.unfinished.is_empty() && track.unfinished.capacity() > 0 {
+                    track.unfinished = VecDeque::new();
+                }
+            }
+        }
+        if behind && self.progress_timer.is_none() {
+            self.progress_timer = Some(ctx.run_later(PROGRESS_EVERY, |act, ctx| {
+                let this = act.delivery();
+                this.progress_timer = None;
+                this.record(ctx);
+            }));
+        }
+    }
+
+    /// Whether every event received was handed over and finished by its handlers (those given up
+    /// on as stalled excepted); records the stored sequence on the way.
+    pub(crate) fn settled(&mut self) -> bool {
+        let behind = self.advance();
+        self.pending.is_empty() && self.waits.is_empty() && !behind
     }
 
     /// A new connection is open: it reads its handshake even if handlers are still behind, up to
-    /// READY or RESUMED (a resume's replay comes before RESUMED, so the replay is read whole and
-    /// may take the queue past `max_pending`). Paused, it would wait for a Hello or a RESUMED it
-    /// never reads until its handshake timed out, over and over. How long the shard has been
-    /// behind still counts from the first pause, and `max_pause` still bounds it.
+    /// READY or RESUMED (a resume's replay comes before RESUMED, so the replay is read on past
+    /// `max_pending`, up to twice it: see [`deliver`](Self::deliver)). Paused from the start, it
+    /// would wait for a Hello or a RESUMED it never reads until its handshake timed out, over and
+    /// over. How long the shard has been behind still counts from the first pause, and
+    /// `max_pause` still bounds it.
     pub(crate) fn connection_opened(&mut self) {
         self.handshake = true;
         self.reading.set_paused(false);
@@ -273,8 +440,16 @@ impl Delivery {
                 max_pause,
             } = self.policy
             {
-                if self.pending.len() >= max_pending && !self.reading.is_paused() && !self.handshake
-                {
+                // Before READY/RESUMED the shard reads on past `max_pending`, up to twice it, so a
+                // resume's replay does not keep it from reading its RESUMED; past that it pauses
+                // as well (`max_pause` bounds it), so a gateway that streams dispatches before
+                // RESUMED cannot grow the queue for the whole handshake timeout.
+                let limit = if self.handshake {
+                    max_pending.saturating_mul(2)
+                } else {
+                    max_pending
+                };
+                if self.pending.len() >= limit && !self.reading.is_paused() {
                     self.pause(max_pending, max_pause, ctx);
                 }
             }
@@ -291,10 +466,12 @@ impl Delivery {
         // Otherwise the read loop hands the batch over when it has read what is there.
     }
 
-    /// Stops reading the socket; after `max_pause` of it, stops waiting for the handlers that hold
-    /// the shard back.
+    /// Stops reading the socket; `max_pause` after the stretch of it began, stops waiting for the
+    /// handlers that hold the shard back. Every pause is under a timer, however it began: a pause
+    /// with none would last as long as a hung handler hangs.
     fn pause<A: Deliver>(&mut self, max_pending: usize, max_pause: Duration, ctx: &mut Context<A>) {
         self.reading.set_paused(true);
+        self.paused_lately = true;
         if self.behind_since.is_none() {
             tracing::warn!(
                 parent: &self.span,
@@ -302,8 +479,11 @@ impl Delivery {
                 ?max_pause,
                 "handlers are behind: pausing reads until they catch up"
             );
-            self.behind_since = Some(Instant::now());
-            self.stall_timer = Some(ctx.run_later(max_pause, |act, ctx| {
+        }
+        let since = *self.behind_since.get_or_insert_with(Instant::now);
+        if self.stall_timer.is_none() {
+            let left = max_pause.saturating_sub(since.elapsed());
+            self.stall_timer = Some(ctx.run_later(left, |act, ctx| {
                 let this = act.delivery();
                 this.stall_timer = None;
                 if let Some(event) = this.stall(ctx) {
@@ -317,9 +497,16 @@ impl Delivery {
     /// stalled (they miss what finds their mailbox full, counted as drops, until they take the
     /// event they were last given) and the shard reads again. Waiting on would keep the shard deaf
     /// for as long as a hung handler hangs, with its zombie detection off.
+    ///
+    /// The stretch of pause ends here even if another handler fills up as the queue goes out (a
+    /// second hung one): reads go on, and if they fill the queue again a new stretch begins, under
+    /// a timer of its own. So no stretch lasts longer than `max_pause`, however many handlers hang,
+    /// and between two the shard reads (a dead connection stays unnoticed for no longer).
     fn stall<A: Deliver>(&mut self, ctx: &mut Context<A>) -> Option<ShardEvent> {
         let since = self.behind_since?;
         if self.waits.is_empty() {
+            self.drain(ctx);
+            self.end_stretch();
             return None;
         }
         for mut wait in std::mem::take(&mut self.waits) {
@@ -328,7 +515,7 @@ impl Delivery {
                 self.pending.push_front(Pending {
                     dispatch,
                     from: next,
-                    session: self.session,
+                    session: wait.session,
                 });
             }
             self.stalled.push(wait);
@@ -343,11 +530,27 @@ impl Delivery {
             "handlers held the shard back for max_pause: reading again, dropping what finds a stalled handler's mailbox full until it catches up"
         );
         self.drain(ctx);
+        self.end_stretch();
         Some(ShardEvent::HandlerStalled {
             shard: self.shard,
             pending,
             paused_for,
         })
+    }
+
+    /// Reads again after a stretch of pause that lasted `max_pause`, even if handlers still hold
+    /// the queue back: the next event read past `max_pending` starts a new stretch.
+    fn end_stretch(&mut self) {
+        if self.reading.is_paused() {
+            tracing::warn!(
+                parent: &self.span,
+                pending = self.pending.len(),
+                waiting_for = self.waits.len(),
+                "another handler is full as well: reading again all the same, for at most max_pause more if it stays full"
+            );
+            self.reading.set_paused(false);
+            self.behind_since = None;
+        }
     }
 
     /// Gives the handlers what the frames read so far produced, unless a full handler holds
@@ -405,37 +608,61 @@ impl Delivery {
         } = pending;
         // One lookup of the event's handlers per offer.
         let route = self.router.route_of(dispatch.event());
+        let seq = dispatch.seq();
+        // Only the current session's events are tracked (and so move the stored sequence): an
+        // event of an earlier session goes to its handlers unmarked.
+        let current = session == self.session;
         if from == 0 {
-            // Recorded as the event is handed over, not when it is queued: a shard restarted from
-            // the store resumes after the last event that left this queue, so what is still queued
-            // here when the actor dies is replayed rather than lost. An event of an earlier session
-            // is not recorded: the stored session is another one now.
-            if session == self.session {
-                self.sessions.set_seq(self.shard, dispatch.seq());
+            if current {
+                self.offered = seq;
             }
             for &i in route.batched() {
                 self.batches[i].push(dispatch.clone());
+                if current {
+                    let span = &mut self.batch_spans[i];
+                    *span = Some((span.map_or(seq, |(first, _)| first), seq));
+                }
             }
         }
         let drop_when_full = self.policy == SlowHandlers::Drop;
         let mut missed: Option<(u64, Missed, usize)> = None;
         let mut full = None;
+        let ids = route.handler_ids();
         for (i, handler) in route.handlers().iter().enumerate().skip(from as usize) {
-            let why = match handler.try_send(dispatch.clone()) {
+            let id = ids.get(i).map_or(usize::MAX, |&id| id as usize);
+            let track = Some(id).filter(|&id| current && id != usize::MAX);
+            let message = match track {
+                Some(t) => dispatch.marked(self.tracks[t].mark(seq, seq)),
+                None => dispatch.clone(),
+            };
+            let refused = match handler.try_send(message) {
                 Ok(()) => continue,
-                Err(SendError::Full(_)) if drop_when_full => Missed::Full,
-                Err(SendError::Full(_)) => {
+                Err(refused) => refused,
+            };
+            if let Some(t) = track {
+                self.tracks[t].unmark();
+            }
+            let why = match refused {
+                SendError::Full(message) if drop_when_full => {
+                    message.disarm();
+                    Missed::Full
+                }
+                SendError::Full(message) => {
+                    message.disarm();
                     // Looked at only when a mailbox is full: the common path pays nothing for it.
                     if !self.stalled.is_empty()
                         && self.stalled.iter().any(|w| w.handler.is_each(handler))
                     {
                         Missed::Stalled
                     } else {
-                        full = Some((i, handler.clone()));
+                        full = Some((i, handler.clone(), track, id));
                         break;
                     }
                 }
-                Err(SendError::Closed(_)) => Missed::Stopped,
+                SendError::Closed(message) => {
+                    message.disarm();
+                    Missed::Stopped
+                }
             };
             let (count, _, _) = missed.get_or_insert((0, why, i));
             *count += 1;
@@ -443,16 +670,22 @@ impl Delivery {
         if let Some((count, why, handler)) = missed {
             self.missed(count, why, dispatch.seq(), handler, ctx);
         }
-        let Some((index, handler)) = full else {
+        let Some((index, handler, track, id_of_handler)) = full else {
             return;
         };
         let id = self.next_wait;
         self.next_wait += 1;
+        let message = match track {
+            Some(t) => dispatch.marked(self.tracks[t].mark(seq, seq)),
+            None => dispatch.clone(),
+        };
         // `send` waits for room in the mailbox, then for the handler to have handled it.
-        let wait = handler.send(dispatch.clone());
+        let wait = handler.send(message);
         self.waits.push(Wait {
             id,
             handler: Handler::Each(handler),
+            track: id_of_handler,
+            session,
             count: 1,
             then: Some((dispatch, index as u32 + 1)),
         });
@@ -473,10 +706,12 @@ impl Delivery {
                 self.missed(wait.count, Missed::Stopped, seq, handler, ctx);
             }
             if let Some((dispatch, next)) = then {
+                // Still of the session it came from: an event of an ended session must not be
+                // tracked (and so move the stored sequence) as the new session's.
                 self.pending.push_front(Pending {
                     dispatch,
                     from: next,
-                    session: self.session,
+                    session: wait.session,
                 });
             }
             self.drain(ctx);
@@ -504,17 +739,23 @@ impl Delivery {
         // The router's own recipients, not clones: a full mailbox parks that sender, which is what
         // makes later `try_send`s report it full (a fresh clone always gets one more in).
         let router = Arc::clone(&self.router);
+        let each = router.each_handler_count();
         for i in 0..self.batches.len() {
             if self.batches[i].is_empty() {
                 continue;
             }
-            let batch = DispatchBatch::new(self.shard, std::mem::take(&mut self.batches[i]));
+            let mut batch = DispatchBatch::new(self.shard, std::mem::take(&mut self.batches[i]));
             let Some(handler) = router.batch_handler(i) else {
                 continue;
             };
             let (first, count) = (batch.events()[0].seq(), batch.events().len() as u64);
-            match handler.try_send(batch) {
-                Ok(()) => {}
+            let track = each + i;
+            let span = self.batch_spans[i].take();
+            if let Some((from, to)) = span {
+                batch = batch.marked(self.tracks[track].mark(from, to));
+            }
+            let refused = match handler.try_send(batch) {
+                Ok(()) => continue,
                 Err(SendError::Full(batch))
                     if self.policy != SlowHandlers::Drop
                         && !self.is_stalled(&Handler::Batch(i)) =>
@@ -524,23 +765,36 @@ impl Delivery {
                     self.waits.push(Wait {
                         id,
                         handler: Handler::Batch(i),
+                        track,
+                        session: self.session,
                         count,
                         then: None,
                     });
                     ctx.spawn(actix::fut::wrap_future::<_, A>(handler.send(batch)).map(
                         move |result, act, ctx| act.delivery().waited(id, result.is_ok(), ctx),
                     ));
+                    continue;
                 }
-                Err(SendError::Full(_)) => {
-                    let why = if self.policy == SlowHandlers::Drop {
+                Err(refused) => refused,
+            };
+            if span.is_some() {
+                self.tracks[track].unmark();
+            }
+            let why = match refused {
+                SendError::Full(batch) => {
+                    batch.disarm();
+                    if self.policy == SlowHandlers::Drop {
                         Missed::Full
                     } else {
                         Missed::Stalled
-                    };
-                    self.missed(count, why, first, i, ctx);
+                    }
                 }
-                Err(SendError::Closed(_)) => self.missed(count, Missed::Stopped, first, i, ctx),
-            }
+                SendError::Closed(batch) => {
+                    batch.disarm();
+                    Missed::Stopped
+                }
+            };
+            self.missed(count, why, first, i, ctx);
         }
     }
 
@@ -556,6 +810,7 @@ impl Delivery {
             self.offer(pending, ctx);
         }
         self.send_batches(ctx);
+        self.record(ctx);
         if self.behind_since.is_some() || self.reading.is_paused() {
             let resume_at = match self.policy {
                 SlowHandlers::Backpressure { max_pending, .. } => max_pending / 2,

@@ -47,6 +47,9 @@ pub fn split(framed: Framed<BoxedSocket, Codec>, max_frame: usize) -> (Reader, W
         codec: parts.codec,
         buf: BytesMut::new(),
         queued: 0,
+        ends: std::collections::VecDeque::new(),
+        written: 0,
+        done: 0,
     };
     (reader, writer)
 }
@@ -74,6 +77,14 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// The stream is over (an error ended it): what is buffered goes, and the next poll ends it.
+    fn end(&mut self) {
+        self.replace_buf(BytesMut::new(), false);
+        self.eof = true;
+    }
+}
+
 impl Stream for Reader {
     type Item = Result<Frame, ProtocolError>;
 
@@ -85,8 +96,7 @@ impl Stream for Reader {
             if header.is_some_and(|(_, payload)| payload > this.max_frame) {
                 // Refused from its header: nothing of it is buffered (actix's decoder would read
                 // all of it first), and the connection is done.
-                this.replace_buf(BytesMut::new(), false);
-                this.eof = true;
+                this.end();
                 return Poll::Ready(Some(Err(ProtocolError::Overflow)));
             }
             let frame = header.map(|(head, payload)| head.saturating_add(payload));
@@ -102,7 +112,12 @@ impl Stream for Reader {
                 match this.codec.decode(&mut this.buf) {
                     Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
                     Ok(None) => {}
-                    Err(e) => return Poll::Ready(Some(Err(e))),
+                    Err(e) => {
+                        // The codec leaves a frame it refuses in the buffer: decoding again would
+                        // give the same error forever. The connection ends here, once.
+                        this.end();
+                        return Poll::Ready(Some(Err(e)));
+                    }
                 }
             }
             if this.eof {
@@ -126,7 +141,10 @@ impl Stream for Reader {
                 }
                 Poll::Ready(Ok(0)) => this.eof = true,
                 Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(ProtocolError::Io(e)))),
+                Poll::Ready(Err(e)) => {
+                    this.end();
+                    return Poll::Ready(Some(Err(ProtocolError::Io(e))));
+                }
             }
         }
     }
@@ -148,12 +166,22 @@ fn frame_header(b: &[u8]) -> Option<(usize, usize)> {
     Some((header + mask, payload))
 }
 
-/// The writing half: a sink of websocket messages.
+/// The writing half: a sink of websocket messages. It tells how many of the messages it was given
+/// the socket has taken whole ([`take_written`](Self::take_written)), so that a message counts as
+/// sent exactly when all of its bytes are written, not before and not only once everything queued
+/// behind it is.
 pub struct Writer {
     io: WriteHalf<BoxedSocket>,
     codec: Codec,
     buf: BytesMut,
     queued: usize,
+    /// Where each message encoded into `buf` and not yet written whole ends, counted in bytes
+    /// from the start of `buf` as it was when it was last empty.
+    ends: std::collections::VecDeque<usize>,
+    /// Bytes of `buf` written since it was last empty.
+    written: usize,
+    /// Messages written whole since the last [`take_written`](Self::take_written).
+    done: usize,
 }
 
 impl Writer {
@@ -161,7 +189,14 @@ impl Writer {
         while self.buf.has_remaining() {
             match Pin::new(&mut self.io).poll_write(cx, &self.buf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.buf.advance(n),
+                Poll::Ready(Ok(n)) => {
+                    self.buf.advance(n);
+                    self.written += n;
+                    while self.ends.front().is_some_and(|&end| end <= self.written) {
+                        self.ends.pop_front();
+                        self.done += 1;
+                    }
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
@@ -169,7 +204,16 @@ impl Writer {
         // Written: give the memory back rather than keep it for the next heartbeat.
         self.buf = BytesMut::new();
         self.queued = 0;
+        self.written = 0;
+        self.done += self.ends.len();
+        self.ends = std::collections::VecDeque::new();
         Poll::Ready(Ok(()))
+    }
+
+    /// How many of the messages given to the sink the socket has taken whole since the last call,
+    /// in the order they were given.
+    pub fn take_written(&mut self) -> usize {
+        std::mem::take(&mut self.done)
     }
 }
 
@@ -187,7 +231,9 @@ impl Sink<Message> for Writer {
     fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
         let this = &mut *self;
         this.queued += 1;
-        this.codec.encode(item, &mut this.buf)
+        this.codec.encode(item, &mut this.buf)?;
+        this.ends.push_back(this.written + this.buf.len());
+        Ok(())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -373,6 +419,47 @@ mod tests {
         ]
     }
 
+    /// A server frame the websocket codec refuses, one of each kind of error it raises: reserved
+    /// bits set, a mask (only clients mask), an opcode RFC 6455 reserves, a 64-bit length with its
+    /// top bit set, a control frame too long or fragmented, a close frame with a one-byte payload,
+    /// a continuation with nothing to continue.
+    fn codec_error() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let mut ping_126 = vec![0x89, 126, 0, 126];
+        ping_126.extend_from_slice(&[b'p'; 126]);
+        prop_oneof![
+            (1u8..8).prop_map(|rsv| vec![0x81 | (rsv << 4), 1, b'x']),
+            Just(vec![0x81, 0x81, 1, 2, 3, 4, b'x']),
+            prop_oneof![3u8..=7, 0xBu8..=0xF].prop_map(|op| vec![0x80 | op, 0]),
+            Just(vec![0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 1]),
+            Just(ping_126),
+            Just(vec![0x09, 1, b'p']),
+            Just(vec![0x88, 1, 3]),
+            Just(vec![0x80, 1, b'x']),
+            Just(vec![0x00, 1, b'x']),
+        ]
+    }
+
+    #[actix_rt::test]
+    async fn a_codec_error_ends_the_stream_once() {
+        let bad: Vec<u8> = vec![0xC1, 1, b'x']; // RSV1 set, no extension negotiated
+        let (client, mut server) = tokio::io::duplex(64 << 10);
+        let mut reader = reader_over(client, 1 << 20);
+        let mut wire = server_frames(vec![Message::Text("before".into())]);
+        wire.extend_from_slice(&bad);
+        wire.extend(server_frames(vec![Message::Text("after".into())]));
+        server.write_all(&wire).await.unwrap();
+        assert_eq!(
+            reader.next().await.unwrap().unwrap(),
+            Frame::Text(Bytes::from_static(b"before"))
+        );
+        assert!(reader.next().await.unwrap().is_err());
+        // The socket is still open and more bytes follow: the stream has ended all the same.
+        assert!(reader.next().await.is_none());
+        assert!(reader.next().await.is_none());
+        drop(server);
+    }
+
     /// Writes `wire` in pieces cut at `cuts` (yielding between them, so the reader sees each piece
     /// on its own) through a pipe of `pipe` bytes, and reads until the stream ends or fails.
     fn read_all(
@@ -397,12 +484,17 @@ mod tests {
                     tokio::task::yield_now().await;
                 }
             });
+            // Read to the end of the stream: an error must end it. (A few items past an error are
+            // collected, so a reader that repeats one fails the comparison instead of hanging.)
             let mut got = Vec::new();
+            let mut after_error = 0;
             while let Some(item) = reader.next().await {
-                let failed = item.is_err();
                 got.push(item.map_err(|e| e.to_string()));
-                if failed {
-                    break;
+                if got.iter().any(Result::is_err) {
+                    after_error += 1;
+                    if after_error > 3 {
+                        break;
+                    }
                 }
             }
             drop(reader);
@@ -414,27 +506,35 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::test_runner::Config { cases: 48, ..Default::default() })]
 
-        /// Any sequence of frames, cut anywhere across reads, comes out whole and in order; a
-        /// masked frame (which a server must not send) is refused where it stands.
+        /// Any sequence of frames, cut anywhere across reads, comes out whole and in order; a frame
+        /// the websocket codec refuses (every kind of error it raises for a server's frame) ends
+        /// the stream with that error, once, and nothing after it is read.
         #[test]
         fn any_frames_cut_anywhere_arrive_whole_and_in_order(
             frames in proptest::collection::vec(any_frame(), 1..8),
-            masked_at in proptest::option::weighted(0.2, proptest::prelude::any::<proptest::sample::Index>()),
+            bad in proptest::option::weighted(0.3, (proptest::prelude::any::<proptest::sample::Index>(), codec_error())),
             cuts in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 0..12),
             pipe in 1usize..=(80 << 10),
         ) {
-            let masked_at = masked_at.map(|i| i.index(frames.len()));
+            let bad_at = bad.as_ref().map(|(i, _)| i.index(frames.len()));
             let mut wire = BytesMut::new();
             let mut expected = Vec::new();
             for (i, (message, frame)) in frames.into_iter().enumerate() {
-                if Some(i) == masked_at {
-                    let mut client = Codec::new().client_mode();
-                    client.encode(message, &mut wire).unwrap();
-                    expected.push(Err(ProtocolError::MaskedFrame.to_string()));
-                    break;
+                if let (Some(at), Some((_, bytes))) = (bad_at, &bad) {
+                    if at == i {
+                        wire.extend_from_slice(bytes);
+                        let error = Codec::new()
+                            .client_mode()
+                            .max_size(1 << 20)
+                            .decode(&mut BytesMut::from(&bytes[..]))
+                            .expect_err("a frame the codec refuses");
+                        expected.push(Err(error.to_string()));
+                    }
                 }
                 Codec::new().encode(message, &mut wire).unwrap();
-                expected.push(Ok(frame));
+                if bad_at.is_none_or(|at| i < at) {
+                    expected.push(Ok(frame));
+                }
             }
             let got = read_all(wire.to_vec(), &cuts, pipe);
             proptest::prop_assert_eq!(got, expected);

@@ -47,20 +47,25 @@ thread_local! {
 }
 
 /// Runs `step` (one pass of a decompressor appending to the buffer; `true` once the message is
-/// whole) over this thread's scratch buffer, growing it up to `max_output`, and returns the
-/// message.
+/// whole) over this thread's scratch buffer and returns the message, or [`InflateError::TooLarge`]
+/// once it is longer than `max_output` bytes: exactly, whatever the cap and however much room the
+/// buffer happens to have.
 pub(crate) fn decompress_message(
     max_output: usize,
     mut step: impl FnMut(&mut Vec<u8>) -> Result<bool, InflateError>,
 ) -> Result<Bytes, InflateError> {
+    // One byte past the cap is what tells a message of exactly the cap (it stops short of it) from
+    // a longer one (it reaches it).
+    let limit = max_output.saturating_add(1);
     SCRATCH.with_borrow_mut(|out| {
         out.clear();
-        out.reserve(SCRATCH_KEPT.min(max_output));
+        out.reserve(SCRATCH_KEPT.min(limit));
         let message = loop {
-            if let Err(e) = make_room(out, max_output) {
-                break Err(e);
-            }
+            make_room(out, limit);
             match step(out) {
+                // The buffer may be roomier than the limit (kept from a larger message): the length,
+                // not the room, decides.
+                Ok(_) if out.len() > max_output => break Err(InflateError::TooLarge(max_output)),
                 Ok(true) => break Ok(Bytes::copy_from_slice(out)),
                 Ok(false) => {}
                 Err(e) => break Err(e),
@@ -74,17 +79,13 @@ pub(crate) fn decompress_message(
     })
 }
 
-/// Doubles a full output buffer, up to `max_output`; past it the message is a bomb (or the limit is
-/// too low).
-fn make_room(out: &mut Vec<u8>, max_output: usize) -> Result<(), InflateError> {
+/// Doubles a full output buffer, up to `limit` bytes (the caller stops at a message longer than
+/// the cap before the buffer is full at the limit).
+fn make_room(out: &mut Vec<u8>, limit: usize) {
     if out.len() == out.capacity() {
-        if out.len() >= max_output {
-            return Err(InflateError::TooLarge(max_output));
-        }
-        let grow = out.capacity().min(max_output - out.len());
+        let grow = out.capacity().max(1).min(limit - out.len());
         out.reserve_exact(grow);
     }
-    Ok(())
 }
 
 /// The inflate context of one zlib-stream connection.
@@ -233,6 +234,49 @@ mod tests {
         assert_eq!(
             inflater.push(&[1u8; 3000]),
             Err(InflateError::Unterminated(4096))
+        );
+    }
+
+    #[test]
+    fn the_cap_is_exact_whatever_it_is() {
+        for cap in [1, 100, 4095, 65_535, 65_536, 65_537, 100_000, 300_000] {
+            let exact = vec![b'z'; cap];
+            let over = vec![b'z'; cap + 1];
+            let frames = compress_each(&[&exact, &over]);
+            let mut inflater = Inflater::new(cap + 64);
+            // The compressed form must fit the cap too: these compress well.
+            let mut inflater_exact = Inflater::new(cap);
+            assert_eq!(
+                inflater_exact.push(&frames[0]).map(|m| m.map(|m| m.len())),
+                Ok(Some(cap)),
+                "cap {cap}"
+            );
+            assert_eq!(
+                inflater_exact.push(&frames[1]),
+                Err(InflateError::TooLarge(cap)),
+                "cap {cap}"
+            );
+            assert_eq!(
+                inflater.push(&frames[0]).map(|m| m.map(|m| m.len())),
+                Ok(Some(cap))
+            );
+        }
+        // A small cap after a large message: the thread's scratch buffer is roomier than the cap.
+        let big = vec![b'q'; 60_000];
+        Inflater::new(1 << 20)
+            .push(&compress_each(&[&big])[0])
+            .unwrap();
+        let mut small = Inflater::new(1000);
+        assert_eq!(
+            small.push(&compress_each(&[&big[..1001]])[0]),
+            Err(InflateError::TooLarge(1000))
+        );
+        let mut small = Inflater::new(1000);
+        assert_eq!(
+            small
+                .push(&compress_each(&[&big[..1000]])[0])
+                .map(|m| m.map(|m| m.len())),
+            Ok(Some(1000))
         );
     }
 }

@@ -20,7 +20,10 @@ impl CommandLimiter {
         let beats = heartbeat_interval.map_or(2, |hb| {
             let per_window = window.as_nanos() / hb.as_nanos().max(1);
             // One more for a server-requested heartbeat.
-            (per_window as u32).saturating_add(2)
+            // The interval is the gateway's number: a tiny one must not wrap the count.
+            u32::try_from(per_window)
+                .unwrap_or(u32::MAX)
+                .saturating_add(2)
         });
         Self {
             limit,

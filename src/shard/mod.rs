@@ -12,6 +12,7 @@ pub(crate) mod framing;
 pub(crate) mod heartbeat_grid;
 pub(crate) mod inflate;
 pub(crate) mod limiter;
+pub(crate) mod log_throttle;
 pub mod messages;
 pub(crate) mod pause;
 pub(crate) mod read_pool;

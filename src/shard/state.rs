@@ -14,6 +14,7 @@ use crate::protocol::command::{self, Identify, IdentifyProperties, Resume};
 use crate::protocol::{close_code, CloseAction, CloseCode, Envelope, OpCode, PresenceUpdate};
 use crate::router::{event_name, Dispatch};
 use crate::session::SessionInfo;
+use crate::shard::log_throttle::Throttles;
 use crate::token::Token;
 
 /// The close code used to leave a connection while keeping the session resumable (docs/protocol.md §4:
@@ -114,6 +115,18 @@ struct Heartbeat {
     latency: Option<Duration>,
 }
 
+/// Kinds of warning the gateway's input can cause, each rate-limited on its own
+/// ([`crate::shard::log_throttle`]).
+#[derive(Debug, Clone, Copy)]
+enum Noise {
+    /// A frame skipped: not one object, a dispatch without `t` or `s`, a second Hello.
+    Skipped = 0,
+    /// An opcode the gateway does not send, or one nobody knows.
+    Opcode = 1,
+    /// A sequence number past the next one.
+    Gap = 2,
+}
+
 /// One shard's protocol state.
 #[derive(Debug)]
 pub struct ShardState {
@@ -129,6 +142,8 @@ pub struct ShardState {
     /// so a missing one proves nothing.
     reading_paused: bool,
     actions: VecDeque<Action>,
+    /// Rate limits of the warnings the gateway's input can cause.
+    noise: Throttles<3>,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +177,7 @@ impl ShardState {
             heartbeat: Heartbeat::default(),
             reading_paused: false,
             actions: VecDeque::new(),
+            noise: Throttles::default(),
         }
     }
 
@@ -239,12 +255,12 @@ impl ShardState {
 
     /// A frame arrived. `frame` holds the bytes `env` was parsed from; `jitter` in [0, 1) places the
     /// first heartbeat after Hello. `now` is called only by the frames that need the time (a
-    /// heartbeat request, an ACK): a dispatch does not pay for reading the clock.
+    /// heartbeat request, an ACK, a warning): a dispatch does not pay for reading the clock.
     pub fn on_frame(
         &mut self,
         frame: &Bytes,
         env: &Envelope,
-        now: impl FnOnce() -> Instant,
+        now: impl Fn() -> Instant,
         jitter: f64,
     ) {
         if self.phase == Phase::Stopped {
@@ -253,7 +269,7 @@ impl ShardState {
         // `d` is found only for the opcodes that read it: finding where a dispatch's `d` ends means
         // scanning all of it, which is the handler's cost to pay, and only if it asks.
         match OpCode::from_u8(env.op) {
-            Some(OpCode::Dispatch) => self.on_dispatch(frame, env),
+            Some(OpCode::Dispatch) => self.on_dispatch(frame, env, &now),
             Some(OpCode::Heartbeat) => {
                 // §3.3: a server op 1 is answered at once; the answer is not a scheduled beat.
                 self.send_heartbeat(now());
@@ -268,10 +284,10 @@ impl ShardState {
                 }
             }
             Some(OpCode::Hello) => {
-                let Some(data) = self.read_data(frame, env) else {
+                let Some(data) = self.read_data(frame, env, &now) else {
                     return;
                 };
-                self.on_hello(data, jitter);
+                self.on_hello(data, jitter, &now);
             }
             Some(OpCode::Reconnect) => {
                 // §3.9: op 7 → reconnect and resume.
@@ -281,7 +297,7 @@ impl ShardState {
             }
             Some(OpCode::InvalidSession) => {
                 // §3.8: d = true → resume; false → the session is gone.
-                let Some(data) = self.read_data(frame, env) else {
+                let Some(data) = self.read_data(frame, env, &now) else {
                     return;
                 };
                 let resumable = data == b"true";
@@ -292,18 +308,24 @@ impl ShardState {
                 self.reconnect(Some(RESUME_CLOSE_CODE));
             }
             Some(op) => {
-                tracing::warn!(
-                    shard.id = self.shard,
-                    op = op.code(),
-                    "ignored a send-only opcode from the gateway"
-                );
+                if let Some(suppressed) = self.noise.allow(Noise::Opcode as usize, now()) {
+                    tracing::warn!(
+                        shard.id = self.shard,
+                        op = op.code(),
+                        suppressed,
+                        "ignored a send-only opcode from the gateway"
+                    );
+                }
             }
             None => {
-                tracing::warn!(
-                    shard.id = self.shard,
-                    op = env.op,
-                    "ignored an unknown opcode"
-                );
+                if let Some(suppressed) = self.noise.allow(Noise::Opcode as usize, now()) {
+                    tracing::warn!(
+                        shard.id = self.shard,
+                        op = env.op,
+                        suppressed,
+                        "ignored an unknown opcode"
+                    );
+                }
             }
         }
     }
@@ -311,23 +333,31 @@ impl ShardState {
     /// `d` of a frame the shard itself reads, or `None` (with a warning) when the frame is not one
     /// JSON object: a `d` that runs to the frame's end with the object never closed must not pass
     /// for a whole one (docs/protocol.md §2).
-    fn read_data<'f>(&self, frame: &'f [u8], env: &Envelope) -> Option<&'f [u8]> {
+    fn read_data<'f>(
+        &mut self,
+        frame: &'f [u8],
+        env: &Envelope,
+        now: impl Fn() -> Instant,
+    ) -> Option<&'f [u8]> {
         match env.data.checked(frame) {
             Ok(range) => Some(range.and_then(|r| frame.get(r)).unwrap_or(b"null")),
             Err(e) => {
-                tracing::warn!(
-                    shard.id = self.shard,
-                    op = env.op,
-                    bytes = frame.len(),
-                    error = %e,
-                    "skipped a malformed frame: its object does not close after d"
-                );
+                if let Some(suppressed) = self.noise.allow(Noise::Skipped as usize, now()) {
+                    tracing::warn!(
+                        shard.id = self.shard,
+                        op = env.op,
+                        bytes = frame.len(),
+                        error = %e,
+                        suppressed,
+                        "skipped a malformed frame: its object does not close after d"
+                    );
+                }
                 None
             }
         }
     }
 
-    fn on_hello(&mut self, data: &[u8], jitter: f64) {
+    fn on_hello(&mut self, data: &[u8], jitter: f64, now: impl Fn() -> Instant) {
         let hello = match serde_json::from_slice::<Hello>(data) {
             Ok(hello) if hello.heartbeat_interval > 0 => hello,
             _ => {
@@ -340,7 +370,9 @@ impl ShardState {
             }
         };
         if self.phase != Phase::AwaitingHello {
-            tracing::warn!(shard.id = self.shard, phase = ?self.phase, "ignored a second Hello");
+            if let Some(suppressed) = self.noise.allow(Noise::Skipped as usize, now()) {
+                tracing::warn!(shard.id = self.shard, phase = ?self.phase, suppressed, "ignored a second Hello");
+            }
             return;
         }
         let interval = Duration::from_millis(hello.heartbeat_interval);
@@ -406,29 +438,38 @@ impl ShardState {
         true
     }
 
-    fn on_dispatch(&mut self, frame: &Bytes, env: &Envelope) {
+    fn on_dispatch(&mut self, frame: &Bytes, env: &Envelope, now: impl Fn() -> Instant) {
         let Some(name) = env.event.clone() else {
-            tracing::warn!(shard.id = self.shard, "ignored a dispatch without t");
+            if let Some(suppressed) = self.noise.allow(Noise::Skipped as usize, now()) {
+                tracing::warn!(
+                    shard.id = self.shard,
+                    suppressed,
+                    "ignored a dispatch without t"
+                );
+            }
             return;
         };
         let Some(event) = event_name(frame, name) else {
-            tracing::warn!(
-                shard.id = self.shard,
-                seq = env.seq,
-                "ignored a dispatch whose name is not UTF-8"
-            );
+            if let Some(suppressed) = self.noise.allow(Noise::Skipped as usize, now()) {
+                tracing::warn!(
+                    shard.id = self.shard,
+                    seq = env.seq,
+                    suppressed,
+                    "ignored a dispatch whose name is not UTF-8"
+                );
+            }
             return;
         };
         match &*event {
             // READY starts a session and RESUMED ends a resume: neither is ever taken for an
             // event already delivered (§3.4, §3.7).
             "READY" => {
-                let Some(data) = self.read_data(frame, env) else {
+                let Some(data) = self.read_data(frame, env, &now) else {
                     return;
                 };
                 // READY numbers the new session from its own `s` (1 in practice).
                 self.seq = env.seq.or(self.seq);
-                self.on_ready(data, env.seq.unwrap_or(0));
+                self.on_ready(data, env.seq.unwrap_or(0), &now);
             }
             "RESUMED" if self.phase == Phase::Resuming => {
                 // Nothing to store: the session's id and URL are unchanged, and its stored
@@ -442,7 +483,9 @@ impl ShardState {
         }
         let Some(seq) = env.seq else {
             if !matches!(&*event, "READY" | "RESUMED") {
-                tracing::warn!(shard.id = self.shard, event = %event, "ignored a dispatch without s");
+                if let Some(suppressed) = self.noise.allow(Noise::Skipped as usize, now()) {
+                    tracing::warn!(shard.id = self.shard, event = %event, suppressed, "ignored a dispatch without s");
+                }
             }
             return;
         };
@@ -460,8 +503,11 @@ impl ShardState {
             return;
         }
         if let Some(last) = self.seq {
-            if seq > last + 1 && self.phase == Phase::Ready {
-                tracing::warn!(shard.id = self.shard, seq, last, "sequence gap");
+            // `s` is the gateway's number: any u64, so no arithmetic on it may overflow.
+            if seq > last.saturating_add(1) && self.phase == Phase::Ready {
+                if let Some(suppressed) = self.noise.allow(Noise::Gap as usize, now()) {
+                    tracing::warn!(shard.id = self.shard, seq, last, suppressed, "sequence gap");
+                }
             }
         }
         self.seq = Some(seq);
@@ -474,37 +520,46 @@ impl ShardState {
         )));
     }
 
-    fn on_ready(&mut self, data: &[u8], seq: u64) {
+    fn on_ready(&mut self, data: &[u8], seq: u64, now: impl Fn() -> Instant) {
         let ready = match serde_json::from_slice::<Ready<'_>>(data) {
             Ok(ready) => ready,
             Err(e) => {
-                tracing::warn!(shard.id = self.shard, error = %e, "READY without a session id: this session cannot be resumed");
+                // The kind of error and where, not serde's message: it may quote the frame.
+                if let Some(suppressed) = self.noise.allow(Noise::Skipped as usize, now()) {
+                    tracing::warn!(shard.id = self.shard, error = ?e.classify(), column = e.column(), suppressed, "READY without a session id: this session cannot be resumed");
+                }
                 self.phase = Phase::Ready;
                 self.actions.push_back(Action::Ready { resumed: false });
                 return;
             }
         };
-        let resume_url = ready.resume_gateway_url.and_then(|url| {
-            let p = &self.params;
-            if crate::url::resume_url_allowed(&url, &p.gateway_url, &p.allowed_resume_domains) {
-                Some(url.into_owned())
-            } else if p.allowed_resume_domains.is_empty() {
-                // Behind a proxy of the bot's own, resuming through it is the rule, not news.
-                tracing::debug!(
-                    shard.id = self.shard,
-                    url = %url,
-                    "resume_gateway_url ignored: resumes go through the configured gateway URL"
-                );
-                None
-            } else {
-                tracing::warn!(
-                    shard.id = self.shard,
-                    url = %url,
-                    "resume_gateway_url is not on an allowed host; resuming on the gateway URL instead"
-                );
-                None
+        let resume_url = match ready.resume_gateway_url {
+            None => None,
+            Some(url) => {
+                let p = &self.params;
+                if crate::url::resume_url_allowed(&url, &p.gateway_url, &p.allowed_resume_domains) {
+                    Some(url.into_owned())
+                } else if p.allowed_resume_domains.is_empty() {
+                    // Behind a proxy of the bot's own, resuming through it is the rule, not news.
+                    tracing::debug!(
+                        shard.id = self.shard,
+                        url = %url,
+                        "resume_gateway_url ignored: resumes go through the configured gateway URL"
+                    );
+                    None
+                } else {
+                    if let Some(suppressed) = self.noise.allow(Noise::Skipped as usize, now()) {
+                        tracing::warn!(
+                            shard.id = self.shard,
+                            url = %url,
+                            suppressed,
+                            "resume_gateway_url is not on an allowed host; resuming on the gateway URL instead"
+                        );
+                    }
+                    None
+                }
             }
-        });
+        };
         let session = SessionInfo {
             session_id: ready.session_id.into_owned(),
             seq,

@@ -726,3 +726,40 @@ fn only_op_7_on_a_healthy_connection_reconnects_at_once() {
     s.state.on_heartbeat_due(s.at(42_250));
     assert_eq!(at_once(&s.drain()), [false], "a zombie");
 }
+
+#[test]
+fn a_sequence_of_u64_max_neither_overflows_nor_counts_as_a_gap() {
+    let max = u64::MAX;
+    let mut s = Shard::new(None);
+    s.frame(
+        r#"{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}"#,
+        0,
+    );
+    assert!(s.state.on_identify_permit());
+    s.drain();
+    let actions = s.frame(
+        &format!(r#"{{"t":"READY","s":{max},"op":0,"d":{{"session_id":"abc"}}}}"#),
+        10,
+    );
+    assert_eq!(delivered(&actions), [(max, "READY".to_owned())]);
+    assert_eq!(s.state.seq(), Some(max));
+    // Nothing can come after it: a smaller or equal number is a repeat, skipped.
+    assert!(delivered(&s.dispatch(max, "MESSAGE_CREATE")).is_empty());
+    assert!(delivered(&s.dispatch(2, "MESSAGE_CREATE")).is_empty());
+    // Heartbeats and a resume carry it as it is.
+    s.state.on_heartbeat_due(s.at(1_000));
+    assert_eq!(sent(&s.drain()), [json!({"op": 1, "d": max})]);
+
+    // Up to it from just below: delivered once, in order.
+    let mut s = Shard::new(None);
+    s.ready();
+    assert_eq!(
+        delivered(&s.dispatch(max - 1, "MESSAGE_CREATE")),
+        [(max - 1, "MESSAGE_CREATE".to_owned())]
+    );
+    assert_eq!(
+        delivered(&s.dispatch(max, "MESSAGE_CREATE")),
+        [(max, "MESSAGE_CREATE".to_owned())]
+    );
+    assert!(delivered(&s.dispatch(max, "MESSAGE_CREATE")).is_empty());
+}

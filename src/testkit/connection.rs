@@ -216,6 +216,12 @@ impl Conn {
                     Some(Command::RawBinary(bytes)) => {
                         let _ = self.out.send(Message::Binary(bytes)).await;
                     }
+                    Some(Command::RawWire(bytes)) => {
+                        self.out.raw(&bytes);
+                        if !self.out.flush().await {
+                            return Flow::Drop;
+                        }
+                    }
                     Some(Command::InvalidSession(resumable)) => {
                         if !self.invalid_session(resumable, "requested by the test script").await {
                             return Flow::Drop;

@@ -485,6 +485,15 @@ impl FakeGateway {
         )
     }
 
+    /// Writes `bytes` to the shard's socket as they are, framed or not (e.g. a websocket frame with
+    /// reserved bits set, or a masked one, which a server must never send).
+    pub fn send_raw_wire(&self, shard: u32, bytes: &[u8]) -> bool {
+        self.state().send_to_shard(
+            shard,
+            Command::RawWire(bytes::Bytes::copy_from_slice(bytes)),
+        )
+    }
+
     /// Sends `payload` through the connection's transport compressor as one message, outside the
     /// session log (e.g. a decompression bomb). Without compression it goes out as a binary frame.
     pub fn send_raw_compressed(&self, shard: u32, payload: &[u8]) -> bool {

@@ -18,6 +18,9 @@ pub(crate) enum Command {
     /// Bytes put through the connection's compressor, sent as one message (not kept for replay).
     RawCompressed(bytes::Bytes),
     RawBinary(bytes::Bytes),
+    /// Bytes written to the socket as they are, outside any websocket frame of the fake's making
+    /// (a frame the client's codec must refuse).
+    RawWire(bytes::Bytes),
     /// op 9: the connection is no longer authenticated, and may Resume (if `true`) or Identify on
     /// the same socket (docs/protocol.md §3.8).
     InvalidSession(bool),

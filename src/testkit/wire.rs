@@ -80,6 +80,11 @@ impl Outgoing {
         Parser::write_message(&mut self.buf, text, OpCode::Text, true, false);
     }
 
+    /// Queues bytes as they are: whatever websocket framing they have is the caller's.
+    pub fn raw(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
     /// Queues one message (continuation frames as the parts they are).
     pub fn message(&mut self, message: Message) {
         let (payload, op, fin) = match message {

@@ -6,9 +6,16 @@
 mod harness;
 mod redis_server;
 
+// Both run the fleet example's `--http`, which needs it built with feature metrics-endpoint.
+#[cfg(feature = "metrics-endpoint")]
+mod deploy;
+#[cfg(feature = "metrics-endpoint")]
+mod health;
 mod ownership;
 mod processes;
 
+mod sentinel;
 mod soak;
 mod stores;
 mod stream;
+mod tls;

@@ -20,14 +20,14 @@ use crate::redis_server::RedisServer;
 const LEASE_MS: u64 = 1000;
 
 /// One fleet process and every JSON line it printed.
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
     name: String,
     lines: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Proc {
-    fn spawn(name: &str, args: &[String]) -> Proc {
+    pub(crate) fn spawn(name: &str, args: &[String]) -> Proc {
         let mut child = Command::new(example("fleet"))
             .args(args)
             .env("DISCORD_TOKEN", TOKEN)
@@ -53,7 +53,7 @@ impl Proc {
         }
     }
 
-    fn gateway(
+    pub(crate) fn gateway(
         redis: &RedisServer,
         fake: &FakeGateway,
         name: &str,
@@ -118,7 +118,7 @@ impl Proc {
     }
 
     /// The shards it holds now: claimed and not since released or lost.
-    fn held(&self) -> BTreeSet<u32> {
+    pub(crate) fn held(&self) -> BTreeSet<u32> {
         let mut held = BTreeSet::new();
         for line in self.lines() {
             let shard = line["shard"].as_u64().unwrap_or(0) as u32;
@@ -150,7 +150,7 @@ impl Proc {
             .collect()
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([signal, &self.child.id().to_string()])
             .status()
@@ -164,7 +164,7 @@ impl Proc {
     }
 
     /// SIGTERM, then the exit status once it has left.
-    fn terminate(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
         self.signal("-TERM");
         let deadline = Instant::now() + WAIT;
         loop {
@@ -191,7 +191,7 @@ impl Drop for Proc {
     }
 }
 
-async fn wait_long(what: &str, f: impl Fn() -> bool) {
+pub(crate) async fn wait_long(what: &str, f: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
@@ -201,7 +201,7 @@ async fn wait_long(what: &str, f: impl Fn() -> bool) {
 
 /// The example keeps Discord's command limit (120 per 60 s, heartbeats included), so the fake's
 /// heartbeat interval here is 1 s rather than the 100 ms of the in-process tests.
-fn fleet_fake(shards: u32) -> FakeConfig {
+pub(crate) fn fleet_fake(shards: u32) -> FakeConfig {
     FakeConfig {
         replay_capacity: 100_000,
         heartbeat_interval: Duration::from_secs(1),
@@ -362,7 +362,8 @@ async fn kill_9_moves_the_shards_to_the_others_by_resuming() {
     let store = RedisSessionStore::new(
         FleetRedis::connect(&redis.url(), "shardline")
             .await
-            .unwrap(),
+            .unwrap()
+            .for_total(6),
         SessionStoreOptions::default(),
     );
     let mut flushed = HashMap::new();
@@ -430,6 +431,73 @@ async fn kill_9_moves_the_shards_to_the_others_by_resuming() {
             assert_eq!(*times, 2);
         }
     }
+    assert_one_connection_at_a_time(&fake);
+    fake.stop().await;
+}
+
+/// A crash replays, never loses: a process whose handler is slow is killed (`kill -9`) while the
+/// handler's mailbox and the shard still hold most of a burst. The sequence it had stored trails
+/// what the handler printed, so the next owner's resume replays the rest: every event is printed
+/// by one process or the other. (With the sequence stored as events entered the mailbox, the
+/// next owner resumed after events no one ever printed.)
+#[actix_rt::test]
+async fn kill_9_of_a_process_with_a_slow_handler_loses_no_event() {
+    let redis = RedisServer::start();
+    let fake = FakeGateway::start(fleet_fake(1)).await.unwrap();
+    let mut a = Proc::gateway(&redis, &fake, "a", 1, &["--handler-ms", "20"]);
+    wait_long("a runs the shard", || {
+        fake.ready_shards().len() == 1 && a.held().len() == 1
+    })
+    .await;
+    let sent: Vec<u64> = (0..60u32)
+        .map(|i| {
+            fake.dispatch(0, "MESSAGE_CREATE", json!({ "i": i }))
+                .unwrap()
+        })
+        .collect();
+    // 20 ms an event: a has printed a few, the rest waits in its handler's mailbox and its shard,
+    // and sessions were flushed (every 20 ms) several times meanwhile.
+    wait_long("a printed 10", || a.messages().len() >= 10).await;
+    a.kill9();
+    let printed_by_a: BTreeSet<u64> = a.messages().into_iter().map(|(_, q, _)| q).collect();
+    assert!(
+        printed_by_a.len() < sent.len(),
+        "a printed everything before it died: nothing to replay"
+    );
+    let store = RedisSessionStore::new(
+        FleetRedis::connect(&redis.url(), "shardline")
+            .await
+            .unwrap(),
+        SessionStoreOptions::default(),
+    );
+    let stored = store.read_from_redis(0).await.unwrap().unwrap().seq;
+    let before = sent[0] - 1;
+    assert!(
+        (before..=sent[sent.len() - 1])
+            .filter(|&q| q <= stored && sent.contains(&q))
+            .all(|q| printed_by_a.contains(&q)),
+        "the dead process stored {stored}, past events it never printed: {printed_by_a:?}"
+    );
+    let identifies = sent_any(&fake, 2).len();
+    let b = Proc::gateway(&redis, &fake, "b", 1, &[]);
+    wait_long("b resumed the shard", || b.shards_in("resumed") == [0]).await;
+    let last = *sent.last().unwrap();
+    wait_long("b printed the last event", || {
+        b.messages().iter().any(|&(_, q, _)| q == last)
+    })
+    .await;
+    let printed: BTreeSet<u64> = printed_by_a
+        .iter()
+        .copied()
+        .chain(b.messages().into_iter().map(|(_, q, _)| q))
+        .collect();
+    let lost: Vec<u64> = sent
+        .iter()
+        .copied()
+        .filter(|q| !printed.contains(q))
+        .collect();
+    assert_eq!(lost, Vec::<u64>::new(), "events no process printed");
+    assert_eq!(sent_any(&fake, 2).len(), identifies, "b identified");
     assert_one_connection_at_a_time(&fake);
     fake.stop().await;
 }
@@ -633,7 +701,8 @@ async fn tail_joins_a_fleet_with_redis() {
     .await;
     let redis_handle = FleetRedis::connect(&redis.url(), "shardline")
         .await
-        .unwrap();
+        .unwrap()
+        .for_total(2);
     let view = shardline::fleet::fleet_view(&redis_handle, 2)
         .await
         .unwrap();
@@ -702,6 +771,6 @@ async fn a_process_woken_past_its_lease_writes_nothing_on_its_open_connections()
         closed_by_client.is_empty(),
         "sent a close frame: {closed_by_client:?}"
     );
-    assert_eq!(a.shards_in("lost").len(), 2);
+    assert_eq!(a.shards_in("lost").len(), 2, "{:?}", a.lines());
     fake.stop().await;
 }

@@ -146,6 +146,159 @@ async fn pending_total(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
     }
 }
 
+/// The names of the group's consumers, sorted.
+async fn consumers(conn: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    let infos: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(STREAM)
+        .arg(GROUP)
+        .query_async(conn)
+        .await
+        .unwrap();
+    let mut names: Vec<String> = infos
+        .iter()
+        .map(|c| match &c["name"] {
+            Value::BulkString(b) => String::from_utf8(b.clone()).unwrap(),
+            Value::SimpleString(s) => s.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Consumers that are gone are removed from the group once they hold nothing: one that died
+/// holding entries (after they are claimed) and one that died holding none; nothing is lost on
+/// the way, and live consumers go on handling every new entry exactly once.
+#[actix_rt::test]
+async fn consumers_that_are_gone_are_removed_from_the_group() {
+    let server = RedisServer::start();
+    let redis = connect(&server).await;
+    let mut conn = inspect(&server).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(STREAM)
+        .arg(GROUP)
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let _: String = redis::cmd("XADD")
+            .arg(STREAM)
+            .arg("*")
+            .arg(&[
+                "shard",
+                "0",
+                "session",
+                "s",
+                "seq",
+                &(i + 1).to_string(),
+                "t",
+                "MESSAGE_CREATE",
+                "d",
+                "{}",
+            ])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    // "dead" reads five and never acknowledges them; "empty" joins and never reads.
+    let _: Value = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", GROUP, "dead", "COUNT", "5", "STREAMS", STREAM, ">"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("XGROUP")
+        .arg(&["CREATECONSUMER", STREAM, GROUP, "empty"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(consumers(&mut conn).await, ["dead", "empty"]);
+    assert_eq!(pending_of(&mut conn, "dead").await.len(), 5);
+
+    let live_handler = WorkerHandler::default();
+    let live = StreamConsumer::builder(redis.clone(), GROUP, "live")
+        .handler_all(live_handler.clone().start().recipient())
+        .block(Duration::from_millis(50))
+        // Never claims in this test.
+        .claim_idle(Duration::from_secs(600))
+        .start()
+        .unwrap();
+    let claimer_handler = WorkerHandler::default();
+    let claimer = StreamConsumer::builder(redis.clone(), GROUP, "claimer")
+        .handler_all(claimer_handler.clone().start().recipient())
+        .block(Duration::from_millis(50))
+        .claim_idle(Duration::from_millis(1000))
+        .claim_every(Duration::from_millis(50))
+        .start()
+        .unwrap();
+    until_async("the gone consumers removed", || {
+        let mut conn = conn.clone();
+        async move {
+            let names = consumers(&mut conn).await;
+            !names.iter().any(|n| n == "dead" || n == "empty")
+        }
+    })
+    .await;
+    let claimer_stats = stats(&claimer).await;
+    assert_eq!(claimer_stats.claimed, 5, "dead's five were claimed first");
+    assert!(claimer_stats.removed_consumers >= 2, "{claimer_stats:?}");
+    assert_eq!(
+        live_handler.handled().len() + claimer_handler.handled().len(),
+        10,
+        "every entry handled once"
+    );
+    // A live consumer that got nothing for `claim_idle` may have been removed too (before Redis
+    // 7.2, `idle` counts from the last read that returned entries): it held nothing, and its
+    // next read makes it a member again. Nothing is lost either way.
+    for i in 10..20 {
+        let _: String = redis::cmd("XADD")
+            .arg(STREAM)
+            .arg("*")
+            .arg(&[
+                "shard",
+                "0",
+                "session",
+                "s",
+                "seq",
+                &(i + 1).to_string(),
+                "t",
+                "MESSAGE_CREATE",
+                "d",
+                "{}",
+            ])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    until_async("the next ten handled", || {
+        let (live, claimer) = (live_handler.clone(), claimer_handler.clone());
+        async move { live.handled().len() + claimer.handled().len() >= 20 }
+    })
+    .await;
+    let mut seqs: Vec<u64> = live_handler
+        .handled()
+        .into_iter()
+        .chain(claimer_handler.handled())
+        .map(|h| h.key.seq)
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (1..=20).collect::<Vec<u64>>(),
+        "each entry handled exactly once"
+    );
+    until_async("everything acknowledged", || {
+        let mut conn = conn.clone();
+        async move { pending_total(&mut conn).await == 0 }
+    })
+    .await;
+    claimer.send(StopConsumer).await.unwrap();
+    live.send(StopConsumer).await.unwrap();
+}
+
 async fn stats(consumer: &Addr<StreamConsumer>) -> ConsumerStats {
     consumer.send(ConsumerStatsRequest).await.unwrap()
 }
@@ -318,7 +471,14 @@ async fn a_dead_consumers_entries_are_claimed_by_another() {
         async move { stats(&b).await.handled == 280 }
     })
     .await;
+    // A, gone, its entries claimed, is removed from the group; B (the one removing) stays.
+    until_async("A removed from the group", || {
+        let mut conn = conn.clone();
+        async move { consumers(&mut conn).await == ["b"] }
+    })
+    .await;
     let b_stats = stats(&b).await;
+    assert_eq!(b_stats.removed_consumers, 1, "{b_stats:?}");
     b.send(StopConsumer).await.unwrap();
     // 260 read as new, 20 claimed from A.
     assert_eq!((b_stats.claimed, b_stats.trimmed), (20, 0), "{b_stats:?}");
@@ -448,7 +608,9 @@ async fn a_stream_that_cannot_be_written_holds_back_the_stored_sequence() {
     let last = *seqs.last().unwrap();
     bot.until("all handed over", |r| r.count("MESSAGE_CREATE") == 50)
         .await;
-    assert_eq!(store.load(0).unwrap().seq, last);
+    // The publisher finishes a batch once it is in the stream: the shard's own record stays at
+    // READY as well.
+    assert_eq!(store.load(0).unwrap().seq, ready_seq);
     store.flush().await.unwrap();
     assert_eq!(
         store.read_from_redis(0).await.unwrap().unwrap().seq,

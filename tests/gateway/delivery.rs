@@ -1,6 +1,7 @@
 //! Delivery under handlers that hang: reads never stay paused past `max_pause`, and events of an
 //! ended session never move the new session's stored sequence.
 
+use actix::Actor;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -142,6 +143,118 @@ async fn a_hung_handler_holds_reads_back_for_max_pause_only_then_misses_events_u
     bot.stop().await;
 }
 
+/// `hung` handlers of `MESSAGE_CREATE` hang at once (after the catch-all recorder): each stretch
+/// of pause ends after `max_pause`, one stalled handler at a time, until every one is stalled and
+/// the catch-all has the whole flood; every event then reaches each hung handler once it recovers,
+/// or is counted as dropped for it.
+async fn hung_handlers_never_keep_reads_paused(hung_count: usize) {
+    let max_pause = Duration::from_millis(300);
+    let fake = shardline::testkit::FakeConfig {
+        // Heartbeats every 100 ms: room for a loaded machine with many blocked threads.
+        heartbeat_timeout: Duration::from_secs(2),
+        ..fast_fake(1, 1)
+    };
+    let handlers: Vec<_> = (0..hung_count).map(|_| hung()).collect();
+    let recipients: Vec<_> = handlers.iter().map(|h| h.0.clone().recipient()).collect();
+    let bot = Bot::start(fake, 1, move |mut c| {
+        for r in recipients {
+            c = c.handler("MESSAGE_CREATE", r);
+        }
+        c.slow_handlers(SlowHandlers::Backpressure {
+            max_pending: 16,
+            max_pause,
+        })
+    })
+    .await;
+    let count = 200;
+    let seqs: Vec<u64> = bot
+        .fake
+        .flood(0, "MESSAGE_CREATE", r#"{"content":"x"}"#, count)
+        .unwrap()
+        .collect();
+    bot.until("the whole flood reached the catch-all", |r| {
+        r.count("MESSAGE_CREATE") == count
+    })
+    .await;
+    let got: Vec<u64> = bot
+        .recorder
+        .seqs("MESSAGE_CREATE")
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(
+        got, seqs,
+        "every event once, in order, to the handler that keeps up"
+    );
+    let status = status_until(
+        &bot.gateway,
+        "every hung handler stalled, reading again",
+        |s| s[0].pending == 0 && s[0].reading_paused_since.is_none(),
+    )
+    .await
+    .remove(0);
+    assert_eq!(status.stalled_handlers, hung_count, "{status:?}");
+    let stalls: Vec<ShardEvent> = bot
+        .lifecycle
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, ShardEvent::HandlerStalled { .. }))
+        .collect();
+    assert_eq!(stalls.len(), hung_count, "one stretch each: {stalls:?}");
+    for stall in &stalls {
+        let ShardEvent::HandlerStalled { paused_for, .. } = stall else {
+            unreachable!()
+        };
+        assert!(*paused_for >= max_pause, "{paused_for:?}");
+    }
+    assert_eq!(
+        bot.fake.connections().len(),
+        1,
+        "heartbeats kept the connection"
+    );
+    // They recover: each gets what reached its mailbox, in order; the rest was counted.
+    for (_, _, open, _) in &handlers {
+        open.send(()).unwrap();
+    }
+    let seen = |i: usize| -> Vec<u64> {
+        handlers[i]
+            .1
+            .seqs("MESSAGE_CREATE")
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect()
+    };
+    let dropped = status.dropped;
+    wait_until(
+        "each event delivered to each hung handler or counted",
+        || {
+            (0..hung_count).map(|i| seen(i).len() as u64).sum::<u64>() + dropped
+                == (hung_count * count) as u64
+        },
+    )
+    .await;
+    for i in 0..hung_count {
+        let got = seen(i);
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
+        assert!(!got.is_empty());
+    }
+    assert_eq!(bot.gateway.status().await[0].dropped, dropped);
+    for (_, _, _, arbiter) in handlers {
+        arbiter.stop();
+    }
+    bot.stop().await;
+}
+
+#[actix_rt::test]
+async fn two_hung_handlers_never_keep_reads_paused_past_max_pause() {
+    hung_handlers_never_keep_reads_paused(2).await;
+}
+
+#[actix_rt::test]
+async fn many_hung_handlers_never_keep_reads_paused_past_max_pause() {
+    hung_handlers_never_keep_reads_paused(6).await;
+}
+
 /// A session store that records, for every `set_seq`, the session it moved.
 #[derive(Default)]
 struct RecordingStore {
@@ -231,6 +344,196 @@ async fn events_of_an_ended_session_never_move_the_new_sessions_stored_sequence(
     bot.stop().await;
 }
 
+/// A session store that checks, at every `set_seq`, that every handler has finished every event at
+/// or below the sequence it is given, and keeps the sequences it was given.
+struct TrailingStore {
+    inner: MemorySessionStore,
+    /// The events sent, and the recorders of the handlers each went to.
+    sent: Mutex<Vec<u64>>,
+    handlers: Vec<Recorder>,
+    moved: Mutex<Vec<u64>>,
+    ahead: Mutex<Vec<String>>,
+}
+
+impl SessionStore for TrailingStore {
+    fn load(&self, shard: u32) -> Option<SessionInfo> {
+        self.inner.load(shard)
+    }
+    fn save(&self, shard: u32, session: SessionInfo) {
+        self.inner.save(shard, session);
+    }
+    fn set_seq(&self, shard: u32, seq: u64) {
+        for (i, handler) in self.handlers.iter().enumerate() {
+            let finished: Vec<u64> = handler
+                .seqs("MESSAGE_CREATE")
+                .into_iter()
+                .map(|(_, s)| s)
+                .collect();
+            for sent in self.sent.lock().unwrap().iter().filter(|&&s| s <= seq) {
+                if !finished.contains(sent) {
+                    self.ahead
+                        .lock()
+                        .unwrap()
+                        .push(format!("stored {seq} before handler {i} finished {sent}"));
+                }
+            }
+        }
+        self.moved.lock().unwrap().push(seq);
+        self.inner.set_seq(shard, seq);
+    }
+    fn remove(&self, shard: u32) {
+        self.inner.remove(shard);
+    }
+}
+
+/// A crash replays, never loses: the stored sequence (what a restarted shard, or the next owner in
+/// a fleet, resumes after) trails what every handler has finished, not what entered its mailbox.
+/// A hung handler holds the burst in its mailbox and in the shard; the stored sequence stays at
+/// READY until it lets go, then catches up with the last event, with nothing more to read.
+#[actix_rt::test]
+async fn the_stored_sequence_trails_what_every_handler_has_finished() {
+    let (handler, hung_seen, open, arbiter) = hung();
+    let quick = Recorder::default();
+    let store = Arc::new(TrailingStore {
+        inner: MemorySessionStore::new(),
+        sent: Mutex::default(),
+        handlers: vec![hung_seen.clone(), quick.clone()],
+        moved: Mutex::default(),
+        ahead: Mutex::default(),
+    });
+    let st = store.clone();
+    let q = quick.clone();
+    let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
+        c.handler("MESSAGE_CREATE", handler.recipient())
+            .handler("MESSAGE_CREATE", q.start().recipient())
+            .session_store(st)
+    })
+    .await;
+    let ready = store.load(0).unwrap().seq;
+    // Marked sent before the flood: set_seq may run as soon as the first event is read.
+    let seqs: Vec<u64> = (ready + 1..=ready + 20).collect();
+    *store.sent.lock().unwrap() = seqs.clone();
+    let flooded: Vec<u64> = bot
+        .fake
+        .flood(0, "MESSAGE_CREATE", r#"{"content":"x"}"#, 20)
+        .unwrap()
+        .collect();
+    assert_eq!(flooded, seqs);
+    // The hung handler blocks on the first event with more in its mailbox and the shard waiting to
+    // hand it the next: the quick handler has finished those (it gets each after the hung one).
+    status_until(
+        &bot.gateway,
+        "the burst read and held for the hung handler",
+        |s| s[0].seq == seqs.last().copied() && s[0].pending > 0,
+    )
+    .await;
+    wait_until("the quick handler finished what it was given", || {
+        quick.count("MESSAGE_CREATE") >= 3
+    })
+    .await;
+    // (The store also checks every sequence it is given as it is given.)
+    assert_eq!(
+        store.load(0).map(|s| s.seq),
+        Some(ready),
+        "the stored sequence moved past events in a handler's mailbox"
+    );
+    open.send(()).unwrap();
+    wait_until("both handlers finished everything", || {
+        hung_seen.count("MESSAGE_CREATE") == 20 && quick.count("MESSAGE_CREATE") == 20
+    })
+    .await;
+    // Nothing else arrives: the stored sequence still catches up with the last event.
+    wait_until("the stored sequence caught up", || {
+        store.load(0).map(|s| s.seq) == seqs.last().copied()
+    })
+    .await;
+    assert_eq!(*store.ahead.lock().unwrap(), Vec::<String>::new());
+    let moved = store.moved.lock().unwrap().clone();
+    assert!(moved.windows(2).all(|w| w[0] < w[1]), "{moved:?}");
+    arbiter.stop();
+    bot.stop().await;
+}
+
+/// A batch handler whose first batch blocks its thread until the gate opens; it records every
+/// event of the batches it finishes.
+struct HungBatches {
+    seen: Recorder,
+    gate: Option<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Actor for HungBatches {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<shardline::DispatchBatch> for HungBatches {
+    type Result = ();
+    fn handle(&mut self, batch: shardline::DispatchBatch, _: &mut actix::Context<Self>) {
+        if let Some(gate) = self.gate.take() {
+            let _ = gate.recv();
+        }
+        // Taken apart: the batch counts as finished once its last event is dropped.
+        for event in batch.into_events() {
+            self.seen.record(&event);
+        }
+    }
+}
+
+/// The same for a batch handler: the stored sequence stays behind the batches it holds.
+#[actix_rt::test]
+async fn the_stored_sequence_trails_what_a_batch_handler_has_finished() {
+    let seen = Recorder::default();
+    let (open, gate) = std::sync::mpsc::channel();
+    let arbiter = actix::Arbiter::new();
+    let s = seen.clone();
+    let handler = HungBatches::start_in_arbiter(&arbiter.handle(), move |_| HungBatches {
+        seen: s,
+        gate: Some(gate),
+    });
+    let store = Arc::new(TrailingStore {
+        inner: MemorySessionStore::new(),
+        sent: Mutex::default(),
+        handlers: vec![seen.clone()],
+        moved: Mutex::default(),
+        ahead: Mutex::default(),
+    });
+    let st = store.clone();
+    let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
+        c.batch_handler("MESSAGE_CREATE", handler.recipient())
+            .session_store(st)
+    })
+    .await;
+    let ready = store.load(0).unwrap().seq;
+    // Fewer than its mailbox holds (16): the shard never waits for it, and the catch-all
+    // recorder gets each event as it comes.
+    let seqs: Vec<u64> = (ready + 1..=ready + 10).collect();
+    *store.sent.lock().unwrap() = seqs.clone();
+    for (i, seq) in seqs.iter().enumerate() {
+        // One at a time, so they go out in several batches.
+        let sent = bot
+            .fake
+            .dispatch(0, "MESSAGE_CREATE", serde_json::json!({ "i": i }))
+            .unwrap();
+        assert_eq!(sent, *seq);
+        bot.until("the catch-all recorder has it", |r| {
+            r.seqs("MESSAGE_CREATE").last() == Some(&(0, sent))
+        })
+        .await;
+    }
+    assert_eq!(store.load(0).map(|s| s.seq), Some(ready));
+    open.send(()).unwrap();
+    wait_until("the batch handler finished everything", || {
+        seen.count("MESSAGE_CREATE") == 10
+    })
+    .await;
+    wait_until("the stored sequence caught up", || {
+        store.load(0).map(|s| s.seq) == seqs.last().copied()
+    })
+    .await;
+    assert_eq!(*store.ahead.lock().unwrap(), Vec::<String>::new());
+    arbiter.stop();
+    bot.stop().await;
+}
+
 /// A command naming `i` (a soundboard request for guild `i`).
 fn numbered(i: u64) -> shardline::Command {
     shardline::Command::RequestSoundboardSounds(
@@ -300,6 +603,9 @@ async fn a_failed_write_ends_the_connection_and_the_command_goes_out_on_the_next
         "{:?}",
         conns[1].outcome
     );
+    // The handler recovers: the replay behind it (twice max_pending at most is read before
+    // RESUMED) goes through, and the shard is ready to send again.
+    open.send(()).unwrap();
     let on = |conn: u64| -> Vec<u64> {
         sent_any(&bot.fake, 31)
             .into_iter()
@@ -324,7 +630,69 @@ async fn a_failed_write_ends_the_connection_and_the_command_goes_out_on_the_next
     );
     // The refused command went out on the new connection, once.
     assert_eq!(on(conns[1].id), [sent - 1], "sent {sent}");
+    arbiter.stop();
+    bot.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_replay_before_resumed_takes_the_queue_to_twice_max_pending_at_most() {
+    let (handler, hung_seen, open, arbiter) = hung();
+    let max_pending = 16;
+    let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
+        c.handler("MESSAGE_CREATE", handler.recipient())
+            .slow_handlers(SlowHandlers::Backpressure {
+                max_pending,
+                max_pause: Duration::from_secs(60),
+            })
+    })
+    .await;
+    // The hung handler holds a few events; the shard is behind but still reading.
+    let mut expected = messages(&bot, 0, 8);
+    status_until(&bot.gateway, "a wait for the hung handler", |s| {
+        s[0].pending > 0
+    })
+    .await;
+    // The connection drops; 400 events wait in the session, replayed before RESUMED.
+    assert!(bot.fake.drop_connection(0));
+    expected.extend(messages(&bot, 8, 400));
+    assert!(
+        bot.fake
+            .wait_for(WAIT, "the resume sent", |f| f.connections().len() == 2
+                && sent(f, 0, 6).len() == 1)
+            .await
+    );
+    // Reading the replay, the queue stops at twice max_pending and the shard pauses, RESUMED
+    // still unread.
+    let status = status_until(&bot.gateway, "paused in the handshake", |s| {
+        s[0].reading_paused_since.is_some() && s[0].phase == shardline::Phase::Resuming
+    })
+    .await
+    .remove(0);
+    assert_eq!(status.pending, 2 * max_pending, "{status:?}");
+    for _ in 0..20 {
+        let s = bot.gateway.status().await.remove(0);
+        assert!(s.pending <= 2 * max_pending, "{s:?}");
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The handler recovers: the replay and RESUMED are read, and every event arrives once.
     open.send(()).unwrap();
+    bot.until("every event", |r| {
+        r.count("MESSAGE_CREATE") == expected.len()
+    })
+    .await;
+    let got: Vec<u64> = bot
+        .recorder
+        .seqs("MESSAGE_CREATE")
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(got, expected, "each event once, in order");
+    wait_until("the hung handler got every event", || {
+        hung_seen.count("MESSAGE_CREATE") == expected.len()
+    })
+    .await;
+    assert_eq!(bot.gateway.status().await[0].dropped, 0);
+    assert_eq!(bot.recorder.count("RESUMED"), 1);
     arbiter.stop();
     bot.stop().await;
 }

@@ -172,13 +172,23 @@ impl Bot {
         shards: u32,
         tweak: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
     ) -> Bot {
+        let fake = FakeGateway::start(fake_config.clone())
+            .await
+            .expect("fake gateway starts");
+        Self::start_with(fake, fake_config, shards, tweak).await
+    }
+
+    /// [`start`](Self::start) with a fake already running (started from `fake_config`).
+    pub async fn start_with(
+        fake: FakeGateway,
+        fake_config: FakeConfig,
+        shards: u32,
+        tweak: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
+    ) -> Bot {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let fake = FakeGateway::start(fake_config.clone())
-            .await
-            .expect("fake gateway starts");
         let recorder = Recorder::default();
         let lifecycle = Lifecycle::default();
         let config = tweak(

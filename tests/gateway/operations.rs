@@ -159,6 +159,81 @@ async fn a_resume_host_that_keeps_failing_is_given_up_for_the_gateway_url() {
     bot.stop().await;
 }
 
+/// The resume host accepts the websocket and then never says Hello (`silent`) or closes at once:
+/// after [`RESUME_HOST_ATTEMPTS`](shardline::shard::RESUME_HOST_ATTEMPTS) such connections the
+/// shard resumes through the gateway URL, losing nothing.
+async fn a_resume_host_that_accepts_then_fails_is_given_up(silent: bool) {
+    let host_config = shardline::testkit::FakeConfig {
+        send_hello: !silent,
+        // Closes (4002) right after the upgrade a client that asks for no compression.
+        require_compression: !silent,
+        ..fast_fake(1, 1)
+    };
+    let host = shardline::testkit::FakeGateway::start(host_config)
+        .await
+        .unwrap();
+    let fake_config = shardline::testkit::FakeConfig {
+        resume_url: Some(format!("{}/resume", host.gateway_url())),
+        ..fast_fake(1, 1)
+    };
+    let bot = Bot::start(fake_config, 1, |c| {
+        c.timeouts(
+            shardline::Timeouts::default()
+                .connect(Duration::from_secs(2))
+                .hello(Duration::from_millis(200))
+                .ready(Duration::from_secs(5)),
+        )
+    })
+    .await;
+    let mut expected = messages(&bot, 0, 3);
+    bot.until("first messages", |r| r.count("MESSAGE_CREATE") == 3)
+        .await;
+    assert!(bot.fake.drop_connection(0));
+    expected.extend(messages(&bot, 3, 3));
+    assert!(
+        bot.fake
+            .wait_for(WAIT, "resumed", |f| f.connections().len() == 2
+                && f.ready_shards() == [0])
+            .await
+    );
+    bot.until("every message", |r| r.count("MESSAGE_CREATE") >= 6)
+        .await;
+    let got: Vec<u64> = bot
+        .recorder
+        .seqs("MESSAGE_CREATE")
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(got, expected, "every message once, in order");
+    let attempts = shardline::shard::RESUME_HOST_ATTEMPTS as usize;
+    let tried = host.connections();
+    assert_eq!(
+        tried.len(),
+        attempts,
+        "the resume host was tried {attempts} times: {tried:?}"
+    );
+    assert!(tried.iter().all(|c| c.path == "/resume"));
+    let conns = bot.fake.connections();
+    assert_eq!(conns[1].path, "/", "resumed on the gateway URL");
+    assert!(matches!(
+        conns[1].outcome,
+        ConnectionOutcome::Resumed { .. }
+    ));
+    assert_eq!(sent(&bot.fake, 0, 2).len(), 1, "no second Identify");
+    bot.stop().await;
+    host.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_resume_host_that_never_says_hello_is_given_up_for_the_gateway_url() {
+    a_resume_host_that_accepts_then_fails_is_given_up(true).await;
+}
+
+#[actix_rt::test]
+async fn a_resume_host_that_closes_at_once_is_given_up_for_the_gateway_url() {
+    a_resume_host_that_accepts_then_fails_is_given_up(false).await;
+}
+
 /// Two shutdowns at once: the second must not return (or stop the supervisor) before the first has
 /// closed every shard.
 async fn concurrent_shutdowns_close_every_shard_once(resumable: bool, code: u16) {
@@ -319,7 +394,12 @@ async fn the_restart_delay_starts_over_once_a_restarted_shard_is_ready() {
         bot.fake.connections()[2].outcome,
         ConnectionOutcome::Resumed { .. }
     ));
-    assert_eq!(bot.recorder.count("MESSAGE_CREATE"), 2, "both delivered");
+    // Each shard died recording that its handlers had finished the event, so each event was
+    // replayed to the restarted shard and delivered again.
+    assert_eq!(
+        bot.recorder.seqs("MESSAGE_CREATE"),
+        [(0, 2), (0, 2), (0, 4), (0, 4)]
+    );
     bot.stop().await;
 }
 

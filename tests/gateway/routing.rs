@@ -386,3 +386,64 @@ async fn frames_whose_object_never_closes_are_skipped_and_nothing_after_them_is_
     assert_eq!(status[0].seq, Some(last));
     bot.stop().await;
 }
+
+/// A per-event handler (only `Handler<Dispatch>`) that takes its events in bursts.
+struct PerEvent {
+    seen: Recorder,
+    /// How many times its `handle` ran, and on which thread each time.
+    calls: Arc<Mutex<Vec<std::thread::ThreadId>>>,
+}
+
+impl Actor for PerEvent {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<Dispatch> for PerEvent {
+    type Result = ();
+    fn handle(&mut self, d: Dispatch, _: &mut actix::Context<Self>) {
+        self.calls.lock().unwrap().push(std::thread::current().id());
+        self.seen.record(&d);
+    }
+}
+
+shardline::handles_bursts!(PerEvent);
+
+/// `handles_bursts!`: a per-event handler on another thread, registered as a batch handler, runs
+/// its own `handle` once per event, in order, on its thread.
+#[actix_rt::test]
+async fn a_per_event_handler_taking_bursts_runs_once_per_event_in_order() {
+    let seen = Recorder::default();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let arbiter = actix::Arbiter::new();
+    let (s, c) = (seen.clone(), calls.clone());
+    let handler =
+        PerEvent::start_in_arbiter(&arbiter.handle(), move |_| PerEvent { seen: s, calls: c });
+    let bot = Bot::start(fast_fake(1, 1), 1, move |c| {
+        c.batch_handler("MESSAGE_CREATE", handler.recipient())
+    })
+    .await;
+    let burst: Vec<u64> = bot
+        .fake
+        .flood(0, "MESSAGE_CREATE", r#"{"content":"x"}"#, 1000)
+        .unwrap()
+        .collect();
+    let last = *burst.last().unwrap();
+    wait_until("the whole burst", || {
+        seen.seqs("MESSAGE_CREATE").last() == Some(&(0, last))
+    })
+    .await;
+    let got: Vec<u64> = seen
+        .seqs("MESSAGE_CREATE")
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(got, burst, "each event once, in order");
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1000, "its handle ran once per event");
+    assert!(
+        calls.iter().all(|t| *t != std::thread::current().id()),
+        "on its own thread"
+    );
+    arbiter.stop();
+    bot.stop().await;
+}
