@@ -1175,6 +1175,14 @@ fn a_seeded_fleet_soak_keeps_every_promise() {
 
     // The flood: one event to every shard with a live session every FLOOD_EVERY.
     let flooding = Arc::new(AtomicBool::new(true));
+    // Stops the flood however the soak ends (a panic too), so no thread outlives it.
+    struct StopFlood(Arc<AtomicBool>);
+    impl Drop for StopFlood {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Relaxed);
+        }
+    }
+    let stop_flood = StopFlood(flooding.clone());
     let flood = {
         let (events, flooding) = (soak.events.clone(), flooding.clone());
         std::thread::spawn(move || {
@@ -1225,7 +1233,7 @@ fn a_seeded_fleet_soak_keeps_every_promise() {
         .max()
         .unwrap_or_else(Instant::now);
     soak.sleep(last_bound.saturating_duration_since(Instant::now()));
-    flooding.store(false, Ordering::Relaxed);
+    drop(stop_flood);
     flood.join().unwrap();
     let sent = std::mem::take(&mut *soak.events.sent.lock().unwrap());
     let all_printed = |soak: &Soak| {
