@@ -2,7 +2,7 @@
 //! placement gives it, hands shards over when the fleet grows, and starts and stops them through
 //! the supervisor (docs/fleet.md "Ownership" and "Placement").
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -228,9 +228,15 @@ impl Keeper {
     /// waiting for it.
     fn lose(&mut self, lease: Lease) {
         let id = lease.shard;
-        if lock(&self.held).contains_key(&id) {
-            // Claimed again since (a later lease): that ownership's shard is not this one's.
-            return;
+        {
+            // Only the keeper adds to or takes from the held map, so the shard cannot have been
+            // claimed again between the report and now; a report of a lease handed over
+            // meanwhile is stale.
+            let mut held = lock(&self.held);
+            if !held.get(&id).is_some_and(|(l, _)| l.token == lease.token) {
+                return;
+            }
+            held.remove(&id);
         }
         tracing::warn!(
             shard.id = id,
@@ -538,6 +544,7 @@ impl Renewer {
         let mut ticks = tokio::time::interval(self.leases.lease_time() / 4);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
+        let mut reported = HashSet::new();
         loop {
             ticks.tick().await;
             if self.lost.is_closed() {
@@ -550,15 +557,22 @@ impl Renewer {
             let now = Instant::now();
             let (expired, due): (Vec<Lease>, Vec<Lease>) = {
                 let held = lock(&self.held);
-                let (expired, due): (Vec<_>, Vec<_>) =
-                    held.values().partition(|(_, guard)| !guard.holds(now));
+                // Reports the keeper has dealt with (the lease left the map) are forgotten.
+                reported.retain(|(shard, token)| {
+                    held.get(shard)
+                        .is_some_and(|(lease, _)| lease.token == *token)
+                });
+                let (expired, due): (Vec<_>, Vec<_>) = held
+                    .values()
+                    .filter(|(lease, _)| !reported.contains(&(lease.shard, lease.token)))
+                    .partition(|(_, guard)| !guard.holds(now));
                 (
                     expired.into_iter().map(|(l, _)| l.clone()).collect(),
                     due.into_iter().map(|(l, _)| l.clone()).collect(),
                 )
             };
             for lease in expired {
-                self.report_lost(lease);
+                self.report_lost(lease, &mut reported);
             }
             if due.is_empty() {
                 continue;
@@ -589,12 +603,14 @@ impl Renewer {
                                 // lease: one handed over meanwhile stays revoked.
                                 let held = lock(&self.held);
                                 if let Some((current, guard)) = held.get(&lease.shard) {
-                                    if current.token == lease.token {
+                                    if current.token == lease.token
+                                        && !reported.contains(&(lease.shard, lease.token))
+                                    {
                                         guard.extend_to(until);
                                     }
                                 }
                             }
-                            None => self.report_lost(lease),
+                            None => self.report_lost(lease, &mut reported),
                         }
                     }
                 }
@@ -608,19 +624,19 @@ impl Renewer {
         }
     }
 
-    fn report_lost(&self, lease: Lease) {
-        let mut held = lock(&self.held);
-        let same = held
-            .get(&lease.shard)
-            .is_some_and(|(current, _)| current.token == lease.token);
-        if same {
-            if let Some((_, guard)) = held.remove(&lease.shard) {
+    /// Revokes the lease's guard (its shard stops by itself) and tells the keeper, once per
+    /// lease; the keeper takes it out of the held map, so the held map never misses a lease the
+    /// keeper has not yet stopped.
+    fn report_lost(&self, lease: Lease, reported: &mut HashSet<(u32, u64)>) {
+        if !reported.insert((lease.shard, lease.token)) {
+            return;
+        }
+        if let Some((current, guard)) = lock(&self.held).get(&lease.shard) {
+            if current.token == lease.token {
                 guard.revoke();
             }
-            // Sent under the lock: whoever finds the lease gone from the map finds its loss in
-            // the channel.
-            let _ = self.lost.send(lease);
         }
+        let _ = self.lost.send(lease);
     }
 }
 

@@ -467,7 +467,8 @@ async fn kill_9_of_a_process_with_a_slow_handler_loses_no_event() {
     let store = RedisSessionStore::new(
         FleetRedis::connect(&redis.url(), "shardline")
             .await
-            .unwrap(),
+            .unwrap()
+            .for_total(1),
         SessionStoreOptions::default(),
     );
     let stored = store.read_from_redis(0).await.unwrap().unwrap().seq;
