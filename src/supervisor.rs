@@ -42,6 +42,9 @@ struct Slot {
     held: bool,
     /// Told when the shard's actor has stopped (its connection is gone with it).
     on_stopped: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Which of the shard's actors is the current one: a notice from an earlier one (replaced
+    /// while it stopped) must not clear the slot of its successor.
+    incarnation: u64,
 }
 
 /// The supervisor of every shard this process runs. Start it with [`Gateway::start`].
@@ -138,6 +141,7 @@ impl Slot {
             guard: None,
             held: true,
             on_stopped: Vec::new(),
+            incarnation: 0,
         }
     }
 
@@ -172,8 +176,10 @@ impl Supervisor {
         let total = self.total;
         let me = ctx.address().recipient();
         let guard = slot.guard.clone();
+        slot.incarnation += 1;
+        let incarnation = slot.incarnation;
         let addr = ShardActor::start_in_arbiter(&self.arbiters[slot.arbiter].handle(), move |_| {
-            ShardActor::new(id, total, shared, Some(me), guard)
+            ShardActor::new(id, total, shared, Some((me, incarnation)), guard)
         });
         slot.addr = Some(addr);
     }
@@ -241,12 +247,18 @@ impl Handler<ShardNotice> for Supervisor {
             ShardNotice::Ready { id } => self.on_ready(id),
             ShardNotice::Stopped {
                 id,
+                incarnation,
                 fatal,
                 deliberate,
             } => {
                 let Some(slot) = self.slots.get_mut(&id) else {
                     return;
                 };
+                if incarnation != slot.incarnation {
+                    // An actor replaced while it stopped (a stale lease's, abandoned when the
+                    // shard was acquired again): its successor runs on.
+                    return;
+                }
                 for waiter in slot.on_stopped.drain(..) {
                     let _ = waiter.send(());
                 }

@@ -22,18 +22,27 @@ use crate::supervisor::{
 /// Keeps this process in the member list (scored by Redis's clock, so no process's clock matters)
 /// and the fleet's shard total alive, and answers the live members; an error if the fleet runs
 /// another total now (every member of this one was gone long enough for another to start).
-/// KEYS: members, total. ARGV: owner, ttl ms, total.
+/// Answers the fleet's epoch first: a key without a TTL, set by whoever finds it missing, so a
+/// Redis that lost its data (restarted empty, flushed) shows as a new epoch.
+/// KEYS: members, total, epoch. ARGV: owner, ttl ms, total, a new epoch.
 const HEARTBEAT: &str = r#"
 local running = redis.call('GET', KEYS[2])
 if running and running ~= ARGV[3] then
   return redis.error_reply('the fleet runs ' .. running .. ' shards in all now')
 end
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  redis.call('SET', KEYS[3], ARGV[4])
+  epoch = ARGV[4]
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return redis.call('ZRANGE', KEYS[1], 0, -1)
+local answer = redis.call('ZRANGE', KEYS[1], 0, -1)
+table.insert(answer, 1, epoch)
+return answer
 "#;
 
 /// Writes a shard's status for the fleet-wide view, stamped with Redis's clock.
@@ -113,6 +122,11 @@ pub(crate) struct Keeper {
     /// A status write is under way (at most one at a time; it waits for the shards, the keeper
     /// never does).
     pub status_busy: Arc<AtomicBool>,
+    /// The fleet's epoch as last seen in Redis (see [`HEARTBEAT`]).
+    pub epoch: Option<String>,
+    /// No claim before this instant: Redis lost its leases, and a lease it granted before may
+    /// still be trusted by its holder until then.
+    pub claims_from: Option<Instant>,
 }
 
 impl Keeper {
@@ -168,6 +182,10 @@ impl Keeper {
             Err(_) => return,
         };
         self.reconcile().await;
+        if self.claims_from.is_some_and(|from| Instant::now() < from) {
+            self.publish_status();
+            return;
+        }
         match &self.placement {
             Placement::Pinned(ids) => {
                 let wanted: Vec<u32> = {
@@ -233,7 +251,7 @@ impl Keeper {
             // claimed again between the report and now; a report of a lease handed over
             // meanwhile is stale.
             let mut held = lock(&self.held);
-            if !held.get(&id).is_some_and(|(l, _)| l.token == lease.token) {
+            if held.get(&id).is_none_or(|(l, _)| l.token != lease.token) {
                 return;
             }
             held.remove(&id);
@@ -260,11 +278,14 @@ impl Keeper {
     async fn heartbeat(&mut self) -> Result<Vec<String>, FleetError> {
         let script = Script::new(HEARTBEAT);
         let mut call = script.prepare_invoke();
+        let fresh = format!("{:016x}", rand::random::<u64>());
         call.key(self.redis.key(format_args!("members")))
             .key(self.redis.key(format_args!("total")))
+            .key(self.redis.key(format_args!("epoch")))
             .arg(self.leases.owner())
             .arg(self.leases.lease_time().as_millis() as u64)
-            .arg(self.total);
+            .arg(self.total)
+            .arg(&fresh);
         let mut conn = self.redis.conn();
         // Bounded like the renewals: while Redis stalls, the keeper goes on handling lost leases.
         let wait = self.leases.lease_time() / 3;
@@ -275,11 +296,41 @@ impl Keeper {
             };
         self.note_redis(members.as_ref().map(|_| ()));
         let mut members = members?;
+        if members.is_empty() {
+            return Err(FleetError::Command(
+                "no epoch in the heartbeat's answer".into(),
+            ));
+        }
+        let epoch = members.remove(0);
+        self.see_epoch(epoch, &fresh);
         // Positions come from names, which every member sorts alike; an order by heartbeat would
         // put each member last right after its own heartbeat, and no one would take the
         // remainder of an uneven split.
         members.sort_unstable();
         Ok(members)
+    }
+
+    /// A Redis that lost its data (restarted empty, say) has lost every lease, while their holders
+    /// still trust them for up to a lease time (they stop once their renewals fail, or their
+    /// instants pass): claiming at once would start a second connection of a running shard. So
+    /// after a new epoch (created by this process, or found changed) nothing is claimed for one
+    /// lease time, by which every lease granted before it has run out on its holder's clock. A
+    /// process joining a fleet whose epoch it finds in place claims at once.
+    fn see_epoch(&mut self, epoch: String, fresh: &str) {
+        let known = self.epoch.as_deref();
+        if known == Some(epoch.as_str()) {
+            return;
+        }
+        if known.is_some() || epoch == fresh {
+            let wait = self.leases.lease_time();
+            tracing::warn!(
+                owner = self.leases.owner(),
+                ?wait,
+                "fleet: Redis holds none of the fleet's state (new, or restarted empty): claiming nothing until every earlier lease has run out"
+            );
+            self.claims_from = Some(Instant::now() + wait);
+        }
+        self.epoch = Some(epoch);
     }
 
     /// Balanced placement: each of the `n` live members runs `total / n` shards, the first

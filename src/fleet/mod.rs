@@ -352,6 +352,8 @@ impl crate::Gateway {
             held: Default::default(),
             redis_ok: true,
             status_busy: Default::default(),
+            epoch: None,
+            claims_from: None,
         };
         actix_rt::spawn(keeper.run(receiver));
         gateway.membership = Some(Arc::new(FleetHandle {

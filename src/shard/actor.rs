@@ -351,7 +351,8 @@ pub struct ShardActor {
     total: u32,
     state: ShardState,
     shared: Arc<ShardShared>,
-    supervisor: Option<Recipient<ShardNotice>>,
+    /// The supervisor, and this actor's incarnation number for its notices.
+    supervisor: Option<(Recipient<ShardNotice>, u64)>,
     conn: Option<Connection>,
     generation: u64,
     backoff: ReconnectBackoff,
@@ -401,7 +402,7 @@ impl ShardActor {
         id: u32,
         total: u32,
         shared: Arc<ShardShared>,
-        supervisor: Option<Recipient<ShardNotice>>,
+        supervisor: Option<(Recipient<ShardNotice>, u64)>,
         guard: Option<LeaseGuard>,
     ) -> Self {
         let session = shared.sessions.load(id);
@@ -871,7 +872,7 @@ impl ShardActor {
                     tracing::info!(resumed, "ready");
                     self.emit(event);
                     if let Some(supervisor) = &self.supervisor {
-                        supervisor.do_send(ShardNotice::Ready { id: self.id });
+                        supervisor.0.do_send(ShardNotice::Ready { id: self.id });
                     }
                     self.flush_commands(ctx);
                 }
@@ -1139,8 +1140,10 @@ impl Actor for ShardActor {
         self.flush_metrics();
         self.delivery.stopped();
         if let Some(supervisor) = &self.supervisor {
+            let (supervisor, incarnation) = supervisor;
             supervisor.do_send(ShardNotice::Stopped {
                 id: self.id,
+                incarnation: *incarnation,
                 fatal: self.fatal.clone(),
                 deliberate: self.deliberate_stop,
             });

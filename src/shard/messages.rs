@@ -74,6 +74,8 @@ pub(crate) enum ShardNotice {
     /// The actor stopped.
     Stopped {
         id: u32,
+        /// Which of the shard's actors (the supervisor numbers them as it starts them).
+        incarnation: u64,
         fatal: Option<FatalError>,
         deliberate: bool,
     },

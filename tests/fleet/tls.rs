@@ -105,7 +105,9 @@ async fn a_fleet_runs_over_rediss_with_a_private_ca() {
     let options = FleetOptions::new(tls_url)
         .redis_ca_pem(ca.into_bytes())
         .prefix("shardline:tls")
-        .owner("tls-member");
+        .owner("tls-member")
+        // A fresh Redis: the first claims wait one lease time (docs/fleet.md "Ownership").
+        .lease_time(std::time::Duration::from_millis(1200));
     let gateway = Gateway::start_fleet(config, options, Vec::new())
         .await
         .unwrap();
