@@ -196,12 +196,7 @@ async fn a_frame_the_websocket_codec_refuses_ends_the_connection_once() {
     expected.extend(messages(&bot, 10, 10));
     bot.until("second batch", |r| r.count("MESSAGE_CREATE") >= 20)
         .await;
-    let got: Vec<u64> = bot
-        .recorder
-        .seqs("MESSAGE_CREATE")
-        .into_iter()
-        .map(|(_, s)| s)
-        .collect();
+    let got: Vec<u64> = bot.recorder.seq_numbers("MESSAGE_CREATE");
     assert_eq!(got, expected, "every message once, in order");
     let conns = bot.fake.connections();
     assert_eq!(conns[0].client_close_code, Some(4000), "left resumably");

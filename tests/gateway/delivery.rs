@@ -49,12 +49,7 @@ async fn a_hung_handler_holds_reads_back_for_max_pause_only_then_misses_events_u
         r.count("MESSAGE_CREATE") == 200
     })
     .await;
-    let got: Vec<u64> = bot
-        .recorder
-        .seqs("MESSAGE_CREATE")
-        .into_iter()
-        .map(|(_, s)| s)
-        .collect();
+    let got: Vec<u64> = bot.recorder.seq_numbers("MESSAGE_CREATE");
     assert_eq!(
         got, seqs,
         "every event once, in order, to the handler that keeps up"
@@ -176,12 +171,7 @@ async fn hung_handlers_never_keep_reads_paused(hung_count: usize) {
         r.count("MESSAGE_CREATE") == count
     })
     .await;
-    let got: Vec<u64> = bot
-        .recorder
-        .seqs("MESSAGE_CREATE")
-        .into_iter()
-        .map(|(_, s)| s)
-        .collect();
+    let got: Vec<u64> = bot.recorder.seq_numbers("MESSAGE_CREATE");
     assert_eq!(
         got, seqs,
         "every event once, in order, to the handler that keeps up"
@@ -680,12 +670,7 @@ async fn a_replay_before_resumed_takes_the_queue_to_twice_max_pending_at_most() 
         r.count("MESSAGE_CREATE") == expected.len()
     })
     .await;
-    let got: Vec<u64> = bot
-        .recorder
-        .seqs("MESSAGE_CREATE")
-        .into_iter()
-        .map(|(_, s)| s)
-        .collect();
+    let got: Vec<u64> = bot.recorder.seq_numbers("MESSAGE_CREATE");
     assert_eq!(got, expected, "each event once, in order");
     wait_until("the hung handler got every event", || {
         hung_seen.count("MESSAGE_CREATE") == expected.len()

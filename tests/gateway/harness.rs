@@ -81,6 +81,11 @@ impl Recorder {
             .collect()
     }
 
+    /// The sequence numbers of `event`, in the order they arrived (whatever the shard).
+    pub fn seq_numbers(&self, event: &str) -> Vec<u64> {
+        self.seqs(event).into_iter().map(|(_, s)| s).collect()
+    }
+
     pub fn count(&self, event: &str) -> usize {
         self.events().iter().filter(|s| s.event == event).count()
     }

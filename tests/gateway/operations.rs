@@ -198,12 +198,7 @@ async fn a_resume_host_that_accepts_then_fails_is_given_up(silent: bool) {
     );
     bot.until("every message", |r| r.count("MESSAGE_CREATE") >= 6)
         .await;
-    let got: Vec<u64> = bot
-        .recorder
-        .seqs("MESSAGE_CREATE")
-        .into_iter()
-        .map(|(_, s)| s)
-        .collect();
+    let got: Vec<u64> = bot.recorder.seq_numbers("MESSAGE_CREATE");
     assert_eq!(got, expected, "every message once, in order");
     let attempts = shardline::shard::RESUME_HOST_ATTEMPTS as usize;
     let tried = host.connections();

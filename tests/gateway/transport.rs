@@ -164,12 +164,7 @@ async fn survives(
     expected.extend(messages(&bot, 10, 10));
     bot.until("second batch", |r| r.count("MESSAGE_CREATE") >= 20)
         .await;
-    let got: Vec<u64> = bot
-        .recorder
-        .seqs("MESSAGE_CREATE")
-        .into_iter()
-        .map(|(_, s)| s)
-        .collect();
+    let got: Vec<u64> = bot.recorder.seq_numbers("MESSAGE_CREATE");
     assert_eq!(got, expected);
     let conns = bot.fake.connections();
     assert_eq!(
