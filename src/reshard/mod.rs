@@ -18,7 +18,7 @@ pub(crate) use sessions::StagedSessions;
 /// (docs/protocol.md §5).
 ///
 /// ```
-/// assert_eq!(shardline::shard_for_guild(175928847299117063, 16), 7);
+/// assert_eq!(shardline::shard_for_guild(175928847299117063, 16), 4);
 /// assert_eq!(shardline::shard_for_guild(175928847299117063, 1), 0);
 /// ```
 pub fn shard_for_guild(guild_id: u64, total: u32) -> u32 {
