@@ -236,6 +236,12 @@ impl Conn {
                         }
                     }
                     Some(Command::Close(code)) => return Flow::Close(code, "closed by the test script"),
+                    Some(Command::PastGuildCap) => {
+                        return Flow::Close(
+                            Code::ShardingRequired.code(),
+                            "the shard holds more guilds than the cap",
+                        )
+                    }
                 },
                 _ = std::future::ready(()), if self.flood_left > 0 => {
                     if !self.flood_chunk().await {

@@ -22,6 +22,8 @@ pub(crate) enum Command {
     /// the same socket (docs/protocol.md §3.8).
     InvalidSession(bool),
     Close(u16),
+    /// 4011: the shard holds more guilds than `FakeConfig::max_guilds_per_shard`.
+    PastGuildCap,
     Drop,
 }
 
@@ -314,7 +316,7 @@ impl State {
                         cap,
                         "fake gateway: shard past its guild cap: 4011"
                     );
-                    let _ = live.tx.send(Command::Close(4011));
+                    let _ = live.tx.send(Command::PastGuildCap);
                 }
             }
         }
