@@ -13,7 +13,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -116,16 +116,13 @@ async fn run(n: u32, window: Duration, rate: u64) -> Row {
     actix_rt::time::sleep(Duration::from_secs(2)).await;
     let cpu_one_set = (common::cpu_time() - c0).as_secs_f64() / t0.elapsed().as_secs_f64();
     let rss_before = common::rss_bytes();
-    let peak = Rc::new(RefCell::new(rss_before));
+    let peak = Rc::new(Cell::new(rss_before));
     let sampling = Rc::new(Cell::new(true));
     let sampler = {
         let (peak, sampling) = (peak.clone(), sampling.clone());
         actix_rt::spawn(async move {
             while sampling.get() {
-                let rss = common::rss_bytes();
-                let mut p = peak.borrow_mut();
-                *p = (*p).max(rss);
-                drop(p);
+                peak.set(peak.get().max(common::rss_bytes()));
                 actix_rt::time::sleep(Duration::from_millis(20)).await;
             }
         })
@@ -150,7 +147,7 @@ async fn run(n: u32, window: Duration, rate: u64) -> Row {
         took: report.took,
         bound: window * windows,
         rss_before,
-        rss_peak: *peak.borrow(),
+        rss_peak: peak.get(),
         cpu_one_set,
         cpu_overlap,
         sent: sent.get(),
