@@ -238,6 +238,7 @@ impl Actor for Supervisor {
             }
         }
         ctx.run_interval(LIVENESS_CHECK, |act, ctx| act.check_liveness(ctx));
+        self.watch_recommendation(ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -354,7 +355,8 @@ impl Handler<GetProgress> for Supervisor {
     }
 }
 
-/// Asks for the status of every shard, sorted by id.
+/// Asks for the status of every shard, sorted by id; while a reshard's new set runs beside the
+/// running one, its shards follow, sorted by id (each status carries its set's `total`).
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Vec<ShardStatus>")]
 pub struct GetStatuses;
@@ -716,7 +718,9 @@ impl Gateway {
         &self.supervisor
     }
 
-    /// The status of every shard, sorted by id (empty once shut down).
+    /// The status of every shard, sorted by id (empty once shut down). While a reshard's new set
+    /// runs beside the running one, its shards follow, sorted by id: `ShardStatus::total` tells
+    /// the sets apart.
     pub async fn status(&self) -> Vec<ShardStatus> {
         self.supervisor.send(GetStatuses).await.unwrap_or_default()
     }

@@ -32,6 +32,11 @@ pub struct ReshardOptions {
     /// Reshard by itself, to the count `GET /gateway/bot` recommends, when a shard is closed
     /// with 4011 (sharding required). Default `false`.
     pub on_sharding_required: bool,
+    /// Ask `GET /gateway/bot` at this interval and reshard by itself to its recommendation when
+    /// that is at least `margin` above the running total. Default `None` (never).
+    pub check_every: Option<Duration>,
+    /// See [`check_every`](Self::check_every). Default 1.
+    pub margin: u32,
     /// How long after a new shard's READY each guild it listed as unavailable is waited for
     /// before the cut goes ahead without it (the guilds given up on are reported). Default 30 s.
     pub guild_timeout: Duration,
@@ -47,6 +52,8 @@ impl Default for ReshardOptions {
     fn default() -> Self {
         Self {
             on_sharding_required: false,
+            check_every: None,
+            margin: 1,
             guild_timeout: Duration::from_secs(30),
             dedup_window: Duration::from_secs(5),
             catch_up_timeout: Duration::from_secs(2),
@@ -58,6 +65,13 @@ impl ReshardOptions {
     /// Sets [`on_sharding_required`](Self::on_sharding_required).
     pub fn on_sharding_required(mut self, on: bool) -> Self {
         self.on_sharding_required = on;
+        self
+    }
+
+    /// Sets [`check_every`](Self::check_every) and [`margin`](Self::margin).
+    pub fn check_recommendation(mut self, every: Duration, margin: u32) -> Self {
+        self.check_every = Some(every);
+        self.margin = margin.max(1);
         self
     }
 

@@ -88,7 +88,16 @@ impl Handler<TaggedNotice> for Supervisor {
     }
 }
 
-/// Ask `GET /gateway/bot` for its recommendation and reshard to it (after a 4011).
+/// Why the supervisor reshards by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// A shard was closed with 4011.
+    ShardingRequired,
+    /// The periodic check found the recommendation `margin` above the running total.
+    Recommendation,
+}
+
+/// The recommendation was asked for (the answer may start a reshard).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct AutoReshardDone;
@@ -472,45 +481,66 @@ impl Supervisor {
 
     /// After a 4011: reshard to what `GET /gateway/bot` recommends, if the config asks for it.
     pub(super) fn auto_reshard(&mut self, ctx: &mut Context<Self>) {
-        if !self.config.reshard.on_sharding_required || self.may_reshard(self.total + 1).is_err() {
+        if self.config.reshard.on_sharding_required {
+            self.reshard_to_recommended(Trigger::ShardingRequired, ctx);
+        }
+    }
+
+    /// With `ReshardOptions::check_every`: asks `GET /gateway/bot` at that interval.
+    pub(super) fn watch_recommendation(&mut self, ctx: &mut Context<Self>) {
+        let Some(every) = self.config.reshard.check_every else {
+            return;
+        };
+        if self.dynamic {
+            return;
+        }
+        ctx.run_interval(every, |act, ctx| {
+            act.reshard_to_recommended(Trigger::Recommendation, ctx)
+        });
+    }
+
+    fn reshard_to_recommended(&mut self, trigger: Trigger, ctx: &mut Context<Self>) {
+        if self.may_reshard(self.total + 1).is_err() {
             return;
         }
         self.reshard_pending = true;
         let config = self.config.clone();
         let current = self.total;
+        let needed = match trigger {
+            Trigger::ShardingRequired => current + 1,
+            Trigger::Recommendation => current + self.config.reshard.margin.max(1),
+        };
         let me = ctx.address();
         actix::spawn(async move {
-            match rest::gateway_bot(&config).await {
-                Ok(bot) if bot.shards > current => {
-                    me.do_send(AutoReshardDone);
-                    tracing::warn!(
-                        current,
-                        recommended = bot.shards,
-                        "a shard was closed with 4011 (sharding required): resharding"
-                    );
-                    match me
-                        .send(Reshard {
-                            new_total: bot.shards,
-                        })
-                        .await
-                    {
-                        Ok(Ok(report)) => tracing::info!(?report, "automatic reshard done"),
-                        Ok(Err(e)) => tracing::error!(error = %e, "automatic reshard failed"),
-                        Err(_) => {}
-                    }
+            let bot = rest::gateway_bot(&config).await;
+            me.do_send(AutoReshardDone);
+            let recommended = match bot {
+                Ok(bot) => bot.shards,
+                Err(e) => {
+                    tracing::error!(error = %e, ?trigger, "GET /gateway/bot failed: no automatic reshard");
+                    return;
                 }
-                Ok(bot) => {
-                    me.do_send(AutoReshardDone);
+            };
+            if recommended < needed {
+                if trigger == Trigger::ShardingRequired {
                     tracing::error!(
                         current,
-                        recommended = bot.shards,
+                        recommended,
                         "4011 (sharding required), but GET /gateway/bot recommends no more shards than run now"
                     );
                 }
-                Err(e) => {
-                    me.do_send(AutoReshardDone);
-                    tracing::error!(error = %e, "4011 (sharding required), and GET /gateway/bot failed");
-                }
+                return;
+            }
+            tracing::warn!(current, recommended, ?trigger, "resharding by itself");
+            match me
+                .send(Reshard {
+                    new_total: recommended,
+                })
+                .await
+            {
+                Ok(Ok(report)) => tracing::info!(?report, "automatic reshard done"),
+                Ok(Err(e)) => tracing::error!(error = %e, "automatic reshard failed"),
+                Err(_) => {}
             }
         });
     }

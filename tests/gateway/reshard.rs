@@ -326,3 +326,57 @@ async fn a_new_shard_closed_for_good_rolls_the_reshard_back_and_the_old_set_keep
         .all(|c| c.closed_at.is_none()));
     bot.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_periodic_check_reshards_once_the_recommendation_is_the_margin_above_the_running_total() {
+    let bot = Bot::start(guild_fake(2, 12), 2, |b| {
+        b.reshard(ReshardOptions::default().check_recommendation(Duration::from_millis(50), 2))
+    })
+    .await;
+    // One above: below the margin, nothing happens over several checks.
+    bot.fake.set_recommended_shards(3);
+    actix_rt::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(bot.fake.identifies().len(), 2);
+    bot.fake.set_recommended_shards(4);
+    wait_until("the reshard to 4", || {
+        bot.lifecycle.events().contains(&ShardEvent::Resharded {
+            old_total: 2,
+            new_total: 4,
+            timed_out_guilds: vec![],
+        })
+    })
+    .await;
+    status_until(&bot.gateway, "four shards", |status| {
+        status.len() == 4 && status.iter().all(|s| s.total == 4)
+    })
+    .await;
+    assert_eq!(bot.fake.identifies().len(), 6);
+    bot.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_shutdown_during_a_reshard_closes_both_sets_and_answers_the_reshard() {
+    // A long identify window: the new set is still identifying when the shutdown comes.
+    let fake_config = FakeConfig {
+        identify_window: Duration::from_millis(400),
+        ..guild_fake(2, 8)
+    };
+    let bot = Bot::start(fake_config, 2, |b| b).await;
+    let gateway = bot.gateway.clone();
+    let reshard = actix_rt::spawn(async move { gateway.reshard(6).await });
+    wait_until("a new shard connected", || {
+        bot.fake.connections().iter().any(|c| c.total == Some(6))
+    })
+    .await;
+    bot.gateway.shutdown(false).await;
+    assert!(matches!(
+        reshard.await.unwrap(),
+        Err(ReshardError::ShuttingDown)
+    ));
+    wait_until("every connection closed", || {
+        bot.fake.connections().iter().all(|c| c.closed_at.is_some())
+    })
+    .await;
+    assert!(bot.gateway.status().await.is_empty());
+    bot.fake.stop().await;
+}
