@@ -223,6 +223,7 @@ impl Supervisor {
         for id in dead {
             self.schedule_restart(id, ctx);
         }
+        self.check_incoming_liveness(ctx);
     }
 }
 

@@ -425,6 +425,30 @@ impl Supervisor {
         }
     }
 
+    /// A new shard whose actor ended without a notice (a panic) is restarted, as a running one is.
+    pub(super) fn check_incoming_liveness(&mut self, ctx: &mut Context<Self>) {
+        let Some(incoming) = &mut self.incoming else {
+            return;
+        };
+        let dead: Vec<u32> = incoming
+            .slots
+            .iter()
+            .filter(|(_, s)| {
+                s.restart_timer.is_none() && s.addr.as_ref().is_some_and(|a| !a.connected())
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            let Some(slot) = incoming.slots.get_mut(&id) else {
+                continue;
+            };
+            slot.addr = None;
+            let delay = slot.next_restart();
+            tracing::warn!(shard.id = id, ?delay, "new set's shard is gone; restarting");
+            slot.restart_timer = Some(ctx.run_later(delay, move |act, _| act.start_incoming(id)));
+        }
+    }
+
     /// A notice from a set other than the running one.
     pub(super) fn on_other_set_notice(
         &mut self,
@@ -469,6 +493,10 @@ impl Supervisor {
                 slot.addr = None;
                 if deliberate || shutting_down {
                     slot.stopped = true;
+                    return;
+                }
+                if slot.restart_timer.is_some() {
+                    // Already restarting (its actor was found gone before this notice came).
                     return;
                 }
                 let delay = slot.next_restart();
