@@ -285,6 +285,7 @@ impl Supervisor {
                         fatal == FatalError::Closed(crate::protocol::CloseCode::ShardingRequired);
                     slot.fatal = Some(fatal);
                     slot.addr = None;
+                    self.old_shard_stopped_for_good(id);
                     if sharding_required {
                         self.auto_reshard(ctx);
                     }

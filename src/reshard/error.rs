@@ -18,6 +18,9 @@ pub enum ReshardError {
     ShuttingDown,
     /// The gateway runs part of a fleet's shards: a fleet reshards as a whole.
     InFleet,
+    /// This process runs only some of the bot's shards (`ShardPlan::Range`): the new set would be
+    /// the whole bot's.
+    PartOfTheBot,
     /// The session-start budget left cannot cover an Identify for every new shard: nothing was
     /// started (exhausting the budget resets the bot's token, docs/protocol.md §5).
     Budget {
@@ -46,6 +49,10 @@ impl fmt::Display for ReshardError {
             Self::AlreadyUnderWay => write!(f, "a reshard is already under way"),
             Self::ShuttingDown => write!(f, "the gateway is shutting down"),
             Self::InFleet => write!(f, "a fleet member cannot reshard on its own"),
+            Self::PartOfTheBot => write!(
+                f,
+                "this process runs only some of the bot's shards; a reshard starts the whole bot's"
+            ),
             Self::Budget { needed, remaining } => write!(
                 f,
                 "the new set needs {needed} identifies but only {remaining} session starts are left; nothing was started"

@@ -170,6 +170,8 @@ impl Supervisor {
             Err(ReshardError::ShuttingDown)
         } else if self.dynamic {
             Err(ReshardError::InFleet)
+        } else if self.slots.len() != self.total as usize {
+            Err(ReshardError::PartOfTheBot)
         } else if self.incoming.is_some() || self.reshard_pending || !self.retiring.is_empty() {
             Err(ReshardError::AlreadyUnderWay)
         } else if new_total == self.total {
@@ -195,6 +197,12 @@ impl Supervisor {
             options.guild_timeout,
             options.catch_up_timeout,
         )));
+        for (&id, slot) in &self.slots {
+            if slot.fatal.is_some() || slot.stopped {
+                // Nothing to read: the cut does not wait for it to catch up.
+                lock(&overlap).old_shard_gone(id);
+            }
+        }
         let staged = Arc::new(StagedSessions::new(self.config.sessions.clone()));
         let mut shared = (*self.shared).clone();
         shared.sessions = staged.clone();
@@ -422,6 +430,13 @@ impl Supervisor {
         }
         if let Some(reply) = incoming.reply.take() {
             let _ = reply.send(Err(error));
+        }
+    }
+
+    /// A running shard stopped for good during a reshard: the cut does not wait for it.
+    pub(super) fn old_shard_stopped_for_good(&mut self, id: u32) {
+        if let Some(incoming) = &self.incoming {
+            lock(&incoming.overlap).old_shard_gone(id);
         }
     }
 

@@ -233,7 +233,11 @@ async fn a_4011_with_automatic_resharding_on_reshards_to_the_recommended_count_a
         ..guild_fake(4, 8)
     };
     let bot = Bot::start(fake_config, 4, |b| {
-        b.reshard(ReshardOptions::default().on_sharding_required(true))
+        b.reshard(
+            ReshardOptions::default()
+                .on_sharding_required(true)
+                .catch_up_timeout(Duration::from_millis(200)),
+        )
     })
     .await;
     bot.fake.set_recommended_shards(6);
@@ -330,7 +334,11 @@ async fn a_new_shard_closed_for_good_rolls_the_reshard_back_and_the_old_set_keep
 #[actix_rt::test]
 async fn a_periodic_check_reshards_once_the_recommendation_is_the_margin_above_the_running_total() {
     let bot = Bot::start(guild_fake(2, 12), 2, |b| {
-        b.reshard(ReshardOptions::default().check_recommendation(Duration::from_millis(50), 2))
+        b.reshard(
+            ReshardOptions::default()
+                .check_recommendation(Duration::from_millis(50), 2)
+                .catch_up_timeout(Duration::from_millis(200)),
+        )
     })
     .await;
     // One above: below the margin, nothing happens over several checks.
@@ -379,4 +387,21 @@ async fn a_shutdown_during_a_reshard_closes_both_sets_and_answers_the_reshard() 
     .await;
     assert!(bot.gateway.status().await.is_empty());
     bot.fake.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_process_running_a_range_of_the_bots_shards_refuses_to_reshard_alone() {
+    let bot = Bot::start(guild_fake(4, 8), 2, |b| {
+        b.shards(shardline::ShardPlan::Range {
+            ids: 0..2,
+            total: 4,
+        })
+    })
+    .await;
+    assert!(matches!(
+        bot.gateway.reshard(6).await,
+        Err(ReshardError::PartOfTheBot)
+    ));
+    assert_eq!(bot.fake.identifies().len(), 2);
+    bot.stop().await;
 }
