@@ -420,17 +420,25 @@ impl Supervisor {
             ctx.cancel_future(poll);
         }
         self.shared.gate.set(None);
+        let mut closing = Vec::new();
         for slot in incoming.slots.values_mut() {
             if let Some(timer) = slot.restart_timer.take() {
                 ctx.cancel_future(timer);
             }
             if let Some(addr) = slot.addr.take() {
-                addr.do_send(Shutdown { resumable: false });
+                closing.push(async move {
+                    let _ = addr.send(Shutdown { resumable: false }).await;
+                });
             }
         }
-        if let Some(reply) = incoming.reply.take() {
-            let _ = reply.send(Err(error));
-        }
+        // Answered once the new set's sessions are closed: a caller that looks finds them gone.
+        let reply = incoming.reply.take();
+        actix::spawn(async move {
+            join_all(closing).await;
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(error));
+            }
+        });
     }
 
     /// A running shard stopped for good during a reshard: the cut does not wait for it.
