@@ -5,7 +5,7 @@
 //! cargo run --example fake_gateway --features testkit -- [--port 7878] [--shards 1]
 //!     [--max-concurrency 1] [--heartbeat-interval-ms 41250] [--identify-window-ms 5000]
 //!     [--rest-rate-limit 5/5000] [--token fake-token] [--compress-only]
-//!     [--bot-name fake-bot] [--bot-id 1000]
+//!     [--bot-name fake-bot] [--bot-id 1000] [--guilds 0] [--max-guilds-per-shard N]
 //!     [--flood-event MESSAGE_CREATE --flood-count N [--flood-file d.json]]
 //! ```
 //! REST at `http://127.0.0.1:PORT/api/v10`, gateway at `ws://127.0.0.1:PORT`, and the control API
@@ -17,7 +17,9 @@
 //! `--flood-count` dispatches of `--flood-event` (with `d` from `--flood-file`, which may hold a
 //! whole frame or just its `d`; by default a whole Message object) as soon as it is READY.
 //! `--bot-name NAME` and `--bot-id ID` set the bot user (READY, `GET /users/@me`,
-//! `GET /oauth2/applications/@me`). Logs go to stderr (`RUST_LOG=debug` for
+//! `GET /oauth2/applications/@me`). `--guilds N` gives the bot N guilds, each sent to the shard
+//! `(id >> 22) % total` of whatever total a connection identifies with; `--max-guilds-per-shard N`
+//! closes a shard past N guilds with 4011 (docs/fake-gateway.md). Logs go to stderr (`RUST_LOG=debug` for
 //! more): every connection, handshake, op 9 and close, with the reason. Runs until Ctrl-C.
 //!
 //! The control API scripts faults per shard and reads back what clients sent, from any language:
@@ -33,6 +35,9 @@
 //! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/drop'                   # no close frame
 //! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/acks?enabled=false'     # stop ACKs
 //! curl -X POST 'http://127.0.0.1:7878/_fake/drop-all'
+//! curl -X POST 'http://127.0.0.1:7878/_fake/recommended-shards' -H 'content-type: application/json' -d '{"shards":6}'
+//! curl -X POST 'http://127.0.0.1:7878/_fake/guilds' -H 'content-type: application/json' -d '{"count":1}'
+//! curl 'http://127.0.0.1:7878/_fake/guilds'           # the bot's guilds
 //! curl -X POST 'http://127.0.0.1:7878/_fake/shards/0/dispatch?strict=true' \
 //!      -H 'content-type: application/json' -d '{"t":"MESSAGE_CREATE","count":1000,"d":{
 //!   "id":"1200000000000000001","channel_id":"1100000000000000002","content":"hi","type":0,
@@ -88,6 +93,10 @@ fn parse_args() -> Result<Args, String> {
             "--token" => config.token = value()?,
             "--bot-name" => config.bot_user.username = value()?,
             "--bot-id" => config.bot_user.id = number(value()?)?,
+            "--guilds" => config.guilds = number(value()?)? as u32,
+            "--max-guilds-per-shard" => {
+                config.max_guilds_per_shard = Some(number(value()?)? as u32)
+            }
             "--flood-event" => event = Some(value()?),
             "--flood-count" => count = Some(number(value()?)? as usize),
             "--flood-file" => file = Some(value()?),

@@ -296,6 +296,8 @@ pub struct Config {
     pub(crate) dynamic_shards: bool,
     /// In a fleet, this process's name.
     pub(crate) fleet_owner: Option<String>,
+    /// How a reshard runs, and whether one starts by itself.
+    pub(crate) reshard: crate::reshard::ReshardOptions,
     /// The TLS settings of the websockets and `GET /gateway/bot`.
     pub(crate) tls: crate::client::Tls,
     /// Where the shards record metrics (nowhere unless the bot gave a `Metrics`).
@@ -391,6 +393,7 @@ impl ConfigBuilder {
                 identify_queue: None,
                 dynamic_shards: false,
                 fleet_owner: None,
+                reshard: Default::default(),
                 tls: crate::client::Tls::default(),
                 metrics: Default::default(),
             },
@@ -614,6 +617,13 @@ impl ConfigBuilder {
     /// Registers a recipient for shard lifecycle events (ready, resumed, disconnected, fatal).
     pub fn events(mut self, recipient: Recipient<ShardEvent>) -> Self {
         self.config.events.push(recipient);
+        self
+    }
+
+    /// How a live reshard runs ([`Gateway::reshard`](crate::Gateway::reshard)), and whether a
+    /// 4011 close starts one by itself (docs/resharding.md).
+    pub fn reshard(mut self, options: crate::reshard::ReshardOptions) -> Self {
+        self.config.reshard = options;
         self
     }
 

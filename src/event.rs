@@ -44,6 +44,17 @@ pub enum ShardEvent {
         /// How long it had held its reads back.
         paused_for: Duration,
     },
+    /// A reshard's cut: from here on handlers receive the new set's events (docs/resharding.md).
+    /// Sent once per reshard, by the supervisor; the old set's shards then close (their
+    /// `Disconnected` events carry the old set's shard ids).
+    Resharded {
+        /// The shard total before.
+        old_total: u32,
+        /// The shard total now.
+        new_total: u32,
+        /// Guilds a new shard's READY listed that did not arrive within the guild timeout.
+        timed_out_guilds: Vec<u64>,
+    },
     /// The shard stopped for good.
     Fatal {
         /// The shard.

@@ -19,6 +19,7 @@ pub mod ownership;
 mod phase;
 pub mod protocol;
 pub mod queue;
+pub mod reshard;
 pub mod rest;
 pub mod router;
 pub mod session;
@@ -39,6 +40,7 @@ pub use config::{
 pub use error::{ConfigError, FatalError, RestError, StartError};
 pub use event::ShardEvent;
 pub use protocol::{CloseCode, Command, CommandError, Intents, PresenceUpdate, Status};
+pub use reshard::{shard_for_guild, ReshardError, ReshardOptions, ReshardReport};
 pub use router::{Dispatch, DispatchBatch, Router, ThreadHandlers};
 pub use session::{MemorySessionStore, SessionInfo, SessionStore};
 pub use shard::{Phase, ShardStatus};

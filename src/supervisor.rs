@@ -14,6 +14,7 @@ use crate::error::{FatalError, StartError};
 use crate::ownership::LeaseGuard;
 use crate::protocol::{Command, CommandError};
 use crate::queue::{IdentifyQueue, LocalIdentifyQueue, SESSION_START_PERIOD};
+use crate::reshard::{ReshardError, ReshardReport};
 use crate::rest::{self, GatewayBot};
 use crate::shard::actor::ShardShared;
 use crate::shard::backoff::ReconnectBackoff;
@@ -62,7 +63,20 @@ pub struct Supervisor {
     dynamic: bool,
     /// In a fleet, this process's name (reported in every status).
     owner: Option<Arc<str>>,
+    /// The config the gateway started with: `GET /gateway/bot` and the reshard options.
+    config: Config,
+    /// Which shard set `slots` holds: its shards' notices carry it (0: the set started with).
+    generation: u64,
+    /// A reshard's new set while it runs beside `slots` (docs/resharding.md).
+    incoming: Option<resharding::Incoming>,
+    /// The old set's slots after a cut, while its shards close.
+    retiring: BTreeMap<u32, Slot>,
+    /// A reshard is being checked (budget asked) or an automatic one is being asked for.
+    reshard_pending: bool,
 }
+
+mod resharding;
+pub(crate) use resharding::Reshard;
 
 /// What the runtime resolved at start: the plan, the gateway URL and the identify limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,6 +229,7 @@ impl Supervisor {
         for id in dead {
             self.schedule_restart(id, ctx);
         }
+        self.check_incoming_liveness(ctx);
     }
 }
 
@@ -230,6 +245,7 @@ impl Actor for Supervisor {
             }
         }
         ctx.run_interval(LIVENESS_CHECK, |act, ctx| act.check_liveness(ctx));
+        self.watch_recommendation(ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -243,6 +259,19 @@ impl Handler<ShardNotice> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: ShardNotice, ctx: &mut Self::Context) {
+        // The shards of the set the gateway started with report untagged: generation 0.
+        self.on_notice(0, msg, ctx);
+    }
+}
+
+impl Supervisor {
+    /// A notice from a shard of the set `generation`: the running set, a reshard's new set, or an
+    /// old set closing after a cut.
+    fn on_notice(&mut self, generation: u64, msg: ShardNotice, ctx: &mut Context<Self>) {
+        if generation != self.generation {
+            self.on_other_set_notice(generation, msg, ctx);
+            return;
+        }
         match msg {
             ShardNotice::Ready { id } => self.on_ready(id),
             ShardNotice::Stopped {
@@ -264,8 +293,14 @@ impl Handler<ShardNotice> for Supervisor {
                 }
                 if let Some(fatal) = fatal {
                     tracing::error!(shard.id = id, error = %fatal, "shard stopped for good");
+                    let sharding_required =
+                        fatal == FatalError::Closed(crate::protocol::CloseCode::ShardingRequired);
                     slot.fatal = Some(fatal);
                     slot.addr = None;
+                    self.old_shard_stopped_for_good(id);
+                    if sharding_required {
+                        self.auto_reshard(ctx);
+                    }
                 } else if deliberate || self.shutting_down {
                     slot.stopped = true;
                     slot.addr = None;
@@ -334,7 +369,8 @@ impl Handler<GetProgress> for Supervisor {
     }
 }
 
-/// Asks for the status of every shard, sorted by id.
+/// Asks for the status of every shard, sorted by id; while a reshard's new set runs beside the
+/// running one, its shards follow, sorted by id (each status carries its set's `total`).
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Vec<ShardStatus>")]
 pub struct GetStatuses;
@@ -379,8 +415,15 @@ impl Handler<GetStatuses> for Supervisor {
                     status
                 }
             })
-            .collect();
-        Box::pin(join_all(queries))
+            .collect::<Vec<_>>();
+        // While a reshard's new set runs beside the old one, its shards follow (their `total` tells
+        // them apart).
+        let incoming = self.incoming_statuses();
+        Box::pin(async move {
+            let mut all = join_all(queries).await;
+            all.extend(incoming.await);
+            all
+        })
     }
 }
 
@@ -490,10 +533,22 @@ impl Handler<ShutdownAll> for Supervisor {
             }
             slot.stopped = true;
         }
-        Box::pin(join_all(closing).into_actor(self).map(move |_, _, ctx| {
-            let _ = finished.send(true);
-            ctx.stop();
-        }))
+        // A reshard's new set (or an old set still closing) ends with the rest.
+        let others = join_all(
+            self.close_other_sets(ctx)
+                .into_iter()
+                .map(|addr| async move {
+                    let _ = addr.send(Shutdown { resumable: false }).await;
+                }),
+        );
+        Box::pin(
+            futures_util::future::join(join_all(closing), others)
+                .into_actor(self)
+                .map(move |_, _, ctx| {
+                    let _ = finished.send(true);
+                    ctx.stop();
+                }),
+        )
     }
 }
 
@@ -621,6 +676,7 @@ impl Gateway {
             )),
             tls: config.tls.clone(),
             metrics: config.metrics.clone(),
+            gate: Default::default(),
         });
         let arbiter_count = config.arbiters.min(plan.ids.len()).max(1);
         let arbiters: Vec<Arbiter> = (0..arbiter_count).map(|_| Arbiter::new()).collect();
@@ -642,6 +698,11 @@ impl Gateway {
             "starting shards"
         );
         let supervisor = Supervisor {
+            config: config.clone(),
+            generation: 0,
+            incoming: None,
+            retiring: BTreeMap::new(),
+            reshard_pending: false,
             shared,
             total: plan.total,
             slots,
@@ -671,7 +732,9 @@ impl Gateway {
         &self.supervisor
     }
 
-    /// The status of every shard, sorted by id (empty once shut down).
+    /// The status of every shard, sorted by id (empty once shut down). While a reshard's new set
+    /// runs beside the running one, its shards follow, sorted by id: `ShardStatus::total` tells
+    /// the sets apart.
     pub async fn status(&self) -> Vec<ShardStatus> {
         self.supervisor.send(GetStatuses).await.unwrap_or_default()
     }
@@ -695,6 +758,24 @@ impl Gateway {
             .send(SendToAll(command))
             .await
             .unwrap_or_default()
+    }
+
+    /// Grows (or shrinks) the bot to `new_total` shards without downtime: a new set identifies
+    /// beside the running one (same identify buckets and budget), its events held, until every
+    /// new shard is READY with its guilds; then one cut switches delivery to it, and the old set's
+    /// sessions are closed with 1000. Each event reaches each handler once across the cut; see
+    /// docs/resharding.md for exactly what a handler sees. Answers once the old set is closed.
+    ///
+    /// Refused up front, with nothing started, when the session-start budget left cannot cover
+    /// `new_total` identifies, when a reshard is under way, or in a fleet.
+    pub async fn reshard(&self, new_total: u32) -> Result<ReshardReport, ReshardError> {
+        if self.membership.is_some() {
+            return Err(ReshardError::InFleet);
+        }
+        self.supervisor
+            .send(Reshard { new_total })
+            .await
+            .unwrap_or(Err(ReshardError::ShuttingDown))
     }
 
     /// Whether this gateway is a member of a fleet (feature `redis`,

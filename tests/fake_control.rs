@@ -377,6 +377,10 @@ async fn unknown_arguments_are_refused_and_documented_ones_accepted() {
         "moderator",
         "--bot-id",
         "1100000000000000042",
+        "--guilds",
+        "4",
+        "--max-guilds-per-shard",
+        "9",
         "--compress-only",
         "--flood-event",
         "MESSAGE_CREATE",
@@ -661,4 +665,164 @@ async fn an_unknown_rest_route_is_logged_with_its_path() {
         log.contains("no such route here") && log.contains("/api/v10/applications/1000/commands"),
         "{log}"
     );
+}
+
+/// Identifies shard `shard` of `total` on a raw websocket; the READY's `d`, or the close code.
+async fn identify_as(server: &Server, shard: u32, total: u32) -> (Ws, Result<Value, Option<u16>>) {
+    let mut ws = server.connect("/", "v=10&encoding=json").await;
+    assert_eq!(next_json(&mut ws).await["op"], 10);
+    send(
+        &mut ws,
+        json!({"op": 2, "d": {"token": "fake-token", "intents": 513, "shard": [shard, total],
+            "properties": {"os": "linux", "browser": "raw", "device": "raw"}}}),
+    )
+    .await;
+    let answer = match next(&mut ws).await {
+        Next::Json(ready) => {
+            assert_eq!(ready["t"], "READY");
+            Ok(ready["d"].clone())
+        }
+        Next::Closed(code, _) => Err(code),
+        other => panic!("unexpected {other:?}"),
+    };
+    (ws, answer)
+}
+
+fn guild_ids(ready: &Value) -> Vec<u64> {
+    ready["guilds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[actix_rt::test]
+async fn guilds_follow_each_connections_total_and_the_recommendation_and_cap_are_controlled_over_http(
+) {
+    let server = Server::start(&[
+        "--guilds",
+        "6",
+        "--max-guilds-per-shard",
+        "3",
+        "--identify-window-ms",
+        "1",
+    ]);
+    let all: Vec<u64> = server.get("/guilds").await["guilds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(all.len(), 6);
+    // Shard 1 of 2 and shard 1 of 3 of one bot, at once: each READY lists the guilds the formula
+    // gives its own total.
+    let (mut of_two, ready) = identify_as(&server, 1, 2).await;
+    let ready_two = ready.expect("READY");
+    let (mut of_three, ready) = identify_as(&server, 1, 3).await;
+    let ready_three = ready.expect("READY");
+    let owned = |shard: u64, total: u64| -> Vec<u64> {
+        all.iter()
+            .copied()
+            .filter(|g| (g >> 22) % total == shard)
+            .collect()
+    };
+    assert_eq!(guild_ids(&ready_two), owned(1, 2));
+    assert_eq!(guild_ids(&ready_three), owned(1, 3));
+    assert_eq!(guild_ids(&ready_two).len(), 3);
+    for (ws, n) in [(&mut of_two, 3), (&mut of_three, 2)] {
+        for _ in 0..n {
+            assert_eq!(next_json(ws).await["t"], "GUILD_CREATE");
+        }
+    }
+    // A dispatch about a guild both connections own reaches both, each under its own seq.
+    let both = owned(1, 2)
+        .into_iter()
+        .find(|g| owned(1, 3).contains(g))
+        .expect("a guild on shard 1 of 2 and of 3");
+    let (status, answer) = server
+        .post_json(
+            &format!("/guilds/{both}/dispatch"),
+            json!({"t": "TYPING_START", "d": {"channel_id": "2", "user_id": "3", "timestamp": 1, "guild_id": both.to_string()}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["sent"],
+        json!([
+            {"shard": 1, "total": 2, "first_seq": 5, "last_seq": 5},
+            {"shard": 1, "total": 3, "first_seq": 4, "last_seq": 4},
+        ])
+    );
+    for ws in [&mut of_two, &mut of_three] {
+        let frame = next_json(ws).await;
+        assert_eq!(frame["t"], "TYPING_START");
+        assert_eq!(frame["d"]["guild_id"], both.to_string());
+    }
+    let connections = server.get("/connections").await;
+    let totals: Vec<&Value> = connections
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["total"])
+        .collect();
+    assert_eq!(totals, [&json!(2), &json!(3)]);
+    // The recommendation changes at run time.
+    assert_eq!(
+        server
+            .post_json("/recommended-shards", json!({"shards": 0}))
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        server
+            .post_json("/recommended-shards", json!({"shards": 5}))
+            .await,
+        (200, json!({"shards": 5}))
+    );
+    let api = server.urls["api_base"].as_str().unwrap().to_owned();
+    let bot: Value = awc::Client::new()
+        .get(format!("{api}/gateway/bot"))
+        .insert_header(("Authorization", "Bot fake-token"))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(bot["shards"], 5);
+    // Shard 0 of 1 would hold all 6, past the cap of 3: 4011 at once.
+    let (_, refused) = identify_as(&server, 0, 1).await;
+    assert_eq!(refused.err(), Some(Some(4011)));
+    // Two more guilds: shard 1 of 2 gets those it owns; past 3 guilds, it is closed with 4011.
+    let (status, added) = server.post_json("/guilds", json!({"count": 2})).await;
+    assert_eq!(status, 200);
+    let added: Vec<u64> = added["added"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap().parse().unwrap())
+        .collect();
+    let joined: Vec<u64> = added
+        .iter()
+        .copied()
+        .filter(|g| (g >> 22) % 2 == 1)
+        .collect();
+    assert_eq!(
+        joined.len(),
+        1,
+        "of two consecutive guilds, one is on shard 1 of 2"
+    );
+    let frame = next_json(&mut of_two).await;
+    assert_eq!(frame["t"], "GUILD_CREATE");
+    assert_eq!(frame["d"]["id"], joined[0].to_string());
+    assert_eq!(
+        next(&mut of_two).await,
+        Next::Closed(
+            Some(4011),
+            Some("the shard holds more guilds than the cap".into())
+        )
+    );
+    server.stop();
 }

@@ -26,11 +26,14 @@ use crate::router::Router;
 use crate::session::SessionStore;
 use crate::shard::backoff::ReconnectBackoff;
 use crate::shard::delivery::{Deliver, Delivery};
+use crate::shard::gate::GateSlot;
 use crate::shard::heartbeat_grid;
 use crate::shard::inflate::Inflater;
 use crate::shard::limiter::CommandLimiter;
 use crate::shard::log_throttle::Throttles;
-use crate::shard::messages::{Abandon, GetStatus, SendCommand, ShardNotice, ShardStatus, Shutdown};
+use crate::shard::messages::{
+    Abandon, GetStatus, ReleaseHeld, SendCommand, ShardNotice, ShardStatus, Shutdown,
+};
 use crate::shard::pause::Pausable;
 use crate::shard::state::{Action, IdentifyParams, Phase, SendKind, ShardState};
 
@@ -223,6 +226,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 const HANDLERS_GRACE: Duration = Duration::from_secs(2);
 
 /// What every shard of one bot shares.
+#[derive(Clone)]
 pub(crate) struct ShardShared {
     pub params: Arc<IdentifyParams>,
     pub compression: Compression,
@@ -241,6 +245,8 @@ pub(crate) struct ShardShared {
     pub tls: crate::client::Tls,
     /// Where each shard's metrics recorder writes (nowhere unless the bot enabled metrics).
     pub metrics: crate::metrics::Sink,
+    /// The set's dispatch gate: empty unless a reshard is under way (`crate::reshard`).
+    pub gate: Arc<GateSlot>,
 }
 
 /// A connection's transport decompression (docs/protocol.md §6): a fresh context per connection.
@@ -839,7 +845,9 @@ impl ShardActor {
                     if let Some(m) = &mut self.metrics {
                         m.event(dispatch.event());
                     }
-                    self.delivery.deliver(dispatch, ctx)
+                    if let Some(dispatch) = self.shared.gate.admit(self.id, dispatch) {
+                        self.delivery.deliver(dispatch, ctx)
+                    }
                 }
                 Action::StoreSession(Some(session)) => {
                     // A new session (READY): what is still queued from the old one is not its.
@@ -1365,6 +1373,17 @@ impl Handler<Shutdown> for ShardActor {
                 .into_actor(self)
                 .map(|(), act, ctx| act.stop_once_handlers_finish(ctx)),
         )
+    }
+}
+
+impl Handler<ReleaseHeld> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, _: ReleaseHeld, ctx: &mut Self::Context) {
+        for dispatch in self.shared.gate.release(self.id) {
+            self.delivery.deliver(dispatch, ctx);
+        }
+        self.hand_over(ctx);
     }
 }
 

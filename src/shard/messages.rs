@@ -86,3 +86,9 @@ pub(crate) enum ShardNotice {
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub(crate) struct Abandon;
+
+/// After a reshard's cut: deliver what the set's gate held for this shard, ahead of anything the
+/// shard reads next (`crate::reshard`).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub(crate) struct ReleaseHeld;

@@ -9,6 +9,7 @@ pub(crate) mod actor;
 pub(crate) mod backoff;
 pub(crate) mod delivery;
 pub(crate) mod framing;
+pub(crate) mod gate;
 pub(crate) mod heartbeat_grid;
 pub(crate) mod inflate;
 pub(crate) mod limiter;

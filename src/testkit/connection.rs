@@ -14,7 +14,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::compress::Compressor;
 use super::state::{Command, State};
-use super::{ConnectionOutcome, RecordedFrame};
+use super::{ConnectionOutcome, FakeConfig, RecordedFrame};
 use crate::protocol::command::MAX_SENT_FRAME;
 use crate::protocol::{CloseCode as Code, Intents, OpCode};
 
@@ -72,6 +72,20 @@ fn lock(shared: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 
 /// Whether an Identify/Resume token is the bot's: bare, or with the `Bot ` prefix that some clients
 /// send and Discord accepts.
+/// The guilds of shard `shard` of `total`: the bot's guilds it owns by the formula, or (with no
+/// bot-wide guilds configured) `guilds_per_shard` made-up ids that the formula puts on it.
+fn guilds_for(state: &State, config: &FakeConfig, shard: u32, total: u32) -> Vec<u64> {
+    if !state.guilds.is_empty() {
+        return state.guilds_of(shard, total);
+    }
+    let total64 = u64::from(total);
+    // The first multiple of `total` from GUILD_BASE up, so that guild n of shard s is owned by s.
+    let base = super::GUILD_BASE - super::GUILD_BASE % total64 + total64;
+    (0..u64::from(config.guilds_per_shard))
+        .map(|n| (base + n * total64 + u64::from(shard)) << 22)
+        .collect()
+}
+
 fn token_matches(sent: &Value, token: &str) -> bool {
     sent.as_str()
         .is_some_and(|t| t == token || t.strip_prefix("Bot ") == Some(token))
@@ -228,6 +242,12 @@ impl Conn {
                         }
                     }
                     Some(Command::Close(code)) => return Flow::Close(code, "closed by the test script"),
+                    Some(Command::PastGuildCap) => {
+                        return Flow::Close(
+                            Code::ShardingRequired.code(),
+                            "the shard holds more guilds than the cap",
+                        )
+                    }
                 },
                 _ = std::future::ready(()), if self.flood_left > 0 => {
                     if !self.flood_chunk().await {
@@ -553,6 +573,14 @@ impl Conn {
         }
         let now = Instant::now();
         state.identifies.push((shard, now));
+        if let Some(cap) = config.max_guilds_per_shard {
+            if guilds_for(&state, &config, shard, total).len() > cap as usize {
+                return Reply::Close(
+                    Code::ShardingRequired.code(),
+                    "Identify for a shard that would hold more guilds than the cap",
+                );
+            }
+        }
         drop(state);
         self.shard = Some(shard);
         self.tag_last_frame(shard);
@@ -579,20 +607,14 @@ impl Conn {
             .resume_url
             .clone()
             .unwrap_or_else(|| format!("{}/resume", state.ws_base()));
-        let guild_ids: Vec<String> = (0..config.guilds_per_shard)
-            .map(|n| {
-                (((u64::from(n) * u64::from(total) + u64::from(shard)) << 22)
-                    + 1_000_000_000_000_000)
-                    .to_string()
-            })
-            .collect();
+        let guild_ids = guilds_for(&state, &config, shard, total);
         let identified = state.identifies.iter().filter(|i| i.0 == shard).count();
         let mut ready = json!({
             "v": 10,
             // The fields Discord's READY user has (what a typed client such as twilight-model
             // requires, e.g. `mfa_enabled`).
             "user": config.bot_user.user(),
-            "guilds": guild_ids.iter().map(|id| json!({"id": id, "unavailable": true})).collect::<Vec<_>>(),
+            "guilds": guild_ids.iter().map(|id| json!({"id": id.to_string(), "unavailable": true})).collect::<Vec<_>>(),
             "session_id": session_id,
             "resume_gateway_url": resume_url,
             "shard": [shard, total],
@@ -614,24 +636,7 @@ impl Conn {
         };
         push("READY", ready.to_string());
         for id in &guild_ids {
-            // Every field Discord's GUILD_CREATE always carries (docs/protocol.md §8), so a typed
-            // client (twilight-model) reads it as it reads Discord's.
-            let guild = json!({
-                "id": id, "name": format!("guild {id}"), "icon": null, "splash": null,
-                "discovery_splash": null, "owner_id": "1001", "afk_channel_id": null,
-                "afk_timeout": 300, "verification_level": 0, "default_message_notifications": 0,
-                "explicit_content_filter": 0, "roles": [], "emojis": [], "features": [],
-                "mfa_level": 0, "application_id": null, "system_channel_id": null,
-                "system_channel_flags": 0, "rules_channel_id": null, "vanity_url_code": null,
-                "description": null, "banner": null, "premium_tier": 0,
-                "preferred_locale": "en-US", "public_updates_channel_id": null, "nsfw_level": 0,
-                "premium_progress_bar_enabled": false, "stickers": [],
-                "safety_alerts_channel_id": null, "joined_at": "2024-01-01T00:00:00.000000+00:00",
-                "large": false, "unavailable": false, "member_count": 2, "voice_states": [],
-                "members": [], "channels": [], "threads": [], "presences": [],
-                "stage_instances": [], "guild_scheduled_events": [], "soundboard_sounds": [],
-            });
-            push("GUILD_CREATE", guild.to_string());
+            push("GUILD_CREATE", super::payloads::guild_create(*id));
         }
         let replaced = state.snapshot(shard);
         state.sessions.insert(
@@ -639,6 +644,7 @@ impl Conn {
             super::state::Session {
                 id: session_id.clone(),
                 shard,
+                total,
                 seq,
                 log,
                 resumable: true,
@@ -646,8 +652,12 @@ impl Conn {
             },
         );
         state.current.insert(shard, session_id.clone());
+        state
+            .current_by_set
+            .insert((shard, total), session_id.clone());
         if let Some(record) = state.conn_mut(self.id) {
             record.shard = Some(shard);
+            record.total = Some(total);
             record.outcome = ConnectionOutcome::Identified {
                 session_id: session_id.clone(),
             };
@@ -736,9 +746,14 @@ impl Conn {
         }
         frames.push(resumed);
         session.conn = Some(id);
+        let total = session.total;
         state.current.insert(shard, session_id.clone());
+        state
+            .current_by_set
+            .insert((shard, total), session_id.clone());
         if let Some(record) = state.conn_mut(id) {
             record.shard = Some(shard);
+            record.total = Some(total);
             record.outcome = ConnectionOutcome::Resumed {
                 session_id: session_id.clone(),
                 seq,

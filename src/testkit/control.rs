@@ -17,6 +17,10 @@
 //! | `POST /_fake/shards/{n}/drop` | ends the connection without a close frame |
 //! | `POST /_fake/shards/{n}/acks?enabled=false\|true` | stops or resumes heartbeat ACKs |
 //! | `POST /_fake/drop-all` | drops every connection |
+//! | `GET /_fake/guilds` | the bot's guilds (ids as strings) |
+//! | `POST /_fake/guilds` body `{"count"}` | the bot joins `count` guilds: `GUILD_CREATE` to their shards, 4011 to shards past the cap |
+//! | `POST /_fake/guilds/{id}/dispatch[?strict=true]` body `{"t", "d", "count"?}` | dispatches to every live session whose shard owns the guild under its total (both sets while a bot reshards) |
+//! | `POST /_fake/recommended-shards` body `{"shards"}` | the shard count `GET /gateway/bot` recommends from now on |
 //!
 //! A dispatch goes into the shard's session: sent now if a connection is attached to it, and
 //! otherwise kept for the replay when the client resumes; it answers 409 only when the shard has no
@@ -48,6 +52,16 @@ pub(crate) fn routes(config: &mut web::ServiceConfig) {
         .route("/_fake/frames", web::get().to(frames))
         .route("/_fake/rest", web::get().to(rest_calls))
         .route("/_fake/drop-all", web::post().to(drop_all))
+        .route("/_fake/guilds", web::get().to(guilds))
+        .route("/_fake/guilds", web::post().to(add_guilds))
+        .route(
+            "/_fake/guilds/{guild}/dispatch",
+            web::post().to(dispatch_guild),
+        )
+        .route(
+            "/_fake/recommended-shards",
+            web::post().to(recommended_shards),
+        )
         .route("/_fake/shards/{shard}/dispatch", web::post().to(dispatch))
         .route("/_fake/shards/{shard}/reconnect", web::post().to(reconnect))
         .route("/_fake/shards/{shard}/{action}", web::post().to(action));
@@ -95,6 +109,7 @@ async fn connections(shared: Shared) -> HttpResponse {
             json!({
                 "id": c.id,
                 "shard": c.shard,
+                "total": c.total,
                 "path": c.path,
                 "query": c.query,
                 "compress": c.compress,
@@ -163,6 +178,72 @@ async fn drop_all(shared: Shared) -> HttpResponse {
     let dropped = lock(&shared).drop_all();
     tracing::info!(dropped, "fake control: dropped every connection");
     HttpResponse::Ok().json(json!({"dropped": dropped}))
+}
+
+async fn guilds(shared: Shared) -> HttpResponse {
+    let ids: Vec<String> = lock(&shared).guilds.iter().map(u64::to_string).collect();
+    HttpResponse::Ok().json(json!({"guilds": ids}))
+}
+
+#[derive(Deserialize)]
+struct AddGuildsBody {
+    count: u32,
+}
+
+async fn add_guilds(shared: Shared, body: web::Json<AddGuildsBody>) -> HttpResponse {
+    let added = lock(&shared).add_guilds(body.count);
+    tracing::info!(count = added.len(), "fake control: guilds added");
+    let ids: Vec<String> = added.iter().map(u64::to_string).collect();
+    HttpResponse::Ok().json(json!({"added": ids}))
+}
+
+async fn dispatch_guild(
+    shared: Shared,
+    guild: web::Path<u64>,
+    query: web::Query<DispatchQuery>,
+    body: web::Json<DispatchBody>,
+) -> HttpResponse {
+    let guild = guild.into_inner();
+    let body = body.into_inner();
+    // Refusals are logged against shard 0: the body is the same whichever shard it goes to.
+    let (d, count, missing) = match check(0, &body, query.strict) {
+        Ok(checked) => checked,
+        Err(refused) => return refused.response(),
+    };
+    let sent = lock(&shared).dispatch_guild(guild, &body.t, &d, count);
+    if sent.is_empty() {
+        return HttpResponse::Conflict().json(json!({
+            "error": format!("no live session owns guild {guild}")
+        }));
+    }
+    let to: Vec<Value> = sent
+        .iter()
+        .map(|&(shard, total, first)| {
+            json!({"shard": shard, "total": total, "first_seq": first, "last_seq": first + count as u64 - 1})
+        })
+        .collect();
+    let mut answer = json!({ "sent": to });
+    if !missing.is_empty() {
+        answer["missing"] = json!(missing);
+    }
+    HttpResponse::Ok().json(answer)
+}
+
+#[derive(Deserialize)]
+struct RecommendedBody {
+    shards: u32,
+}
+
+async fn recommended_shards(shared: Shared, body: web::Json<RecommendedBody>) -> HttpResponse {
+    if body.shards == 0 {
+        return bad_request("shards must be at least 1");
+    }
+    lock(&shared).config.shards = body.shards;
+    tracing::info!(
+        shards = body.shards,
+        "fake control: recommended shard count changed"
+    );
+    HttpResponse::Ok().json(json!({"shards": body.shards}))
 }
 
 #[derive(Deserialize)]

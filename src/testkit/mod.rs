@@ -74,6 +74,15 @@ pub struct FakeConfig {
     pub privileged_intents_enabled: u64,
     /// The fewest shards the bot may run (default 1); fewer → close 4011.
     pub required_shards: u32,
+    /// The bot's guilds (default 0: none beyond `guilds_per_shard`): guild `i` has the id
+    /// [`guild_id`]`(i)`, and belongs to shard `(id >> 22) % total` of whatever total a connection
+    /// identified with (docs/protocol.md §5), so the client's total decides which guilds each of its
+    /// shards receives. [`FakeGateway::add_guilds`] adds more at run time.
+    pub guilds: u32,
+    /// The most guilds one shard may hold (default `None`: no cap). An Identify for a shard that
+    /// would hold more is closed with 4011 (sharding required), and so is a live shard that
+    /// [`FakeGateway::add_guilds`] takes past it.
+    pub max_guilds_per_shard: Option<u32>,
     /// `GUILD_CREATE`s sent after READY on each new session (default 0).
     pub guilds_per_shard: u32,
     /// Dispatches kept per session for replay (default 100 000); a resume from further back → op 9.
@@ -146,6 +155,8 @@ impl Default for FakeConfig {
             },
             privileged_intents_enabled: Intents::PRIVILEGED.bits(),
             required_shards: 1,
+            guilds: 0,
+            max_guilds_per_shard: None,
             guilds_per_shard: 0,
             replay_capacity: 100_000,
             resume_url: None,
@@ -205,6 +216,8 @@ pub struct ConnectionRecord {
     pub id: u64,
     /// The shard, once known.
     pub shard: Option<u32>,
+    /// The shard total it identified with, once known (a resume keeps its session's).
+    pub total: Option<u32>,
     /// The path (`/` or `/resume`).
     pub path: String,
     /// The query string.
@@ -420,6 +433,41 @@ impl FakeGateway {
             .map(|(first, last)| first..=last)
     }
 
+    /// Sends a dispatch about guild `guild_id` to every live session whose shard owns the guild
+    /// under the total that session identified with (`(guild_id >> 22) % total`): while a bot runs
+    /// two shard sets (resharding), both receive it, as on Discord. Returns `(shard, total, seq)`
+    /// for each session it went to, ordered by total then shard.
+    pub fn dispatch_guild(&self, guild_id: u64, event: &str, d: Value) -> Vec<(u32, u32, u64)> {
+        self.dispatch_guild_raw(guild_id, event, &d.to_string())
+    }
+
+    /// [`dispatch_guild`](Self::dispatch_guild) with `d` already serialized.
+    pub fn dispatch_guild_raw(
+        &self,
+        guild_id: u64,
+        event: &str,
+        d_json: &str,
+    ) -> Vec<(u32, u32, u64)> {
+        self.state().dispatch_guild(guild_id, event, d_json, 1)
+    }
+
+    /// The ids of the bot's guilds ([`FakeConfig::guilds`] plus any added), in order.
+    pub fn guild_ids(&self) -> Vec<u64> {
+        self.state().guilds.clone()
+    }
+
+    /// Adds `count` guilds (the bot joined them): each is sent as `GUILD_CREATE` to the live
+    /// sessions whose shard owns it; then every live session whose shard now holds more than
+    /// [`FakeConfig::max_guilds_per_shard`] is closed with 4011. Returns the new ids.
+    pub fn add_guilds(&self, count: u32) -> Vec<u64> {
+        self.state().add_guilds(count)
+    }
+
+    /// Changes the shard count `GET /gateway/bot` recommends from now on.
+    pub fn set_recommended_shards(&self, shards: u32) {
+        self.state().config.shards = shards.max(1);
+    }
+
     /// op 7 Reconnect.
     pub fn reconnect(&self, shard: u32) -> bool {
         self.send_op(shard, r#"{"t":null,"s":null,"op":7,"d":null}"#)
@@ -586,6 +634,15 @@ impl FakeGateway {
         }
     }
 }
+
+/// The id of the fake's guild number `i` ([`FakeConfig::guilds`]): a snowflake whose upper bits
+/// (`id >> 22`, what the shard formula reads) are [`GUILD_BASE`]` + i`.
+pub fn guild_id(i: u32) -> u64 {
+    (GUILD_BASE + u64::from(i)) << 22
+}
+
+/// `id >> 22` of the fake's first guild: a snowflake of late 2017.
+pub const GUILD_BASE: u64 = 238_418_579_101;
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|p| p.into_inner())

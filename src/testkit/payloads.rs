@@ -190,6 +190,27 @@ pub(crate) fn iso8601(at: SystemTime) -> String {
     )
 }
 
+/// A `GUILD_CREATE` body for guild `id`, with every field Discord's always carries
+/// (docs/protocol.md §8), so that a typed client (twilight-model) reads it as it reads Discord's.
+pub(crate) fn guild_create(id: u64) -> String {
+    serde_json::json!({
+        "id": id.to_string(), "name": format!("guild {id}"), "icon": null, "splash": null,
+        "discovery_splash": null, "owner_id": "1001", "afk_channel_id": null,
+        "afk_timeout": 300, "verification_level": 0, "default_message_notifications": 0,
+        "explicit_content_filter": 0, "roles": [], "emojis": [], "features": [],
+        "mfa_level": 0, "application_id": null, "system_channel_id": null,
+        "system_channel_flags": 0, "rules_channel_id": null, "vanity_url_code": null,
+        "description": null, "banner": null, "premium_tier": 0,
+        "preferred_locale": "en-US", "public_updates_channel_id": null, "nsfw_level": 0,
+        "premium_progress_bar_enabled": false, "stickers": [],
+        "safety_alerts_channel_id": null, "joined_at": "2024-01-01T00:00:00.000000+00:00",
+        "large": false, "unavailable": false, "member_count": 2, "voice_states": [],
+        "members": [], "channels": [], "threads": [], "presences": [],
+        "stage_instances": [], "guild_scheduled_events": [], "soundboard_sounds": [],
+    })
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

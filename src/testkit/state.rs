@@ -25,6 +25,8 @@ pub(crate) enum Command {
     /// the same socket (docs/protocol.md §3.8).
     InvalidSession(bool),
     Close(u16),
+    /// 4011: the shard holds more guilds than `FakeConfig::max_guilds_per_shard`.
+    PastGuildCap,
     Drop,
 }
 
@@ -40,6 +42,8 @@ pub(crate) struct Channel {
 pub(crate) struct Session {
     pub id: String,
     pub shard: u32,
+    /// The shard total it identified with.
+    pub total: u32,
     pub seq: u64,
     /// Dispatches kept for replay, oldest first.
     pub log: VecDeque<(u64, ByteString)>,
@@ -65,6 +69,10 @@ pub(crate) struct State {
     pub sessions: HashMap<String, Session>,
     /// The newest session of each shard.
     pub current: HashMap<u32, String>,
+    /// The newest session of each (shard, total): a bot resharding runs two totals at once.
+    pub current_by_set: HashMap<(u32, u32), String>,
+    /// The bot's guilds by id, in the order they were added.
+    pub guilds: Vec<u64>,
     pub identifies: Vec<(u32, Instant)>,
     /// When each bucket last accepted an Identify.
     pub bucket_last: HashMap<u32, Instant>,
@@ -106,6 +114,7 @@ impl State {
 
     pub fn new(config: FakeConfig) -> Self {
         Self {
+            guilds: (0..config.guilds).map(super::guild_id).collect(),
             starts_remaining: config.session_start_limit.remaining,
             starts_reset_at: Instant::now()
                 + std::time::Duration::from_millis(config.session_start_limit.reset_after),
@@ -118,6 +127,7 @@ impl State {
             frames: Vec::new(),
             sessions: HashMap::new(),
             current: HashMap::new(),
+            current_by_set: HashMap::new(),
             identifies: Vec::new(),
             bucket_last: HashMap::new(),
             bucket_violations: 0,
@@ -144,6 +154,7 @@ impl State {
         self.conns.push(ConnectionRecord {
             id,
             shard: None,
+            total: None,
             path: path.to_owned(),
             query: query.to_owned(),
             compress,
@@ -234,6 +245,91 @@ impl State {
             let _ = live.tx.send(Command::Send(frames));
         }
         Some((first, session.seq))
+    }
+
+    /// The guilds shard `shard` of `total` holds, by the formula (docs/protocol.md §5).
+    pub fn guilds_of(&self, shard: u32, total: u32) -> Vec<u64> {
+        self.guilds
+            .iter()
+            .copied()
+            .filter(|&g| owner(g, total) == shard)
+            .collect()
+    }
+
+    /// Appends `count` copies of a dispatch about `guild_id` to every live session whose shard
+    /// owns the guild under its total, sending them to attached connections. `(shard, total, first
+    /// seq)` per session, ordered by (total, shard).
+    pub fn dispatch_guild(
+        &mut self,
+        guild_id: u64,
+        event: &str,
+        d: &str,
+        count: usize,
+    ) -> Vec<(u32, u32, u64)> {
+        let mut targets: Vec<((u32, u32), String)> = self
+            .current_by_set
+            .iter()
+            .filter(|((shard, total), _)| owner(guild_id, *total) == *shard)
+            .map(|(k, id)| (*k, id.clone()))
+            .collect();
+        targets.sort_unstable_by_key(|((shard, total), _)| (*total, *shard));
+        let mut sent = Vec::new();
+        for ((shard, total), session_id) in targets {
+            if !self.sessions.get(&session_id).is_some_and(|s| s.resumable) {
+                continue;
+            }
+            if event == "MESSAGE_CREATE" {
+                self.remember_message(shard, d);
+            }
+            let mut frames = Vec::with_capacity(count);
+            for _ in 0..count {
+                frames.extend(self.append(&session_id, event, d));
+            }
+            let Some(session) = self.sessions.get(&session_id) else {
+                continue;
+            };
+            if let Some(live) = session.conn.and_then(|conn| self.live.get(&conn)) {
+                let _ = live.tx.send(Command::Send(frames));
+            }
+            sent.push((shard, total, session.seq + 1 - count as u64));
+        }
+        sent
+    }
+
+    /// Adds `count` guilds: `GUILD_CREATE` to the sessions owning each, then 4011 for every live
+    /// session past the per-shard cap. The new ids.
+    pub fn add_guilds(&mut self, count: u32) -> Vec<u64> {
+        let next = self.guilds.len() as u32;
+        let added: Vec<u64> = (next..next + count).map(super::guild_id).collect();
+        self.guilds.extend(&added);
+        for &id in &added {
+            let guild = super::payloads::guild_create(id);
+            self.dispatch_guild(id, "GUILD_CREATE", &guild, 1);
+        }
+        if let Some(cap) = self.config.max_guilds_per_shard {
+            let over: Vec<(u32, u32)> = self
+                .current_by_set
+                .keys()
+                .copied()
+                .filter(|&(shard, total)| self.guilds_of(shard, total).len() > cap as usize)
+                .collect();
+            for (shard, total) in over {
+                let conn = self
+                    .current_by_set
+                    .get(&(shard, total))
+                    .and_then(|id| self.sessions.get(id).and_then(|s| s.conn));
+                if let Some(live) = conn.and_then(|c| self.live.get(&c)) {
+                    tracing::info!(
+                        shard,
+                        total,
+                        cap,
+                        "fake gateway: shard past its guild cap: 4011"
+                    );
+                    let _ = live.tx.send(Command::PastGuildCap);
+                }
+            }
+        }
+        added
     }
 
     /// Appends one dispatch to a session's log (without sending it); the frame to send.
@@ -358,6 +454,11 @@ impl State {
             resumable: s.resumable,
         })
     }
+}
+
+/// The shard that owns `guild_id` among `total` (docs/protocol.md §5).
+pub(crate) fn owner(guild_id: u64, total: u32) -> u32 {
+    ((guild_id >> 22) % u64::from(total.max(1))) as u32
 }
 
 /// The fake's state as the HTTP handlers share it.

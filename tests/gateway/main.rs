@@ -12,6 +12,7 @@ mod identify;
 mod lifecycle;
 mod operations;
 mod reliability;
+mod reshard;
 mod resume;
 mod routing;
 mod tls;
