@@ -297,7 +297,7 @@ pub struct Config {
     /// In a fleet, this process's name.
     pub(crate) fleet_owner: Option<String>,
     /// How a reshard runs, and whether one starts by itself.
-    pub(crate) reshard: crate::reshard::ReshardOptions,
+    pub(crate) reshard: ReshardOptions,
     /// The TLS settings of the websockets and `GET /gateway/bot`.
     pub(crate) tls: crate::client::Tls,
     /// Where the shards record metrics (nowhere unless the bot gave a `Metrics`).
@@ -622,7 +622,7 @@ impl ConfigBuilder {
 
     /// How a live reshard runs ([`Gateway::reshard`](crate::Gateway::reshard)), and whether a
     /// 4011 close starts one by itself (docs/resharding.md).
-    pub fn reshard(mut self, options: crate::reshard::ReshardOptions) -> Self {
+    pub fn reshard(mut self, options: ReshardOptions) -> Self {
         self.config.reshard = options;
         self
     }
@@ -805,6 +805,75 @@ fn check_url(what: &'static str, url: &str, schemes: &[&str]) -> Result<(), Conf
             what,
             format!("{url:?} is not an absolute URL"),
         )),
+    }
+}
+
+/// How a reshard runs ([`ConfigBuilder::reshard`](crate::ConfigBuilder::reshard)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReshardOptions {
+    /// Reshard by itself, to the count `GET /gateway/bot` recommends, when a shard is closed
+    /// with 4011 (sharding required). Default `false`.
+    pub on_sharding_required: bool,
+    /// Ask `GET /gateway/bot` at this interval and reshard by itself to its recommendation when
+    /// that is at least `margin` above the running total. Default `None` (never).
+    pub check_every: Option<Duration>,
+    /// See [`check_every`](Self::check_every). Default 1.
+    pub margin: u32,
+    /// How long after a new shard's READY each guild it listed as unavailable is waited for
+    /// before the cut goes ahead without it (the guilds given up on are reported). Default 30 s.
+    pub guild_timeout: Duration,
+    /// How far apart the two sets' copies of one event may arrive and still be recognised as one
+    /// event (docs/resharding.md). Default 5 s.
+    pub dedup_window: Duration,
+    /// Once the new set is complete, how long the cut waits at most for each old shard to show it
+    /// has read everything sent before the new sessions began (docs/resharding.md). Default 2 s.
+    pub catch_up_timeout: Duration,
+}
+
+impl Default for ReshardOptions {
+    fn default() -> Self {
+        Self {
+            on_sharding_required: false,
+            check_every: None,
+            margin: 1,
+            guild_timeout: Duration::from_secs(30),
+            dedup_window: Duration::from_secs(5),
+            catch_up_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl ReshardOptions {
+    /// Sets [`on_sharding_required`](Self::on_sharding_required).
+    pub fn on_sharding_required(mut self, on: bool) -> Self {
+        self.on_sharding_required = on;
+        self
+    }
+
+    /// Sets [`check_every`](Self::check_every) and [`margin`](Self::margin).
+    pub fn check_recommendation(mut self, every: Duration, margin: u32) -> Self {
+        self.check_every = Some(every);
+        self.margin = margin.max(1);
+        self
+    }
+
+    /// Sets [`guild_timeout`](Self::guild_timeout).
+    pub fn guild_timeout(mut self, timeout: Duration) -> Self {
+        self.guild_timeout = timeout;
+        self
+    }
+
+    /// Sets [`catch_up_timeout`](Self::catch_up_timeout).
+    pub fn catch_up_timeout(mut self, timeout: Duration) -> Self {
+        self.catch_up_timeout = timeout;
+        self
+    }
+
+    /// Sets [`dedup_window`](Self::dedup_window).
+    pub fn dedup_window(mut self, window: Duration) -> Self {
+        self.dedup_window = window;
+        self
     }
 }
 
