@@ -1,6 +1,7 @@
-//! The lease keeper: one task per process that renews the leases it holds, claims the shards the
-//! placement gives it, hands shards over when the fleet grows, and starts and stops them through
-//! the supervisor (docs/fleet.md "Ownership" and "Placement").
+//! The lease keeper: one task per process that claims the shards the placement gives it, hands
+//! shards over when the fleet grows, makes the running shards match the leases held, and starts
+//! and stops them through the supervisor; beside it, the renewals of those leases, on a thread and
+//! a Redis connection of their own (docs/fleet.md "Ownership" and "Placement").
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -170,9 +171,9 @@ impl Keeper {
     }
 
     async fn tick(&mut self, losses: &mut tokio::sync::mpsc::UnboundedReceiver<Lease>) {
-        // Losses first: a shard whose lease the renewals gave up is out of the held map already,
-        // and must be stopped before this tick claims it again (or its stop would hit the new
-        // ownership's shard).
+        // Losses first: a lease the renewals gave up stays in the held map until it is handled
+        // here, so this tick's placement counts it as gone only once its shard's stop has gone to
+        // the supervisor, ahead of any new claim of the shard.
         while let Ok(lease) = losses.try_recv() {
             self.lose(lease);
         }
