@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use redis::Script;
 
-use crate::fleet::FleetRedis;
+use crate::fleet::connect::FleetRedis;
 use crate::queue::{IdentifyQueue, Permit, PermitRequest};
 use crate::rest::SessionStartLimit;
 
@@ -180,7 +180,7 @@ impl RedisIdentifyQueue {
         remaining: u32,
         total: u32,
         reset_after: Duration,
-    ) -> Result<u32, crate::fleet::FleetError> {
+    ) -> Result<u32, crate::error::FleetError> {
         let left: u32 = Script::new(SET_BUDGET)
             .key(self.budget_key())
             .key(self.total_key())
@@ -201,7 +201,7 @@ impl RedisIdentifyQueue {
     ///
     /// # Errors
     /// When Redis cannot be reached.
-    pub async fn remaining(&self) -> Result<Option<i64>, crate::fleet::FleetError> {
+    pub async fn remaining(&self) -> Result<Option<i64>, crate::error::FleetError> {
         let left: Option<i64> = redis::cmd("GET")
             .arg(self.budget_key())
             .query_async(&mut self.inner.redis.conn())
@@ -350,7 +350,7 @@ impl IdentifyQueue for RedisIdentifyQueue {
 impl RedisIdentifyQueue {
     /// Gives back the budget unit of a permit whose Identify was never sent (its connection died
     /// first). The bucket's window is not given back: the gateway may already count it.
-    pub async fn refund(&self) -> Result<(), crate::fleet::FleetError> {
+    pub async fn refund(&self) -> Result<(), crate::error::FleetError> {
         let _: i64 = Script::new(REFUND)
             .key(self.budget_key())
             .invoke_async(&mut self.inner.redis.conn())

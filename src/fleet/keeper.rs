@@ -12,9 +12,11 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 use redis::Script;
 
+use crate::error::FleetError;
+use crate::fleet::connect::FleetRedis;
 use crate::fleet::lease::{lease_key, Lease, Leases};
 use crate::fleet::options::Placement;
-use crate::fleet::{FleetError, FleetRedis, RedisSessionStore};
+use crate::fleet::sessions::RedisSessionStore;
 use crate::ownership::LeaseGuard;
 use crate::supervisor::{
     Acquire, GetStatuses, Reconcile, Release, ReleaseShard, ShutdownAll, Supervisor,

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use redis::Script;
 
-use crate::fleet::{FleetError, FleetRedis};
+use crate::error::FleetError;
+use crate::fleet::connect::FleetRedis;
 pub use crate::ownership::LeaseGuard;
 
 /// Claims a free lease: answers the new fencing token, or 0 when the shard is held.

@@ -28,79 +28,9 @@ pub use sessions::RedisSessionStore;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-
-/// A connection to the fleet's Redis and the prefix of the bot's keys. Cheap to clone: clones share
-/// one multiplexed connection, which reconnects by itself after Redis comes back. Behind Redis
-/// Sentinel, the connection follows the primary the sentinels name (docs/fleet.md, "Redis").
-#[derive(Clone)]
-pub struct FleetRedis {
-    /// The node the fleet talks to; replaced whole when Sentinel names a new primary.
-    current: Arc<std::sync::RwLock<connect::Current>>,
-    prefix: Arc<str>,
-    /// The bot's shard total, part of every per-shard key once known ([`for_total`](Self::for_total)).
-    total: Option<u32>,
-}
-
-impl std::fmt::Debug for FleetRedis {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FleetRedis")
-            .field("prefix", &self.prefix)
-            .field("total", &self.total)
-            .finish_non_exhaustive()
-    }
-}
+pub use connect::FleetRedis;
 
 impl FleetRedis {
-    /// Connects to `url` and checks that Redis answers. `prefix` names the bot: every key of it
-    /// starts with `prefix:`. Must run inside a tokio (actix) runtime. The URL is one of
-    ///
-    /// - `redis://[user:password@]host:port[/db]`;
-    /// - `rediss://…`, the same over TLS (rustls; the server's certificate is checked against the
-    ///   webpki roots: see [`connect_with_ca`](Self::connect_with_ca) for a private CA);
-    /// - `redis+sentinel://[user:password@]host:port[,host:port…]/primary-name[/db]`: the
-    ///   sentinels to ask for the primary named `primary-name`; the user and password are the
-    ///   primary's (the sentinels are asked without them). The fleet follows a failover.
-    ///
-    /// # Errors
-    /// [`FleetError::Connect`] when the URL is not usable, or Redis cannot be reached or does not
-    /// answer `PING`.
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, FleetError> {
-        Self::connect_with_ca(url, prefix, None).await
-    }
-
-    /// [`connect`](Self::connect) to a `rediss://` URL whose certificate is issued by the CA in
-    /// `ca_pem` (PEM, one or more certificates): they are then the only roots trusted, as with
-    /// `redis-cli --cacert`. `None` trusts the webpki roots.
-    ///
-    /// # Errors
-    /// As [`connect`](Self::connect); a CA with a URL that is not `rediss://` is refused.
-    pub async fn connect_with_ca(
-        url: &str,
-        prefix: &str,
-        ca_pem: Option<&[u8]>,
-    ) -> Result<Self, FleetError> {
-        Ok(Self {
-            current: connect::connect(url, ca_pem).await?,
-            prefix: prefix.into(),
-            total: None,
-        })
-    }
-
-    /// The same connection, for a bot of `total` shards: every per-shard key (lease, fencing
-    /// counter, session, status) then carries the total, so processes that disagree on it never
-    /// share a shard's lease or session, and a fleet resharded to another total keeps its keys
-    /// apart from the old ones (docs/fleet.md "Keys").
-    pub fn for_total(mut self, total: u32) -> Self {
-        self.total = Some(total);
-        self
-    }
-
-    /// The shard total per-shard keys carry, if set.
-    pub fn total(&self) -> Option<u32> {
-        self.total
-    }
-
     /// The connection of a fleet started with `options` by the bot of `token`.
     pub(crate) async fn for_fleet(
         options: &FleetOptions,
@@ -108,72 +38,6 @@ impl FleetRedis {
     ) -> Result<Self, FleetError> {
         let prefix = options.prefix_for(token);
         Self::connect_with_ca(&options.redis_url, &prefix, options.redis_ca_pem.as_deref()).await
-    }
-
-    /// The key `prefix:part`.
-    pub(crate) fn key(&self, part: std::fmt::Arguments<'_>) -> String {
-        format!("{}:{}", self.prefix, part)
-    }
-
-    /// The key of one shard's `kind` of state: `prefix:<total>:kind:<shard>` (or
-    /// `prefix:kind:<shard>` while no total is set).
-    pub(crate) fn shard_key(&self, kind: &str, shard: u32) -> String {
-        match self.total {
-            Some(total) => format!("{}:{total}:{kind}:{shard}", self.prefix),
-            None => format!("{}:{kind}:{shard}", self.prefix),
-        }
-    }
-
-    /// The bot's key prefix.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// `host:port` of the Redis node commands go to now (behind Sentinel, the primary it last
-    /// named).
-    pub fn node(&self) -> String {
-        connect::read(&self.current).addr.clone()
-    }
-
-    /// A handle on the shared connection, for one command or pipeline. Take one per use: behind
-    /// Sentinel, a handle kept across a failover still points at the old primary.
-    pub(crate) fn conn(&self) -> ConnectionManager {
-        connect::read(&self.current).conn.clone()
-    }
-
-    /// The same bot over a connection of its own, driven by the runtime this is called in: the
-    /// lease renewals run on a thread of their own, so that nothing else the process does (a
-    /// blocked thread, a large batch on the shared connection) can hold them up.
-    /// It stays on the node it was made for: compare [`node`](Self::node) with the shared one's
-    /// and make a new one when they differ (a Sentinel failover).
-    pub(crate) async fn isolated(&self) -> Result<FleetRedis, FleetError> {
-        let (client, addr) = {
-            let current = connect::read(&self.current);
-            (current.client.clone(), current.addr.clone())
-        };
-        let conn = connect::manager(&client, Duration::ZERO)
-            .await
-            .map_err(|e| FleetError::Command(format!("connecting: {e}")))?;
-        Ok(Self {
-            current: Arc::new(std::sync::RwLock::new(connect::Current {
-                conn,
-                client,
-                addr,
-            })),
-            prefix: self.prefix.clone(),
-            total: self.total,
-        })
-    }
-
-    /// A connection of its own, reconnecting like the shared one, whose commands may take up to
-    /// `wait` longer than usual: for blocking reads (`XREADGROUP ... BLOCK`), which would hold up
-    /// every command behind them on the shared one. It stays on the node it was made for: make a
-    /// new one after an error, so that a failover is followed.
-    pub(crate) async fn dedicated(&self, wait: Duration) -> Result<ConnectionManager, FleetError> {
-        let client = connect::read(&self.current).client.clone();
-        connect::manager(&client, wait)
-            .await
-            .map_err(|e| FleetError::Command(format!("connecting: {e}")))
     }
 }
 
@@ -400,29 +264,4 @@ async fn join_generation(
         });
     }
     Ok(())
-}
-
-/// A Redis URL without its password, for errors and logs.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://<redacted>@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_never_show_in_urls() {
-        assert_eq!(
-            super::redact_url("redis://:hunter2@10.0.0.1:6379/0"),
-            "redis://<redacted>@10.0.0.1:6379/0"
-        );
-        assert_eq!(
-            super::redact_url("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
-    }
 }

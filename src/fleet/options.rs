@@ -3,8 +3,8 @@
 use std::ops::Range;
 use std::time::Duration;
 
+use crate::error::FleetError;
 use crate::fleet::sessions::SessionStoreOptions;
-use crate::fleet::FleetError;
 
 /// Which shards a process of the fleet runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +153,10 @@ impl FleetOptions {
 impl std::fmt::Debug for FleetOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FleetOptions")
-            .field("redis_url", &super::redact_url(&self.redis_url))
+            .field(
+                "redis_url",
+                &crate::fleet::connect::redact_url(&self.redis_url),
+            )
             .field("redis_ca_pem", &self.redis_ca_pem.as_ref().map(|_| "<set>"))
             .field("prefix", &self.prefix)
             .field("owner", &self.owner)

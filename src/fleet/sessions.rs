@@ -20,8 +20,9 @@ use std::time::Duration;
 use dashmap::DashMap;
 use redis::Script;
 
+use crate::error::FleetError;
 use crate::fast_hash::FastHash;
-use crate::fleet::{FleetError, FleetRedis};
+use crate::fleet::connect::FleetRedis;
 use crate::session::{SessionInfo, SessionStore};
 
 /// Writes one shard's session (or deletes it) if the fence still holds.

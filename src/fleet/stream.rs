@@ -27,8 +27,10 @@ use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::Value;
 
+use crate::error::FleetError;
 use crate::fast_hash::FastHash;
-use crate::fleet::{FleetError, FleetRedis, RedisSessionStore};
+use crate::fleet::connect::FleetRedis;
+use crate::fleet::sessions::RedisSessionStore;
 use crate::router::{Dispatch, DispatchBatch, Router};
 use crate::session::SessionStore;
 
@@ -273,10 +275,10 @@ struct ReadySession<'a> {
 /// A shard changed hands: its session is read anew (from its next READY, or from the session store
 /// the new ownership loaded), never carried over from an earlier ownership, whose session another
 /// process may have replaced since.
-impl Handler<crate::fleet::FleetEvent> for StreamPublisher {
+impl Handler<crate::fleet::keeper::FleetEvent> for StreamPublisher {
     type Result = ();
 
-    fn handle(&mut self, event: crate::fleet::FleetEvent, _: &mut Context<Self>) {
+    fn handle(&mut self, event: crate::fleet::keeper::FleetEvent, _: &mut Context<Self>) {
         self.sessions.remove(&event.shard);
     }
 }
