@@ -76,12 +76,19 @@ async fn member(
     recorder: &Recorder,
     changes: &Changes,
 ) -> Gateway {
-    let config = client(fake, fake_config, 4)
-        .handler_all(recorder.clone().start().recipient())
-        .build()
-        .unwrap();
+    let builder = client(fake, fake_config, 4).handler_all(recorder.clone().start().recipient());
+    join(builder, redis, owner, changes).await
+}
+
+/// Starts a member from `builder` under `owner`, its ownership changes recorded in `changes`.
+async fn join(
+    builder: shardline::ConfigBuilder,
+    redis: &RedisServer,
+    owner: &str,
+    changes: &Changes,
+) -> Gateway {
     Gateway::start_fleet(
-        config,
+        builder.build().unwrap(),
         options(redis, owner),
         vec![changes.clone().start().recipient()],
     )
@@ -432,14 +439,7 @@ async fn member_of(
     total: u32,
     changes: &Changes,
 ) -> Gateway {
-    let config = client(fake, fake_config, total).build().unwrap();
-    Gateway::start_fleet(
-        config,
-        options(redis, owner),
-        vec![changes.clone().start().recipient()],
-    )
-    .await
-    .unwrap()
+    join(client(fake, fake_config, total), redis, owner, changes).await
 }
 
 /// Uneven counts: 7 shards over 3 members, and 3 over 2. Every shard runs, split by names (the
